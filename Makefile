@@ -1,0 +1,44 @@
+# vmdesk: `make run` and `make test` set up what is missing, then build and run.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: run test setup ui build libvirt lint bench clean
+
+## Debian packages, the libvirt user, tauri-driver (idempotent, quick when done).
+setup:
+	@bash scripts/setup-system.sh
+
+ui/node_modules/.package-lock.json: ui/package-lock.json
+	cd ui && npm ci --no-audit --no-fund
+
+## The webview's files (ui/dist), embedded into the binary at build time.
+ui: setup ui/node_modules/.package-lock.json
+	cd ui && npm run build
+
+build: ui
+	cargo build -p vmdesk
+
+## A libvirt daemon with the QEMU driver (root; no systemd needed).
+libvirt: setup
+	@bash scripts/libvirtd.sh start
+
+## Opens the desktop window on the default data dir, with a demo pool on first run.
+run: build
+	@bash scripts/run.sh
+
+## Every test: Rust (core, libvirt, whole-system on real QEMU) and the UI's Vitest.
+test: build libvirt
+	cargo test --workspace
+	cd ui && npm test
+
+lint: ui
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## Allocation throughput and latency on a file database.
+bench: ui
+	cargo run --release -p vmdesk-core --example alloc_bench
+
+clean:
+	cargo clean
+	rm -rf ui/dist ui/node_modules

@@ -1,0 +1,779 @@
+//! [`Core`]: the API shared by the desktop app and the CLI.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::events::{self, NewEvent};
+use crate::ledger::{self, Entry};
+use crate::model::*;
+use crate::provider::{MachineSpec, Provider, ProviderFactory};
+use crate::store::{self, now};
+use crate::validate;
+use crate::worker::{self, Worker};
+
+/// How a [`Core`] is opened.
+#[derive(Clone)]
+pub struct OpenOptions {
+    /// The data directory (database, worker locks).
+    pub data_dir: PathBuf,
+    /// Makes the provider of each host.
+    pub providers: Arc<dyn ProviderFactory>,
+    /// How long a VM may take to start.
+    pub start_timeout: Duration,
+    /// How long a guest may take to shut down before it is forced off.
+    pub shutdown_timeout: Duration,
+    /// Called after every change this process commits (the app pushes it to the window).
+    pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl OpenOptions {
+    /// Options with the default timeouts.
+    pub fn new(data_dir: impl Into<PathBuf>, providers: Arc<dyn ProviderFactory>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            providers,
+            start_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(60),
+            on_change: None,
+        }
+    }
+}
+
+/// The vmdesk API over one data directory.
+pub struct Core {
+    pub(crate) conn: Mutex<Connection>,
+    pub(crate) opts: OpenOptions,
+    pub(crate) install_id: String,
+    worker: OnceLock<Worker>,
+}
+
+/// The system's own name in events.
+pub(crate) const SYSTEM: &str = "vmdesk";
+
+const VM_SELECT: &str =
+    "SELECT v.id, v.name, v.os_type, v.ram_mb, v.disk_gb, v.cpu_cores, v.vm_type,
+        v.status, v.ip_address, v.ssh_port, v.uptime_seconds, v.metadata, u.name, p.name, h.name,
+        v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at
+    FROM vms v
+    LEFT JOIN users u ON u.id = v.owner_user_id
+    LEFT JOIN projects p ON p.id = v.project_id
+    JOIN hosts h ON h.id = v.host_id";
+
+pub(crate) const SESSION_SELECT: &str = "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name,
+        s.status, s.error, s.created_at, s.updated_at, s.started_at, s.ended_at
+    FROM sessions s
+    JOIN vms v ON v.id = s.vm_id
+    JOIN users u ON u.id = s.user_id
+    JOIN projects p ON p.id = s.project_id
+    LEFT JOIN workspaces w ON w.id = s.workspace_id";
+
+fn vm_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
+    let metadata: String = r.get(11)?;
+    Ok(Vm {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        os_type: r.get(2)?,
+        ram_mb: r.get(3)?,
+        disk_gb: r.get(4)?,
+        cpu_cores: r.get(5)?,
+        vm_type: r.get(6)?,
+        status: r.get(7)?,
+        ip_address: r.get(8)?,
+        ssh_port: r.get(9)?,
+        uptime_seconds: r.get(10)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_else(|_| json!({})),
+        owner: r.get(12)?,
+        pool: r.get(13)?,
+        host: r.get(14)?,
+        provider_id: r.get(15)?,
+        session_id: r.get(16)?,
+        last_stopped: r.get(17)?,
+        created_at: r.get(18)?,
+        updated_at: r.get(19)?,
+    })
+}
+
+pub(crate) fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
+    Ok(Session {
+        id: r.get(0)?,
+        vm_id: r.get(1)?,
+        vm_name: r.get(2)?,
+        user: r.get(3)?,
+        project: r.get(4)?,
+        workspace: r.get(5)?,
+        status: r.get(6)?,
+        error: r.get(7)?,
+        created_at: r.get(8)?,
+        updated_at: r.get(9)?,
+        started_at: r.get(10)?,
+        ended_at: r.get(11)?,
+    })
+}
+
+fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        balance: r.get(3)?,
+        created_at: r.get(4)?,
+    })
+}
+
+pub(crate) fn user(conn: &Connection, name: &str) -> Result<User> {
+    conn.prepare_cached("SELECT id, name, role, balance, created_at FROM users WHERE name = ?1")?
+        .query_row([name], user_row)
+        .optional()?
+        .ok_or_else(|| Error::UnknownUser(name.to_owned()))
+}
+
+fn admin(conn: &Connection, actor: &str, action: &'static str) -> Result<User> {
+    let u = user(conn, actor)?;
+    if u.role != Role::Admin {
+        return Err(Error::AdminOnly(action));
+    }
+    Ok(u)
+}
+
+fn project_id(conn: &Connection, name: &str) -> Result<i64> {
+    conn.prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::UnknownProject(name.to_owned()))
+}
+
+fn host(conn: &Connection, name: &str) -> Result<Host> {
+    conn.prepare_cached("SELECT id, name, kind, uri, created_at FROM hosts WHERE name = ?1")?
+        .query_row([name], |r| {
+            Ok(Host {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                kind: r.get(2)?,
+                uri: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })
+        .optional()?
+        .ok_or_else(|| Error::UnknownHost(name.to_owned()))
+}
+
+pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
+    conn.prepare_cached(&format!("{VM_SELECT} WHERE v.id = ?1"))?
+        .query_row([id], vm_row)
+        .optional()?
+        .ok_or_else(|| Error::UnknownVm(id.to_string()))
+}
+
+fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
+    let by_name = conn
+        .prepare_cached(&format!("{VM_SELECT} WHERE v.name = ?1"))?
+        .query_row([reference], vm_row)
+        .optional()?;
+    match (by_name, reference.parse::<i64>()) {
+        (Some(vm), _) => Ok(vm),
+        (None, Ok(id)) => vm_by_id(conn, id).map_err(|_| Error::UnknownVm(reference.to_owned())),
+        (None, Err(_)) => Err(Error::UnknownVm(reference.to_owned())),
+    }
+}
+
+pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
+    conn.prepare_cached(&format!("{SESSION_SELECT} WHERE s.id = ?1"))?
+        .query_row([id], session_row)
+        .optional()?
+        .ok_or(Error::UnknownSession(id))
+}
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.code == ErrorCode::ConstraintViolation
+            && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+}
+
+impl Core {
+    /// Opens a data directory, creating and migrating its database as needed,
+    /// then settles work that a crashed process left behind.
+    pub fn open(opts: OpenOptions) -> Result<Core> {
+        let conn = store::open(&opts.data_dir)?;
+        let install_id = store::install_id(&conn)?;
+        let core = Core {
+            conn: Mutex::new(conn),
+            opts,
+            install_id,
+            worker: OnceLock::new(),
+        };
+        core.recover()?;
+        Ok(core)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.opts.data_dir
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let out = store::write(&mut self.db(), f)?;
+        if let Some(notify) = &self.opts.on_change {
+            notify();
+        }
+        Ok(out)
+    }
+
+    /// A number that changes whenever another process commits to the database
+    /// (SQLite's `data_version`); a cheap way to notice their changes.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .db()
+            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
+    /// This process's worker id, registering it on first use.
+    pub(crate) fn worker_id(&self) -> Result<&str> {
+        if let Some(w) = self.worker.get() {
+            return Ok(w.id());
+        }
+        let w = Worker::register(&self.opts.data_dir)?;
+        Ok(self.worker.get_or_init(|| w).id())
+    }
+
+    pub(crate) fn worker_alive(&self, id: &str) -> bool {
+        self.worker.get().is_some_and(|w| w.id() == id) || worker::is_alive(&self.opts.data_dir, id)
+    }
+
+    pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {
+        let h = host(&self.db(), host_name)?;
+        self.opts
+            .providers
+            .connect(&h)
+            .map_err(|source| Error::Provider {
+                host: h.name.clone(),
+                source,
+            })
+    }
+
+    pub(crate) fn machine_spec(&self, vm: &Vm) -> MachineSpec {
+        MachineSpec {
+            machine_name: vm
+                .provider_id
+                .clone()
+                .unwrap_or_else(|| self.machine_name(&vm.name)),
+            vm_id: vm.id,
+            vm_name: vm.name.clone(),
+            install_id: self.install_id.clone(),
+            ram_mb: vm.ram_mb,
+            cpu_cores: vm.cpu_cores,
+            disk_gb: vm.disk_gb,
+            os_type: vm.os_type.clone(),
+        }
+    }
+
+    fn machine_name(&self, vm_name: &str) -> String {
+        let tag: String = self.install_id.chars().take(8).collect();
+        format!("vmdesk-{vm_name}-{tag}")
+    }
+
+    // ----- users and credits -------------------------------------------------
+
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Result<User> {
+        user(&self.db(), name)
+    }
+
+    /// Adds a user (admin only), with an optional opening grant.
+    pub fn user_add(
+        &self,
+        actor: &str,
+        name: &str,
+        admin_role: bool,
+        credits: i64,
+    ) -> Result<User> {
+        validate::name("user", name)?;
+        if credits != 0 {
+            validate::grant_amount(credits)?;
+        }
+        self.write(|tx| {
+            let a = admin(tx, actor, "add users")?;
+            let role = if admin_role { Role::Admin } else { Role::User };
+            tx.execute(
+                "INSERT INTO users (name, role, balance, created_at) VALUES (?1, ?2, 0, ?3)",
+                params![name, role, now()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists {
+                        kind: "user",
+                        name: name.to_owned(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            let id = tx.last_insert_rowid();
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "user.add",
+                    &a.name,
+                    json!({"user": name, "role": role}),
+                ),
+            )?;
+            if credits > 0 {
+                grant(tx, &a.name, id, name, credits, "opening balance")?;
+            }
+            user(tx, name)
+        })
+    }
+
+    /// Every user (admin only).
+    pub fn user_list(&self, actor: &str) -> Result<Vec<User>> {
+        let conn = self.db();
+        admin(&conn, actor, "list users")?;
+        let mut stmt =
+            conn.prepare("SELECT id, name, role, balance, created_at FROM users ORDER BY name")?;
+        let rows = stmt.query_map([], user_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Grants credits to a user (admin only).
+    pub fn credits_grant(
+        &self,
+        actor: &str,
+        to: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<CreditStatement> {
+        validate::grant_amount(amount)?;
+        validate::reason(reason)?;
+        self.write(|tx| {
+            let a = admin(tx, actor, "grant credits")?;
+            let u = user(tx, to)?;
+            grant(tx, &a.name, u.id, &u.name, amount, reason)?;
+            statement(tx, &u)
+        })
+    }
+
+    /// Takes `amount` credits from `user` if the balance covers it, in one
+    /// atomic step; otherwise changes nothing and says why.
+    pub fn charge(
+        &self,
+        actor: &str,
+        from: &str,
+        amount: i64,
+        kind: LedgerKind,
+        reason: &str,
+    ) -> Result<LedgerEntry> {
+        if amount <= 0 {
+            return Err(Error::invalid(format!(
+                "a charge must be positive, not {amount}"
+            )));
+        }
+        validate::reason(reason)?;
+        self.write(|tx| {
+            let a = user(tx, actor)?;
+            let u = user(tx, from)?;
+            if a.id != u.id && a.role != Role::Admin {
+                return Err(Error::Forbidden {
+                    user: a.name,
+                    action: format!("charge the credits of {}", u.name),
+                });
+            }
+            let entry = ledger::append(
+                tx,
+                &u.name,
+                Entry {
+                    user_id: u.id,
+                    amount: -amount,
+                    kind,
+                    reason,
+                    vm_id: None,
+                    session_id: None,
+                    actor: &a.name,
+                },
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Billing,
+                    "credits.charge",
+                    &a.name,
+                    json!({"user": u.name, "amount": amount, "kind": kind, "reason": reason}),
+                ),
+            )?;
+            Ok(entry)
+        })
+    }
+
+    /// A user's balance and ledger; another user's only for an admin.
+    pub fn credits_show(&self, actor: &str, of: Option<&str>) -> Result<CreditStatement> {
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let u = match of {
+            Some(name) if name != a.name => {
+                if a.role != Role::Admin {
+                    return Err(Error::AdminOnly("see another user's credits"));
+                }
+                user(&conn, name)?
+            }
+            _ => a,
+        };
+        statement(&conn, &u)
+    }
+
+    // ----- hosts, projects, workspaces ------------------------------------------
+
+    /// Adds a libvirt host after checking that it answers (admin only).
+    pub fn host_add(&self, actor: &str, name: &str, uri: &str) -> Result<Host> {
+        validate::name("host", name)?;
+        validate::uri(uri)?;
+        admin(&self.db(), actor, "add hosts")?;
+        self.opts
+            .providers
+            .probe(HostKind::Libvirt, uri)
+            .map_err(|source| Error::Provider {
+                host: name.to_owned(),
+                source,
+            })?;
+        self.write(|tx| {
+            let a = admin(tx, actor, "add hosts")?;
+            tx.execute(
+                "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, 'libvirt', ?2, ?3)",
+                params![name, uri, now()],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists {
+                        kind: "host",
+                        name: name.to_owned(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "host.add",
+                    &a.name,
+                    json!({"host": name, "uri": uri}),
+                ),
+            )?;
+            host(tx, name)
+        })
+    }
+
+    /// Every host.
+    pub fn host_list(&self, actor: &str) -> Result<Vec<Host>> {
+        let conn = self.db();
+        user(&conn, actor)?;
+        let mut stmt = conn.prepare("SELECT name FROM hosts ORDER BY name")?;
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        names.iter().map(|n| host(&conn, n)).collect()
+    }
+
+    /// Creates a project (admin only).
+    pub fn project_create(&self, actor: &str, name: &str) -> Result<Project> {
+        validate::name("project", name)?;
+        self.write(|tx| {
+            let a = admin(tx, actor, "create projects")?;
+            let created_at = now();
+            tx.execute(
+                "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
+                params![name, created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists {
+                        kind: "project",
+                        name: name.to_owned(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            let id = tx.last_insert_rowid();
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "project.create",
+                    &a.name,
+                    json!({"project": name}),
+                ),
+            )?;
+            Ok(Project {
+                id,
+                name: name.to_owned(),
+                created_at,
+            })
+        })
+    }
+
+    /// Creates a workspace in a project (admin only).
+    pub fn workspace_create(&self, actor: &str, name: &str, project: &str) -> Result<Workspace> {
+        validate::name("workspace", name)?;
+        self.write(|tx| {
+            let a = admin(tx, actor, "create workspaces")?;
+            let pid = project_id(tx, project)?;
+            let created_at = now();
+            tx.execute(
+                "INSERT INTO workspaces (project_id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![pid, name, created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists {
+                        kind: "workspace",
+                        name: name.to_owned(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            let id = tx.last_insert_rowid();
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "workspace.create",
+                    &a.name,
+                    json!({"workspace": name, "project": project}),
+                ),
+            )?;
+            Ok(Workspace {
+                id,
+                name: name.to_owned(),
+                project: project.to_owned(),
+                created_at,
+            })
+        })
+    }
+
+    // ----- VMs ---------------------------------------------------------------
+
+    /// Adds a VM to a project's pool and defines its machine on its host
+    /// (admin only). If the host refuses, nothing is kept.
+    pub fn vm_add(&self, actor: &str, spec: &NewVm) -> Result<Vm> {
+        validate::name("VM", &spec.name)?;
+        validate::name("VM type", &spec.vm_type)?;
+        validate::name("OS", &spec.os_type)?;
+        validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
+        let worker = self.worker_id()?.to_owned();
+        // The intent is durable before the host is touched.
+        let vm = self.write(|tx| {
+            let a = admin(tx, actor, "add VMs to a pool")?;
+            let pid = project_id(tx, &spec.pool)?;
+            let h = host(tx, &spec.host)?;
+            let ts = now();
+            tx.execute(
+                "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
+                                  host_id, provider_id, worker, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'CREATING', ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    spec.name, spec.os_type, spec.ram_mb, spec.disk_gb, spec.cpu_cores, spec.vm_type,
+                    pid, h.id, self.machine_name(&spec.name), worker, ts
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists { kind: "VM", name: spec.name.clone() }
+                } else {
+                    e.into()
+                }
+            })?;
+            let _ = a;
+            vm_by_id(tx, tx.last_insert_rowid())
+        })?;
+        let defined = self.provider(&vm.host).and_then(|p| {
+            p.ensure_defined(&self.machine_spec(&vm))
+                .map_err(|source| Error::Provider {
+                    host: vm.host.clone(),
+                    source,
+                })
+        });
+        match defined {
+            Ok(()) => self.write(|tx| {
+                tx.execute(
+                    "UPDATE vms SET status = 'STOPPED', worker = NULL, updated_at = ?2 WHERE id = ?1",
+                    params![vm.id, now()],
+                )?;
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::Vm,
+                        "vm.add",
+                        actor,
+                        json!({"vm": vm.name, "pool": spec.pool, "host": vm.host, "machine": vm.provider_id,
+                               "ram_mb": vm.ram_mb, "disk_gb": vm.disk_gb, "cpu_cores": vm.cpu_cores,
+                               "vm_type": vm.vm_type, "os_type": vm.os_type}),
+                    )
+                    .vm(vm.id),
+                )?;
+                vm_by_id(tx, vm.id)
+            }),
+            Err(err) => {
+                self.write(|tx| {
+                    tx.execute("DELETE FROM vms WHERE id = ?1", [vm.id])?;
+                    events::record(
+                        tx,
+                        NewEvent::info(
+                            EventType::Vm,
+                            "vm.add_failed",
+                            actor,
+                            json!({"vm": vm.name, "host": vm.host, "reason": err.one_line()}),
+                        )
+                        .severity(Severity::Warning),
+                    )?;
+                    Ok(())
+                })?;
+                Err(err)
+            }
+        }
+    }
+
+    /// The VMs the actor can see: pool VMs and their own; with `all`, every
+    /// user's (admin only).
+    pub fn vm_list(&self, actor: &str, all: bool) -> Result<Vec<Vm>> {
+        let conn = self.db();
+        let a = if all {
+            admin(&conn, actor, "list every user's VMs")?
+        } else {
+            user(&conn, actor)?
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "{VM_SELECT} WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"
+        ))?;
+        let rows = stmt.query_map(params![all, a.id], vm_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One VM, by name or id, if the actor may see it.
+    pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let v = vm_by_ref(&conn, vm)?;
+        let visible = v.pool.is_some()
+            || v.owner.as_deref() == Some(a.name.as_str())
+            || a.role == Role::Admin;
+        if !visible {
+            return Err(Error::UnknownVm(vm.to_owned()));
+        }
+        Ok(v)
+    }
+
+    // ----- events and overview ---------------------------------------------------
+
+    /// The newest events: every event for an admin, the actor's own otherwise.
+    pub fn events(&self, actor: &str, limit: i64) -> Result<Vec<Event>> {
+        if !(1..=10_000).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "the limit must be between 1 and 10000, not {limit}"
+            )));
+        }
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let only = (a.role != Role::Admin).then_some(a.name.as_str());
+        events::list(&conn, only, limit)
+    }
+
+    /// What the desktop window shows to the actor.
+    pub fn overview(&self, actor: &str) -> Result<Overview> {
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let mut stmt =
+            conn.prepare_cached("SELECT id, name, created_at FROM projects ORDER BY name")?;
+        let projects: Vec<Project> = stmt
+            .query_map([], |r| {
+                Ok(Project {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut pools = Vec::with_capacity(projects.len());
+        for project in projects {
+            let workspaces = conn
+                .prepare_cached("SELECT name FROM workspaces WHERE project_id = ?1 ORDER BY name")?
+                .query_map([project.id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let vms = conn
+                .prepare_cached(&format!(
+                    "{VM_SELECT} WHERE v.project_id = ?1 ORDER BY v.name"
+                ))?
+                .query_map([project.id], vm_row)?
+                .collect::<Result<_, _>>()?;
+            pools.push(Pool {
+                project,
+                workspaces,
+                vms,
+            });
+        }
+        let sessions = crate::sessions::list(&conn, &a, a.role == Role::Admin, 200)?;
+        Ok(Overview {
+            user: a,
+            pools,
+            sessions,
+        })
+    }
+}
+
+fn grant(
+    tx: &Connection,
+    actor: &str,
+    user_id: i64,
+    user_name: &str,
+    amount: i64,
+    reason: &str,
+) -> Result<LedgerEntry> {
+    let entry = ledger::append(
+        tx,
+        user_name,
+        Entry {
+            user_id,
+            amount,
+            kind: LedgerKind::Grant,
+            reason,
+            vm_id: None,
+            session_id: None,
+            actor,
+        },
+    )?;
+    events::record(
+        tx,
+        NewEvent::info(
+            EventType::Admin,
+            "credits.grant",
+            actor,
+            json!({"user": user_name, "amount": amount, "reason": reason}),
+        ),
+    )?;
+    Ok(entry)
+}
+
+fn statement(conn: &Connection, u: &User) -> Result<CreditStatement> {
+    let balance: i64 = conn.query_row("SELECT balance FROM users WHERE id = ?1", [u.id], |r| {
+        r.get(0)
+    })?;
+    Ok(CreditStatement {
+        user: u.name.clone(),
+        balance,
+        entries: ledger::entries(conn, u.id)?,
+    })
+}

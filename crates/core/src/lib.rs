@@ -1,0 +1,23 @@
+//! The vmdesk domain: users, projects and their VM pools, sessions, the credit
+//! ledger and the event log, kept in one SQLite file shared by every vmdesk
+//! process of a data directory.
+//!
+//! [`Core`] is the one API that the desktop app and the CLI both call. It knows
+//! hypervisors and clouds only through the [`provider::Provider`] trait.
+
+pub mod error;
+pub mod model;
+pub mod provider;
+pub mod validate;
+
+mod core;
+mod events;
+mod ledger;
+mod sessions;
+mod store;
+mod worker;
+
+pub use crate::core::{Core, OpenOptions};
+pub use crate::error::{Error, Result};
+pub use crate::ledger::quote;
+pub use crate::model::*;

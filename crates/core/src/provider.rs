@@ -1,0 +1,88 @@
+//! How the core reaches the places VMs run: a [`Provider`] per host, made by a
+//! [`ProviderFactory`] that the binary supplies (libvirt, Azure, ...).
+
+use std::sync::Arc;
+
+use crate::model::Host;
+
+/// What a provider could not do.
+#[derive(Debug, displaydoc::Display, thiserror::Error)]
+pub enum ProviderError {
+    /// cannot reach the host: {0}
+    Unreachable(String),
+    /// the host has no machine named "{0}"
+    NotFound(String),
+    /// the host refused: {0}
+    Refused(String),
+    /// the host did not finish in time: {0}
+    Timeout(String),
+    /// hosts of kind "{0}" are not supported by this build
+    Unsupported(String),
+}
+
+/// The power state of a machine as its host reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerState {
+    /// Running (or paused with its memory held).
+    Running,
+    /// Off, its resources kept.
+    Stopped,
+    /// Off and its compute released (Azure).
+    Deallocated,
+    /// Powering on.
+    Starting,
+    /// Powering off.
+    Stopping,
+    /// The host could not tell.
+    Unknown,
+}
+
+impl PowerState {
+    /// Whether the machine is off (stopped or deallocated).
+    pub fn is_off(self) -> bool {
+        matches!(self, PowerState::Stopped | PowerState::Deallocated)
+    }
+}
+
+/// What a host needs to define a machine for a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineSpec {
+    /// The machine's name on its host; unique per data directory and VM.
+    pub machine_name: String,
+    /// The VM's database id.
+    pub vm_id: i64,
+    /// The VM's vmdesk name.
+    pub vm_name: String,
+    /// The data directory's install id (marks vmdesk's machines).
+    pub install_id: String,
+    /// Memory in MB.
+    pub ram_mb: i64,
+    /// Virtual CPUs.
+    pub cpu_cores: i64,
+    /// Disk in GB.
+    pub disk_gb: i64,
+    /// Operating system.
+    pub os_type: String,
+}
+
+/// One host's machines. Calls block; call them off the UI thread.
+pub trait Provider: Send + Sync {
+    /// Makes sure the machine exists, defining it from the spec if it does not.
+    fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError>;
+    /// Powers the machine on; does nothing if it runs.
+    fn start(&self, machine: &str) -> Result<(), ProviderError>;
+    /// Asks the guest to shut down (ACPI).
+    fn shutdown(&self, machine: &str) -> Result<(), ProviderError>;
+    /// Cuts the power; does nothing if it is off.
+    fn force_off(&self, machine: &str) -> Result<(), ProviderError>;
+    /// Reads the power state.
+    fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError>;
+}
+
+/// Makes the provider of a host.
+pub trait ProviderFactory: Send + Sync {
+    /// Checks that a host can be reached (before it is added).
+    fn probe(&self, kind: crate::model::HostKind, uri: &str) -> Result<(), ProviderError>;
+    /// The provider of a host; may be cached.
+    fn connect(&self, host: &Host) -> Result<Arc<dyn Provider>, ProviderError>;
+}

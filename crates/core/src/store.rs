@@ -1,0 +1,263 @@
+//! The SQLite file: schema migrations, connection settings and small helpers.
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use rusqlite_migration::{Migrations, M};
+
+use crate::error::{Error, Result};
+
+/// The schema, one migration per step; never edit a step that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+INSERT INTO settings (key, value) VALUES ('install_id', lower(hex(randomblob(16))));
+
+CREATE TABLE users (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    role       TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+    -- Kept equal to the sum of the user's ledger entries by the trigger below.
+    balance    INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    created_at TEXT NOT NULL
+) STRICT;
+INSERT INTO users (name, role, balance, created_at)
+VALUES ('admin', 'admin', 0, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+
+CREATE TABLE projects (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE workspaces (
+    id         INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    name       TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    UNIQUE (project_id, name)
+) STRICT;
+
+CREATE TABLE hosts (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    kind       TEXT NOT NULL CHECK (kind IN ('libvirt', 'azure')),
+    uri        TEXT NOT NULL,
+    created_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE vms (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    os_type         TEXT NOT NULL,
+    ram_mb          INTEGER NOT NULL CHECK (ram_mb > 0),
+    disk_gb         INTEGER NOT NULL CHECK (disk_gb > 0),
+    cpu_cores       INTEGER NOT NULL CHECK (cpu_cores > 0),
+    vm_type         TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('CREATING', 'STOPPED', 'STARTING', 'RUNNING',
+                        'STOPPING', 'FAILED_TO_START', 'DESTROYED', 'UNKNOWN')),
+    ip_address      TEXT,
+    ssh_port        INTEGER,
+    uptime_seconds  INTEGER,
+    metadata        TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    owner_user_id   INTEGER REFERENCES users(id),
+    project_id      INTEGER REFERENCES projects(id),
+    host_id         INTEGER NOT NULL REFERENCES hosts(id),
+    provider_id     TEXT,
+    -- The live session holding the VM; kept by the triggers on sessions.
+    live_session_id INTEGER,
+    -- The worker (see workers/ in the data dir) creating the VM, while it is CREATING.
+    worker          TEXT,
+    last_stopped    TEXT,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL,
+    CHECK ((owner_user_id IS NULL) <> (project_id IS NULL))
+) STRICT;
+-- Allocation reads the free VMs of a pool, least recently stopped first, from these.
+CREATE INDEX vms_free ON vms (project_id, last_stopped, id)
+    WHERE live_session_id IS NULL AND status IN ('STOPPED', 'RUNNING');
+CREATE INDEX vms_free_by_type ON vms (project_id, vm_type, last_stopped, id)
+    WHERE live_session_id IS NULL AND status IN ('STOPPED', 'RUNNING');
+CREATE INDEX vms_owner ON vms (owner_user_id);
+
+CREATE TABLE sessions (
+    id           INTEGER PRIMARY KEY,
+    vm_id        INTEGER NOT NULL REFERENCES vms(id),
+    user_id      INTEGER NOT NULL REFERENCES users(id),
+    project_id   INTEGER NOT NULL REFERENCES projects(id),
+    workspace_id INTEGER REFERENCES workspaces(id),
+    status       TEXT NOT NULL CHECK (status IN ('REQUESTED', 'STARTING', 'ACTIVE', 'TERMINATING',
+                     'COMPLETED', 'TERMINATED', 'FAILED')),
+    error        TEXT,
+    -- The worker driving a transition; NULL when nobody is (pending or settled).
+    worker       TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    started_at   TEXT,
+    ended_at     TEXT
+) STRICT;
+-- The exclusivity rule itself: at most one live session per VM.
+CREATE UNIQUE INDEX sessions_one_live_per_vm ON sessions (vm_id)
+    WHERE status IN ('REQUESTED', 'STARTING', 'ACTIVE', 'TERMINATING');
+CREATE INDEX sessions_user ON sessions (user_id, id);
+CREATE INDEX sessions_pending ON sessions (status, worker)
+    WHERE status IN ('REQUESTED', 'STARTING', 'TERMINATING');
+
+CREATE TRIGGER sessions_hold_vm AFTER INSERT ON sessions
+WHEN NEW.status IN ('REQUESTED', 'STARTING', 'ACTIVE', 'TERMINATING')
+BEGIN
+    UPDATE vms SET live_session_id = NEW.id WHERE id = NEW.vm_id;
+END;
+CREATE TRIGGER sessions_release_vm AFTER UPDATE OF status ON sessions
+WHEN NEW.status NOT IN ('REQUESTED', 'STARTING', 'ACTIVE', 'TERMINATING')
+BEGIN
+    UPDATE vms SET live_session_id = NULL WHERE id = NEW.vm_id AND live_session_id = NEW.id;
+END;
+
+CREATE TABLE ledger (
+    id         INTEGER PRIMARY KEY,
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    amount     INTEGER NOT NULL CHECK (amount <> 0),
+    kind       TEXT NOT NULL CHECK (kind IN ('grant', 'vm_create', 'runtime', 'refund', 'adjustment')),
+    reason     TEXT NOT NULL,
+    vm_id      INTEGER,
+    session_id INTEGER,
+    actor      TEXT NOT NULL,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX ledger_user ON ledger (user_id, id);
+-- The balance follows the ledger in the same statement; its CHECK refuses a
+-- negative balance, so the check and the deduction are one atomic step.
+CREATE TRIGGER ledger_apply AFTER INSERT ON ledger
+BEGIN
+    UPDATE users SET balance = balance + NEW.amount WHERE id = NEW.user_id;
+END;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+
+CREATE TABLE events (
+    id         INTEGER PRIMARY KEY,
+    type       TEXT NOT NULL CHECK (type IN ('vm', 'session', 'billing', 'system', 'admin')),
+    action     TEXT NOT NULL,
+    severity   TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    actor      TEXT NOT NULL,
+    vm_id      INTEGER,
+    session_id INTEGER,
+    details    TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(details)),
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_actor ON events (actor, id);
+"#];
+
+/// Name of the database file inside the data directory.
+pub const DB_FILE: &str = "vmdesk.db";
+
+/// The current time, as stored: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// How long a statement waits for another process's write lock.
+const BUSY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits for a lock held by another process with short, growing sleeps, so that
+/// many processes take turns quickly (SQLite's own timeout sleeps up to 100 ms).
+fn busy_handler(attempt: i32) -> bool {
+    let attempt = u64::try_from(attempt).unwrap_or(0);
+    let step_us = (50 + attempt * 25).min(2_000);
+    // The waits add up to roughly BUSY_WAIT before giving up.
+    let waited_us: u64 = if attempt < 78 {
+        (0..attempt).map(|a| (50 + a * 25).min(2_000)).sum()
+    } else {
+        (0..78).map(|a| 50 + a * 25).sum::<u64>() + (attempt - 78) * 2_000
+    };
+    if waited_us > BUSY_WAIT.as_micros() as u64 {
+        return false;
+    }
+    // A little jitter so that waiting processes do not wake in lock-step.
+    let jitter = u64::from(std::process::id() % 7) * 10;
+    std::thread::sleep(Duration::from_micros(step_us + jitter));
+    true
+}
+
+/// Opens (creating and migrating if needed) the database of a data directory.
+pub fn open(dir: &Path) -> Result<Connection> {
+    let io = |source| Error::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let path = dir.join(DB_FILE);
+    let mut conn = Connection::open(&path)?;
+    conn.busy_handler(Some(busy_handler))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let migrations = migrations();
+    if usize::try_from(current).unwrap_or(0) < MIGRATIONS.len() {
+        // Creating or migrating: one process at a time, across processes.
+        let lock = lock_file(dir).map_err(io)?;
+        lock.lock().map_err(io)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        migrations.to_latest(&mut conn)?;
+        drop(lock);
+    }
+    Ok(conn)
+}
+
+fn lock_file(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("vmdesk.lock"))
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction: the write lock is taken
+/// first, so what `f` reads cannot change before it writes.
+pub fn write<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// The install id of this data directory (marks its machines on shared hosts).
+pub fn install_id(conn: &Connection) -> Result<String> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'install_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        assert!(migrations().validate().is_ok());
+    }
+}

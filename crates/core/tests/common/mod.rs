@@ -1,0 +1,134 @@
+//! A test double of a host (machines in memory) and helpers to open a core
+//! over a real SQLite file in a temporary directory.
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vmdesk_core::model::{Host, HostKind};
+use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::{Core, NewVm, OpenOptions};
+
+/// Machines in memory; `refuse_start` makes every start fail.
+#[derive(Default)]
+pub struct MemoryHost {
+    pub machines: Mutex<HashMap<String, PowerState>>,
+    pub refuse_start: Mutex<bool>,
+    pub unreachable: Mutex<bool>,
+    /// Guests that ignore an ACPI shutdown (like a VM without an OS).
+    pub ignore_shutdown: Mutex<bool>,
+}
+
+impl MemoryHost {
+    pub fn state(&self, machine: &str) -> Option<PowerState> {
+        self.machines.lock().unwrap().get(machine).copied()
+    }
+    fn check(&self) -> Result<(), ProviderError> {
+        if *self.unreachable.lock().unwrap() {
+            return Err(ProviderError::Unreachable("the host is down".into()));
+        }
+        Ok(())
+    }
+    fn set(&self, machine: &str, s: PowerState) -> Result<(), ProviderError> {
+        self.check()?;
+        let mut m = self.machines.lock().unwrap();
+        let slot = m
+            .get_mut(machine)
+            .ok_or_else(|| ProviderError::NotFound(machine.into()))?;
+        *slot = s;
+        Ok(())
+    }
+}
+
+impl Provider for MemoryHost {
+    fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
+        self.check()?;
+        self.machines
+            .lock()
+            .unwrap()
+            .entry(spec.machine_name.clone())
+            .or_insert(PowerState::Stopped);
+        Ok(())
+    }
+    fn start(&self, machine: &str) -> Result<(), ProviderError> {
+        if *self.refuse_start.lock().unwrap() {
+            return Err(ProviderError::Refused("no room for this VM".into()));
+        }
+        self.set(machine, PowerState::Running)
+    }
+    fn shutdown(&self, machine: &str) -> Result<(), ProviderError> {
+        if *self.ignore_shutdown.lock().unwrap() {
+            return self.check();
+        }
+        self.set(machine, PowerState::Stopped)
+    }
+    fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
+        self.set(machine, PowerState::Stopped)
+    }
+    fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {
+        self.check()?;
+        self.state(machine)
+            .ok_or_else(|| ProviderError::NotFound(machine.into()))
+    }
+}
+
+/// Every host is the same in-memory host.
+#[derive(Default, Clone)]
+pub struct MemoryFactory(pub Arc<MemoryHost>);
+
+impl ProviderFactory for MemoryFactory {
+    fn probe(&self, _kind: HostKind, uri: &str) -> Result<(), ProviderError> {
+        if uri.starts_with("down:") {
+            return Err(ProviderError::Unreachable("connection refused".into()));
+        }
+        Ok(())
+    }
+    fn connect(&self, _host: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        Ok(self.0.clone())
+    }
+}
+
+pub fn open(dir: &Path, hosts: &MemoryFactory) -> Core {
+    let mut opts = OpenOptions::new(dir, Arc::new(hosts.clone()));
+    opts.start_timeout = Duration::from_secs(2);
+    opts.shutdown_timeout = Duration::from_millis(300);
+    Core::open(opts).unwrap()
+}
+
+/// A core with a host `h`, a project `p` and `n` VMs `vm0..` of type `standard`.
+pub fn with_pool(n: usize) -> (tempfile::TempDir, MemoryFactory, Core) {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = MemoryFactory::default();
+    let core = open(dir.path(), &hosts);
+    core.host_add("admin", "h", "mem:///").unwrap();
+    core.project_create("admin", "p").unwrap();
+    for i in 0..n {
+        core.vm_add("admin", &vm(&format!("vm{i}"), "standard"))
+            .unwrap();
+    }
+    (dir, hosts, core)
+}
+
+pub fn vm(name: &str, vm_type: &str) -> NewVm {
+    NewVm {
+        name: name.into(),
+        pool: "p".into(),
+        host: "h".into(),
+        ram_mb: 1024,
+        disk_gb: 20,
+        cpu_cores: 2,
+        vm_type: vm_type.into(),
+        os_type: "blank".into(),
+    }
+}
+
+/// Opens the SQLite file directly, to check what the core wrote.
+pub fn db(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("vmdesk.db")).unwrap()
+}
+
+pub fn count(dir: &Path, sql: &str) -> i64 {
+    db(dir).query_row(sql, [], |r| r.get(0)).unwrap()
+}

@@ -1,0 +1,201 @@
+//! The desktop window: Tauri commands into the core, a background worker that
+//! drives pending sessions, change notifications, and the tray icon.
+
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tauri::menu::{Menu, MenuItem};
+use tauri::tray::{TrayIcon, TrayIconBuilder};
+use tauri::{AppHandle, Emitter, Manager, State};
+use vmdesk_core::{Core, Overview, Session, SessionRequest, SessionStatus};
+
+use crate::cli::{open_core, Global};
+
+/// Event sent to the window whenever the data may have changed.
+const CHANGED: &str = "changed";
+/// How often the worker looks for work and for other processes' changes.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the window shares with the commands.
+struct Ctx {
+    core: Arc<Core>,
+    actor: String,
+    wake: Mutex<Sender<()>>,
+}
+
+/// An error as the window gets it: a stable code and the core's sentence.
+#[derive(Debug, Serialize)]
+struct ApiError {
+    code: &'static str,
+    message: String,
+}
+
+impl From<vmdesk_core::Error> for ApiError {
+    fn from(e: vmdesk_core::Error) -> Self {
+        Self {
+            code: e.code(),
+            message: e.one_line(),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    ctx: &State<'_, Ctx>,
+    f: impl FnOnce(&Core, &str) -> vmdesk_core::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let core = Arc::clone(&ctx.core);
+    let actor = ctx.actor.clone();
+    tauri::async_runtime::spawn_blocking(move || f(&core, &actor))
+        .await
+        .map_err(|e| ApiError {
+            code: "internal",
+            message: e.to_string(),
+        })?
+        .map_err(ApiError::from)
+}
+
+#[tauri::command]
+async fn overview(ctx: State<'_, Ctx>) -> Result<Overview, ApiError> {
+    blocking(&ctx, |core, actor| core.overview(actor)).await
+}
+
+#[tauri::command]
+async fn open_session(ctx: State<'_, Ctx>, request: SessionRequest) -> Result<Session, ApiError> {
+    // Allocation is committed here; the worker starts the VM.
+    let s = blocking(&ctx, move |core, actor| {
+        core.session_open(actor, &request, false)
+    })
+    .await?;
+    let _ = ctx.wake.lock().map(|w| w.send(()));
+    Ok(s)
+}
+
+#[tauri::command]
+async fn close_session(ctx: State<'_, Ctx>, id: i64) -> Result<Session, ApiError> {
+    let s = blocking(&ctx, move |core, actor| {
+        core.session_close(actor, id, false)
+    })
+    .await?;
+    let _ = ctx.wake.lock().map(|w| w.send(()));
+    Ok(s)
+}
+
+/// The tray tooltip for a number of active sessions.
+fn tooltip(active: usize) -> String {
+    match active {
+        1 => "vmdesk: 1 active session".to_owned(),
+        n => format!("vmdesk: {n} active sessions"),
+    }
+}
+
+fn refresh_tray(tray: &TrayIcon, core: &Core, actor: &str) {
+    let active = core
+        .session_list(actor, false)
+        .map(|s| {
+            s.iter()
+                .filter(|s| s.status == SessionStatus::Active)
+                .count()
+        })
+        .unwrap_or(0);
+    let _ = tray.set_tooltip(Some(tooltip(active)));
+}
+
+/// Drives pending sessions and tells the window about changes, including those
+/// committed by other processes (the CLI) on the same data directory.
+fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<()>) {
+    let mut seen = core.data_version().unwrap_or(0);
+    loop {
+        match wake.recv_timeout(TICK) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if let Err(e) = core.drive_pending() {
+            tracing::warn!(error = %e.one_line(), "driving pending sessions");
+        }
+        let version = core.data_version().unwrap_or(seen);
+        if version != seen {
+            seen = version;
+            let _ = app.emit(CHANGED, ());
+        }
+        if let Some(tray) = app.tray_by_id("main") {
+            refresh_tray(&tray, &core, &actor);
+        }
+    }
+}
+
+/// Opens the desktop window over the data directory of `global`.
+pub fn run(global: &Global) -> anyhow::Result<()> {
+    // Changes this process commits reach the window through this handle.
+    let handle: Arc<Mutex<Option<AppHandle>>> = Arc::new(Mutex::new(None));
+    let notify = {
+        let handle = Arc::clone(&handle);
+        Arc::new(move || {
+            if let Some(app) = handle.lock().ok().and_then(|h| h.clone()) {
+                let _ = app.emit(CHANGED, ());
+            }
+        })
+    };
+    let core = Arc::new(open_core(global, Some(notify))?);
+    core.user(&global.actor)?;
+    let actor = global.actor.clone();
+    let (wake_tx, wake_rx) = mpsc::channel();
+
+    tauri::Builder::default()
+        .manage(Ctx {
+            core: Arc::clone(&core),
+            actor: actor.clone(),
+            wake: Mutex::new(wake_tx),
+        })
+        .invoke_handler(tauri::generate_handler![
+            overview,
+            open_session,
+            close_session
+        ])
+        .setup(move |app| {
+            *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());
+            let show = MenuItem::with_id(app, "show", "Show", true, None::<&str>)?;
+            let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
+            let menu = Menu::with_items(app, &[&show, &quit])?;
+            let mut tray = TrayIconBuilder::with_id("main")
+                .tooltip(tooltip(0))
+                .menu(&menu)
+                .on_menu_event(|app, event| match event.id.as_ref() {
+                    "show" => {
+                        if let Some(w) = app.get_webview_window("main") {
+                            let _ = w.show();
+                            let _ = w.unminimize();
+                            let _ = w.set_focus();
+                        }
+                    }
+                    "quit" => app.exit(0),
+                    _ => {}
+                });
+            if let Some(icon) = app.default_window_icon() {
+                tray = tray.icon(icon.clone());
+            }
+            let tray = tray.build(app)?;
+            refresh_tray(&tray, &core, &actor);
+            let (app_handle, core, actor) =
+                (app.handle().clone(), Arc::clone(&core), actor.clone());
+            std::thread::Builder::new()
+                .name("vmdesk-worker".into())
+                .spawn(move || worker(app_handle, core, actor, wake_rx))?;
+            Ok(())
+        })
+        .run(tauri::generate_context!())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tooltip_counts_sessions() {
+        assert_eq!(tooltip(0), "vmdesk: 0 active sessions");
+        assert_eq!(tooltip(1), "vmdesk: 1 active session");
+        assert_eq!(tooltip(3), "vmdesk: 3 active sessions");
+    }
+}

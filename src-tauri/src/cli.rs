@@ -1,0 +1,535 @@
+//! The command line: parsing, dispatch to the core API, and output (a human
+//! table, or one JSON document with `--json`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+use vmdesk_libvirt::LibvirtFactory;
+
+/// Manage VM pools, sessions and credits. With no command, opens the desktop window.
+#[derive(Parser, Debug)]
+#[command(name = "vmdesk", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options of every command.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Data directory (default: the XDG data dir)
+    #[arg(long, global = true, env = "VMDESK_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Acting user
+    #[arg(
+        long = "as",
+        global = true,
+        env = "VMDESK_USER",
+        default_value = "admin",
+        value_name = "USER"
+    )]
+    pub actor: String,
+    /// Print one JSON document
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Seconds a guest may take to shut down before it is forced off
+    #[arg(
+        long,
+        global = true,
+        env = "VMDESK_SHUTDOWN_TIMEOUT",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub shutdown_timeout: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Users
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Credits
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+    /// The price of a VM of a given size
+    #[command(allow_negative_numbers = true)]
+    Quote {
+        #[arg(long)]
+        ram_mb: i64,
+        #[arg(long)]
+        disk_gb: i64,
+        #[arg(long)]
+        cpus: i64,
+    },
+    /// Hosts (libvirt URIs)
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Projects (VM pools)
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Workspaces of a project
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// VMs
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Sessions on pool VMs
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// The event log, newest first
+    Events {
+        #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user (admin only)
+    #[command(allow_negative_numbers = true)]
+    Add {
+        name: String,
+        #[arg(long)]
+        admin: bool,
+        #[arg(long, default_value_t = 0)]
+        credits: i64,
+    },
+    /// List users (admin only)
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCmd {
+    /// Grant credits (admin only)
+    #[command(allow_negative_numbers = true)]
+    Grant {
+        user: String,
+        amount: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// A balance and its ledger
+    Show { user: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Add a libvirt host (admin only)
+    Add {
+        name: String,
+        #[arg(long)]
+        uri: String,
+    },
+    /// List hosts
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCmd {
+    /// Create a project (admin only)
+    Create { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkspaceCmd {
+    /// Create a workspace (admin only)
+    Create {
+        name: String,
+        #[arg(long)]
+        project: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// Add a VM to a project's pool and define it on its host (admin only)
+    #[command(allow_negative_numbers = true)]
+    Add {
+        name: String,
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        ram_mb: i64,
+        #[arg(long)]
+        disk_gb: i64,
+        #[arg(long)]
+        cpus: i64,
+        #[arg(long = "type", default_value = "standard")]
+        vm_type: String,
+        #[arg(long, default_value = "blank")]
+        os: String,
+    },
+    /// List VMs (--all: every user's, admin only)
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one VM
+    Show { vm: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionCmd {
+    /// Take a free VM of a project's pool for yourself
+    Open {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long = "type")]
+        vm_type: Option<String>,
+        /// Commit the allocation and return at once (REQUESTED)
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// End a session and shut its VM down
+    Close {
+        #[arg(allow_negative_numbers = true)]
+        session: i64,
+        /// Mark it TERMINATING and return at once
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List sessions (--all: every user's, admin only)
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The data directory: the flag, the environment, or the XDG data dir.
+pub fn data_dir(global: &Global) -> anyhow::Result<PathBuf> {
+    if let Some(d) = &global.data_dir {
+        return Ok(d.clone());
+    }
+    directories::ProjectDirs::from("dev", "vmdesk", "vmdesk")
+        .map(|p| p.data_dir().to_path_buf())
+        .ok_or_else(|| anyhow::anyhow!("no home directory; pass --data-dir"))
+}
+
+/// Opens the core over the data directory of `global`.
+pub fn open_core(
+    global: &Global,
+    on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+) -> anyhow::Result<Core> {
+    let mut opts = OpenOptions::new(data_dir(global)?, Arc::new(LibvirtFactory::new()));
+    opts.shutdown_timeout = Duration::from_secs(global.shutdown_timeout);
+    opts.on_change = on_change;
+    Ok(Core::open(opts)?)
+}
+
+/// Runs the program; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return 0;
+            }
+            // One line: clap's first, without its usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see 'vmdesk --help')");
+            return 2;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMDESK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Some(command) = cli.command else {
+        return match crate::app::run(&cli.global) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        };
+    };
+    match run(&cli.global, command) {
+        Ok(()) => 0,
+        Err(e) => {
+            let line = match e.downcast_ref::<vmdesk_core::Error>() {
+                Some(core) => core.one_line(),
+                None => format!("{e:#}"),
+            };
+            eprintln!("error: {line}");
+            1
+        }
+    }
+}
+
+fn run(g: &Global, command: Command) -> anyhow::Result<()> {
+    let core = open_core(g, None)?;
+    let a = g.actor.as_str();
+    match command {
+        Command::User(UserCmd::Add {
+            name,
+            admin,
+            credits,
+        }) => {
+            let u = core.user_add(a, &name, admin, credits)?;
+            emit(g, &u, || {
+                format!("added user {} ({}, {} credits)", u.name, u.role, u.balance)
+            })
+        }
+        Command::User(UserCmd::List) => {
+            let users = core.user_list(a)?;
+            emit(g, &users, || {
+                table(
+                    &["NAME", "ROLE", "BALANCE"],
+                    users
+                        .iter()
+                        .map(|u| vec![u.name.clone(), u.role.to_string(), u.balance.to_string()]),
+                )
+            })
+        }
+        Command::Credits(CreditsCmd::Grant {
+            user,
+            amount,
+            reason,
+        }) => {
+            let s = core.credits_grant(a, &user, amount, &reason)?;
+            emit(g, &s, || {
+                format!(
+                    "granted {amount} credits to {}; balance {}",
+                    s.user, s.balance
+                )
+            })
+        }
+        Command::Credits(CreditsCmd::Show { user }) => {
+            let s = core.credits_show(a, user.as_deref())?;
+            emit(g, &s, || {
+                let mut out = format!("{}: {} credits\n", s.user, s.balance);
+                out.push_str(&table(
+                    &["WHEN", "AMOUNT", "KIND", "REASON"],
+                    s.entries.iter().map(|e| {
+                        vec![
+                            e.created_at.clone(),
+                            e.amount.to_string(),
+                            e.kind.to_string(),
+                            e.reason.clone(),
+                        ]
+                    }),
+                ));
+                out
+            })
+        }
+        Command::Quote {
+            ram_mb,
+            disk_gb,
+            cpus,
+        } => {
+            let q = vmdesk_core::quote(ram_mb, disk_gb, cpus)?;
+            emit(g, &q, || format!("{} credits", q.cost))
+        }
+        Command::Host(HostCmd::Add { name, uri }) => {
+            let h = core.host_add(a, &name, &uri)?;
+            emit(g, &h, || format!("added host {} ({})", h.name, h.uri))
+        }
+        Command::Host(HostCmd::List) => {
+            let hosts = core.host_list(a)?;
+            emit(g, &hosts, || {
+                table(
+                    &["NAME", "KIND", "URI"],
+                    hosts
+                        .iter()
+                        .map(|h| vec![h.name.clone(), h.kind.to_string(), h.uri.clone()]),
+                )
+            })
+        }
+        Command::Project(ProjectCmd::Create { name }) => {
+            let p = core.project_create(a, &name)?;
+            emit(g, &p, || format!("created project {}", p.name))
+        }
+        Command::Workspace(WorkspaceCmd::Create { name, project }) => {
+            let w = core.workspace_create(a, &name, &project)?;
+            emit(g, &w, || {
+                format!("created workspace {} in project {}", w.name, w.project)
+            })
+        }
+        Command::Vm(VmCmd::Add {
+            name,
+            pool,
+            host,
+            ram_mb,
+            disk_gb,
+            cpus,
+            vm_type,
+            os,
+        }) => {
+            let vm = core.vm_add(
+                a,
+                &NewVm {
+                    name,
+                    pool,
+                    host,
+                    ram_mb,
+                    disk_gb,
+                    cpu_cores: cpus,
+                    vm_type,
+                    os_type: os,
+                },
+            )?;
+            emit(g, &vm, || {
+                format!(
+                    "added VM {} to pool {} ({})",
+                    vm.name,
+                    vm.pool.as_deref().unwrap_or("-"),
+                    vm.status
+                )
+            })
+        }
+        Command::Vm(VmCmd::List { all }) => {
+            let vms = core.vm_list(a, all)?;
+            emit(g, &vms, || vm_table(&vms))
+        }
+        Command::Vm(VmCmd::Show { vm }) => {
+            let v = core.vm_show(a, &vm)?;
+            emit(g, &v, || {
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            })
+        }
+        Command::Session(SessionCmd::Open {
+            project,
+            workspace,
+            vm_type,
+            no_wait,
+        }) => {
+            let s = core.session_open(
+                a,
+                &SessionRequest {
+                    project,
+                    workspace,
+                    vm_type,
+                },
+                !no_wait,
+            )?;
+            if !no_wait {
+                core.drive_pending()?;
+            }
+            emit(g, &s, || {
+                format!("session {} on VM {}: {}", s.id, s.vm_name, s.status)
+            })
+        }
+        Command::Session(SessionCmd::Close { session, no_wait }) => {
+            let s = core.session_close(a, session, !no_wait)?;
+            if !no_wait {
+                core.drive_pending()?;
+            }
+            emit(g, &s, || {
+                format!("session {} on VM {}: {}", s.id, s.vm_name, s.status)
+            })
+        }
+        Command::Session(SessionCmd::List { all }) => {
+            let sessions = core.session_list(a, all)?;
+            emit(g, &sessions, || {
+                table(
+                    &["ID", "USER", "PROJECT", "VM", "STATUS", "SINCE"],
+                    sessions.iter().map(|s| {
+                        vec![
+                            s.id.to_string(),
+                            s.user.clone(),
+                            s.project.clone(),
+                            s.vm_name.clone(),
+                            s.status.to_string(),
+                            s.created_at.clone(),
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::Events { limit } => {
+            let events = core.events(a, limit)?;
+            emit(g, &events, || {
+                table(
+                    &["WHEN", "TYPE", "SEVERITY", "ACTOR", "ACTION", "DETAILS"],
+                    events.iter().map(|e| {
+                        vec![
+                            e.created_at.clone(),
+                            e.event_type.to_string(),
+                            e.severity.to_string(),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.details.to_string(),
+                        ]
+                    }),
+                )
+            })
+        }
+    }
+}
+
+fn emit<T: Serialize>(g: &Global, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        let text = human();
+        println!("{}", text.trim_end());
+    }
+    Ok(())
+}
+
+fn vm_table(vms: &[vmdesk_core::Vm]) -> String {
+    table(
+        &[
+            "NAME", "STATUS", "POOL", "OWNER", "HOST", "TYPE", "RAM_MB", "CPUS",
+        ],
+        vms.iter().map(|v| {
+            vec![
+                v.name.clone(),
+                v.status.to_string(),
+                v.pool.clone().unwrap_or_else(|| "-".into()),
+                v.owner.clone().unwrap_or_else(|| "-".into()),
+                v.host.clone(),
+                v.vm_type.clone(),
+                v.ram_mb.to_string(),
+                v.cpu_cores.to_string(),
+            ]
+        }),
+    )
+}
+
+/// Left-aligned columns separated by two spaces.
+fn table(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| (*h).to_owned()).collect())
+        .chain(rows)
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

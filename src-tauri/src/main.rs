@@ -1,0 +1,9 @@
+//! `vmdesk`: with no command, the desktop console; with one, the CLI. Both
+//! call the same core API over the same data directory.
+
+mod app;
+mod cli;
+
+fn main() {
+    std::process::exit(cli::main());
+}

@@ -1,0 +1,134 @@
+//! Helpers of the whole-system tests: run the real `vmdesk` binary on a fresh
+//! data directory and look into its SQLite file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The `vmdesk` binary under test: `$VMDESK_BIN`, or the workspace's debug build.
+pub fn bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("VMDESK_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/vmdesk");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p vmdesk`, which `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// The libvirt URI of the real QEMU host the tests use (`make test` starts its daemon).
+pub fn qemu_uri() -> String {
+    std::env::var("VMDESK_TEST_QEMU_URI").unwrap_or_else(|_| "qemu:///system".to_owned())
+}
+
+/// A fresh data directory and the commands to run `vmdesk` on it.
+pub struct Vmdesk {
+    /// The data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Vmdesk {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Vmdesk {
+    /// A new, empty data directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// A `vmdesk` command on this data directory, not yet run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--data-dir").arg(self.dir.path()).args(args);
+        c.env_remove("VMDESK_DATA_DIR").env_remove("VMDESK_USER");
+        c
+    }
+
+    /// Runs `vmdesk ARGS`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run vmdesk")
+    }
+
+    /// Runs `vmdesk --json ARGS`, which must succeed, and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "vmdesk {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("one JSON document")
+    }
+
+    /// Runs `vmdesk ARGS`, which must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "vmdesk {args:?} succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The SQLite file, opened directly.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("vmdesk.db")).expect("open the database")
+    }
+
+    /// Every row of every table, as text: equal snapshots mean nothing changed.
+    pub fn snapshot(&self) -> Vec<String> {
+        let db = self.db();
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .expect("list tables");
+        let mut rows = Vec::new();
+        for t in tables {
+            let mut stmt = db
+                .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+                .expect("select");
+            let n = stmt.column_count();
+            let table_rows: Vec<String> = stmt
+                .query_map([], |r| {
+                    let cells: Vec<String> = (0..n).map(|i| cell(r.get_ref(i))).collect();
+                    Ok(format!("{t}: {}", cells.join(", ")))
+                })
+                .and_then(|rows| rows.collect())
+                .expect("rows");
+            rows.extend(table_rows);
+        }
+        rows
+    }
+
+    /// One integer from a query.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect("count")
+    }
+}
+
+fn cell(v: rusqlite::Result<rusqlite::types::ValueRef<'_>>) -> String {
+    use rusqlite::types::ValueRef;
+    match v {
+        Ok(ValueRef::Null) => "NULL".to_owned(),
+        Ok(ValueRef::Integer(i)) => i.to_string(),
+        Ok(ValueRef::Real(f)) => f.to_string(),
+        Ok(ValueRef::Text(t)) => format!("{:?}", String::from_utf8_lossy(t)),
+        Ok(ValueRef::Blob(b)) => format!("blob {b:?}"),
+        Err(e) => format!("error {e}"),
+    }
+}

@@ -1,0 +1,103 @@
+//! Sessions on a real libvirt daemon running real (tiny, diskless) QEMU VMs.
+#![allow(missing_docs)]
+
+use std::process::Command;
+
+use vmdesk_tests::{qemu_uri, Vmdesk};
+
+fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(qemu_uri())
+        .args(args)
+        .output()
+        .expect("run virsh");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes the domains a test defined, whatever happens to the test.
+struct Domains(Vec<String>);
+
+impl Drop for Domains {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            virsh(&["destroy", d]);
+            virsh(&["undefine", d]);
+        }
+    }
+}
+
+#[test]
+fn a_sessions_vm_runs_on_qemu_while_active_and_is_off_after_close() {
+    let v = Vmdesk::new();
+    let uri = qemu_uri();
+    let added = v.run(&["host", "add", "qemu", "--uri", &uri]);
+    assert!(
+        added.status.success(),
+        "the QEMU host {uri} does not answer; `make test` starts it with scripts/libvirtd.sh: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    v.json(&["project", "create", "lab"]);
+    let vm = v.json(&[
+        "vm",
+        "add",
+        "tiny",
+        "--pool",
+        "lab",
+        "--host",
+        "qemu",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
+    let _cleanup = Domains(vec![machine.clone()]);
+    assert_eq!(virsh(&["domstate", &machine]), "shut off");
+
+    let s = v.json(&["session", "open", "--project", "lab"]);
+    assert_eq!(s["status"], "ACTIVE");
+    assert_eq!(virsh(&["domstate", &machine]), "running");
+    assert_eq!(v.json(&["vm", "show", "tiny"])["status"], "RUNNING");
+
+    // The guest has no OS to honour ACPI: it is forced off after the timeout.
+    let id = s["id"].to_string();
+    let closed = v.json(&["--shutdown-timeout", "1", "session", "close", &id]);
+    assert_eq!(closed["status"], "COMPLETED");
+    assert_eq!(virsh(&["domstate", &machine]), "shut off");
+    let shown = v.json(&["vm", "show", "tiny"]);
+    assert_eq!(shown["status"], "STOPPED");
+    assert!(shown["session_id"].is_null());
+}
+
+#[test]
+fn the_domain_xml_carries_the_vmdesk_marker_and_safe_values() {
+    let v = Vmdesk::new();
+    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+    v.json(&["project", "create", "lab"]);
+    let vm = v.json(&[
+        "vm",
+        "add",
+        "marked",
+        "--pool",
+        "lab",
+        "--host",
+        "qemu",
+        "--ram-mb",
+        "96",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
+    let _cleanup = Domains(vec![machine.clone()]);
+    let xml = virsh(&["dumpxml", &machine]);
+    assert!(xml.contains("urn:vmdesk:machine:1"), "{xml}");
+    assert!(xml.contains(&format!("id=\"{}\"", vm["id"])), "{xml}");
+    assert!(xml.contains("<memory unit='KiB'>98304</memory>"), "{xml}");
+    assert!(xml.contains("listen='127.0.0.1'"), "{xml}");
+}

@@ -1,0 +1,37 @@
+// Calls into the Rust core through Tauri commands. Types come from
+// src/bindings, generated from the Rust types by ts-rs.
+import { invoke } from "@tauri-apps/api/core";
+import { listen, type UnlistenFn } from "@tauri-apps/api/event";
+import type { Overview } from "../bindings/Overview";
+import type { Session } from "../bindings/Session";
+import type { SessionRequest } from "../bindings/SessionRequest";
+
+/** An error from the core: act on `code`, show `message`. */
+export interface ApiError {
+  code: string;
+  message: string;
+}
+
+/** Turns whatever a command rejected with into an ApiError. */
+export function toApiError(e: unknown): ApiError {
+  if (e && typeof e === "object" && "code" in e && "message" in e) {
+    return { code: String(e.code), message: String(e.message) };
+  }
+  return { code: "internal", message: String(e) };
+}
+
+async function call<T>(cmd: string, args?: Record<string, unknown>): Promise<T> {
+  try {
+    return await invoke<T>(cmd, args);
+  } catch (e) {
+    throw toApiError(e);
+  }
+}
+
+export const api = {
+  overview: () => call<Overview>("overview"),
+  openSession: (request: SessionRequest) => call<Session>("open_session", { request }),
+  closeSession: (id: number) => call<Session>("close_session", { id }),
+  /** Calls `f` whenever the backend reports a change. */
+  onChange: (f: () => void): Promise<UnlistenFn> => listen("changed", f),
+};

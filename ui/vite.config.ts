@@ -1,0 +1,16 @@
+import { defineConfig } from "vite";
+import { svelte } from "@sveltejs/vite-plugin-svelte";
+
+// The built files are embedded into the binary by tauri-build (frontendDist).
+export default defineConfig({
+  plugins: [svelte()],
+  clearScreen: false,
+  build: {
+    outDir: "dist",
+    emptyOutDir: true,
+    target: "safari16",
+  },
+  test: {
+    include: ["src/**/*.test.ts"],
+  },
+});
