@@ -36,8 +36,8 @@ lint: ui
 	cargo clippy --workspace --all-targets -- -D warnings
 
 ## Allocation throughput and latency on a file database.
-bench: ui
-	cargo run --release -p vmdesk-core --example alloc_bench
+bench:
+	cargo bench -p vmdesk-core --bench allocation
 
 clean:
 	cargo clean

@@ -46,7 +46,7 @@ impl OpenOptions {
 
 /// The vmdesk API over one data directory.
 pub struct Core {
-    pub(crate) conn: Mutex<Connection>,
+    pub(crate) conn: Mutex<store::Db>,
     pub(crate) opts: OpenOptions,
     pub(crate) install_id: String,
     worker: OnceLock<Worker>,
@@ -55,22 +55,32 @@ pub struct Core {
 /// The system's own name in events.
 pub(crate) const SYSTEM: &str = "vmdesk";
 
-const VM_SELECT: &str =
-    "SELECT v.id, v.name, v.os_type, v.ram_mb, v.disk_gb, v.cpu_cores, v.vm_type,
+/// The columns of a [`Vm`], for `vm_row`.
+macro_rules! vm_select {
+    () => {
+        "SELECT v.id, v.name, v.os_type, v.ram_mb, v.disk_gb, v.cpu_cores, v.vm_type,
         v.status, v.ip_address, v.ssh_port, v.uptime_seconds, v.metadata, u.name, p.name, h.name,
         v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at
     FROM vms v
     LEFT JOIN users u ON u.id = v.owner_user_id
     LEFT JOIN projects p ON p.id = v.project_id
-    JOIN hosts h ON h.id = v.host_id";
+    JOIN hosts h ON h.id = v.host_id "
+    };
+}
 
-pub(crate) const SESSION_SELECT: &str = "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name,
+/// The columns of a [`Session`], for `session_row`.
+macro_rules! session_select {
+    () => {
+        "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name,
         s.status, s.error, s.created_at, s.updated_at, s.started_at, s.ended_at
     FROM sessions s
     JOIN vms v ON v.id = s.vm_id
     JOIN users u ON u.id = s.user_id
     JOIN projects p ON p.id = s.project_id
-    LEFT JOIN workspaces w ON w.id = s.workspace_id";
+    LEFT JOIN workspaces w ON w.id = s.workspace_id "
+    };
+}
+pub(crate) use session_select;
 
 fn vm_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
     let metadata: String = r.get(11)?;
@@ -163,7 +173,7 @@ fn host(conn: &Connection, name: &str) -> Result<Host> {
 }
 
 pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
-    conn.prepare_cached(&format!("{VM_SELECT} WHERE v.id = ?1"))?
+    conn.prepare_cached(concat!(vm_select!(), "WHERE v.id = ?1"))?
         .query_row([id], vm_row)
         .optional()?
         .ok_or_else(|| Error::UnknownVm(id.to_string()))
@@ -171,7 +181,7 @@ pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
 
 fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
     let by_name = conn
-        .prepare_cached(&format!("{VM_SELECT} WHERE v.name = ?1"))?
+        .prepare_cached(concat!(vm_select!(), "WHERE v.name = ?1"))?
         .query_row([reference], vm_row)
         .optional()?;
     match (by_name, reference.parse::<i64>()) {
@@ -182,7 +192,7 @@ fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
 }
 
 pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
-    conn.prepare_cached(&format!("{SESSION_SELECT} WHERE s.id = ?1"))?
+    conn.prepare_cached(concat!(session_select!(), "WHERE s.id = ?1"))?
         .query_row([id], session_row)
         .optional()?
         .ok_or(Error::UnknownSession(id))
@@ -215,7 +225,7 @@ impl Core {
         &self.opts.data_dir
     }
 
-    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, store::Db> {
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -656,9 +666,7 @@ impl Core {
         } else {
             user(&conn, actor)?
         };
-        let mut stmt = conn.prepare_cached(&format!(
-            "{VM_SELECT} WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"
-        ))?;
+        let mut stmt = conn.prepare_cached(concat!(vm_select!(), "WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"))?;
         let rows = stmt.query_map(params![all, a.id], vm_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -714,9 +722,7 @@ impl Core {
                 .query_map([project.id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let vms = conn
-                .prepare_cached(&format!(
-                    "{VM_SELECT} WHERE v.project_id = ?1 ORDER BY v.name"
-                ))?
+                .prepare_cached(concat!(vm_select!(), "WHERE v.project_id = ?1 ORDER BY v.name"))?
                 .query_map([project.id], vm_row)?
                 .collect::<Result<_, _>>()?;
             pools.push(Pool {

@@ -52,10 +52,11 @@ impl<'a> NewEvent<'a> {
 
 /// Writes an event.
 pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (type, action, severity, actor, vm_id, session_id, details, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
+    )?
+    .execute(params![
             e.event_type,
             e.action,
             e.severity,
@@ -63,9 +64,8 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
             e.vm_id,
             e.session_id,
             e.details.to_string(),
-            now()
-        ],
-    )?;
+        now()
+    ])?;
     Ok(conn.last_insert_rowid())
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-use crate::core::{session_by_id, session_row, user, vm_by_id, Core, SESSION_SELECT, SYSTEM};
+use crate::core::{session_by_id, session_row, user, vm_by_id, Core, session_select, SYSTEM};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
@@ -93,9 +93,7 @@ fn why_none(
 }
 
 pub(crate) fn list(conn: &Connection, actor: &User, all: bool, limit: i64) -> Result<Vec<Session>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SESSION_SELECT} WHERE ?1 OR s.user_id = ?2 ORDER BY s.id DESC LIMIT ?3"
-    ))?;
+    let mut stmt = conn.prepare_cached(concat!(session_select!(), "WHERE ?1 OR s.user_id = ?2 ORDER BY s.id DESC LIMIT ?3"))?;
     let rows = stmt.query_map(params![all, actor.id, limit], session_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -144,10 +142,11 @@ impl Core {
         } else {
             None
         };
-        let id = self.write(|tx| {
+        let opened = self.write(|tx| {
             let u = user(tx, actor)?;
             let pid: i64 = tx
-                .query_row("SELECT id FROM projects WHERE name = ?1", [&req.project], |r| r.get(0))
+                .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+                .query_row([&req.project], |r| r.get(0))
                 .optional()?
                 .ok_or_else(|| Error::UnknownProject(req.project.clone()))?;
             let wid = match &req.workspace {
@@ -178,12 +177,12 @@ impl Core {
                 .vm(vm_id)
                 .session(sid),
             )?;
-            Ok(sid)
+            session_by_id(tx, sid)
         })?;
         if wait {
-            self.drive_start(id)
+            self.drive_start(opened.id)
         } else {
-            session_by_id(&self.db(), id)
+            Ok(opened)
         }
     }
 

@@ -1,0 +1,165 @@
+//! Session allocation on a file database: allocations per second, p50 and p99
+//! latency, and doubles (a VM in two live sessions; must be 0), with 1, 8 and
+//! 64 concurrent requesters. Two modes: requesters sharing one `Core` (threads
+//! of the app) and requesters each with its own `Core` (like separate CLI
+//! processes, contending through SQLite's file lock).
+//!
+//! Run: `cargo bench -p vmdesk-core --bench allocation` (or `make bench`).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vmdesk_core::model::{Host, HostKind};
+use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+
+/// A host that accepts everything (allocation with --no-wait never calls it
+/// except to define the pool's machines during set-up).
+struct NullHost;
+
+impl Provider for NullHost {
+    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn start(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
+        Ok(PowerState::Stopped)
+    }
+}
+
+struct NullFactory;
+
+impl ProviderFactory for NullFactory {
+    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        Ok(Arc::new(NullHost))
+    }
+}
+
+fn open(dir: &std::path::Path) -> Core {
+    Core::open(OpenOptions::new(dir, Arc::new(NullFactory))).unwrap()
+}
+
+const POOL: usize = 6_000;
+
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open(dir.path());
+    core.host_add("admin", "h", "null:///").unwrap();
+    core.project_create("admin", "p").unwrap();
+    for i in 0..POOL {
+        core.vm_add(
+            "admin",
+            &NewVm {
+                name: format!("vm{i:05}"),
+                pool: "p".into(),
+                host: "h".into(),
+                ram_mb: 1024,
+                disk_gb: 20,
+                cpu_cores: 2,
+                vm_type: "standard".into(),
+                os_type: "blank".into(),
+            },
+        )
+        .unwrap();
+    }
+    dir
+}
+
+struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    doubles: i64,
+    allocated: usize,
+}
+
+fn run(requesters: usize, shared: bool) -> Figures {
+    let dir = setup();
+    let req = SessionRequest { project: "p".into(), ..Default::default() };
+    let shared_core = Arc::new(open(dir.path()));
+    let start = Instant::now();
+    let per_thread: Vec<(Vec<Duration>, Vec<i64>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..requesters)
+            .map(|_| {
+                let core = if shared { Arc::clone(&shared_core) } else { Arc::new(open(dir.path())) };
+                let req = req.clone();
+                scope.spawn(move || {
+                    let (mut lat, mut vms) = (Vec::new(), Vec::new());
+                    loop {
+                        let t = Instant::now();
+                        match core.session_open("admin", &req, false) {
+                            Ok(s) => {
+                                lat.push(t.elapsed());
+                                vms.push(s.vm_id);
+                            }
+                            Err(e) if e.code() == "all_in_use" => return (lat, vms),
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = start.elapsed();
+    let mut lat: Vec<Duration> = per_thread.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+    let mut vms: Vec<i64> = per_thread.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    lat.sort_unstable();
+    let allocated = vms.len();
+    vms.sort_unstable();
+    vms.dedup();
+    let conn = rusqlite::Connection::open(dir.path().join("vmdesk.db")).unwrap();
+    let live_doubles: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT vm_id FROM sessions WHERE status IN ('REQUESTED','STARTING','ACTIVE','TERMINATING')
+             GROUP BY vm_id HAVING count(*) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Figures {
+        per_second: allocated as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        doubles: live_doubles + (allocated - vms.len()) as i64,
+        allocated,
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent: do a tiny smoke pass only.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    println!("session allocation, file database, pool of {POOL} VMs, each run allocates the whole pool");
+    println!("{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}", "mode", "requesters", "allocs/s", "p50", "p99", "doubles");
+    for shared in [true, false] {
+        for requesters in [1, 8, 64] {
+            if quick && requesters > 1 {
+                continue;
+            }
+            let f = run(requesters, shared);
+            assert_eq!(f.allocated, POOL);
+            println!(
+                "{:<10} {:>10} {:>12.0} {:>8.3}ms {:>8.3}ms {:>8}",
+                if shared { "shared" } else { "per-conn" },
+                requesters,
+                f.per_second,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3,
+                f.doubles
+            );
+        }
+    }
+}
