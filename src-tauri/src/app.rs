@@ -179,9 +179,19 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             refresh_tray(&tray, &core, &actor);
             let (app_handle, core, actor) =
                 (app.handle().clone(), Arc::clone(&core), actor.clone());
+            let checkpointer = Arc::clone(&core);
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())
                 .spawn(move || worker(app_handle, core, actor, wake_rx))?;
+            // Writers never checkpoint themselves (see vmdesk_core::store): this keeps the log short.
+            std::thread::Builder::new()
+                .name("vmdesk-checkpoint".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if let Err(e) = checkpointer.checkpoint_if_over(1 << 20) {
+                        tracing::warn!(error = %e.one_line(), "checkpoint");
+                    }
+                })?;
             Ok(())
         })
         .run(tauri::generate_context!())?;

@@ -87,13 +87,29 @@ struct Figures {
 
 fn run(requesters: usize, shared: bool) -> Figures {
     let dir = setup();
-    let req = SessionRequest { project: "p".into(), ..Default::default() };
+    let req = SessionRequest {
+        project: "p".into(),
+        ..Default::default()
+    };
     let shared_core = Arc::new(open(dir.path()));
+    // As the app's checkpointer does: move the log into the database off the write path.
+    let running = std::sync::atomic::AtomicBool::new(true);
+    let mut elapsed = Duration::ZERO;
     let start = Instant::now();
     let per_thread: Vec<(Vec<Duration>, Vec<i64>)> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                shared_core.checkpoint_if_over(1 << 20).unwrap();
+            }
+        });
         let handles: Vec<_> = (0..requesters)
             .map(|_| {
-                let core = if shared { Arc::clone(&shared_core) } else { Arc::new(open(dir.path())) };
+                let core = if shared {
+                    Arc::clone(&shared_core)
+                } else {
+                    Arc::new(open(dir.path()))
+                };
                 let req = req.clone();
                 scope.spawn(move || {
                     let (mut lat, mut vms) = (Vec::new(), Vec::new());
@@ -111,11 +127,19 @@ fn run(requesters: usize, shared: bool) -> Figures {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let out = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        elapsed = start.elapsed();
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        out
     });
-    let elapsed = start.elapsed();
-    let mut lat: Vec<Duration> = per_thread.iter().flat_map(|(l, _)| l.iter().copied()).collect();
-    let mut vms: Vec<i64> = per_thread.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let mut lat: Vec<Duration> = per_thread
+        .iter()
+        .flat_map(|(l, _)| l.iter().copied())
+        .collect();
+    let mut vms: Vec<i64> = per_thread
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .collect();
     lat.sort_unstable();
     let allocated = vms.len();
     vms.sort_unstable();
@@ -142,18 +166,30 @@ fn run(requesters: usize, shared: bool) -> Figures {
 fn main() {
     // `cargo test --benches` runs this with --bench absent: do a tiny smoke pass only.
     let quick = !std::env::args().any(|a| a == "--bench");
-    println!("session allocation, file database, pool of {POOL} VMs, each run allocates the whole pool");
-    println!("{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}", "mode", "requesters", "allocs/s", "p50", "p99", "doubles");
+    println!(
+        "session allocation, file database, pool of {POOL} VMs, each run allocates the whole pool"
+    );
+    println!(
+        "{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
+        "mode", "requesters", "allocs/s", "p50", "p99", "doubles"
+    );
     for shared in [true, false] {
         for requesters in [1, 8, 64] {
             if quick && requesters > 1 {
+                continue;
+            }
+            let mode = if shared { "shared" } else { "per-conn" };
+            // ALLOC_BENCH_ONLY=shared:64 runs one case (for profiling).
+            if std::env::var("ALLOC_BENCH_ONLY")
+                .is_ok_and(|only| only != format!("{mode}:{requesters}"))
+            {
                 continue;
             }
             let f = run(requesters, shared);
             assert_eq!(f.allocated, POOL);
             println!(
                 "{:<10} {:>10} {:>12.0} {:>8.3}ms {:>8.3}ms {:>8}",
-                if shared { "shared" } else { "per-conn" },
+                mode,
                 requesters,
                 f.per_second,
                 f.p50.as_secs_f64() * 1e3,

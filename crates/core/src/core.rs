@@ -50,6 +50,58 @@ pub struct Core {
     pub(crate) opts: OpenOptions,
     pub(crate) install_id: String,
     worker: OnceLock<Worker>,
+    pub(crate) alloc: crate::sessions::AllocQueue,
+}
+
+/// The database connection, held; when released, requesters waiting to
+/// allocate are woken so that one of them can lead the next batch.
+pub(crate) struct DbGuard<'a> {
+    guard: Option<MutexGuard<'a, store::Db>>,
+    alloc: &'a crate::sessions::AllocQueue,
+}
+
+impl<'a> DbGuard<'a> {
+    pub(crate) fn new(
+        guard: MutexGuard<'a, store::Db>,
+        alloc: &'a crate::sessions::AllocQueue,
+    ) -> Self {
+        Self {
+            guard: Some(guard),
+            alloc,
+        }
+    }
+}
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = store::Db;
+    fn deref(&self) -> &store::Db {
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl std::ops::DerefMut for DbGuard<'_> {
+    fn deref_mut(&mut self) -> &mut store::Db {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl Drop for DbGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.alloc.wake();
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        if let Err(e) = self.checkpoint() {
+            tracing::debug!(error = %e.one_line(), "checkpoint on close");
+        }
+    }
 }
 
 /// The system's own name in events.
@@ -215,6 +267,7 @@ impl Core {
             opts,
             install_id,
             worker: OnceLock::new(),
+            alloc: Default::default(),
         };
         core.recover()?;
         Ok(core)
@@ -225,10 +278,30 @@ impl Core {
         &self.opts.data_dir
     }
 
-    pub(crate) fn db(&self) -> MutexGuard<'_, store::Db> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub(crate) fn db(&self) -> DbGuard<'_> {
+        DbGuard::new(
+            self.conn
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            &self.alloc,
+        )
+    }
+
+    /// Moves the write-ahead log into the database file (see [`store::checkpoint`]).
+    pub fn checkpoint(&self) -> Result<()> {
+        store::checkpoint(&self.opts.data_dir)
+    }
+
+    /// Checkpoints if the write-ahead log has grown past `max_bytes`; a cheap
+    /// call for a background thread to make often. Returns whether it did.
+    pub fn checkpoint_if_over(&self, max_bytes: u64) -> Result<bool> {
+        let wal = self.opts.data_dir.join(format!("{}-wal", store::DB_FILE));
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        if size <= max_bytes {
+            return Ok(false);
+        }
+        self.checkpoint()?;
+        Ok(true)
     }
 
     pub(crate) fn write<T>(
@@ -666,7 +739,10 @@ impl Core {
         } else {
             user(&conn, actor)?
         };
-        let mut stmt = conn.prepare_cached(concat!(vm_select!(), "WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"))?;
+        let mut stmt = conn.prepare_cached(concat!(
+            vm_select!(),
+            "WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"
+        ))?;
         let rows = stmt.query_map(params![all, a.id], vm_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -722,7 +798,10 @@ impl Core {
                 .query_map([project.id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             let vms = conn
-                .prepare_cached(concat!(vm_select!(), "WHERE v.project_id = ?1 ORDER BY v.name"))?
+                .prepare_cached(concat!(
+                    vm_select!(),
+                    "WHERE v.project_id = ?1 ORDER BY v.name"
+                ))?
                 .query_map([project.id], vm_row)?
                 .collect::<Result<_, _>>()?;
             pools.push(Pool {

@@ -99,6 +99,8 @@ pub enum Error {
     },
     /// the database failed
     Db(#[from] rusqlite::Error),
+    /// the database failed: {0}
+    Batch(String),
     /// the database schema could not be brought up to date
     Migration(#[from] rusqlite_migration::Error),
     /// cannot use the data directory {path}
@@ -132,7 +134,7 @@ impl Error {
             Error::InsufficientCredits { .. } => "insufficient_credits",
             Error::SessionState { .. } => "session_state",
             Error::Provider { .. } => "provider",
-            Error::Db(_) => "database",
+            Error::Db(_) | Error::Batch(_) => "database",
             Error::Migration(_) => "database",
             Error::DataDir { .. } => "data_dir",
         }

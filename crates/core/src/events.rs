@@ -57,13 +57,13 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-            e.event_type,
-            e.action,
-            e.severity,
-            e.actor,
-            e.vm_id,
-            e.session_id,
-            e.details.to_string(),
+        e.event_type,
+        e.action,
+        e.severity,
+        e.actor,
+        e.vm_id,
+        e.session_id,
+        e.details.to_string(),
         now()
     ])?;
     Ok(conn.last_insert_rowid())

@@ -1,17 +1,20 @@
 //! Sessions: exclusive allocation of a pool VM, driving a session through its
 //! states on the VM's host, and settling what a crashed worker left.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-use crate::core::{session_by_id, session_row, user, vm_by_id, Core, session_select, SYSTEM};
+use crate::core::{
+    session_by_id, session_row, session_select, user, vm_by_id, Core, DbGuard, SYSTEM,
+};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
 use crate::provider::{PowerState, Provider};
-use crate::store::now;
+use crate::store::{self, now};
 use crate::validate;
 
 /// A row id and the worker that holds it.
@@ -56,6 +59,80 @@ fn allocate(
         .optional()?)
 }
 
+/// Allocates one session inside an open transaction (see [`Core::allocate_batched`]).
+fn open_in_tx(
+    tx: &Connection,
+    actor: &str,
+    req: &SessionRequest,
+    worker: Option<&str>,
+) -> Result<Session> {
+    let u = user(tx, actor)?;
+    let pid: i64 = tx
+        .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
+        .query_row([&req.project], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::UnknownProject(req.project.clone()))?;
+    let wid = match &req.workspace {
+        None => None,
+        Some(w) => Some(
+            tx.prepare_cached("SELECT id FROM workspaces WHERE project_id = ?1 AND name = ?2")?
+                .query_row(params![pid, w], |r| r.get::<_, i64>(0))
+                .optional()?
+                .ok_or_else(|| Error::UnknownWorkspace {
+                    project: req.project.clone(),
+                    workspace: w.clone(),
+                })?,
+        ),
+    };
+    let vm_type = req.vm_type.as_deref();
+    let Some((sid, vm_id)) = allocate(tx, u.id, pid, wid, vm_type, worker)? else {
+        return Err(why_none(tx, &req.project, pid, vm_type)?);
+    };
+    events::record(
+        tx,
+        NewEvent::info(
+            EventType::Session,
+            "session.open",
+            &u.name,
+            json!({"project": req.project, "workspace": req.workspace, "vm_type": req.vm_type,
+                   "status": SessionStatus::Requested}),
+        )
+        .vm(vm_id)
+        .session(sid),
+    )?;
+    session_by_id(tx, sid)
+}
+
+/// An allocation waiting for the next batch.
+struct AllocJob {
+    actor: String,
+    req: SessionRequest,
+    worker: Option<String>,
+    slot: Arc<Mutex<Option<Result<Session>>>>,
+}
+
+/// Allocations waiting to be committed together (group commit).
+#[derive(Default)]
+pub(crate) struct AllocQueue {
+    jobs: Mutex<Vec<AllocJob>>,
+    /// Signalled when a batch is done or the database is released.
+    turn: Condvar,
+}
+
+impl AllocQueue {
+    /// Wakes the waiting requesters so that one of them leads the next batch.
+    pub(crate) fn wake(&self) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if !jobs.is_empty() {
+            self.turn.notify_all();
+        }
+    }
+}
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
 /// Why nothing could be allocated.
 fn why_none(
     tx: &Connection,
@@ -93,7 +170,10 @@ fn why_none(
 }
 
 pub(crate) fn list(conn: &Connection, actor: &User, all: bool, limit: i64) -> Result<Vec<Session>> {
-    let mut stmt = conn.prepare_cached(concat!(session_select!(), "WHERE ?1 OR s.user_id = ?2 ORDER BY s.id DESC LIMIT ?3"))?;
+    let mut stmt = conn.prepare_cached(concat!(
+        session_select!(),
+        "WHERE ?1 OR s.user_id = ?2 ORDER BY s.id DESC LIMIT ?3"
+    ))?;
     let rows = stmt.query_map(params![all, actor.id, limit], session_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -142,47 +222,95 @@ impl Core {
         } else {
             None
         };
-        let opened = self.write(|tx| {
-            let u = user(tx, actor)?;
-            let pid: i64 = tx
-                .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
-                .query_row([&req.project], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| Error::UnknownProject(req.project.clone()))?;
-            let wid = match &req.workspace {
-                None => None,
-                Some(w) => Some(
-                    tx.query_row(
-                        "SELECT id FROM workspaces WHERE project_id = ?1 AND name = ?2",
-                        params![pid, w],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .optional()?
-                    .ok_or_else(|| Error::UnknownWorkspace { project: req.project.clone(), workspace: w.clone() })?,
-                ),
-            };
-            let vm_type = req.vm_type.as_deref();
-            let Some((sid, vm_id)) = allocate(tx, u.id, pid, wid, vm_type, worker.as_deref())? else {
-                return Err(why_none(tx, &req.project, pid, vm_type)?);
-            };
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Session,
-                    "session.open",
-                    &u.name,
-                    json!({"project": req.project, "workspace": req.workspace, "vm_type": req.vm_type,
-                           "status": SessionStatus::Requested}),
-                )
-                .vm(vm_id)
-                .session(sid),
-            )?;
-            session_by_id(tx, sid)
-        })?;
+        let opened = self.allocate_batched(actor, req, worker)?;
         if wait {
             self.drive_start(opened.id)
         } else {
             Ok(opened)
+        }
+    }
+
+    /// Allocates a session. Concurrent requesters of this process are served
+    /// in batches: whoever finds the database free commits every waiting
+    /// allocation in one transaction, each inside its own savepoint so that a
+    /// refused one changes nothing. Fewer commits, and no requester waits more
+    /// than about two batches.
+    fn allocate_batched(
+        &self,
+        actor: &str,
+        req: &SessionRequest,
+        worker: Option<String>,
+    ) -> Result<Session> {
+        let slot = Arc::new(Mutex::new(None));
+        let queue = &self.alloc;
+        queue
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(AllocJob {
+                actor: actor.to_owned(),
+                req: req.clone(),
+                worker,
+                slot: Arc::clone(&slot),
+            });
+        loop {
+            if let Some(done) = take(&slot) {
+                return done;
+            }
+            match self.conn.try_lock() {
+                Ok(held) => {
+                    // Released (and the others woken) when `db` drops.
+                    let mut db = DbGuard::new(held, queue);
+                    let jobs =
+                        std::mem::take(&mut *queue.jobs.lock().unwrap_or_else(|p| p.into_inner()));
+                    if !jobs.is_empty() {
+                        self.run_batch(&mut db, jobs);
+                    }
+                }
+                Err(_) => {
+                    let jobs = queue.jobs.lock().unwrap_or_else(|p| p.into_inner());
+                    // Checked under the queue lock: whoever releases the database
+                    // signals under it too, so no wake-up is missed; the timeout
+                    // is only a safety net.
+                    if slot.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+                        let _ = queue.turn.wait_timeout(jobs, Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+    }
+
+    fn run_batch(&self, db: &mut store::Db, jobs: Vec<AllocJob>) {
+        let committed = store::write(db, |tx| {
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                tx.execute_batch("SAVEPOINT alloc")?;
+                let result = open_in_tx(tx, &job.actor, &job.req, job.worker.as_deref());
+                tx.execute_batch(if result.is_ok() {
+                    "RELEASE alloc"
+                } else {
+                    "ROLLBACK TO alloc; RELEASE alloc"
+                })?;
+                results.push(result);
+            }
+            Ok(results)
+        });
+        match committed {
+            Ok(results) => {
+                for (job, result) in jobs.iter().zip(results) {
+                    *job.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                }
+                if let Some(notify) = &self.opts.on_change {
+                    notify();
+                }
+            }
+            Err(e) => {
+                let why = e.one_line();
+                for job in &jobs {
+                    *job.slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Err(Error::Batch(why.clone())));
+                }
+            }
         }
     }
 

@@ -275,3 +275,37 @@ fn concurrent_requesters_in_separate_connections_never_share_a_vm() {
         assert_eq!(e.code(), "all_in_use", "{e}");
     }
 }
+
+#[test]
+fn concurrent_requesters_sharing_one_core_are_batched_without_sharing_a_vm() {
+    let (dir, _hosts, core) = with_pool(20);
+    // 60 threads of one process: refused requests share batches with granted ones.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..60)
+            .map(|_| scope.spawn(|| core.session_open("admin", &req("p"), false)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut vms: Vec<i64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|s| s.vm_id)
+        .collect();
+    assert_eq!(vms.len(), 20);
+    vms.sort_unstable();
+    vms.dedup();
+    assert_eq!(vms.len(), 20, "a VM was allocated twice");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code() == "all_in_use"));
+    // A refused request left nothing behind: 20 sessions, 20 open events.
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM sessions"), 20);
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM events WHERE action = 'session.open'"
+        ),
+        20
+    );
+}
