@@ -250,10 +250,23 @@ pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
         .ok_or(Error::UnknownSession(id))
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.code == ErrorCode::ConstraintViolation
-            && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE)
+/// Maps a UNIQUE violation of an insert to "a {kind} named {name} already exists".
+fn already_exists<'a>(
+    kind: &'static str,
+    name: &'a str,
+) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
+    move |e| match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == ErrorCode::ConstraintViolation
+                && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            Error::AlreadyExists {
+                kind,
+                name: name.to_owned(),
+            }
+        }
+        _ => e.into(),
+    }
 }
 
 impl Core {
@@ -394,16 +407,7 @@ impl Core {
                 "INSERT INTO users (name, role, balance, created_at) VALUES (?1, ?2, 0, ?3)",
                 params![name, role, now()],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::AlreadyExists {
-                        kind: "user",
-                        name: name.to_owned(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(already_exists("user", name))?;
             let id = tx.last_insert_rowid();
             events::record(
                 tx,
@@ -536,16 +540,7 @@ impl Core {
                 "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, 'libvirt', ?2, ?3)",
                 params![name, uri, now()],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::AlreadyExists {
-                        kind: "host",
-                        name: name.to_owned(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(already_exists("host", name))?;
             events::record(
                 tx,
                 NewEvent::info(
@@ -580,16 +575,7 @@ impl Core {
                 "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
                 params![name, created_at],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::AlreadyExists {
-                        kind: "project",
-                        name: name.to_owned(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(already_exists("project", name))?;
             let id = tx.last_insert_rowid();
             events::record(
                 tx,
@@ -619,16 +605,7 @@ impl Core {
                 "INSERT INTO workspaces (project_id, name, created_at) VALUES (?1, ?2, ?3)",
                 params![pid, name, created_at],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::AlreadyExists {
-                        kind: "workspace",
-                        name: name.to_owned(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(already_exists("workspace", name))?;
             let id = tx.last_insert_rowid();
             events::record(
                 tx,
@@ -660,7 +637,7 @@ impl Core {
         let worker = self.worker_id()?.to_owned();
         // The intent is durable before the host is touched.
         let vm = self.write(|tx| {
-            let a = admin(tx, actor, "add VMs to a pool")?;
+            admin(tx, actor, "add VMs to a pool")?;
             let pid = project_id(tx, &spec.pool)?;
             let h = host(tx, &spec.host)?;
             let ts = now();
@@ -673,14 +650,7 @@ impl Core {
                     pid, h.id, self.machine_name(&spec.name), worker, ts
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    Error::AlreadyExists { kind: "VM", name: spec.name.clone() }
-                } else {
-                    e.into()
-                }
-            })?;
-            let _ = a;
+            .map_err(already_exists("VM", &spec.name))?;
             vm_by_id(tx, tx.last_insert_rowid())
         })?;
         let defined = self.provider(&vm.host).and_then(|p| {
