@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
-use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest, VmAction, VmCreate};
 use vmdesk_libvirt::LibvirtFactory;
 
 /// Manage VM pools, sessions and credits. With no command, opens the desktop window.
@@ -166,6 +166,42 @@ pub enum VmCmd {
         vm_type: String,
         #[arg(long, default_value = "blank")]
         os: String,
+    },
+    /// Create a VM of your own, paid for in credits
+    #[command(allow_negative_numbers = true)]
+    Create {
+        name: String,
+        #[arg(long)]
+        ram_mb: i64,
+        #[arg(long)]
+        disk_gb: i64,
+        #[arg(long)]
+        cpus: i64,
+        #[arg(long, default_value = "blank")]
+        os: String,
+        /// Host (default: the only host)
+        #[arg(long)]
+        host: Option<String>,
+        /// Define it but do not start it
+        #[arg(long)]
+        no_start: bool,
+        /// Commit (and pay) and return at once (CREATING); a worker provisions it
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Start a VM
+    Start { vm: String },
+    /// Shut a VM down (forced off after the shutdown timeout)
+    Stop { vm: String },
+    /// Stop, then start a VM
+    Restart { vm: String },
+    /// Power a VM off and remove it from its host
+    Destroy { vm: String },
+    /// Merge KEY=VALUE pairs into a VM's metadata
+    Meta {
+        vm: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
     },
     /// List VMs (--all: every user's, admin only)
     List {
@@ -398,6 +434,67 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 )
             })
         }
+        Command::Vm(VmCmd::Create {
+            name,
+            ram_mb,
+            disk_gb,
+            cpus,
+            os,
+            host,
+            no_start,
+            no_wait,
+        }) => {
+            let spec = VmCreate {
+                name,
+                ram_mb,
+                disk_gb,
+                cpu_cores: cpus,
+                os_type: os,
+                host,
+                start: !no_start,
+            };
+            let bar = (!g.json && !no_wait).then(|| {
+                let bar = indicatif::ProgressBar::new(3);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix} [{bar:24}] {pos}/{len} {msg}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(spec.name.clone());
+                bar
+            });
+            let report = |p: &vmdesk_core::Progress| {
+                if let Some(bar) = &bar {
+                    bar.set_length(u64::from(p.steps));
+                    bar.set_position(u64::from(p.step));
+                    bar.set_message(p.message.clone());
+                }
+            };
+            let created = core.vm_create(a, &spec, !no_wait, Some(&report));
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let vm = created?;
+            emit(g, &vm, || format!("VM {}: {}", vm.name, vm.status))
+        }
+        Command::Vm(VmCmd::Start { vm }) => vm_action(g, &core, &vm, VmAction::Start),
+        Command::Vm(VmCmd::Stop { vm }) => vm_action(g, &core, &vm, VmAction::Stop),
+        Command::Vm(VmCmd::Restart { vm }) => vm_action(g, &core, &vm, VmAction::Restart),
+        Command::Vm(VmCmd::Destroy { vm }) => vm_action(g, &core, &vm, VmAction::Destroy),
+        Command::Vm(VmCmd::Meta { vm, pairs }) => {
+            let pairs = pairs
+                .iter()
+                .map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("{p:?} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let v = core.vm_meta(a, &vm, &pairs)?;
+            emit(g, &v, || format!("VM {} metadata: {}", v.name, v.metadata))
+        }
         Command::Vm(VmCmd::List { all }) => {
             let vms = core.vm_list(a, all)?;
             emit(g, &vms, || vm_table(&vms))
@@ -476,6 +573,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn vm_action(g: &Global, core: &Core, vm: &str, action: VmAction) -> anyhow::Result<()> {
+    let v = core.vm_action(&g.actor, vm, action)?;
+    emit(g, &v, || format!("VM {}: {}", v.name, v.status))
 }
 
 fn emit<T: Serialize>(g: &Global, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {

@@ -353,3 +353,131 @@ fn bad_grants_are_refused() {
         ],
     );
 }
+
+#[test]
+fn bad_vm_creations_and_foreign_actions_are_refused() {
+    let v = setup();
+    v.json(&[
+        "--as",
+        "bob",
+        "vm",
+        "create",
+        "mine",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+        "--no-start",
+    ]);
+    refused(
+        &v,
+        &[
+            (
+                &[
+                    "--as",
+                    "bob",
+                    "vm",
+                    "create",
+                    "x",
+                    "--ram-mb",
+                    "64",
+                    "--disk-gb",
+                    "1",
+                    "--cpus",
+                    "1",
+                    "--os",
+                    "plan9",
+                ],
+                "unknown OS \"plan9\"",
+            ),
+            (
+                &[
+                    "--as",
+                    "bob",
+                    "vm",
+                    "create",
+                    "x",
+                    "--ram-mb",
+                    "0",
+                    "--disk-gb",
+                    "1",
+                    "--cpus",
+                    "1",
+                ],
+                "memory must be between",
+            ),
+            (
+                &[
+                    "--as",
+                    "bob",
+                    "vm",
+                    "create",
+                    "x<y",
+                    "--ram-mb",
+                    "64",
+                    "--disk-gb",
+                    "1",
+                    "--cpus",
+                    "1",
+                ],
+                "may hold only letters",
+            ),
+            (
+                &[
+                    "--as",
+                    "bob",
+                    "vm",
+                    "create",
+                    "x",
+                    "--ram-mb",
+                    "64",
+                    "--disk-gb",
+                    "1",
+                    "--cpus",
+                    "1",
+                    "--host",
+                    "nope",
+                ],
+                "no host named \"nope\"",
+            ),
+            (
+                &[
+                    "--as",
+                    "eve",
+                    "vm",
+                    "create",
+                    "x",
+                    "--ram-mb",
+                    "64",
+                    "--disk-gb",
+                    "1",
+                    "--cpus",
+                    "1",
+                ],
+                "not enough credits: the cost is 11 but the balance of \"eve\" is 0",
+            ),
+            (
+                &["--as", "eve", "vm", "stop", "mine"],
+                "no VM named \"mine\"",
+            ),
+            (
+                &["--as", "eve", "vm", "destroy", "mine"],
+                "no VM named \"mine\"",
+            ),
+            (
+                &["--as", "eve", "vm", "meta", "mine", "a=b"],
+                "no VM named \"mine\"",
+            ),
+            (
+                &["--as", "bob", "vm", "meta", "mine", "novalue"],
+                "\"novalue\" is not KEY=VALUE",
+            ),
+            (
+                &["vm", "destroy", "vm1"],
+                "VM vm1 is held by session 1; close the session first",
+            ),
+        ],
+    );
+}

@@ -34,6 +34,9 @@ impl Provider for NullHost {
     fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
         Ok(PowerState::Stopped)
     }
+    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
 }
 
 struct NullFactory;

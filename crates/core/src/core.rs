@@ -251,7 +251,7 @@ pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
 }
 
 /// Maps a UNIQUE violation of an insert to "a {kind} named {name} already exists".
-fn already_exists<'a>(
+pub(crate) fn already_exists<'a>(
     kind: &'static str,
     name: &'a str,
 ) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -376,7 +376,7 @@ impl Core {
         }
     }
 
-    fn machine_name(&self, vm_name: &str) -> String {
+    pub(crate) fn machine_name(&self, vm_name: &str) -> String {
         let tag: String = self.install_id.chars().take(8).collect();
         format!("vmdesk-{vm_name}-{tag}")
     }
@@ -632,7 +632,7 @@ impl Core {
     pub fn vm_add(&self, actor: &str, spec: &NewVm) -> Result<Vm> {
         validate::name("VM", &spec.name)?;
         validate::name("VM type", &spec.vm_type)?;
-        validate::name("OS", &spec.os_type)?;
+        validate::os(&spec.os_type, crate::vms::OS_CATALOG)?;
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
         let worker = self.worker_id()?.to_owned();
         // The intent is durable before the host is touched.
@@ -721,7 +721,11 @@ impl Core {
     pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
         let conn = self.db();
         let a = user(&conn, actor)?;
-        let v = vm_by_ref(&conn, vm)?;
+        self.vm_show_in(&conn, &a, vm)
+    }
+
+    pub(crate) fn vm_show_in(&self, conn: &Connection, a: &User, vm: &str) -> Result<Vm> {
+        let v = vm_by_ref(conn, vm)?;
         let visible = v.pool.is_some()
             || v.owner.as_deref() == Some(a.name.as_str())
             || a.role == Role::Admin;

@@ -15,9 +15,11 @@ mod events;
 mod ledger;
 mod sessions;
 mod store;
+mod vms;
 mod worker;
 
 pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
+pub use crate::vms::{ProgressFn, OS_CATALOG};

@@ -429,3 +429,54 @@ pub struct NewVm {
     /// Operating system.
     pub os_type: String,
 }
+
+/// The spec of a user's own VM, created for credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct VmCreate {
+    /// Unique name.
+    pub name: String,
+    /// Memory in MB.
+    pub ram_mb: i64,
+    /// Disk in GB.
+    pub disk_gb: i64,
+    /// Virtual CPUs.
+    pub cpu_cores: i64,
+    /// Operating system, from the catalog.
+    pub os_type: String,
+    /// The host; the only host when there is one.
+    pub host: Option<String>,
+    /// Start it once it exists.
+    pub start: bool,
+}
+
+/// How far a VM creation has got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct Progress {
+    /// The VM's id.
+    pub vm_id: i64,
+    /// The VM's name.
+    pub vm: String,
+    /// Steps done so far, 0 to `steps`.
+    pub step: u32,
+    /// Steps in all.
+    pub steps: u32,
+    /// What is being done.
+    pub message: String,
+}
+
+/// What can be done to a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "lowercase")]
+#[ts(export)]
+pub enum VmAction {
+    /// Power on.
+    Start,
+    /// Shut down (forced off after the shutdown timeout).
+    Stop,
+    /// Stop, then start.
+    Restart,
+    /// Power off and remove from the host.
+    Destroy,
+}

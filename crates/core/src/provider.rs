@@ -77,6 +77,8 @@ pub trait Provider: Send + Sync {
     fn force_off(&self, machine: &str) -> Result<(), ProviderError>;
     /// Reads the power state.
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError>;
+    /// Removes the machine's definition (it must be off); does nothing if it is gone.
+    fn undefine(&self, machine: &str) -> Result<(), ProviderError>;
 }
 
 /// Makes the provider of a host.

@@ -179,7 +179,7 @@ pub(crate) fn list(conn: &Connection, actor: &User, all: bool, limit: i64) -> Re
 }
 
 /// Waits until `done` holds for the machine's power state, or the timeout.
-fn wait_for(
+pub(crate) fn wait_for(
     provider: &dyn Provider,
     machine: &str,
     timeout: Duration,
@@ -195,7 +195,27 @@ fn wait_for(
     }
 }
 
-fn vm_status_of(state: PowerState) -> VmStatus {
+/// Shuts a machine down: ACPI first, cut off after `timeout`. Returns whether
+/// it had to be forced off.
+pub(crate) fn power_off(
+    p: &dyn Provider,
+    machine: &str,
+    timeout: Duration,
+) -> Result<bool, crate::provider::ProviderError> {
+    if p.power_state(machine)?.is_off() {
+        return Ok(false);
+    }
+    // A guest without ACPI support refuses: then only the timeout is left.
+    let _ = p.shutdown(machine);
+    if wait_for(p, machine, timeout, PowerState::is_off)?.is_off() {
+        return Ok(false);
+    }
+    p.force_off(machine)?;
+    wait_for(p, machine, Duration::from_secs(30), PowerState::is_off)?;
+    Ok(true)
+}
+
+pub(crate) fn vm_status_of(state: PowerState) -> VmStatus {
     match state {
         PowerState::Running => VmStatus::Running,
         PowerState::Stopped | PowerState::Deallocated => VmStatus::Stopped,
@@ -523,35 +543,12 @@ impl Core {
             (s, vm)
         };
         let machine = self.machine_spec(&vm).machine_name;
+        let timeout = self.opts.shutdown_timeout;
         let stopped = self.provider(&vm.host).and_then(|p| {
-            let provider_err = |source| Error::Provider {
+            power_off(p.as_ref(), &machine, timeout).map_err(|source| Error::Provider {
                 host: vm.host.clone(),
                 source,
-            };
-            let mut forced = false;
-            if !p.power_state(&machine).map_err(provider_err)?.is_off() {
-                // A guest without ACPI support refuses: then only the timeout is left.
-                let _ = p.shutdown(&machine);
-                let state = wait_for(
-                    p.as_ref(),
-                    &machine,
-                    self.opts.shutdown_timeout,
-                    PowerState::is_off,
-                )
-                .map_err(provider_err)?;
-                if !state.is_off() {
-                    forced = true;
-                    p.force_off(&machine).map_err(provider_err)?;
-                    wait_for(
-                        p.as_ref(),
-                        &machine,
-                        Duration::from_secs(30),
-                        PowerState::is_off,
-                    )
-                    .map_err(provider_err)?;
-                }
-            }
-            Ok(forced)
+            })
         });
         match stopped {
             Ok(forced) => self.write(|tx| {
@@ -593,11 +590,11 @@ impl Core {
         }
     }
 
-    /// Drives every session that waits for a worker (opened or closed with
-    /// `--no-wait`) one step on. Returns how many were driven.
+    /// Drives every VM creation and session that waits for a worker (made
+    /// with `--no-wait`) on. Returns how many were driven.
     pub fn drive_pending(&self) -> Result<usize> {
         let me = self.worker_id()?.to_owned();
-        let mut driven = 0;
+        let mut driven = self.provision_pending()?;
         loop {
             let claimed: Option<(i64, SessionStatus)> = self.write(|tx| {
                 let next: Option<(i64, SessionStatus)> = tx

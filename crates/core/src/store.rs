@@ -10,7 +10,8 @@ use rusqlite_migration::{Migrations, M};
 use crate::error::{Error, Result};
 
 /// The schema, one migration per step; never edit a step that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -157,7 +158,13 @@ CREATE TABLE events (
     created_at TEXT NOT NULL
 ) STRICT;
 CREATE INDEX events_actor ON events (actor, id);
-"#];
+"#,
+    r#"
+-- Whether a VM being created is to be started once it exists (vm create --no-start).
+ALTER TABLE vms ADD COLUMN start_after_create INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX vms_pending ON vms (status, worker) WHERE status = 'CREATING';
+"#,
+];
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "vmdesk.db";

@@ -135,6 +135,14 @@ impl Provider for LibvirtProvider {
         }
     }
 
+    fn undefine(&self, machine: &str) -> Result<(), ProviderError> {
+        match self.domain(machine) {
+            Ok(dom) => dom.undefine().map_err(|e| map_err(machine, e)),
+            Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {
         let (state, _) = self
             .domain(machine)?

@@ -67,6 +67,11 @@ impl Provider for MemoryHost {
     fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
         self.set(machine, PowerState::Stopped)
     }
+    fn undefine(&self, machine: &str) -> Result<(), ProviderError> {
+        self.check()?;
+        self.machines.lock().unwrap().remove(machine);
+        Ok(())
+    }
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {
         self.check()?;
         self.state(machine)

@@ -1,0 +1,388 @@
+//! A user's own VMs: creation for credits along one path (waiting and
+//! background callers alike, with progress), actions, and metadata.
+
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
+use crate::core::{user, vm_by_id, Core};
+use crate::error::{Error, Result};
+use crate::events::{self, NewEvent};
+use crate::ledger::{self, Entry};
+use crate::model::*;
+use crate::provider::PowerState;
+use crate::sessions::{power_off, vm_status_of, wait_for};
+use crate::store::now;
+use crate::validate;
+
+/// The operating systems a VM can be created with.
+pub const OS_CATALOG: &[&str] = &["blank"];
+
+/// Receives the progress of a creation.
+pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
+
+fn may_act(a: &User, vm: &Vm) -> Result<()> {
+    if a.role == Role::Admin || vm.owner.as_deref() == Some(a.name.as_str()) {
+        return Ok(());
+    }
+    Err(Error::Forbidden {
+        user: a.name.clone(),
+        action: format!("act on VM {}", vm.name),
+    })
+}
+
+impl Core {
+    /// Creates a VM owned by the actor: the quote is checked against the
+    /// balance and deducted, and the VM row committed CREATING, in one
+    /// transaction; then the VM is provisioned (see [`Core::provision`]) unless
+    /// `wait` is false, in which case a worker provisions it.
+    pub fn vm_create(
+        &self,
+        actor: &str,
+        spec: &VmCreate,
+        wait: bool,
+        progress: Option<ProgressFn<'_>>,
+    ) -> Result<Vm> {
+        validate::name("VM", &spec.name)?;
+        validate::os(&spec.os_type, OS_CATALOG)?;
+        let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
+        let worker = if wait {
+            Some(self.worker_id()?.to_owned())
+        } else {
+            None
+        };
+        let vm = self.write(|tx| {
+            let u = user(tx, actor)?;
+            let host_id: i64 = match &spec.host {
+                Some(h) => tx
+                    .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
+                    .query_row([h], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| Error::UnknownHost(h.clone()))?,
+                None => {
+                    let ids: Vec<i64> = tx
+                        .prepare_cached("SELECT id FROM hosts ORDER BY name LIMIT 2")?
+                        .query_map([], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?;
+                    match ids.as_slice() {
+                        [only] => *only,
+                        [] => return Err(Error::invalid("there is no host yet: add one with 'vmdesk host add'")),
+                        _ => return Err(Error::invalid("there are several hosts: name one with --host")),
+                    }
+                }
+            };
+            let ts = now();
+            tx.execute(
+                "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
+                                  host_id, provider_id, worker, start_after_create, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'standard', 'CREATING', ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    spec.name, spec.os_type, spec.ram_mb, spec.disk_gb, spec.cpu_cores, u.id, host_id,
+                    self.machine_name(&spec.name), worker, spec.start, ts
+                ],
+            )
+            .map_err(crate::core::already_exists("VM", &spec.name))?;
+            let vm_id = tx.last_insert_rowid();
+            let reason = format!("create VM {}", spec.name);
+            ledger::append(
+                tx,
+                &u.name,
+                Entry { user_id: u.id, amount: -cost, kind: LedgerKind::VmCreate, reason: &reason, vm_id: Some(vm_id), session_id: None, actor: &u.name },
+            )?;
+            tx.execute(
+                "UPDATE vms SET metadata = json_set(metadata, '$.cost', ?2) WHERE id = ?1",
+                params![vm_id, cost],
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Billing, "credits.charge", &u.name,
+                               json!({"user": u.name, "amount": cost, "kind": LedgerKind::VmCreate, "vm": spec.name}))
+                    .vm(vm_id),
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Vm, "vm.create", &u.name,
+                               json!({"vm": spec.name, "ram_mb": spec.ram_mb, "disk_gb": spec.disk_gb,
+                                      "cpu_cores": spec.cpu_cores, "os_type": spec.os_type, "cost": cost,
+                                      "start": spec.start, "status": VmStatus::Creating}))
+                    .vm(vm_id),
+            )?;
+            vm_by_id(tx, vm_id)
+        })?;
+        if wait {
+            self.provision(vm.id, progress)
+        } else {
+            Ok(vm)
+        }
+    }
+
+    /// The one creation path: defines the VM's machine on its host and starts
+    /// it if asked, reporting each step. On failure the VM is FAILED_TO_START,
+    /// its credits are not refunded, and an event says why.
+    pub(crate) fn provision(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
+        let (vm, start): (Vm, bool) = {
+            let db = self.db();
+            let start = db.query_row(
+                "SELECT start_after_create FROM vms WHERE id = ?1",
+                [vm_id],
+                |r| r.get(0),
+            )?;
+            (vm_by_id(&db, vm_id)?, start)
+        };
+        let steps = if start { 3 } else { 2 };
+        let report = |step: u32, message: &str| {
+            if let Some(f) = progress {
+                f(&Progress {
+                    vm_id,
+                    vm: vm.name.clone(),
+                    step,
+                    steps,
+                    message: message.to_owned(),
+                });
+            }
+        };
+        let spec = self.machine_spec(&vm);
+        let done = (|| {
+            report(0, "connecting to the host");
+            let p = self.provider(&vm.host)?;
+            let err = |source| Error::Provider {
+                host: vm.host.clone(),
+                source,
+            };
+            report(1, "defining the machine");
+            p.ensure_defined(&spec).map_err(err)?;
+            if !start {
+                return Ok(PowerState::Stopped);
+            }
+            report(2, "starting the machine");
+            p.start(&spec.machine_name).map_err(err)?;
+            let state = wait_for(
+                p.as_ref(),
+                &spec.machine_name,
+                self.opts.start_timeout,
+                |s| s == PowerState::Running,
+            )
+            .map_err(err)?;
+            if state != PowerState::Running {
+                return Err(Error::Provider {
+                    host: vm.host.clone(),
+                    source: crate::provider::ProviderError::Timeout(format!("the VM is {state:?}")),
+                });
+            }
+            Ok(state)
+        })();
+        match done {
+            Ok(state) => {
+                report(steps, "done");
+                self.write(|tx| {
+                    let status = vm_status_of(state);
+                    tx.execute(
+                        "UPDATE vms SET status = ?2, worker = NULL, updated_at = ?3 WHERE id = ?1",
+                        params![vm_id, status, now()],
+                    )?;
+                    events::record(
+                        tx,
+                        NewEvent::info(
+                            EventType::Vm,
+                            "vm.created",
+                            actor_of(&vm),
+                            json!({"was": VmStatus::Creating, "now": status}),
+                        )
+                        .vm(vm_id),
+                    )?;
+                    vm_by_id(tx, vm_id)
+                })
+            }
+            Err(e) => {
+                let reason = e.one_line();
+                report(steps, &format!("failed: {reason}"));
+                self.write(|tx| {
+                    tx.execute(
+                        "UPDATE vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = ?2 WHERE id = ?1",
+                        params![vm_id, now()],
+                    )?;
+                    events::record(
+                        tx,
+                        NewEvent::info(EventType::Vm, "vm.create_failed", actor_of(&vm),
+                                       json!({"was": VmStatus::Creating, "now": VmStatus::FailedToStart,
+                                              "reason": reason, "refunded": false}))
+                            .severity(Severity::Warning)
+                            .vm(vm_id),
+                    )?;
+                    Ok(())
+                })?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Provisions VMs whose creation waits for a worker (`vm create --no-wait`).
+    pub(crate) fn provision_pending(&self) -> Result<usize> {
+        let me = self.worker_id()?.to_owned();
+        let mut done = 0;
+        loop {
+            let claimed: Option<i64> = self.write(|tx| {
+                let id: Option<i64> = tx
+                    .query_row(
+                        "SELECT id FROM vms WHERE status = 'CREATING' AND worker IS NULL ORDER BY id LIMIT 1",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(id) = id {
+                    tx.execute("UPDATE vms SET worker = ?2 WHERE id = ?1", params![id, me])?;
+                }
+                Ok(id)
+            })?;
+            let Some(id) = claimed else { return Ok(done) };
+            done += 1;
+            if let Err(e) = self.provision(id, None) {
+                tracing::warn!(vm = id, error = %e.one_line(), "pending creation failed");
+            }
+        }
+    }
+
+    /// Starts, stops, restarts or destroys a VM (its owner or an admin). A VM
+    /// held by a live session refuses every action but start.
+    pub fn vm_action(&self, actor: &str, vm: &str, action: VmAction) -> Result<Vm> {
+        let (a, v) = {
+            let db = self.db();
+            let a = user(&db, actor)?;
+            let v = self.vm_show_in(&db, &a, vm)?;
+            (a, v)
+        };
+        may_act(&a, &v)?;
+        if let Some(sid) = v.session_id.filter(|_| action != VmAction::Start) {
+            return Err(Error::invalid(format!(
+                "VM {} is held by session {sid}; close the session first",
+                v.name
+            )));
+        }
+        if matches!(v.status, VmStatus::Creating | VmStatus::Destroyed) {
+            return Err(Error::invalid(format!(
+                "VM {} is {} and cannot be acted on",
+                v.name, v.status
+            )));
+        }
+        let machine = self.machine_spec(&v).machine_name;
+        let p = self.provider(&v.host)?;
+        let err = |source| Error::Provider {
+            host: v.host.clone(),
+            source,
+        };
+        let timeout = self.opts.shutdown_timeout;
+        let (status, forced) = match action {
+            VmAction::Start => {
+                p.ensure_defined(&self.machine_spec(&v)).map_err(err)?;
+                p.start(&machine).map_err(err)?;
+                (
+                    vm_status_of(
+                        wait_for(p.as_ref(), &machine, self.opts.start_timeout, |s| {
+                            s == PowerState::Running
+                        })
+                        .map_err(err)?,
+                    ),
+                    false,
+                )
+            }
+            VmAction::Stop => (
+                VmStatus::Stopped,
+                power_off(p.as_ref(), &machine, timeout).map_err(err)?,
+            ),
+            VmAction::Restart => {
+                let forced = power_off(p.as_ref(), &machine, timeout).map_err(err)?;
+                p.start(&machine).map_err(err)?;
+                (
+                    vm_status_of(
+                        wait_for(p.as_ref(), &machine, self.opts.start_timeout, |s| {
+                            s == PowerState::Running
+                        })
+                        .map_err(err)?,
+                    ),
+                    forced,
+                )
+            }
+            VmAction::Destroy => {
+                p.force_off(&machine)
+                    .or_else(|e| match e {
+                        crate::provider::ProviderError::NotFound(_) => Ok(()),
+                        e => Err(e),
+                    })
+                    .map_err(err)?;
+                p.undefine(&machine).map_err(err)?;
+                (VmStatus::Destroyed, false)
+            }
+        };
+        self.write(|tx| {
+            let ts = now();
+            tx.execute(
+                "UPDATE vms SET status = ?2, updated_at = ?3,
+                        last_stopped = CASE WHEN ?2 IN ('STOPPED', 'DESTROYED') THEN ?3 ELSE last_stopped END
+                 WHERE id = ?1",
+                params![v.id, status, ts],
+            )?;
+            let event_type = if a.role == Role::Admin && v.owner.as_deref() != Some(a.name.as_str()) { EventType::Admin } else { EventType::Vm };
+            events::record(
+                tx,
+                NewEvent::info(event_type, &format!("vm.{}", action_name(action)), &a.name,
+                               json!({"vm": v.name, "was": v.status, "now": status, "forced_off": forced}))
+                    .vm(v.id),
+            )?;
+            vm_by_id(tx, v.id)
+        })
+    }
+
+    /// Merges `pairs` into a VM's metadata (its owner or an admin).
+    pub fn vm_meta(&self, actor: &str, vm: &str, pairs: &[(String, String)]) -> Result<Vm> {
+        if pairs.is_empty() {
+            return Err(Error::invalid("give at least one KEY=VALUE"));
+        }
+        let mut patch = serde_json::Map::new();
+        for (k, v) in pairs {
+            validate::name("metadata key", k)?;
+            validate::reason(v).map_err(|_| {
+                Error::invalid(format!(
+                    "the value of {k} must be 1 to 500 printable characters"
+                ))
+            })?;
+            patch.insert(k.clone(), json!(v));
+        }
+        self.write(|tx| {
+            let a = user(tx, actor)?;
+            let v = self.vm_show_in(tx, &a, vm)?;
+            may_act(&a, &v)?;
+            tx.execute(
+                "UPDATE vms SET metadata = json_patch(metadata, ?2), updated_at = ?3 WHERE id = ?1",
+                params![
+                    v.id,
+                    serde_json::Value::Object(patch.clone()).to_string(),
+                    now()
+                ],
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Vm,
+                    "vm.meta",
+                    &a.name,
+                    json!({"vm": v.name, "set": patch}),
+                )
+                .vm(v.id),
+            )?;
+            vm_by_id(tx, v.id)
+        })
+    }
+}
+
+fn action_name(a: VmAction) -> &'static str {
+    match a {
+        VmAction::Start => "start",
+        VmAction::Stop => "stop",
+        VmAction::Restart => "restart",
+        VmAction::Destroy => "destroy",
+    }
+}
+
+/// Events of a creation are the owner's (or the system's for a pool VM).
+fn actor_of(vm: &Vm) -> &str {
+    vm.owner.as_deref().unwrap_or(crate::core::SYSTEM)
+}

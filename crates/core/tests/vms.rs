@@ -1,0 +1,282 @@
+//! A user's own VMs: creation for credits, actions, metadata.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::*;
+use vmdesk_core::provider::PowerState;
+use vmdesk_core::{Progress, SessionRequest, VmAction, VmCreate, VmStatus};
+
+fn spec(name: &str) -> VmCreate {
+    VmCreate {
+        name: name.into(),
+        ram_mb: 1024,
+        disk_gb: 20,
+        cpu_cores: 2,
+        os_type: "blank".into(),
+        host: None,
+        start: true,
+    }
+}
+
+fn with_user(credits: i64) -> (tempfile::TempDir, MemoryFactory, vmdesk_core::Core) {
+    let (dir, hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, credits).unwrap();
+    (dir, hosts, core)
+}
+
+#[test]
+fn create_charges_the_quote_once_and_runs_the_vm() {
+    let (_dir, hosts, core) = with_user(100);
+    let vm = core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    assert_eq!(vm.status, VmStatus::Running);
+    assert_eq!(vm.owner.as_deref(), Some("ann"));
+    assert_eq!(
+        hosts.0.state(vm.provider_id.as_deref().unwrap()),
+        Some(PowerState::Running)
+    );
+    let credits = core.credits_show("ann", None).unwrap();
+    assert_eq!(credits.balance, 100 - 34);
+    assert_eq!(
+        credits.entries.iter().filter(|e| e.amount == -34).count(),
+        1
+    );
+    assert_eq!(vm.metadata["cost"], 34);
+}
+
+#[test]
+fn create_without_enough_credits_states_cost_and_balance_and_creates_nothing() {
+    let (dir, _hosts, core) = with_user(20);
+    let err = core.vm_create("ann", &spec("w1"), true, None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "not enough credits: the cost is 34 but the balance of \"ann\" is 20"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM vms"), 0);
+    assert_eq!(core.credits_show("ann", None).unwrap().balance, 20);
+}
+
+#[test]
+fn create_with_no_start_leaves_the_vm_stopped() {
+    let (_dir, hosts, core) = with_user(100);
+    let vm = core
+        .vm_create(
+            "ann",
+            &VmCreate {
+                start: false,
+                ..spec("w1")
+            },
+            true,
+            None,
+        )
+        .unwrap();
+    assert_eq!(vm.status, VmStatus::Stopped);
+    assert_eq!(
+        hosts.0.state(vm.provider_id.as_deref().unwrap()),
+        Some(PowerState::Stopped)
+    );
+}
+
+#[test]
+fn a_refused_provisioning_fails_the_vm_without_refund_and_says_why() {
+    let (_dir, hosts, core) = with_user(100);
+    *hosts.0.refuse_start.lock().unwrap() = true;
+    let err = core.vm_create("ann", &spec("w1"), true, None).unwrap_err();
+    assert!(
+        err.one_line().contains("no room for this VM"),
+        "{}",
+        err.one_line()
+    );
+    assert_eq!(
+        core.vm_show("ann", "w1").unwrap().status,
+        VmStatus::FailedToStart
+    );
+    assert_eq!(core.credits_show("ann", None).unwrap().balance, 66);
+    let e = core.events("admin", 1).unwrap().remove(0);
+    assert_eq!(e.action, "vm.create_failed");
+    assert_eq!(e.details["refunded"], false);
+    assert!(e.details["reason"].as_str().unwrap().contains("no room"));
+}
+
+#[test]
+fn progress_is_reported_step_by_step_to_the_end() {
+    let (_dir, _hosts, core) = with_user(100);
+    let seen: Mutex<Vec<Progress>> = Mutex::new(Vec::new());
+    let report = |p: &Progress| seen.lock().unwrap().push(p.clone());
+    core.vm_create("ann", &spec("w1"), true, Some(&report))
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    let steps: Vec<u32> = seen.iter().map(|p| p.step).collect();
+    assert_eq!(steps, vec![0, 1, 2, 3]);
+    assert!(seen.iter().all(|p| p.steps == 3 && p.vm == "w1"));
+}
+
+#[test]
+fn a_background_creation_is_provisioned_by_a_worker() {
+    let (_dir, _hosts, core) = with_user(100);
+    let vm = core.vm_create("ann", &spec("w1"), false, None).unwrap();
+    assert_eq!(vm.status, VmStatus::Creating);
+    assert_eq!(core.drive_pending().unwrap(), 1);
+    assert_eq!(core.vm_show("ann", "w1").unwrap().status, VmStatus::Running);
+}
+
+#[test]
+fn an_unknown_os_is_refused_and_nothing_changes() {
+    let (dir, _hosts, core) = with_user(100);
+    let err = core
+        .vm_create(
+            "ann",
+            &VmCreate {
+                os_type: "windows95".into(),
+                ..spec("w1")
+            },
+            true,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("unknown OS \"windows95\""),
+        "{err}"
+    );
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM vms"), 0);
+    assert_eq!(core.credits_show("ann", None).unwrap().balance, 100);
+}
+
+#[test]
+fn stop_start_restart_and_destroy_follow_the_host() {
+    let (_dir, hosts, core) = with_user(100);
+    let vm = core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    let machine = vm.provider_id.clone().unwrap();
+    assert_eq!(
+        core.vm_action("ann", "w1", VmAction::Stop).unwrap().status,
+        VmStatus::Stopped
+    );
+    assert_eq!(hosts.0.state(&machine), Some(PowerState::Stopped));
+    assert_eq!(
+        core.vm_action("ann", "w1", VmAction::Start).unwrap().status,
+        VmStatus::Running
+    );
+    assert_eq!(
+        core.vm_action("ann", "w1", VmAction::Restart)
+            .unwrap()
+            .status,
+        VmStatus::Running
+    );
+    assert_eq!(
+        core.vm_action("ann", "w1", VmAction::Destroy)
+            .unwrap()
+            .status,
+        VmStatus::Destroyed
+    );
+    assert_eq!(
+        hosts.0.state(&machine),
+        None,
+        "the machine is still defined"
+    );
+    let actions: Vec<String> = core
+        .events("ann", 4)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["vm.destroy", "vm.restart", "vm.start", "vm.stop"]);
+}
+
+#[test]
+fn another_user_cannot_act_on_a_vm() {
+    let (_dir, hosts, core) = with_user(100);
+    core.user_add("admin", "bob", false, 0).unwrap();
+    let vm = core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    assert_eq!(
+        core.vm_action("bob", "w1", VmAction::Stop)
+            .unwrap_err()
+            .code(),
+        "unknown_vm"
+    );
+    assert_eq!(
+        hosts.0.state(vm.provider_id.as_deref().unwrap()),
+        Some(PowerState::Running)
+    );
+    // An admin may.
+    assert_eq!(
+        core.vm_action("admin", "w1", VmAction::Stop)
+            .unwrap()
+            .status,
+        VmStatus::Stopped
+    );
+}
+
+#[test]
+fn a_pool_vm_in_a_live_session_refuses_destroy() {
+    let (_dir, hosts, core) = with_pool(1);
+    core.session_open(
+        "admin",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let err = core
+        .vm_action("admin", "vm0", VmAction::Destroy)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is held by session 1; close the session first"),
+        "{err}"
+    );
+    let machine = core.vm_show("admin", "vm0").unwrap().provider_id.unwrap();
+    assert_eq!(hosts.0.state(&machine), Some(PowerState::Running));
+}
+
+#[test]
+fn metadata_is_merged() {
+    let (_dir, _hosts, core) = with_user(100);
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    core.vm_meta("ann", "w1", &[("team".into(), "red".into())])
+        .unwrap();
+    let vm = core
+        .vm_meta("ann", "w1", &[("owner".into(), "ann".into())])
+        .unwrap();
+    assert_eq!(vm.metadata["team"], "red");
+    assert_eq!(vm.metadata["owner"], "ann");
+    assert_eq!(vm.metadata["cost"], 34);
+    assert!(core
+        .vm_meta("ann", "w1", &[("bad key".into(), "x".into())])
+        .is_err());
+}
+
+#[test]
+fn concurrent_creations_never_overdraw() {
+    let (dir, hosts, core) = with_user(340);
+    drop(core);
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (dir, hosts) = (dir.path(), hosts.clone());
+                scope.spawn(move || {
+                    open(dir, &hosts).vm_create(
+                        "ann",
+                        &VmCreate {
+                            start: false,
+                            ..spec(&format!("c{i}"))
+                        },
+                        true,
+                        None,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM vms"), 10);
+    assert_eq!(
+        count(dir.path(), "SELECT balance FROM users WHERE name = 'ann'"),
+        0
+    );
+    assert_eq!(count(dir.path(), "SELECT sum(amount) FROM ledger WHERE user_id = (SELECT id FROM users WHERE name = 'ann')"), 0);
+}
