@@ -9,7 +9,9 @@ use serde::Serialize;
 use tauri::menu::{Menu, MenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Emitter, Manager, State};
-use vmdesk_core::{Core, Overview, Session, SessionRequest, SessionStatus};
+use vmdesk_core::{
+    Core, Overview, Progress, Session, SessionRequest, SessionStatus, Vm, VmAction, VmCreate,
+};
 
 use crate::cli::{open_core, Global};
 
@@ -82,6 +84,62 @@ async fn close_session(ctx: State<'_, Ctx>, id: i64) -> Result<Session, ApiError
     Ok(s)
 }
 
+/// Event carrying a VM creation's progress (a `Progress`).
+const PROGRESS: &str = "vm-progress";
+
+#[tauri::command]
+async fn quote(ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<vmdesk_core::Quote, ApiError> {
+    Ok(vmdesk_core::quote(ram_mb, disk_gb, cpus)?)
+}
+
+#[tauri::command]
+fn os_catalog() -> Vec<String> {
+    vmdesk_core::OS_CATALOG
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+#[tauri::command]
+async fn my_vms(ctx: State<'_, Ctx>) -> Result<Vec<Vm>, ApiError> {
+    blocking(&ctx, |core, actor| {
+        let me = core.user(actor)?;
+        Ok(core
+            .vm_list(actor, false)?
+            .into_iter()
+            .filter(|v| v.owner.as_deref() == Some(me.name.as_str()))
+            .collect())
+    })
+    .await
+}
+
+/// Creates a VM in the background; the window follows it through `vm-progress`
+/// events and returns at once with the VM CREATING (credits already paid).
+#[tauri::command]
+async fn create_vm(app: AppHandle, ctx: State<'_, Ctx>, spec: VmCreate) -> Result<Vm, ApiError> {
+    // Payment and the CREATING row are committed before this returns; the
+    // provisioning runs on, along the same path the CLI waits on.
+    let vm = blocking(&ctx, move |core, actor| {
+        core.vm_create(actor, &spec, false, None)
+    })
+    .await?;
+    let (core, id) = (Arc::clone(&ctx.core), vm.id);
+    tauri::async_runtime::spawn_blocking(move || {
+        let report = |p: &Progress| {
+            let _ = app.emit(PROGRESS, p);
+        };
+        if let Err(e) = core.provision_vm(id, Some(&report)) {
+            tracing::warn!(vm = id, error = %e.one_line(), "creation failed");
+        }
+    });
+    Ok(vm)
+}
+
+#[tauri::command]
+async fn vm_action(ctx: State<'_, Ctx>, vm: String, action: VmAction) -> Result<Vm, ApiError> {
+    blocking(&ctx, move |core, actor| core.vm_action(actor, &vm, action)).await
+}
+
 /// The tray tooltip for a number of active sessions.
 fn tooltip(active: usize) -> String {
     match active {
@@ -151,7 +209,12 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
         .invoke_handler(tauri::generate_handler![
             overview,
             open_session,
-            close_session
+            close_session,
+            quote,
+            os_catalog,
+            my_vms,
+            create_vm,
+            vm_action
         ])
         .setup(move |app| {
             *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());

@@ -215,6 +215,22 @@ impl Core {
         }
     }
 
+    /// Provisions a VM created without waiting, if no worker has claimed it
+    /// yet: how the app runs a creation in the background with progress.
+    pub fn provision_vm(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
+        let me = self.worker_id()?.to_owned();
+        let claimed = self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE vms SET worker = ?2 WHERE id = ?1 AND status = 'CREATING' AND worker IS NULL",
+                params![vm_id, me],
+            )? > 0)
+        })?;
+        if !claimed {
+            return vm_by_id(&self.db(), vm_id);
+        }
+        self.provision(vm_id, progress)
+    }
+
     /// Provisions VMs whose creation waits for a worker (`vm create --no-wait`).
     pub(crate) fn provision_pending(&self) -> Result<usize> {
         let me = self.worker_id()?.to_owned();

@@ -5,6 +5,11 @@ import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type { Overview } from "../bindings/Overview";
 import type { Session } from "../bindings/Session";
 import type { SessionRequest } from "../bindings/SessionRequest";
+import type { Progress } from "../bindings/Progress";
+import type { Quote } from "../bindings/Quote";
+import type { Vm } from "../bindings/Vm";
+import type { VmAction } from "../bindings/VmAction";
+import type { VmCreate } from "../bindings/VmCreate";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -32,6 +37,15 @@ export const api = {
   overview: () => call<Overview>("overview"),
   openSession: (request: SessionRequest) => call<Session>("open_session", { request }),
   closeSession: (id: number) => call<Session>("close_session", { id }),
+  quote: (ramMb: number, diskGb: number, cpus: number) =>
+    call<Quote>("quote", { ramMb, diskGb, cpus }),
+  osCatalog: () => call<string[]>("os_catalog"),
+  myVms: () => call<Vm[]>("my_vms"),
+  createVm: (spec: VmCreate) => call<Vm>("create_vm", { spec }),
+  vmAction: (vm: string, action: VmAction) => call<Vm>("vm_action", { vm, action }),
+  /** Calls `f` with each step of a VM creation running in the background. */
+  onProgress: (f: (p: Progress) => void): Promise<UnlistenFn> =>
+    listen<Progress>("vm-progress", (e) => f(e.payload)),
   /** Calls `f` whenever the backend reports a change. */
   onChange: (f: () => void): Promise<UnlistenFn> => listen("changed", f),
 };
