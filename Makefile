@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test setup ui build libvirt lint bench clean
+.PHONY: run test setup ui build libvirt os-image lint bench clean
 
 ## Debian packages, the libvirt user, tauri-driver (idempotent, quick when done).
 setup:
@@ -18,16 +18,20 @@ ui: setup ui/node_modules/.package-lock.json
 build: ui
 	cargo build -p vmdesk
 
+## tiny-linux: a small bootable image built from Debian packages (kernel + busybox).
+os-image: setup
+	@bash scripts/build-tiny-linux.sh target/os
+
 ## A libvirt daemon with the QEMU driver (root; no systemd needed).
 libvirt: setup
 	@bash scripts/libvirtd.sh start
 
 ## Opens the desktop window on the default data dir, with a demo pool on first run.
-run: build
+run: build os-image
 	@bash scripts/run.sh
 
 ## Every test: Rust (core, libvirt, whole-system on real QEMU) and the UI's Vitest.
-test: build libvirt
+test: build libvirt os-image
 	cargo test --workspace
 	cd ui && npm test
 

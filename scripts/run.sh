@@ -20,6 +20,10 @@ else
   # The host may need its daemon after a reboot.
   bash scripts/libvirtd.sh start >/dev/null 2>&1 || true
 fi
+# The small Linux of the catalog, built by `make os-image`.
+if [ -f target/os/tiny-linux.qcow2 ] && ! $BIN --json os list | grep -q '"tiny-linux"'; then
+  $BIN os import tiny-linux target/os/tiny-linux.qcow2
+fi
 
 if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   echo "no display: running under Xvfb (xvfb-run); the window is not visible here"

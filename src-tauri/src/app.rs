@@ -93,11 +93,11 @@ async fn quote(ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<vmdesk_core::Quot
 }
 
 #[tauri::command]
-fn os_catalog() -> Vec<String> {
-    vmdesk_core::OS_CATALOG
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+async fn os_catalog(ctx: State<'_, Ctx>) -> Result<Vec<String>, ApiError> {
+    blocking(&ctx, |core, _| {
+        Ok(core.os_list()?.into_iter().map(|o| o.name).collect())
+    })
+    .await
 }
 
 #[tauri::command]

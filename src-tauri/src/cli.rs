@@ -82,6 +82,9 @@ pub enum Command {
     /// Sessions on pool VMs
     #[command(subcommand)]
     Session(SessionCmd),
+    /// The OS catalog
+    #[command(subcommand)]
+    Os(OsCmd),
     /// The event log, newest first
     Events {
         #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
@@ -116,6 +119,14 @@ pub enum CreditsCmd {
     },
     /// A balance and its ledger
     Show { user: Option<String> },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OsCmd {
+    /// Add a qcow2 disk image to the catalog (admin only)
+    Import { name: String, file: PathBuf },
+    /// List the catalog
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -465,7 +476,12 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 bar.set_prefix(spec.name.clone());
                 bar
             });
+            // VMDESK_PROGRESS=jsonl: each step as a JSON line on stderr, for scripts.
+            let jsonl = std::env::var("VMDESK_PROGRESS").is_ok_and(|v| v == "jsonl");
             let report = |p: &vmdesk_core::Progress| {
+                if jsonl {
+                    eprintln!("{}", serde_json::to_string(p).unwrap_or_default());
+                }
                 if let Some(bar) = &bar {
                     bar.set_length(u64::from(p.steps));
                     bar.set_position(u64::from(p.step));
@@ -551,6 +567,22 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                             s.created_at.clone(),
                         ]
                     }),
+                )
+            })
+        }
+        Command::Os(OsCmd::Import { name, file }) => {
+            let os = core.os_import(a, &name, &file)?;
+            emit(g, &os, || {
+                format!("imported OS {} ({} bytes)", os.name, os.bytes)
+            })
+        }
+        Command::Os(OsCmd::List) => {
+            let list = core.os_list()?;
+            emit(g, &list, || {
+                table(
+                    &["NAME", "KIND", "BYTES"],
+                    list.iter()
+                        .map(|o| vec![o.name.clone(), o.kind.clone(), o.bytes.to_string()]),
                 )
             })
         }

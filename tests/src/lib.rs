@@ -132,3 +132,35 @@ fn cell(v: rusqlite::Result<rusqlite::types::ValueRef<'_>>) -> String {
         Err(e) => format!("error {e}"),
     }
 }
+
+/// `virsh -c <the QEMU host> ARGS`, its stdout trimmed.
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-q")
+        .arg("-c")
+        .arg(qemu_uri())
+        .args(args)
+        .output()
+        .expect("run virsh");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes a machine (domain and disk) from the QEMU host when dropped,
+/// whatever happened to the test.
+pub struct Machine(pub String);
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        virsh(&["destroy", &self.0]);
+        virsh(&["undefine", &self.0]);
+        virsh(&[
+            "vol-delete",
+            "--pool",
+            "vmdesk",
+            &format!("{}.qcow2", self.0),
+        ]);
+    }
+}

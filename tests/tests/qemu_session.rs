@@ -1,32 +1,7 @@
 //! Sessions on a real libvirt daemon running real (tiny, diskless) QEMU VMs.
 #![allow(missing_docs)]
 
-use std::process::Command;
-
-use vmdesk_tests::{qemu_uri, Vmdesk};
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .arg("-q")
-        .arg("-c")
-        .arg(qemu_uri())
-        .args(args)
-        .output()
-        .expect("run virsh");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Removes the domains a test defined, whatever happens to the test.
-struct Domains(Vec<String>);
-
-impl Drop for Domains {
-    fn drop(&mut self) {
-        for d in &self.0 {
-            virsh(&["destroy", d]);
-            virsh(&["undefine", d]);
-        }
-    }
-}
+use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
 
 #[test]
 fn a_sessions_vm_runs_on_qemu_while_active_and_is_off_after_close() {
@@ -55,7 +30,7 @@ fn a_sessions_vm_runs_on_qemu_while_active_and_is_off_after_close() {
         "1",
     ]);
     let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
-    let _cleanup = Domains(vec![machine.clone()]);
+    let _cleanup = Machine(machine.clone());
     assert_eq!(virsh(&["domstate", &machine]), "shut off");
 
     let s = v.json(&["session", "open", "--project", "lab"]);
@@ -94,7 +69,7 @@ fn the_domain_xml_carries_the_vmdesk_marker_and_safe_values() {
         "1",
     ]);
     let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
-    let _cleanup = Domains(vec![machine.clone()]);
+    let _cleanup = Machine(machine.clone());
     let xml = virsh(&["dumpxml", &machine]);
     assert!(xml.contains("urn:vmdesk:machine:1"), "{xml}");
     assert!(xml.contains(&format!("id=\"{}\"", vm["id"])), "{xml}");

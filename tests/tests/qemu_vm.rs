@@ -1,30 +1,9 @@
 //! A user's own VM on a real libvirt daemon with QEMU, through the CLI.
 #![allow(missing_docs)]
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use vmdesk_tests::{qemu_uri, Vmdesk};
-
-fn virsh(args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .arg("-q")
-        .arg("-c")
-        .arg(qemu_uri())
-        .args(args)
-        .output()
-        .expect("run virsh");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Removes a domain whatever happens to the test.
-struct Domain(String);
-
-impl Drop for Domain {
-    fn drop(&mut self) {
-        virsh(&["destroy", &self.0]);
-        virsh(&["undefine", &self.0]);
-    }
-}
+use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
 
 #[test]
 fn create_stop_start_restart_destroy_on_qemu_charge_once() {
@@ -49,7 +28,7 @@ fn create_stop_start_restart_destroy_on_qemu_charge_once() {
         "1",
     ]);
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _cleanup = Domain(machine.clone());
+    let _cleanup = Machine(machine.clone());
     assert_eq!(vm["status"], "RUNNING");
     assert_eq!(virsh(&["domstate", &machine]), "running");
     assert_eq!(
@@ -94,6 +73,11 @@ fn create_stop_start_restart_destroy_on_qemu_charge_once() {
         virsh(&["domstate", &machine]),
         "",
         "the domain is still defined"
+    );
+    assert_eq!(
+        virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")]),
+        "",
+        "the disk is left"
     );
 
     let credits = v.json(&["--as", "ann", "credits", "show"]);
@@ -187,7 +171,7 @@ fn a_host_that_refuses_leaves_the_vm_failed_to_start_without_refund() {
         "256",
     ]);
     let vm = v.json(&["--as", "ann", "vm", "show", "wide"]);
-    let _cleanup = Domain(vm["provider_id"].as_str().unwrap_or_default().to_owned());
+    let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -209,5 +193,92 @@ fn a_host_that_refuses_leaves_the_vm_failed_to_start_without_refund() {
             .as_str()
             .is_some_and(|r| r.contains("Maximum CPUs")),
         "{failed}"
+    );
+}
+
+/// Deletes a volume of the vmdesk pool when dropped.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        virsh(&["vol-delete", "--pool", "vmdesk", &self.0]);
+    }
+}
+
+/// The tiny-linux image that `make test` builds (scripts/build-tiny-linux.sh).
+fn tiny_linux() -> std::path::PathBuf {
+    std::env::var_os("VMDESK_TEST_TINY_LINUX")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2")
+        })
+}
+
+#[test]
+fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
+    let image = tiny_linux();
+    assert!(
+        image.exists(),
+        "{} is missing: `make os-image` builds it",
+        image.display()
+    );
+    let v = Vmdesk::new();
+    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+    v.json(&["os", "import", "tiny-linux", image.to_str().expect("path")]);
+    v.json(&["user", "add", "ann", "--credits", "100"]);
+    let vm = v.json(&[
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "linux",
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "128",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _cleanup = Machine(machine.clone());
+    let install: String = v
+        .db()
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'install_id'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("install id");
+    let _image = Volume(format!("vmdesk-os-tiny-linux-{}.qcow2", &install[..8]));
+    assert_eq!(vm["status"], "RUNNING");
+    // Its disk is a copy-on-write layer over the image uploaded to the host.
+    let disk = virsh(&[
+        "vol-dumpxml",
+        "--pool",
+        "vmdesk",
+        &format!("{machine}.qcow2"),
+    ]);
+    assert!(disk.contains("vmdesk-os-tiny-linux-"), "{disk}");
+    let log = format!("/var/log/libvirt/qemu/{machine}-serial.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut console = String::new();
+    while std::time::Instant::now() < deadline {
+        console = std::fs::read_to_string(&log).unwrap_or_default();
+        if console.contains("tiny-linux (vmdesk)") && console.contains("/ #") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(
+        console.contains("/ #"),
+        "no shell on the serial console: {console}"
+    );
+    v.json(&["--as", "ann", "vm", "destroy", "linux"]);
+    assert_eq!(
+        virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")]),
+        "",
+        "the disk is left"
     );
 }

@@ -19,6 +19,12 @@ use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
 struct NullHost;
 
 impl Provider for NullHost {
+    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
     fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
         Ok(())
     }

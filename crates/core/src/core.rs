@@ -194,7 +194,7 @@ pub(crate) fn user(conn: &Connection, name: &str) -> Result<User> {
         .ok_or_else(|| Error::UnknownUser(name.to_owned()))
 }
 
-fn admin(conn: &Connection, actor: &str, action: &'static str) -> Result<User> {
+pub(crate) fn admin(conn: &Connection, actor: &str, action: &'static str) -> Result<User> {
     let u = user(conn, actor)?;
     if u.role != Role::Admin {
         return Err(Error::AdminOnly(action));
@@ -373,7 +373,15 @@ impl Core {
             cpu_cores: vm.cpu_cores,
             disk_gb: vm.disk_gb,
             os_type: vm.os_type.clone(),
+            image: None,
         }
+    }
+
+    /// The spec of a VM's machine with its OS image, for creating its disk.
+    pub(crate) fn full_spec(&self, vm: &Vm) -> Result<MachineSpec> {
+        let mut spec = self.machine_spec(vm);
+        spec.image = crate::vms::os_image(&self.db(), &self.opts.data_dir, &vm.os_type)?;
+        Ok(spec)
     }
 
     pub(crate) fn machine_name(&self, vm_name: &str) -> String {
@@ -632,7 +640,7 @@ impl Core {
     pub fn vm_add(&self, actor: &str, spec: &NewVm) -> Result<Vm> {
         validate::name("VM", &spec.name)?;
         validate::name("VM type", &spec.vm_type)?;
-        validate::os(&spec.os_type, crate::vms::OS_CATALOG)?;
+        crate::vms::os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
         let worker = self.worker_id()?.to_owned();
         // The intent is durable before the host is touched.
@@ -653,13 +661,30 @@ impl Core {
             .map_err(already_exists("VM", &spec.name))?;
             vm_by_id(tx, tx.last_insert_rowid())
         })?;
-        let defined = self.provider(&vm.host).and_then(|p| {
-            p.ensure_defined(&self.machine_spec(&vm))
-                .map_err(|source| Error::Provider {
+        let provider = self.provider(&vm.host);
+        let defined = provider
+            .as_ref()
+            .map_err(|e| Error::invalid(e.one_line()))
+            .and_then(|p| {
+                let spec = self.full_spec(&vm)?;
+                let err = |source| Error::Provider {
                     host: vm.host.clone(),
                     source,
-                })
-        });
+                };
+                p.ensure_disk(&spec).map_err(err)?;
+                p.ensure_defined(&spec).map_err(err)
+            });
+        let defined = match (defined, provider) {
+            (Err(_), Err(e)) => Err(e),
+            (Err(e), Ok(p)) => {
+                // Leave nothing behind on the host either.
+                let machine = self.machine_spec(&vm).machine_name;
+                let _ = p.undefine(&machine);
+                let _ = p.delete_disk(&machine);
+                Err(e)
+            }
+            (Ok(()), _) => Ok(()),
+        };
         match defined {
             Ok(()) => self.write(|tx| {
                 tx.execute(

@@ -22,4 +22,4 @@ pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
-pub use crate::vms::{ProgressFn, OS_CATALOG};
+pub use crate::vms::{ProgressFn, OS_BUILTIN};

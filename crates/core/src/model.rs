@@ -480,3 +480,15 @@ pub enum VmAction {
     /// Power off and remove from the host.
     Destroy,
 }
+
+/// An operating system of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct OsEntry {
+    /// Its name (what `--os` takes).
+    pub name: String,
+    /// `builtin` (no image: the VM boots to firmware) or `image` (a qcow2 disk).
+    pub kind: String,
+    /// The image's size in bytes (0 for a built-in).
+    pub bytes: i64,
+}

@@ -44,6 +44,17 @@ impl PowerState {
     }
 }
 
+/// A base disk image from the OS catalog, as a local file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OsImage {
+    /// Its catalog name.
+    pub name: String,
+    /// The qcow2 file on this machine.
+    pub path: std::path::PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
 /// What a host needs to define a machine for a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineSpec {
@@ -63,10 +74,17 @@ pub struct MachineSpec {
     pub disk_gb: i64,
     /// Operating system.
     pub os_type: String,
+    /// The base image the VM's disk starts from (none: an empty disk).
+    pub image: Option<OsImage>,
 }
 
 /// One host's machines. Calls block; call them off the UI thread.
 pub trait Provider: Send + Sync {
+    /// Makes sure the machine's disk exists (a copy-on-write layer over the
+    /// spec's image, uploaded to the host first if needed, or an empty disk).
+    fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError>;
+    /// Removes the machine's disk; does nothing if it is gone.
+    fn delete_disk(&self, machine: &str) -> Result<(), ProviderError>;
     /// Makes sure the machine exists, defining it from the spec if it does not.
     fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError>;
     /// Powers the machine on; does nothing if it runs.

@@ -441,20 +441,19 @@ impl Core {
             )?;
             Ok((s.clone(), vm_by_id(tx, s.vm_id)?))
         })?;
-        let spec = self.machine_spec(&vm);
+        let machine = self.machine_spec(&vm).machine_name;
         let started = self.provider(&vm.host).and_then(|p| {
+            let spec = self.full_spec(&vm)?;
             let provider_err = |source| Error::Provider {
                 host: vm.host.clone(),
                 source,
             };
+            p.ensure_disk(&spec).map_err(provider_err)?;
             p.ensure_defined(&spec).map_err(provider_err)?;
-            p.start(&spec.machine_name).map_err(provider_err)?;
-            let state = wait_for(
-                p.as_ref(),
-                &spec.machine_name,
-                self.opts.start_timeout,
-                |s| s == PowerState::Running,
-            )
+            p.start(&machine).map_err(provider_err)?;
+            let state = wait_for(p.as_ref(), &machine, self.opts.start_timeout, |s| {
+                s == PowerState::Running
+            })
             .map_err(provider_err)?;
             Ok((p, state))
         });
@@ -474,7 +473,7 @@ impl Core {
                     tx,
                     NewEvent::info(EventType::Session, "session.active", &session.user,
                                    json!({"was": SessionStatus::Starting, "now": SessionStatus::Active,
-                                          "machine": spec.machine_name}))
+                                          "machine": machine}))
                         .vm(vm.id)
                         .session(id),
                 )?;
@@ -482,7 +481,7 @@ impl Core {
             }),
             Ok((p, state)) => {
                 let reason = format!("the VM did not start within {:?} (it is {state:?})", self.opts.start_timeout);
-                let _ = p.force_off(&spec.machine_name);
+                let _ = p.force_off(&machine);
                 self.fail_start(&session, &vm, &reason, Some(PowerState::Stopped))?;
                 Err(Error::Provider {
                     host: vm.host.clone(),
@@ -493,7 +492,7 @@ impl Core {
                 let observed = self
                     .provider(&vm.host)
                     .ok()
-                    .and_then(|p| p.power_state(&spec.machine_name).ok());
+                    .and_then(|p| p.power_state(&machine).ok());
                 self.fail_start(&session, &vm, &err.one_line(), observed)?;
                 Err(err)
             }

@@ -164,6 +164,16 @@ CREATE INDEX events_actor ON events (actor, id);
 ALTER TABLE vms ADD COLUMN start_after_create INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX vms_pending ON vms (status, worker) WHERE status = 'CREATING';
 "#,
+    r#"
+-- Disk images of the OS catalog (besides the built-in 'blank'), kept as files
+-- under os/ in the data directory and uploaded to a host on first use.
+CREATE TABLE os_images (
+    name       TEXT PRIMARY KEY,
+    file       TEXT NOT NULL,
+    bytes      INTEGER NOT NULL CHECK (bytes > 0),
+    created_at TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

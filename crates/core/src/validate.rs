@@ -64,17 +64,6 @@ pub fn size(ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<()> {
     })
 }
 
-/// Checks that an operating system is in the catalog.
-pub fn os(value: &str, catalog: &[&str]) -> Result<()> {
-    if catalog.contains(&value) {
-        return Ok(());
-    }
-    Err(Error::invalid(format!(
-        "unknown OS {value:?}; the catalog has: {}",
-        catalog.join(", ")
-    )))
-}
-
 /// Checks the amount of a credit grant.
 pub fn grant_amount(amount: i64) -> Result<()> {
     in_range("a grant", "credits", amount, (1, GRANT_MAX))

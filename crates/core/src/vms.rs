@@ -1,7 +1,9 @@
 //! A user's own VMs: creation for credits along one path (waiting and
 //! background callers alike, with progress), actions, and metadata.
 
-use rusqlite::{params, OptionalExtension};
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 use crate::core::{user, vm_by_id, Core};
@@ -9,13 +11,65 @@ use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::ledger::{self, Entry};
 use crate::model::*;
-use crate::provider::PowerState;
+use crate::provider::{OsImage, PowerState};
 use crate::sessions::{power_off, vm_status_of, wait_for};
 use crate::store::now;
 use crate::validate;
 
-/// The operating systems a VM can be created with.
-pub const OS_CATALOG: &[&str] = &["blank"];
+/// The built-in operating systems (no image: the VM boots to firmware).
+pub const OS_BUILTIN: &[&str] = &["blank"];
+
+/// The image of an OS of the catalog: `None` for a built-in, an error naming
+/// the catalog for an unknown one.
+pub(crate) fn os_image(conn: &Connection, data_dir: &Path, name: &str) -> Result<Option<OsImage>> {
+    if OS_BUILTIN.contains(&name) {
+        return Ok(None);
+    }
+    let row: Option<(String, i64)> = conn
+        .prepare_cached("SELECT file, bytes FROM os_images WHERE name = ?1")?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    match row {
+        Some((file, bytes)) => Ok(Some(OsImage {
+            name: name.to_owned(),
+            path: data_dir.join(file),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        })),
+        None => {
+            let catalog: Vec<String> = os_list(conn)?.into_iter().map(|o| o.name).collect();
+            Err(Error::invalid(format!(
+                "unknown OS {name:?}; the catalog has: {}",
+                catalog.join(", ")
+            )))
+        }
+    }
+}
+
+fn os_list(conn: &Connection) -> Result<Vec<OsEntry>> {
+    let mut out: Vec<OsEntry> = OS_BUILTIN
+        .iter()
+        .map(|n| OsEntry {
+            name: (*n).to_owned(),
+            kind: "builtin".into(),
+            bytes: 0,
+        })
+        .collect();
+    let mut stmt = conn.prepare_cached("SELECT name, bytes FROM os_images ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(OsEntry {
+            name: r.get(0)?,
+            kind: "image".into(),
+            bytes: r.get(1)?,
+        })
+    })?;
+    for row in rows {
+        out.push(row?);
+    }
+    Ok(out)
+}
+
+/// The first bytes of a qcow2 file.
+const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
 /// Receives the progress of a creation.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
@@ -43,7 +97,7 @@ impl Core {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<Vm> {
         validate::name("VM", &spec.name)?;
-        validate::os(&spec.os_type, OS_CATALOG)?;
+        os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
@@ -128,7 +182,7 @@ impl Core {
             )?;
             (vm_by_id(&db, vm_id)?, start)
         };
-        let steps = if start { 3 } else { 2 };
+        let steps = if start { 4 } else { 3 };
         let report = |step: u32, message: &str| {
             if let Some(f) = progress {
                 f(&Progress {
@@ -140,20 +194,22 @@ impl Core {
                 });
             }
         };
-        let spec = self.machine_spec(&vm);
         let done = (|| {
             report(0, "connecting to the host");
+            let spec = self.full_spec(&vm)?;
             let p = self.provider(&vm.host)?;
             let err = |source| Error::Provider {
                 host: vm.host.clone(),
                 source,
             };
-            report(1, "defining the machine");
+            report(1, "creating the disk");
+            p.ensure_disk(&spec).map_err(err)?;
+            report(2, "defining the machine");
             p.ensure_defined(&spec).map_err(err)?;
             if !start {
                 return Ok(PowerState::Stopped);
             }
-            report(2, "starting the machine");
+            report(3, "starting the machine");
             p.start(&spec.machine_name).map_err(err)?;
             let state = wait_for(
                 p.as_ref(),
@@ -288,7 +344,9 @@ impl Core {
         let timeout = self.opts.shutdown_timeout;
         let (status, forced) = match action {
             VmAction::Start => {
-                p.ensure_defined(&self.machine_spec(&v)).map_err(err)?;
+                let spec = self.full_spec(&v)?;
+                p.ensure_disk(&spec).map_err(err)?;
+                p.ensure_defined(&spec).map_err(err)?;
                 p.start(&machine).map_err(err)?;
                 (
                     vm_status_of(
@@ -325,6 +383,7 @@ impl Core {
                     })
                     .map_err(err)?;
                 p.undefine(&machine).map_err(err)?;
+                p.delete_disk(&machine).map_err(err)?;
                 (VmStatus::Destroyed, false)
             }
         };
@@ -345,6 +404,72 @@ impl Core {
             )?;
             vm_by_id(tx, v.id)
         })
+    }
+
+    /// The OS catalog: the built-ins and the imported images.
+    pub fn os_list(&self) -> Result<Vec<OsEntry>> {
+        os_list(&self.db())
+    }
+
+    /// Adds a qcow2 disk image to the OS catalog as `name` (admin only). The
+    /// file is copied into the data directory; hosts get it on first use.
+    pub fn os_import(&self, actor: &str, name: &str, file: &Path) -> Result<OsEntry> {
+        validate::name("OS", name)?;
+        crate::core::admin(&self.db(), actor, "import OS images")?;
+        if OS_BUILTIN.contains(&name) || os_image(&self.db(), &self.opts.data_dir, name).is_ok() {
+            return Err(Error::AlreadyExists {
+                kind: "OS",
+                name: name.to_owned(),
+            });
+        }
+        let io = |source| Error::DataDir {
+            path: file.to_path_buf(),
+            source,
+        };
+        let mut magic = [0u8; 4];
+        std::io::Read::read_exact(&mut std::fs::File::open(file).map_err(io)?, &mut magic)
+            .map_err(io)?;
+        if &magic != QCOW2_MAGIC {
+            return Err(Error::invalid(format!(
+                "{} is not a qcow2 image",
+                file.display()
+            )));
+        }
+        let dir = self.opts.data_dir.join("os");
+        std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let rel = format!("os/{name}.qcow2");
+        let dest = self.opts.data_dir.join(&rel);
+        let tmp = dest.with_extension("qcow2.part");
+        let bytes = std::fs::copy(file, &tmp).map_err(io)?;
+        std::fs::rename(&tmp, &dest).map_err(io)?;
+        let added = self.write(|tx| {
+            tx.execute(
+                "INSERT INTO os_images (name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, rel, i64::try_from(bytes).unwrap_or(i64::MAX), now()],
+            )
+            .map_err(crate::core::already_exists("OS", name))?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "os.import",
+                    actor,
+                    json!({"os": name, "bytes": bytes}),
+                ),
+            )?;
+            Ok(OsEntry {
+                name: name.to_owned(),
+                kind: "image".into(),
+                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            })
+        });
+        if added.is_err() {
+            let _ = std::fs::remove_file(&dest);
+        }
+        added
     }
 
     /// Merges `pairs` into a VM's metadata (its owner or an admin).

@@ -33,6 +33,12 @@ fn create_charges_the_quote_once_and_runs_the_vm() {
     let vm = core.vm_create("ann", &spec("w1"), true, None).unwrap();
     assert_eq!(vm.status, VmStatus::Running);
     assert_eq!(vm.owner.as_deref(), Some("ann"));
+    assert!(hosts
+        .0
+        .disks
+        .lock()
+        .unwrap()
+        .contains(vm.provider_id.as_deref().unwrap()));
     assert_eq!(
         hosts.0.state(vm.provider_id.as_deref().unwrap()),
         Some(PowerState::Running)
@@ -109,8 +115,8 @@ fn progress_is_reported_step_by_step_to_the_end() {
         .unwrap();
     let seen = seen.into_inner().unwrap();
     let steps: Vec<u32> = seen.iter().map(|p| p.step).collect();
-    assert_eq!(steps, vec![0, 1, 2, 3]);
-    assert!(seen.iter().all(|p| p.steps == 3 && p.vm == "w1"));
+    assert_eq!(steps, vec![0, 1, 2, 3, 4]);
+    assert!(seen.iter().all(|p| p.steps == 4 && p.vm == "w1"));
 }
 
 #[test]
@@ -279,4 +285,49 @@ fn concurrent_creations_never_overdraw() {
         0
     );
     assert_eq!(count(dir.path(), "SELECT sum(amount) FROM ledger WHERE user_id = (SELECT id FROM users WHERE name = 'ann')"), 0);
+}
+
+#[test]
+fn an_imported_image_joins_the_catalog_and_a_bad_file_does_not() {
+    let (dir, _hosts, core) = with_user(100);
+    let good = dir.path().join("good.qcow2");
+    std::fs::write(&good, b"QFI\xfb\0\0\0\x03rest-of-an-image").unwrap();
+    let bad = dir.path().join("bad.img");
+    std::fs::write(&bad, b"not an image").unwrap();
+    assert_eq!(
+        core.os_import("admin", "tiny", &good).unwrap().kind,
+        "image"
+    );
+    assert!(core
+        .os_import("admin", "other", &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("is not a qcow2 image"));
+    assert_eq!(
+        core.os_import("ann", "mine", &good).unwrap_err().code(),
+        "admin_only"
+    );
+    assert_eq!(
+        core.os_import("admin", "tiny", &good).unwrap_err().code(),
+        "already_exists"
+    );
+    let names: Vec<String> = core
+        .os_list()
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(names, ["blank", "tiny"]);
+    let vm = core
+        .vm_create(
+            "ann",
+            &VmCreate {
+                os_type: "tiny".into(),
+                ..spec("w1")
+            },
+            true,
+            None,
+        )
+        .unwrap();
+    assert_eq!(vm.os_type, "tiny");
 }

@@ -10,10 +10,36 @@ use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
 use virt::enumutil::Enum;
 use virt::error::ErrorNumber;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
 use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{
+    MachineSpec, OsImage, PowerState, Provider, ProviderError, ProviderFactory,
+};
 
-pub use xml::{domain as domain_xml, VirtType, MARKER_NS};
+pub use xml::{domain as domain_xml, DiskRef, VirtType, MARKER_NS};
+
+/// The storage pool vmdesk keeps its disks and images in (libvirt's test
+/// driver has only its own).
+fn pool_name(virt: VirtType) -> &'static str {
+    match virt {
+        VirtType::Test => "default-pool",
+        _ => "vmdesk",
+    }
+}
+
+/// The volume holding a machine's disk.
+pub fn disk_volume(machine: &str) -> String {
+    format!("{machine}.qcow2")
+}
+
+/// The volume holding a catalog image of a data directory on a host (two
+/// data directories may give one name to different images).
+pub fn image_volume(image: &str, install_id: &str) -> String {
+    let tag: String = install_id.chars().take(8).collect();
+    format!("vmdesk-os-{image}-{tag}.qcow2")
+}
 
 fn quiet_libvirt() {
     static ONCE: Once = Once::new();
@@ -48,10 +74,7 @@ impl LibvirtProvider {
             .map_err(|e| ProviderError::Unreachable(e.message().to_owned()))?;
         let virt = if uri.starts_with("test:") {
             VirtType::Test
-        } else if conn
-            .domain_capabilities(None, Some("x86_64"), None, Some("kvm"), 0)
-            .is_ok()
-        {
+        } else if has_hardware_virtualization(&conn) {
             VirtType::Kvm
         } else {
             VirtType::Qemu
@@ -74,11 +97,108 @@ impl LibvirtProvider {
         &self.conn
     }
 
+    /// vmdesk's storage pool, defined, built and started on first use.
+    fn pool(&self) -> Result<StoragePool, ProviderError> {
+        let name = pool_name(self.virt);
+        let err = |e: virt::error::Error| {
+            ProviderError::Refused(format!("storage pool {name}: {}", e.message()))
+        };
+        let pool = match self.conn.lookup_storage_pool_by_name(name) {
+            Ok(p) => p,
+            Err(_) => {
+                let p = self
+                    .conn
+                    .define_storage_pool_xml(&xml::dir_pool(name, &self.pool_path()), 0)
+                    .map_err(err)?;
+                p.build(0).map_err(err)?;
+                let _ = p.set_autostart(true);
+                p
+            }
+        };
+        if !pool.is_active().map_err(err)? {
+            pool.create(0).map_err(err)?;
+        }
+        Ok(pool)
+    }
+
+    fn pool_path(&self) -> String {
+        let uri = self.conn.uri().unwrap_or_default();
+        match std::env::var_os("HOME") {
+            Some(home) if uri.contains("session") => {
+                format!(
+                    "{}/.local/share/libvirt/images/vmdesk",
+                    home.to_string_lossy()
+                )
+            }
+            _ => "/var/lib/libvirt/images/vmdesk".to_owned(),
+        }
+    }
+
+    /// The catalog image on this host, uploaded from the local file if missing.
+    fn image(
+        &self,
+        pool: &StoragePool,
+        image: &OsImage,
+        install_id: &str,
+    ) -> Result<StorageVol, ProviderError> {
+        let name = image_volume(&image.name, install_id);
+        if let Ok(v) = pool.lookup_storage_vol_by_name(&name) {
+            return Ok(v);
+        }
+        let err = |e: virt::error::Error| {
+            ProviderError::Refused(format!("image {}: {}", image.name, e.message()))
+        };
+        let vol =
+            StorageVol::create_xml(pool, &xml::raw_volume(&name, image.bytes), 0).map_err(err)?;
+        let upload = || -> Result<(), ProviderError> {
+            let mut file = std::fs::File::open(&image.path).map_err(|e| {
+                ProviderError::Refused(format!("image {}: {e}", image.path.display()))
+            })?;
+            let stream = Stream::new(&self.conn, 0).map_err(err)?;
+            vol.upload(&stream, 0, image.bytes, 0).map_err(err)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| {
+                    ProviderError::Refused(format!("image {}: {e}", image.path.display()))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                let mut sent = 0;
+                while sent < n {
+                    let k = stream.send(&buf[sent..n]).map_err(err)?;
+                    sent += usize::try_from(k).unwrap_or(0).max(1);
+                }
+            }
+            stream.finish().map_err(err)?;
+            Ok(())
+        };
+        if let Err(e) = upload() {
+            let _ = vol.delete(0);
+            return Err(e);
+        }
+        pool.lookup_storage_vol_by_name(&name).map_err(err)
+    }
+
     fn domain(&self, machine: &str) -> Result<Domain, ProviderError> {
         self.conn
             .lookup_domain_by_name(machine)
             .map_err(|e| map_err(machine, e))
     }
+}
+
+/// Whether domains can use KVM: libvirt offers it and the host CPU has VT-x or
+/// AMD-V. (A /dev/kvm without them, as under some nested set-ups, runs real
+/// guests into internal errors; software emulation is the safe choice then.)
+fn has_hardware_virtualization(conn: &Connect) -> bool {
+    if let Ok(v) = std::env::var("VMDESK_VIRT_TYPE") {
+        return v == "kvm";
+    }
+    let offered = conn
+        .domain_capabilities(None, Some("x86_64"), None, Some("kvm"), 0)
+        .is_ok();
+    let caps = conn.capabilities().unwrap_or_default();
+    offered && (caps.contains("<feature name='vmx'/>") || caps.contains("<feature name='svm'/>"))
 }
 
 fn power_state_of(state: DomainState) -> PowerState {
@@ -94,11 +214,49 @@ fn power_state_of(state: DomainState) -> PowerState {
 }
 
 impl Provider for LibvirtProvider {
+    fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
+        let pool = self.pool()?;
+        let name = disk_volume(&spec.machine_name);
+        if pool.lookup_storage_vol_by_name(&name).is_ok() {
+            return Ok(());
+        }
+        let backing = match &spec.image {
+            Some(image) if self.virt != VirtType::Test => Some(
+                self.image(&pool, image, &spec.install_id)?
+                    .path()
+                    .map_err(|e| map_err(&spec.machine_name, e))?,
+            ),
+            _ => None,
+        };
+        StorageVol::create_xml(
+            &pool,
+            &xml::volume(&name, spec.disk_gb, backing.as_deref()),
+            0,
+        )
+        .map(|_| ())
+        .map_err(|e| ProviderError::Refused(format!("disk {name}: {}", e.message())))
+    }
+
+    fn delete_disk(&self, machine: &str) -> Result<(), ProviderError> {
+        let pool = self.pool()?;
+        match pool.lookup_storage_vol_by_name(&disk_volume(machine)) {
+            Ok(v) => v.delete(0).map_err(|e| map_err(machine, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
     fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
         match self.domain(&spec.machine_name) {
             Ok(_) => Ok(()),
             Err(ProviderError::NotFound(_)) => {
-                let xml = xml::domain(spec, self.virt);
+                let volume = disk_volume(&spec.machine_name);
+                let has_disk = self.virt != VirtType::Test
+                    && self.pool()?.lookup_storage_vol_by_name(&volume).is_ok();
+                let disk = has_disk.then(|| DiskRef {
+                    pool: pool_name(self.virt),
+                    volume: &volume,
+                });
+                let xml = xml::domain(spec, self.virt, disk.as_ref());
                 self.conn
                     .define_domain_xml(&xml)
                     .map(|_| ())

@@ -37,9 +37,19 @@ fn text<W: io::Write>(w: &mut Writer<W>, name: &str, value: &str) -> io::Result<
     Ok(())
 }
 
-/// The XML of a domain for a VM: memory, CPUs, a VGA display served by VNC on
-/// 127.0.0.1, and vmdesk's marker (install id, VM id and name) in its metadata.
-pub fn domain(spec: &MachineSpec, virt: VirtType) -> String {
+/// A VM's disk: a volume of a storage pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRef<'a> {
+    /// The storage pool.
+    pub pool: &'a str,
+    /// The volume in it.
+    pub volume: &'a str,
+}
+
+/// The XML of a domain for a VM: memory, CPUs, its disk, a VGA display served
+/// by VNC on 127.0.0.1, a serial console, and vmdesk's marker (install id, VM
+/// id and name) in its metadata.
+pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     let memory_kib = (spec.ram_mb * 1024).to_string();
     let vcpus = spec.cpu_cores.to_string();
@@ -86,6 +96,35 @@ pub fn domain(spec: &MachineSpec, virt: VirtType) -> String {
                     Ok(())
                 })?;
                 w.create_element("devices").write_inner_content(|w| {
+                    if let Some(d) = disk {
+                        w.create_element("disk")
+                            .with_attributes([("type", "volume"), ("device", "disk")])
+                            .write_inner_content(|w| {
+                                w.create_element("driver")
+                                    .with_attributes([("name", "qemu"), ("type", "qcow2")])
+                                    .write_empty()?;
+                                w.create_element("source")
+                                    .with_attributes([("pool", d.pool), ("volume", d.volume)])
+                                    .write_empty()?;
+                                w.create_element("target")
+                                    .with_attributes([("dev", "vda"), ("bus", "virtio")])
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                    }
+                    // The serial console is also logged by virtlogd, for tests and support.
+                    let log = format!("/var/log/libvirt/qemu/{}-serial.log", spec.machine_name);
+                    w.create_element("serial")
+                        .with_attribute(("type", "pty"))
+                        .write_inner_content(|w| {
+                            w.create_element("log")
+                                .with_attributes([("file", log.as_str()), ("append", "off")])
+                                .write_empty()?;
+                            Ok(())
+                        })?;
+                    w.create_element("console")
+                        .with_attribute(("type", "pty"))
+                        .write_empty()?;
                     w.create_element("graphics")
                         .with_attributes([
                             ("type", "vnc"),
@@ -113,6 +152,74 @@ pub fn domain(spec: &MachineSpec, virt: VirtType) -> String {
     String::from_utf8(w.into_inner()).unwrap_or_default()
 }
 
+/// The XML of a qcow2 volume of `capacity_gb` GiB, over `backing` (a qcow2
+/// file on the host) when given.
+pub fn volume(name: &str, capacity_gb: i64, backing: Option<&str>) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    let capacity = capacity_gb.to_string();
+    let written: io::Result<_> = w.create_element("volume").write_inner_content(|w| {
+        text(w, "name", name)?;
+        w.create_element("capacity")
+            .with_attribute(("unit", "GiB"))
+            .write_text_content(BytesText::new(&capacity))?;
+        w.create_element("target").write_inner_content(|w| {
+            w.create_element("format")
+                .with_attribute(("type", "qcow2"))
+                .write_empty()?;
+            Ok(())
+        })?;
+        if let Some(path) = backing {
+            w.create_element("backingStore").write_inner_content(|w| {
+                text(w, "path", path)?;
+                w.create_element("format")
+                    .with_attribute(("type", "qcow2"))
+                    .write_empty()?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    });
+    debug_assert!(written.is_ok());
+    String::from_utf8(w.into_inner()).unwrap_or_default()
+}
+
+/// The XML of a raw volume of `bytes` bytes (an upload target).
+pub fn raw_volume(name: &str, bytes: u64) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    let capacity = bytes.to_string();
+    let written: io::Result<_> = w.create_element("volume").write_inner_content(|w| {
+        text(w, "name", name)?;
+        w.create_element("capacity")
+            .with_attribute(("unit", "bytes"))
+            .write_text_content(BytesText::new(&capacity))?;
+        w.create_element("target").write_inner_content(|w| {
+            w.create_element("format")
+                .with_attribute(("type", "raw"))
+                .write_empty()?;
+            Ok(())
+        })?;
+        Ok(())
+    });
+    debug_assert!(written.is_ok());
+    String::from_utf8(w.into_inner()).unwrap_or_default()
+}
+
+/// The XML of a directory storage pool.
+pub fn dir_pool(name: &str, path: &str) -> String {
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    let written: io::Result<_> = w
+        .create_element("pool")
+        .with_attribute(("type", "dir"))
+        .write_inner_content(|w| {
+            text(w, "name", name)?;
+            w.create_element("target")
+                .write_inner_content(|w| text(w, "path", path))?;
+            Ok(())
+        });
+    debug_assert!(written.is_ok());
+    String::from_utf8(w.into_inner()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,12 +234,13 @@ mod tests {
             cpu_cores: 1,
             disk_gb: 1,
             os_type: "blank".into(),
+            image: None,
         }
     }
 
     #[test]
     fn memory_is_in_kib_and_vcpus_match() {
-        let xml = domain(&spec("a"), VirtType::Qemu);
+        let xml = domain(&spec("a"), VirtType::Qemu, None);
         assert!(
             xml.contains(r#"<memory unit="KiB">65536</memory>"#),
             "{xml}"
@@ -142,7 +250,7 @@ mod tests {
 
     #[test]
     fn metacharacters_are_escaped_and_cannot_add_elements() {
-        let xml = domain(&spec(r#"x</vmdesk:vm><devices/>&'""#), VirtType::Qemu);
+        let xml = domain(&spec(r#"x</vmdesk:vm><devices/>&'""#), VirtType::Qemu, None);
         assert!(
             xml.contains("x&lt;/vmdesk:vm&gt;&lt;devices/&gt;&amp;&apos;&quot;"),
             "{xml}"
@@ -152,14 +260,41 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_is_the_named_volume_of_the_pool() {
+        let xml = domain(
+            &spec("a"),
+            VirtType::Qemu,
+            Some(&DiskRef {
+                pool: "vmdesk",
+                volume: "a.qcow2",
+            }),
+        );
+        assert!(
+            xml.contains(r#"<source pool="vmdesk" volume="a.qcow2"/>"#),
+            "{xml}"
+        );
+    }
+
+    #[test]
+    fn an_overlay_volume_names_its_backing_file() {
+        let xml = volume("a.qcow2", 20, Some("/images/base.qcow2"));
+        assert!(
+            xml.contains(r#"<capacity unit="GiB">20</capacity>"#),
+            "{xml}"
+        );
+        assert!(xml.contains("<backingStore>"), "{xml}");
+        assert!(xml.contains("<path>/images/base.qcow2</path>"), "{xml}");
+    }
+
+    #[test]
     fn vnc_listens_on_loopback_only() {
-        let xml = domain(&spec("a"), VirtType::Qemu);
+        let xml = domain(&spec("a"), VirtType::Qemu, None);
         assert!(xml.contains(r#"listen="127.0.0.1""#), "{xml}");
     }
 
     #[test]
     fn the_marker_names_install_and_vm() {
-        let xml = domain(&spec("web"), VirtType::Kvm);
+        let xml = domain(&spec("web"), VirtType::Kvm, None);
         assert!(xml.contains(MARKER_NS));
         assert!(
             xml.contains("<vmdesk:install>abc</vmdesk:install>"),

@@ -14,6 +14,7 @@ fn spec(name: &str) -> MachineSpec {
         cpu_cores: 1,
         disk_gb: 1,
         os_type: "blank".into(),
+        image: None,
     }
 }
 
@@ -80,4 +81,22 @@ fn the_provider_is_cached_per_uri() {
     let a = factory.provider("test:///default").unwrap();
     let b = factory.provider("test:///default").unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b));
+}
+
+#[test]
+fn a_disk_is_created_once_and_deleted() {
+    let factory = LibvirtFactory::new();
+    let p = factory.provider("test:///default").unwrap();
+    p.ensure_disk(&spec("vmdesk-t3")).unwrap();
+    p.ensure_disk(&spec("vmdesk-t3")).unwrap();
+    let pool = p
+        .connection()
+        .lookup_storage_pool_by_name("default-pool")
+        .unwrap();
+    let volume = vmdesk_libvirt::disk_volume("vmdesk-t3");
+    assert!(pool.lookup_storage_vol_by_name(&volume).is_ok());
+    p.delete_disk("vmdesk-t3").unwrap();
+    assert!(pool.lookup_storage_vol_by_name(&volume).is_err());
+    // Deleting a disk that is gone is not an error.
+    p.delete_disk("vmdesk-t3").unwrap();
 }

@@ -15,6 +15,7 @@ use vmdesk_core::{Core, NewVm, OpenOptions};
 #[derive(Default)]
 pub struct MemoryHost {
     pub machines: Mutex<HashMap<String, PowerState>>,
+    pub disks: Mutex<std::collections::HashSet<String>>,
     pub refuse_start: Mutex<bool>,
     pub unreachable: Mutex<bool>,
     /// Guests that ignore an ACPI shutdown (like a VM without an OS).
@@ -43,6 +44,16 @@ impl MemoryHost {
 }
 
 impl Provider for MemoryHost {
+    fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
+        self.check()?;
+        self.disks.lock().unwrap().insert(spec.machine_name.clone());
+        Ok(())
+    }
+    fn delete_disk(&self, machine: &str) -> Result<(), ProviderError> {
+        self.check()?;
+        self.disks.lock().unwrap().remove(machine);
+        Ok(())
+    }
     fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
         self.check()?;
         self.machines
