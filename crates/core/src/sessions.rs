@@ -656,18 +656,47 @@ impl Core {
         };
         let mut repaired = 0;
         for (vm_id, dead) in vms.into_iter().filter(|(_, w)| !self.worker_alive(w)) {
+            // Claimed first, so that one process settles it.
+            let me = self.worker_id()?.to_owned();
+            let claimed = self.write(|tx| {
+                Ok(tx.execute(
+                    "UPDATE vms SET worker = ?3 WHERE id = ?1 AND status = 'CREATING' AND worker = ?2",
+                    params![vm_id, dead, me],
+                )? > 0)
+            })?;
+            if !claimed {
+                continue;
+            }
+            // A machine the crash left half started is powered off: a failed
+            // VM must not run (nor be billed). Its disk and definition stay
+            // with its row, for `vm start` to retry or `vm destroy` to remove.
+            let vm = vm_by_id(&self.db(), vm_id)?;
+            let machine = self.machine_spec(&vm).machine_name;
+            let on_host = match self.provider(&vm.host) {
+                Ok(p) => match p.power_state(&machine) {
+                    Ok(state) if !state.is_off() => match p.force_off(&machine) {
+                        Ok(()) => "forced off",
+                        Err(_) => "running; could not be forced off",
+                    },
+                    Ok(_) => "defined, off",
+                    Err(crate::provider::ProviderError::NotFound(_)) => "not defined",
+                    Err(_) => "unknown (host unreachable)",
+                },
+                Err(_) => "unknown (host unreachable)",
+            };
             repaired += self.write(|tx| {
                 let n = tx.execute(
                     "UPDATE vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = ?3
                      WHERE id = ?1 AND status = 'CREATING' AND worker = ?2",
-                    params![vm_id, dead, now()],
+                    params![vm_id, me, now()],
                 )?;
                 if n > 0 {
                     events::record(
                         tx,
                         NewEvent::info(EventType::System, "recovery.vm", SYSTEM,
                                        json!({"was": VmStatus::Creating, "now": VmStatus::FailedToStart,
-                                              "reason": "its creator stopped before it finished", "worker": dead}))
+                                              "reason": "its creator stopped before it finished", "worker": dead,
+                                              "machine": on_host}))
                             .severity(Severity::Warning)
                             .vm(vm_id),
                     )?;
