@@ -242,6 +242,13 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             refresh_tray(&tray, &core, &actor);
             let (app_handle, core, actor) =
                 (app.handle().clone(), Arc::clone(&core), actor.clone());
+            // Leftovers of crashes on the hosts are swept at start, off the UI thread.
+            let (sweeper, sweep_actor) = (Arc::clone(&core), actor.clone());
+            std::thread::spawn(move || {
+                if let Ok(done) = sweeper.recover_all(&sweep_actor) {
+                    tracing::info!(repairs = done.len(), "recovery at start");
+                }
+            });
             let checkpointer = Arc::clone(&core);
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())

@@ -85,6 +85,8 @@ pub enum Command {
     /// The OS catalog
     #[command(subcommand)]
     Os(OsCmd),
+    /// Settle crashed work and remove vmdesk's leftovers from every host (admin only)
+    Recover,
     /// The event log, newest first
     Events {
         #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
@@ -584,6 +586,20 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     list.iter()
                         .map(|o| vec![o.name.clone(), o.kind.clone(), o.bytes.to_string()]),
                 )
+            })
+        }
+        Command::Recover => {
+            let done = core.recover_all(a)?;
+            emit(g, &done, || {
+                if done.is_empty() {
+                    "nothing to recover".to_owned()
+                } else {
+                    table(
+                        &["ACTION", "DETAILS"],
+                        done.iter()
+                            .map(|e| vec![e.action.clone(), e.details.to_string()]),
+                    )
+                }
             })
         }
         Command::Events { limit } => {

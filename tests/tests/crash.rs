@@ -100,7 +100,10 @@ fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
         let mut stmt = db
             .prepare("SELECT json_extract(details, '$.machine') FROM events WHERE action = 'recovery.vm'")
             .expect("prepare");
-        stmt.query_map([], |r| r.get(0)).expect("query").map(|r| r.expect("row")).collect()
+        stmt.query_map([], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
     };
     eprintln!("machines found by recovery: {states:?}");
     // A creation killed while its machine started left it off.
@@ -147,4 +150,49 @@ fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
         "a volume is left"
     );
     drop(machines);
+}
+
+#[test]
+fn recover_removes_a_machine_whose_row_is_lost() {
+    let v = Vmdesk::new();
+    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+    v.json(&["user", "add", "ann", "--credits", "100"]);
+    let vm = v.json(&[
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "orphan",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _cleanup = Machine(machine.clone());
+    // As if the database had lost the row (restored from an older copy, say).
+    v.db()
+        .execute("DELETE FROM vms WHERE name = 'orphan'", [])
+        .expect("delete the row");
+    assert_eq!(virsh(&["domstate", &machine]), "running");
+
+    let done = v.json(&["recover"]);
+    let actions: Vec<&str> = done
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["recovery.leftover"]);
+    assert_eq!(done[0]["details"]["machine"], machine.as_str());
+    assert_eq!(virsh(&["domstate", &machine]), "", "the domain is left");
+    assert_eq!(
+        virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")]),
+        "",
+        "the disk is left"
+    );
+    // Machines that have their rows are not touched.
+    assert_eq!(v.json(&["recover"]).as_array().map(Vec::len), Some(0));
 }

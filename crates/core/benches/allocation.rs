@@ -43,6 +43,9 @@ impl Provider for NullHost {
     fn undefine(&self, _: &str) -> Result<(), ProviderError> {
         Ok(())
     }
+    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
 }
 
 struct NullFactory;

@@ -111,7 +111,11 @@ pub(crate) const SYSTEM: &str = "vmdesk";
 macro_rules! vm_select {
     () => {
         "SELECT v.id, v.name, v.os_type, v.ram_mb, v.disk_gb, v.cpu_cores, v.vm_type,
-        v.status, v.ip_address, v.ssh_port, v.uptime_seconds, v.metadata, u.name, p.name, h.name,
+        v.status, v.ip_address, v.ssh_port,
+        CASE WHEN v.status = 'RUNNING' AND v.started_at IS NOT NULL
+             THEN CAST((julianday('now') - julianday(v.started_at)) * 86400 AS INTEGER)
+             ELSE v.uptime_seconds END,
+        v.metadata, u.name, p.name, h.name,
         v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at
     FROM vms v
     LEFT JOIN users u ON u.id = v.owner_user_id

@@ -71,11 +71,37 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
 
 /// The newest events, newest first; only those of `actor` unless `actor` is `None`.
 pub fn list(conn: &Connection, actor: Option<&str>, limit: i64) -> Result<Vec<Event>> {
-    let mut stmt = conn.prepare_cached(
+    query(
+        conn,
         "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
          FROM events WHERE ?1 IS NULL OR actor = ?1 ORDER BY id DESC LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![actor, limit], |r| {
+        params![actor, limit],
+    )
+}
+
+/// The recovery events written after event `after`, oldest first.
+pub fn recoveries_since(conn: &Connection, after: i64) -> Result<Vec<Event>> {
+    query(
+        conn,
+        "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
+         FROM events WHERE id > ?1 AND action LIKE 'recovery.%' ORDER BY id",
+        params![after],
+    )
+}
+
+/// The events of one VM, newest first.
+pub fn of_vm(conn: &Connection, vm_id: i64, limit: i64) -> Result<Vec<Event>> {
+    query(
+        conn,
+        "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
+         FROM events WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2",
+        params![vm_id, limit],
+    )
+}
+
+fn query(conn: &Connection, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |r| {
         let details: String = r.get(7)?;
         Ok(Event {
             id: r.get(0)?,

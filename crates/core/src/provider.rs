@@ -97,6 +97,9 @@ pub trait Provider: Send + Sync {
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError>;
     /// Removes the machine's definition (it must be off); does nothing if it is gone.
     fn undefine(&self, machine: &str) -> Result<(), ProviderError>;
+    /// The machines (definitions or disks) on the host that carry this data
+    /// directory's mark, by machine name.
+    fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError>;
 }
 
 /// Makes the provider of a host.

@@ -174,6 +174,15 @@ CREATE TABLE os_images (
     created_at TEXT NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- When a VM last came up, for its uptime; set on every change to RUNNING.
+ALTER TABLE vms ADD COLUMN started_at TEXT;
+CREATE TRIGGER vms_started AFTER UPDATE OF status ON vms
+WHEN NEW.status = 'RUNNING' AND OLD.status <> 'RUNNING'
+BEGIN
+    UPDATE vms SET started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = NEW.id;
+END;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

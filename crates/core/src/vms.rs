@@ -406,6 +406,81 @@ impl Core {
         })
     }
 
+    /// Removes from a host the machines (definitions and disks) that carry
+    /// this data directory's mark but have no VM row (or only a DESTROYED
+    /// one): what a crash between the host and the database can leave. Each
+    /// removal is an event. Returns the machines removed.
+    pub fn sweep_host(&self, host: &str) -> Result<Vec<String>> {
+        let p = self.provider(host)?;
+        let err = |source| Error::Provider {
+            host: host.to_owned(),
+            source,
+        };
+        let mut removed = Vec::new();
+        for machine in p.marked(&self.install_id).map_err(err)? {
+            let owned: bool = self.db().query_row(
+                "SELECT count(*) > 0 FROM vms WHERE provider_id = ?1 AND status <> 'DESTROYED'",
+                [&machine],
+                |r| r.get(0),
+            )?;
+            if owned {
+                continue;
+            }
+            p.force_off(&machine)
+                .or_else(|e| match e {
+                    crate::provider::ProviderError::NotFound(_) => Ok(()),
+                    e => Err(e),
+                })
+                .map_err(err)?;
+            p.undefine(&machine).map_err(err)?;
+            p.delete_disk(&machine).map_err(err)?;
+            self.write(|tx| {
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::System,
+                        "recovery.leftover",
+                        crate::core::SYSTEM,
+                        json!({"host": host, "machine": machine, "removed": true,
+                                          "reason": "on the host without a VM row"}),
+                    )
+                    .severity(Severity::Warning),
+                )
+            })?;
+            removed.push(machine);
+        }
+        Ok(removed)
+    }
+
+    /// Settles crashed work (see [`Core::recover`]) and sweeps every host (see
+    /// [`Core::sweep_host`]); admin only. Returns what was done, as events.
+    pub fn recover_all(&self, actor: &str) -> Result<Vec<Event>> {
+        crate::core::admin(&self.db(), actor, "run recovery")?;
+        let before: i64 =
+            self.db()
+                .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        self.recover()?;
+        let hosts: Vec<String> = self
+            .db()
+            .prepare("SELECT name FROM hosts ORDER BY name")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for h in hosts {
+            if let Err(e) = self.sweep_host(&h) {
+                tracing::warn!(host = %h, error = %e.one_line(), "sweep");
+            }
+        }
+        events::recoveries_since(&self.db(), before)
+    }
+
+    /// The events of a VM the actor may see, newest first.
+    pub fn vm_events(&self, actor: &str, vm: &str, limit: i64) -> Result<Vec<Event>> {
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let v = self.vm_show_in(&conn, &a, vm)?;
+        events::of_vm(&conn, v.id, limit.clamp(1, 10_000))
+    }
+
     /// The OS catalog: the built-ins and the imported images.
     pub fn os_list(&self) -> Result<Vec<OsEntry>> {
         os_list(&self.db())

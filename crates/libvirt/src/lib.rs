@@ -293,6 +293,36 @@ impl Provider for LibvirtProvider {
         }
     }
 
+    fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError> {
+        let tag: String = install_id.chars().take(8).collect();
+        let err = |e: virt::error::Error| ProviderError::Unreachable(e.message().to_owned());
+        let mut names = std::collections::BTreeSet::new();
+        for dom in self.conn.list_all_domains(0).map_err(err)? {
+            let Ok(name) = dom.name() else { continue };
+            // The name says whose it may be; the metadata says whose it is.
+            if name.starts_with("vmdesk-") && name.ends_with(&format!("-{tag}")) {
+                let xml = dom.xml_desc(0).unwrap_or_default();
+                if xml.contains(MARKER_NS) && xml.contains(&format!(">{install_id}<")) {
+                    names.insert(name);
+                }
+            }
+        }
+        if self.virt != VirtType::Test {
+            let pool = self.pool()?;
+            for vol in pool.list_volumes().map_err(err)? {
+                if let Some(machine) = vol.strip_suffix(".qcow2") {
+                    if machine.starts_with("vmdesk-")
+                        && !machine.starts_with("vmdesk-os-")
+                        && machine.ends_with(&format!("-{tag}"))
+                    {
+                        names.insert(machine.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(names.into_iter().collect())
+    }
+
     fn undefine(&self, machine: &str) -> Result<(), ProviderError> {
         match self.domain(machine) {
             Ok(dom) => dom.undefine().map_err(|e| map_err(machine, e)),

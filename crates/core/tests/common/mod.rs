@@ -78,6 +78,14 @@ impl Provider for MemoryHost {
     fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
         self.set(machine, PowerState::Stopped)
     }
+    fn marked(&self, _install_id: &str) -> Result<Vec<String>, ProviderError> {
+        self.check()?;
+        let mut names: Vec<String> = self.machines.lock().unwrap().keys().cloned().collect();
+        names.extend(self.disks.lock().unwrap().iter().cloned());
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
     fn undefine(&self, machine: &str) -> Result<(), ProviderError> {
         self.check()?;
         self.machines.lock().unwrap().remove(machine);
