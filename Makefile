@@ -39,9 +39,10 @@ lint: ui
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-## Allocation throughput and latency on a file database.
-bench:
+## Allocation on a file database; VM creation on the real QEMU host.
+bench: build libvirt os-image
 	cargo bench -p vmdesk-core --bench allocation
+	cargo bench -p vmdesk-tests --bench create
 
 clean:
 	cargo clean

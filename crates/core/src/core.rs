@@ -290,6 +290,11 @@ impl Core {
         Ok(core)
     }
 
+    /// This data directory's install id (it marks its machines on hosts).
+    pub fn install_id(&self) -> &str {
+        &self.install_id
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.opts.data_dir

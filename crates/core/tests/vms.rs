@@ -50,7 +50,11 @@ fn create_charges_the_quote_once_and_runs_the_vm() {
         1
     );
     assert_eq!(vm.metadata["cost"], 34);
-    assert!(vm.uptime_seconds.is_some_and(|s| (0..5).contains(&s)), "{:?}", vm.uptime_seconds);
+    assert!(
+        vm.uptime_seconds.is_some_and(|s| (0..5).contains(&s)),
+        "{:?}",
+        vm.uptime_seconds
+    );
 }
 
 #[test]
