@@ -10,7 +10,7 @@ use tauri::menu::{Menu, MenuItem};
 use tauri::tray::{TrayIcon, TrayIconBuilder};
 use tauri::{AppHandle, Emitter, Manager, State};
 use vmdesk_core::{
-    Core, Overview, Progress, Session, SessionRequest, SessionStatus, Vm, VmAction, VmCreate,
+    Core, Event, Overview, Progress, Session, SessionRequest, SessionStatus, Vm, VmAction, VmCreate,
 };
 
 use crate::cli::{open_core, Global};
@@ -136,6 +136,24 @@ async fn create_vm(app: AppHandle, ctx: State<'_, Ctx>, spec: VmCreate) -> Resul
 }
 
 #[tauri::command]
+async fn vm_events(ctx: State<'_, Ctx>, vm: String) -> Result<Vec<Event>, ApiError> {
+    blocking(&ctx, move |core, actor| core.vm_events(actor, &vm, 100)).await
+}
+
+#[tauri::command]
+async fn vm_meta(
+    ctx: State<'_, Ctx>,
+    vm: String,
+    key: String,
+    value: String,
+) -> Result<Vm, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.vm_meta(actor, &vm, &[(key, value)])
+    })
+    .await
+}
+
+#[tauri::command]
 async fn vm_action(ctx: State<'_, Ctx>, vm: String, action: VmAction) -> Result<Vm, ApiError> {
     blocking(&ctx, move |core, actor| core.vm_action(actor, &vm, action)).await
 }
@@ -214,7 +232,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             os_catalog,
             my_vms,
             create_vm,
-            vm_action
+            vm_action,
+            vm_events,
+            vm_meta
         ])
         .setup(move |app| {
             *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());

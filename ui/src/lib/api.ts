@@ -8,6 +8,7 @@ import type { SessionRequest } from "../bindings/SessionRequest";
 import type { Progress } from "../bindings/Progress";
 import type { Quote } from "../bindings/Quote";
 import type { Vm } from "../bindings/Vm";
+import type { Event } from "../bindings/Event";
 import type { VmAction } from "../bindings/VmAction";
 import type { VmCreate } from "../bindings/VmCreate";
 
@@ -43,6 +44,8 @@ export const api = {
   myVms: () => call<Vm[]>("my_vms"),
   createVm: (spec: VmCreate) => call<Vm>("create_vm", { spec }),
   vmAction: (vm: string, action: VmAction) => call<Vm>("vm_action", { vm, action }),
+  vmEvents: (vm: string) => call<Event[]>("vm_events", { vm }),
+  vmMeta: (vm: string, key: string, value: string) => call<Vm>("vm_meta", { vm, key, value }),
   /** Calls `f` with each step of a VM creation running in the background. */
   onProgress: (f: (p: Progress) => void): Promise<UnlistenFn> =>
     listen<Progress>("vm-progress", (e) => f(e.payload)),

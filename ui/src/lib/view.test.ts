@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { Pool } from "../bindings/Pool";
 import type { Vm } from "../bindings/Vm";
-import { age, badge, poolCounts, vmTypes } from "./view";
+import { age, badge, duration, poolCounts, vmTypes } from "./view";
 
 function vm(over: Partial<Vm>): Vm {
   return {
@@ -47,5 +47,14 @@ describe("badge", () => {
 describe("age", () => {
   it("says minutes for a few minutes", () => {
     expect(age("2026-01-01T00:00:00Z", new Date("2026-01-01T00:03:10Z"))).toBe("3 min ago");
+  });
+});
+
+describe("duration", () => {
+  it("says seconds, minutes, hours and days", () => {
+    expect(duration(42)).toBe("42 s");
+    expect(duration(125)).toBe("2 min 5 s");
+    expect(duration(7500)).toBe("2 h 5 min");
+    expect(duration(90000)).toBe("1 d 1 h");
   });
 });
