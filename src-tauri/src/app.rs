@@ -17,6 +17,8 @@ use crate::cli::{open_core, Global};
 
 /// Event sent to the window whenever the data may have changed.
 const CHANGED: &str = "changed";
+/// How often the hosts' power states are read (the seed's fast interval).
+const SYNC_EVERY: Duration = Duration::from_secs(30);
 /// How often the worker looks for work and for other processes' changes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -269,6 +271,20 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
                     tracing::info!(repairs = done.len(), "recovery at start");
                 }
             });
+            // Status sync: the hosts' power states, written to the database.
+            let syncer = Arc::clone(&core);
+            std::thread::Builder::new()
+                .name("vmdesk-sync".into())
+                .spawn(move || loop {
+                    std::thread::sleep(SYNC_EVERY);
+                    match syncer.sync_once("poll") {
+                        Ok(changes) if !changes.is_empty() => {
+                            tracing::info!(changes = changes.len(), "sync")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e.one_line(), "sync"),
+                    }
+                })?;
             let checkpointer = Arc::clone(&core);
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())

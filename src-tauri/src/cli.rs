@@ -87,6 +87,12 @@ pub enum Command {
     Os(OsCmd),
     /// Settle crashed work and remove vmdesk's leftovers from every host (admin only)
     Recover,
+    /// Reconcile the database with the hosts' power states
+    Sync {
+        /// One pass, then exit
+        #[arg(long, required = true)]
+        once: bool,
+    },
     /// The event log, newest first
     Events {
         #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
@@ -586,6 +592,26 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     list.iter()
                         .map(|o| vec![o.name.clone(), o.kind.clone(), o.bytes.to_string()]),
                 )
+            })
+        }
+        Command::Sync { once: _ } => {
+            let changes = core.sync_once("poll")?;
+            emit(g, &changes, || {
+                if changes.is_empty() {
+                    "in sync".to_owned()
+                } else {
+                    table(
+                        &["VM", "WAS", "NOW", "TERMINATED SESSION"],
+                        changes.iter().map(|c| {
+                            vec![
+                                c.vm.clone(),
+                                c.was.to_string(),
+                                c.now.to_string(),
+                                c.terminated_session.map_or("-".into(), |s| s.to_string()),
+                            ]
+                        }),
+                    )
+                }
             })
         }
         Command::Recover => {

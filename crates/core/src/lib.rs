@@ -15,6 +15,7 @@ mod events;
 mod ledger;
 mod sessions;
 mod store;
+mod sync;
 mod vms;
 mod worker;
 
@@ -22,4 +23,5 @@ pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
+pub use crate::sync::{SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

@@ -1,0 +1,166 @@
+//! Status sync: the host's power state is the truth. A pass reads each VM's
+//! state and writes it to the database; a VM found off under an ACTIVE session
+//! ends the session (TERMINATED); rows in a transition are left alone; a host
+//! that cannot be reached degrades the VM to UNKNOWN and never ends a session.
+
+use std::time::Duration;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use serde_json::json;
+use ts_rs::TS;
+
+use crate::core::{vm_by_id, Core, SYSTEM};
+use crate::error::Result;
+use crate::events::{self, NewEvent};
+use crate::model::*;
+use crate::provider::{PowerState, ProviderError};
+use crate::store::now;
+
+/// A change a sync made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[ts(export)]
+pub struct SyncChange {
+    /// The VM.
+    pub vm: String,
+    /// Its status before.
+    pub was: VmStatus,
+    /// Its status now.
+    pub now: VmStatus,
+    /// The session it ended, if any.
+    pub terminated_session: Option<i64>,
+    /// What saw it (`poll`, `event`).
+    pub source: String,
+}
+
+/// What the host said of a machine.
+type Observed = std::result::Result<PowerState, ProviderError>;
+
+/// How long a machine seen off under an active session is given to come back
+/// (a reboot seen between its stop and its start) before the session ends.
+pub const REBOOT_GRACE: Duration = Duration::from_millis(1500);
+
+impl Core {
+    /// One full pass over every VM of every host. Returns what changed.
+    pub fn sync_once(&self, source: &str) -> Result<Vec<SyncChange>> {
+        let vms: Vec<Vm> = {
+            let db = self.db();
+            let ids: Vec<i64> = db
+                .prepare_cached("SELECT id FROM vms WHERE status NOT IN ('CREATING', 'DESTROYED') ORDER BY host_id, id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.into_iter()
+                .map(|id| vm_by_id(&db, id))
+                .collect::<Result<_>>()?
+        };
+        let mut changes = Vec::new();
+        let mut second_look = Vec::new();
+        for vm in &vms {
+            let observed = self.observe(vm);
+            if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
+                second_look.push(vm.clone());
+                continue;
+            }
+            changes.extend(self.reconcile(vm.id, observed, source)?);
+        }
+        if !second_look.is_empty() {
+            std::thread::sleep(REBOOT_GRACE);
+            for vm in &second_look {
+                let observed = self.observe(vm);
+                changes.extend(self.reconcile(vm.id, observed, source)?);
+            }
+        }
+        Ok(changes)
+    }
+
+    fn observe(&self, vm: &Vm) -> Observed {
+        let machine = self.machine_spec(vm).machine_name;
+        match self.provider(&vm.host) {
+            Ok(p) => p.power_state(&machine),
+            Err(e) => Err(ProviderError::Unreachable(e.one_line())),
+        }
+    }
+
+    /// Writes what the host said of one VM, re-checking the row in the same
+    /// transaction (a transition that began since is left alone).
+    pub fn reconcile(
+        &self,
+        vm_id: i64,
+        observed: Observed,
+        source: &str,
+    ) -> Result<Option<SyncChange>> {
+        self.write(|tx| {
+            let vm = vm_by_id(tx, vm_id)?;
+            let busy: bool = tx.query_row("SELECT worker IS NOT NULL FROM vms WHERE id = ?1", [vm_id], |r| r.get(0))?;
+            let session: Option<(i64, SessionStatus, String)> = match vm.session_id {
+                Some(sid) => tx
+                    .query_row(
+                        "SELECT s.id, s.status, u.name FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
+                        [sid],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?,
+                None => None,
+            };
+            let in_transition = busy
+                || matches!(vm.status, VmStatus::Creating | VmStatus::Starting | VmStatus::Stopping | VmStatus::Destroyed)
+                || session.as_ref().is_some_and(|(_, s, _)| *s != SessionStatus::Active);
+            if in_transition {
+                return Ok(None);
+            }
+            let (now_status, reason) = match &observed {
+                Ok(PowerState::Running) => (VmStatus::Running, None),
+                Ok(s) if s.is_off() => (VmStatus::Stopped, None),
+                Ok(_) => return Ok(None), // starting or stopping: look again next pass
+                Err(ProviderError::NotFound(_)) => (VmStatus::Unknown, Some("the host no longer knows this VM")),
+                Err(_) => (VmStatus::Unknown, Some("the host cannot be reached")),
+            };
+            let ends_session = now_status == VmStatus::Stopped && session.is_some();
+            if now_status == vm.status && !ends_session {
+                return Ok(None);
+            }
+            let ts = now();
+            tx.execute(
+                "UPDATE vms SET status = ?2, updated_at = ?3,
+                        last_stopped = CASE WHEN ?2 = 'STOPPED' THEN ?3 ELSE last_stopped END
+                 WHERE id = ?1",
+                params![vm_id, now_status, ts],
+            )?;
+            let severity = if now_status == VmStatus::Unknown { Severity::Warning } else { Severity::Info };
+            events::record(
+                tx,
+                NewEvent::info(EventType::Vm, "sync.status", SYSTEM,
+                               json!({"vm": vm.name, "was": vm.status, "now": now_status, "source": source,
+                                      "reason": reason, "error": observed.as_ref().err().map(ToString::to_string)}))
+                    .severity(severity)
+                    .vm(vm_id),
+            )?;
+            let mut terminated = None;
+            if let (true, Some((sid, _, user))) = (ends_session, &session) {
+                tx.execute(
+                    "UPDATE sessions SET status = 'TERMINATED', worker = NULL, updated_at = ?2, ended_at = ?2,
+                            error = 'the VM stopped under the session'
+                     WHERE id = ?1 AND status = 'ACTIVE'",
+                    params![sid, ts],
+                )?;
+                events::record(
+                    tx,
+                    NewEvent::info(EventType::Session, "session.terminated", SYSTEM,
+                                   json!({"was": SessionStatus::Active, "now": SessionStatus::Terminated,
+                                          "user": user, "reason": "the VM stopped under the session", "source": source}))
+                        .severity(Severity::Warning)
+                        .vm(vm_id)
+                        .session(*sid),
+                )?;
+                terminated = Some(*sid);
+            }
+            Ok(Some(SyncChange {
+                vm: vm.name,
+                was: vm.status,
+                now: now_status,
+                terminated_session: terminated,
+                source: source.to_owned(),
+            }))
+        })
+    }
+}
