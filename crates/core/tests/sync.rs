@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use vmdesk_core::provider::{PowerState, Provider};
+use vmdesk_core::provider::Provider;
 use vmdesk_core::{SessionRequest, SessionStatus, VmStatus};
 
 fn req() -> SessionRequest {
