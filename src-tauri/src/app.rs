@@ -17,8 +17,6 @@ use crate::cli::{open_core, Global};
 
 /// Event sent to the window whenever the data may have changed.
 const CHANGED: &str = "changed";
-/// How often the hosts' power states are read (the seed's fast interval).
-const SYNC_EVERY: Duration = Duration::from_secs(30);
 /// How often the worker looks for work and for other processes' changes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -203,6 +201,28 @@ fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<(
     }
 }
 
+/// The status-sync child (`vmdesk sync --watch --parent-pipe`): it follows
+/// the hosts' lifecycle events and exits when this process's end of its
+/// stdin closes, however this process ends.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_watcher(global: &Global) -> anyhow::Result<Watcher> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--data-dir").arg(crate::cli::data_dir(global)?);
+    cmd.arg("--as").arg(&global.actor);
+    cmd.args(["sync", "--watch", "--parent-pipe"]);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    Ok(Watcher(cmd.spawn()?))
+}
+
 /// Opens the desktop window over the data directory of `global`.
 pub fn run(global: &Global) -> anyhow::Result<()> {
     // Changes this process commits reach the window through this handle.
@@ -215,7 +235,15 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             }
         })
     };
-    let core = Arc::new(open_core(global, Some(notify))?);
+    let core = Arc::new(open_core(
+        global,
+        Arc::new(vmdesk_libvirt::LibvirtFactory::new()),
+        Some(notify),
+    )?);
+    // Status sync runs in a child process: libvirt's event loop takes GLib's
+    // default main context, which GTK needs in this one. Its changes reach
+    // the window through the database (data_version), like the CLI's.
+    let _watcher = spawn_watcher(global)?;
     core.user(&global.actor)?;
     let actor = global.actor.clone();
     let (wake_tx, wake_rx) = mpsc::channel();
@@ -271,20 +299,6 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
                     tracing::info!(repairs = done.len(), "recovery at start");
                 }
             });
-            // Status sync: the hosts' power states, written to the database.
-            let syncer = Arc::clone(&core);
-            std::thread::Builder::new()
-                .name("vmdesk-sync".into())
-                .spawn(move || loop {
-                    std::thread::sleep(SYNC_EVERY);
-                    match syncer.sync_once("poll") {
-                        Ok(changes) if !changes.is_empty() => {
-                            tracing::info!(changes = changes.len(), "sync")
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e.one_line(), "sync"),
-                    }
-                })?;
             let checkpointer = Arc::clone(&core);
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())

@@ -88,10 +88,17 @@ pub enum Command {
     /// Settle crashed work and remove vmdesk's leftovers from every host (admin only)
     Recover,
     /// Reconcile the database with the hosts' power states
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "watch"])))]
     Sync {
         /// One pass, then exit
-        #[arg(long, required = true)]
+        #[arg(long)]
         once: bool,
+        /// Follow the hosts' lifecycle events until interrupted
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: exit when standard input closes (the app's child)
+        #[arg(long, hide = true, requires = "watch")]
+        parent_pipe: bool,
     },
     /// The event log, newest first
     Events {
@@ -273,9 +280,10 @@ pub fn data_dir(global: &Global) -> anyhow::Result<PathBuf> {
 /// Opens the core over the data directory of `global`.
 pub fn open_core(
     global: &Global,
+    factory: Arc<LibvirtFactory>,
     on_change: Option<Arc<dyn Fn() + Send + Sync>>,
 ) -> anyhow::Result<Core> {
-    let mut opts = OpenOptions::new(data_dir(global)?, Arc::new(LibvirtFactory::new()));
+    let mut opts = OpenOptions::new(data_dir(global)?, factory);
     opts.shutdown_timeout = Duration::from_secs(global.shutdown_timeout);
     opts.on_change = on_change;
     Ok(Core::open(opts)?)
@@ -333,7 +341,37 @@ pub fn main() -> i32 {
 }
 
 fn run(g: &Global, command: Command) -> anyhow::Result<()> {
-    let core = open_core(g, None)?;
+    if let Command::Sync {
+        watch: true,
+        parent_pipe,
+        ..
+    } = command
+    {
+        if parent_pipe {
+            std::thread::spawn(|| {
+                // Blocks until the parent's end closes: then the parent is gone.
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                std::process::exit(0);
+            });
+        }
+        // Events need libvirt's event loop, registered before any connection.
+        vmdesk_libvirt::events::start_event_loop()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let factory = Arc::new(LibvirtFactory::watching(tx));
+        let core = open_core(g, Arc::clone(&factory), None)?;
+        let json = g.json;
+        watch(&core, &factory, &rx, Duration::from_secs(30), &|changes| {
+            for c in changes {
+                if json {
+                    println!("{}", serde_json::to_string(c).unwrap_or_default());
+                } else {
+                    println!("{}: {} -> {} ({})", c.vm, c.was, c.now, c.source);
+                }
+            }
+        });
+        return Ok(());
+    }
+    let core = open_core(g, Arc::new(LibvirtFactory::new()), None)?;
     let a = g.actor.as_str();
     match command {
         Command::User(UserCmd::Add {
@@ -594,7 +632,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 )
             })
         }
-        Command::Sync { once: _ } => {
+        Command::Sync { .. } => {
             let changes = core.sync_once("poll")?;
             emit(g, &changes, || {
                 if changes.is_empty() {
@@ -645,6 +683,50 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     }),
                 )
             })
+        }
+    }
+}
+
+/// Follows the libvirt hosts: lifecycle events are reconciled as they come;
+/// a connection that died is reopened (and followed by a full pass); a full
+/// pass runs every `full_every`. Changes go to `report`. Runs until the
+/// process ends.
+pub fn watch(
+    core: &Core,
+    factory: &LibvirtFactory,
+    rx: &std::sync::mpsc::Receiver<vmdesk_libvirt::events::LifecycleEvent>,
+    full_every: Duration,
+    report: &dyn Fn(&[vmdesk_core::SyncChange]),
+) {
+    let mut last_full = std::time::Instant::now();
+    let mut last_check = std::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(500)) {
+            match core.reconcile_machine(&e.uri, &e.machine, "event") {
+                Ok(Some(change)) => report(&[change]),
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err.one_line(), "event"),
+            }
+            continue;
+        }
+        let mut full = last_full.elapsed() >= full_every;
+        if last_check.elapsed() >= Duration::from_secs(2) {
+            last_check = std::time::Instant::now();
+            for uri in core.libvirt_uris().unwrap_or_default() {
+                if !factory.is_connected(&uri) && factory.provider(&uri).is_ok() {
+                    // (Re)connected: events may have been missed meanwhile.
+                    tracing::info!(%uri, "watching");
+                    full = true;
+                }
+            }
+        }
+        if full {
+            last_full = std::time::Instant::now();
+            match core.sync_once("poll") {
+                Ok(changes) if !changes.is_empty() => report(&changes),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
+            }
         }
     }
 }

@@ -48,3 +48,76 @@ fn a_vm_destroyed_behind_vmdesks_back_ends_its_session_at_the_next_sync() {
         (Some("STOPPED"), Some("RUNNING"))
     );
 }
+
+#[test]
+fn with_events_a_destroyed_vm_ends_its_session_within_two_seconds() {
+    let v = Vmdesk::new();
+    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+    v.json(&["project", "create", "lab"]);
+    let vm = v.json(&[
+        "vm",
+        "add",
+        "e1",
+        "--pool",
+        "lab",
+        "--host",
+        "qemu",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _cleanup = Machine(machine.clone());
+    let s = v.json(&["session", "open", "--project", "lab"]);
+    assert_eq!(s["status"], "ACTIVE");
+
+    let mut watcher = Watcher(
+        v.command(&["--json", "sync", "--watch"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the watcher"),
+    );
+    // Give it time to connect and register for events.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        watcher.0.try_wait().expect("watcher").is_none(),
+        "the watcher exited"
+    );
+
+    let t = std::time::Instant::now();
+    virsh(&["destroy", &machine]);
+    let sid = s["id"].as_i64().expect("id");
+    while t.elapsed() < std::time::Duration::from_secs(10)
+        && v.count(&format!(
+            "SELECT count(*) FROM sessions WHERE id = {sid} AND status = 'TERMINATED'"
+        )) == 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let took = t.elapsed();
+    assert_eq!(v.json(&["session", "list"])[0]["status"], "TERMINATED");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "seen after {took:?}"
+    );
+    eprintln!("drift seen through events after {took:?}");
+    let e = &v.json(&["events", "--limit", "1"])[0];
+    assert_eq!(
+        (e["action"].as_str(), e["details"]["source"].as_str()),
+        (Some("session.terminated"), Some("event"))
+    );
+}
+
+/// Kills the watcher whatever happens to the test.
+struct Watcher(std::process::Child);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -73,6 +73,45 @@ impl Core {
         Ok(changes)
     }
 
+    /// Reconciles the VM whose machine an event on host `uri` is about
+    /// (`source`: what saw it). Machines that are not vmdesk's are ignored.
+    pub fn reconcile_machine(
+        &self,
+        uri: &str,
+        machine: &str,
+        source: &str,
+    ) -> Result<Option<SyncChange>> {
+        let vm: Option<Vm> = {
+            let db = self.db();
+            let id: Option<i64> = db
+                .prepare_cached(
+                    "SELECT v.id FROM vms v JOIN hosts h ON h.id = v.host_id
+                     WHERE v.provider_id = ?1 AND h.uri = ?2 AND v.status <> 'DESTROYED'",
+                )?
+                .query_row(params![machine, uri], |r| r.get(0))
+                .optional()?;
+            id.map(|id| vm_by_id(&db, id)).transpose()?
+        };
+        match vm {
+            Some(vm) => {
+                let observed = self.observe(&vm);
+                self.reconcile(vm.id, observed, source)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The URIs of the libvirt hosts.
+    pub fn libvirt_uris(&self) -> Result<Vec<String>> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare_cached("SELECT uri FROM hosts WHERE kind = 'libvirt' ORDER BY name")?;
+        let uris = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(uris)
+    }
+
     fn observe(&self, vm: &Vm) -> Observed {
         let machine = self.machine_spec(vm).machine_name;
         match self.provider(&vm.host) {

@@ -1,6 +1,7 @@
 //! The libvirt provider of vmdesk: a host is a libvirt connection URI; a VM is
 //! a domain defined from its spec and marked as vmdesk's in its metadata.
 
+pub mod events;
 mod xml;
 
 use std::collections::HashMap;
@@ -64,6 +65,16 @@ fn map_err(machine: &str, e: virt::error::Error) -> ProviderError {
 pub struct LibvirtProvider {
     conn: Connect,
     virt: VirtType,
+    /// The lifecycle-event registration, when this process watches events.
+    watch: Option<std::ffi::c_int>,
+}
+
+impl Drop for LibvirtProvider {
+    fn drop(&mut self) {
+        if let Some(id) = self.watch {
+            events::deregister(&self.conn, id);
+        }
+    }
 }
 
 impl LibvirtProvider {
@@ -79,7 +90,26 @@ impl LibvirtProvider {
         } else {
             VirtType::Qemu
         };
-        Ok(Self { conn, virt })
+        Ok(Self {
+            conn,
+            virt,
+            watch: None,
+        })
+    }
+
+    /// Opens a connection whose domains' lifecycle events go to `tx` (the
+    /// process must run the event loop: [`events::start_event_loop`]). A
+    /// keepalive makes a vanished daemon show as a dead connection.
+    pub fn open_watched(
+        uri: &str,
+        tx: std::sync::mpsc::Sender<events::LifecycleEvent>,
+    ) -> Result<Self, ProviderError> {
+        let mut p = Self::open(uri)?;
+        if events::event_loop_running() && p.virt != VirtType::Test {
+            let _ = p.conn.set_keep_alive(2, 3);
+            p.watch = Some(events::register(&p.conn, uri, tx)?);
+        }
+        Ok(p)
     }
 
     /// Whether the connection still works.
@@ -347,6 +377,7 @@ impl Provider for LibvirtProvider {
 #[derive(Default)]
 pub struct LibvirtFactory {
     cache: Mutex<HashMap<String, Arc<LibvirtProvider>>>,
+    events: Option<Mutex<std::sync::mpsc::Sender<events::LifecycleEvent>>>,
 }
 
 impl LibvirtFactory {
@@ -355,13 +386,35 @@ impl LibvirtFactory {
         Self::default()
     }
 
+    /// A factory whose connections send their domains' lifecycle events to
+    /// `tx` (start the event loop first: [`events::start_event_loop`]).
+    pub fn watching(tx: std::sync::mpsc::Sender<events::LifecycleEvent>) -> Self {
+        Self {
+            cache: Mutex::default(),
+            events: Some(Mutex::new(tx)),
+        }
+    }
+
+    /// Whether a live connection to `uri` is cached (none: the next use reconnects).
+    pub fn is_connected(&self, uri: &str) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(uri).is_some_and(|p| p.is_alive())
+    }
+
     /// The provider of a URI.
     pub fn provider(&self, uri: &str) -> Result<Arc<LibvirtProvider>, ProviderError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = cache.get(uri).filter(|p| p.is_alive()) {
             return Ok(Arc::clone(p));
         }
-        let p = Arc::new(LibvirtProvider::open(uri)?);
+        let tx = self
+            .events
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let p = Arc::new(match tx {
+            Some(tx) => LibvirtProvider::open_watched(uri, tx)?,
+            None => LibvirtProvider::open(uri)?,
+        });
         cache.insert(uri.to_owned(), Arc::clone(&p));
         Ok(p)
     }
