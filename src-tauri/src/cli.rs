@@ -634,6 +634,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         }
         Command::Sync { .. } => {
             let changes = core.sync_once("poll")?;
+            core.bill_runtime_now()?;
             emit(g, &changes, || {
                 if changes.is_empty() {
                     "in sync".to_owned()
@@ -726,6 +727,10 @@ pub fn watch(
                 Ok(changes) if !changes.is_empty() => report(&changes),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
+            }
+            // Running time is charged as reconciled, after the pass.
+            if let Err(err) = core.bill_runtime_now() {
+                tracing::warn!(error = %err.one_line(), "billing");
             }
         }
     }

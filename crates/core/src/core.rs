@@ -29,6 +29,8 @@ pub struct OpenOptions {
     pub shutdown_timeout: Duration,
     /// Called after every change this process commits (the app pushes it to the window).
     pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Metered billing of running time.
+    pub billing: crate::billing::BillingConfig,
 }
 
 impl OpenOptions {
@@ -40,6 +42,7 @@ impl OpenOptions {
             start_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(60),
             on_change: None,
+            billing: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod model;
 pub mod provider;
 pub mod validate;
 
+mod billing;
 mod core;
 mod events;
 mod ledger;
@@ -19,6 +20,7 @@ mod sync;
 mod vms;
 mod worker;
 
+pub use crate::billing::{BillingConfig, RuntimeCharge};
 pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;

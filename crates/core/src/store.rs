@@ -183,6 +183,12 @@ BEGIN
     UPDATE vms SET started_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = NEW.id;
 END;
 "#,
+    r#"
+-- Metered billing: running time is charged up to billed_until; the fraction of
+-- a credit not charged yet is carried in thousandths.
+ALTER TABLE vms ADD COLUMN billed_until TEXT;
+ALTER TABLE vms ADD COLUMN billing_milli INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

@@ -1,0 +1,176 @@
+//! Metered billing with a simulated clock.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use chrono::{DateTime, Duration, Utc};
+use common::*;
+use vmdesk_core::{SessionRequest, SessionStatus, VmCreate, VmStatus};
+
+fn spec(name: &str) -> VmCreate {
+    VmCreate {
+        name: name.into(),
+        ram_mb: 1024,
+        disk_gb: 20,
+        cpu_cores: 2,
+        os_type: "blank".into(),
+        host: None,
+        start: true,
+    }
+}
+
+/// Pretends the VM came up at `at`.
+fn started(dir: &std::path::Path, vm: &str, at: DateTime<Utc>) {
+    db(dir)
+        .execute(
+            "UPDATE vms SET started_at = ?2 WHERE name = ?1",
+            rusqlite::params![vm, at.to_rfc3339()],
+        )
+        .unwrap();
+}
+
+fn runtime_total(dir: &std::path::Path, user: &str) -> i64 {
+    count(dir, &format!("SELECT coalesce(-sum(amount), 0) FROM ledger WHERE kind = 'runtime' AND user_id = (SELECT id FROM users WHERE name = '{user}')"))
+}
+
+#[test]
+fn running_time_is_charged_at_the_hourly_rate_with_fractions_carried() {
+    let (dir, _hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, 100).unwrap();
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "w1", t0);
+    // 34 credits to create -> 3.4 an hour at the default 10 %.
+    core.bill_runtime(t0 + Duration::hours(2)).unwrap();
+    assert_eq!(runtime_total(dir.path(), "ann"), 6, "6.8 -> 6, 0.8 carried");
+    core.bill_runtime(t0 + Duration::hours(3)).unwrap();
+    assert_eq!(runtime_total(dir.path(), "ann"), 10, "3.4 + 0.8 -> 4 more");
+    // Billing again at the same instant charges nothing.
+    assert!(core
+        .bill_runtime(t0 + Duration::hours(3))
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        core.credits_show("ann", None).unwrap().balance,
+        100 - 34 - 10
+    );
+}
+
+#[test]
+fn nothing_is_billed_while_off_and_a_stop_ends_the_bill() {
+    let (dir, _hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, 100).unwrap();
+    core.vm_create(
+        "ann",
+        &VmCreate {
+            start: false,
+            ..spec("off")
+        },
+        true,
+        None,
+    )
+    .unwrap();
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "w1", t0);
+    db(dir.path())
+        .execute(
+            "UPDATE vms SET status = 'STOPPED', last_stopped = ?1 WHERE name = 'w1'",
+            [(t0 + Duration::minutes(60)).to_rfc3339()],
+        )
+        .unwrap();
+    core.bill_runtime(t0 + Duration::hours(5)).unwrap();
+    assert_eq!(runtime_total(dir.path(), "ann"), 3, "one hour at 3.4");
+    assert!(core
+        .bill_runtime(t0 + Duration::hours(9))
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_pool_vm_is_billed_to_the_user_of_its_session() {
+    let (dir, _hosts, core) = with_pool(1);
+    core.user_add("admin", "bob", false, 50).unwrap();
+    core.session_open(
+        "bob",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "vm0", t0);
+    core.bill_runtime(t0 + Duration::hours(1)).unwrap();
+    assert_eq!(runtime_total(dir.path(), "bob"), 3);
+    assert_eq!(runtime_total(dir.path(), "admin"), 0);
+}
+
+#[test]
+fn at_zero_the_session_ends_and_the_balance_is_not_overdrawn() {
+    let (dir, _hosts, core) = with_pool(1);
+    core.user_add("admin", "bob", false, 2).unwrap();
+    core.session_open(
+        "bob",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "vm0", t0);
+    let charges = core.bill_runtime(t0 + Duration::hours(2)).unwrap();
+    assert!(charges[0].exhausted);
+    assert_eq!(charges[0].credits, 2);
+    assert_eq!(core.credits_show("bob", None).unwrap().balance, 0);
+    assert_eq!(
+        core.session_list("bob", false).unwrap()[0].status,
+        SessionStatus::Terminating
+    );
+    core.drive_pending().unwrap();
+    assert_eq!(
+        core.session_list("bob", false).unwrap()[0].status,
+        SessionStatus::Completed
+    );
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM events WHERE action = 'credits.exhausted'"
+        ),
+        1
+    );
+}
+
+#[test]
+fn at_zero_a_users_own_vm_is_stopped() {
+    let (dir, _hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, 36).unwrap();
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "w1", t0);
+    core.bill_runtime(t0 + Duration::hours(1)).unwrap();
+    assert_eq!(core.vm_show("ann", "w1").unwrap().status, VmStatus::Stopped);
+    assert_eq!(core.credits_show("ann", None).unwrap().balance, 0);
+}
+
+#[test]
+fn a_balance_about_to_run_out_is_warned_of_once() {
+    let (dir, _hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, 40).unwrap();
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "w1", t0);
+    // 6 left after creation; 3.4 an hour: under an hour left after one more hour.
+    core.bill_runtime(t0 + Duration::minutes(70)).unwrap();
+    core.bill_runtime(t0 + Duration::minutes(71)).unwrap();
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM events WHERE action = 'credits.low'"
+        ),
+        1
+    );
+}
