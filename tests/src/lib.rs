@@ -164,3 +164,40 @@ impl Drop for Machine {
         ]);
     }
 }
+
+impl Vmdesk {
+    /// Adds the real QEMU host as `qemu`, a project `lab` and a tiny pool VM
+    /// `name` on it. Returns the VM's machine name and the guard that removes
+    /// the machine from the host.
+    pub fn qemu_pool_vm(&self, name: &str) -> (String, Machine) {
+        self.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+        self.json(&["project", "create", "lab"]);
+        let vm = self.json(&[
+            "vm",
+            "add",
+            name,
+            "--pool",
+            "lab",
+            "--host",
+            "qemu",
+            "--ram-mb",
+            "64",
+            "--disk-gb",
+            "1",
+            "--cpus",
+            "1",
+        ]);
+        let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
+        (machine.clone(), Machine(machine))
+    }
+}
+
+/// Kills (and reaps) a child process when dropped, whatever happened to the test.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

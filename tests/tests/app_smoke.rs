@@ -1,27 +1,17 @@
 //! The desktop app starts under a real X server (Xvfb) and stays up.
 #![allow(missing_docs)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vmdesk_tests::{bin, Vmdesk};
-
-/// Kills a process whatever happens to the test.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use vmdesk_tests::{bin, KillOnDrop, Vmdesk};
 
 #[test]
 fn the_window_starts_with_its_status_sync_child_and_stays_up() {
     let v = Vmdesk::new();
     v.json(&["host", "add", "local", "--uri", "test:///default"]);
     let display = format!(":{}", 90 + std::process::id() % 9);
-    let _x = Killed(
+    let _x = KillOnDrop(
         Command::new("Xvfb")
             .args([
                 display.as_str(),
@@ -37,7 +27,7 @@ fn the_window_starts_with_its_status_sync_child_and_stays_up() {
             .expect("Xvfb (make setup installs it)"),
     );
     std::thread::sleep(Duration::from_millis(700));
-    let mut app = Killed(
+    let mut app = KillOnDrop(
         Command::new(bin())
             .arg("--data-dir")
             .arg(v.dir.path())

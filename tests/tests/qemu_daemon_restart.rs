@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
+use vmdesk_tests::{virsh, KillOnDrop, Vmdesk};
 
 fn libvirtd(action: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirtd.sh");
@@ -28,40 +28,13 @@ impl Drop for Restart {
     }
 }
 
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn after_a_daemon_restart_the_watcher_reconnects_and_the_state_is_right() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["project", "create", "lab"]);
-    let vm = v.json(&[
-        "vm",
-        "add",
-        "r1",
-        "--pool",
-        "lab",
-        "--host",
-        "qemu",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _cleanup = Machine(machine.clone());
+    let (machine, _cleanup) = v.qemu_pool_vm("r1");
     let s = v.json(&["session", "open", "--project", "lab"]);
     let sid = s["id"].as_i64().expect("id");
-    let _watcher = Killed(
+    let _watcher = KillOnDrop(
         v.command(&["sync", "--watch"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,30 +1,12 @@
 //! Status sync against a real QEMU host.
 #![allow(missing_docs)]
 
-use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
+use vmdesk_tests::{virsh, KillOnDrop, Vmdesk};
 
 #[test]
 fn a_vm_destroyed_behind_vmdesks_back_ends_its_session_at_the_next_sync() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["project", "create", "lab"]);
-    let vm = v.json(&[
-        "vm",
-        "add",
-        "s1",
-        "--pool",
-        "lab",
-        "--host",
-        "qemu",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _cleanup = Machine(machine.clone());
+    let (machine, _cleanup) = v.qemu_pool_vm("s1");
     let s = v.json(&["session", "open", "--project", "lab"]);
     assert_eq!(s["status"], "ACTIVE");
     assert_eq!(
@@ -52,29 +34,11 @@ fn a_vm_destroyed_behind_vmdesks_back_ends_its_session_at_the_next_sync() {
 #[test]
 fn with_events_a_destroyed_vm_ends_its_session_within_two_seconds() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["project", "create", "lab"]);
-    let vm = v.json(&[
-        "vm",
-        "add",
-        "e1",
-        "--pool",
-        "lab",
-        "--host",
-        "qemu",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _cleanup = Machine(machine.clone());
+    let (machine, _cleanup) = v.qemu_pool_vm("e1");
     let s = v.json(&["session", "open", "--project", "lab"]);
     assert_eq!(s["status"], "ACTIVE");
 
-    let mut watcher = Watcher(
+    let mut watcher = KillOnDrop(
         v.command(&["--json", "sync", "--watch"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -110,14 +74,4 @@ fn with_events_a_destroyed_vm_ends_its_session_within_two_seconds() {
         (e["action"].as_str(), e["details"]["source"].as_str()),
         (Some("session.terminated"), Some("event"))
     );
-}
-
-/// Kills the watcher whatever happens to the test.
-struct Watcher(std::process::Child);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
