@@ -217,6 +217,9 @@ fn spawn_watcher(global: &Global) -> anyhow::Result<Watcher> {
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir").arg(crate::cli::data_dir(global)?);
     cmd.arg("--as").arg(&global.actor);
+    if let Some(config) = &global.config {
+        cmd.arg("--config").arg(config);
+    }
     cmd.args(["sync", "--watch", "--parent-pipe"]);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null());
@@ -243,7 +246,11 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
     // Status sync runs in a child process: libvirt's event loop takes GLib's
     // default main context, which GTK needs in this one. Its changes reach
     // the window through the database (data_version), like the CLI's.
-    let _watcher = spawn_watcher(global)?;
+    let _watcher = if crate::cli::settings(global)?.sync.enabled {
+        Some(spawn_watcher(global)?)
+    } else {
+        None
+    };
     core.user(&global.actor)?;
     let actor = global.actor.clone();
     let (wake_tx, wake_rx) = mpsc::channel();

@@ -38,6 +38,9 @@ pub struct Global {
     /// Print one JSON document
     #[arg(long, global = true)]
     pub json: bool,
+    /// Settings file (default: settings.toml in the XDG config dir)
+    #[arg(long, global = true, env = "VMDESK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Seconds a guest may take to shut down before it is forced off
     #[arg(
         long,
@@ -277,13 +280,28 @@ pub fn data_dir(global: &Global) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no home directory; pass --data-dir"))
 }
 
+/// The settings file: the flag, the environment, or the XDG config dir.
+pub fn settings(global: &Global) -> anyhow::Result<vmdesk_core::Settings> {
+    let path = match &global.config {
+        Some(p) => p.clone(),
+        None => match directories::ProjectDirs::from("dev", "vmdesk", "vmdesk") {
+            Some(d) => d.config_dir().join("settings.toml"),
+            None => return Ok(vmdesk_core::Settings::default()),
+        },
+    };
+    Ok(vmdesk_core::Settings::load(&path)?)
+}
+
 /// Opens the core over the data directory of `global`.
 pub fn open_core(
     global: &Global,
     factory: Arc<LibvirtFactory>,
     on_change: Option<Arc<dyn Fn() + Send + Sync>>,
 ) -> anyhow::Result<Core> {
+    let settings = settings(global)?;
     let mut opts = OpenOptions::new(data_dir(global)?, factory);
+    opts.billing = settings.billing_config();
+    opts.reboot_grace = settings.reboot_grace();
     opts.shutdown_timeout = Duration::from_secs(global.shutdown_timeout);
     opts.on_change = on_change;
     Ok(Core::open(opts)?)
@@ -359,8 +377,17 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel();
         let factory = Arc::new(LibvirtFactory::watching(tx));
         let core = open_core(g, Arc::clone(&factory), None)?;
+        let sync = settings(g)?.sync;
+        if !sync.enabled {
+            eprintln!("status sync is disabled in the settings ([sync] enabled = false)");
+            return Ok(());
+        }
         let json = g.json;
-        watch(&core, &factory, &rx, Duration::from_secs(30), &|changes| {
+        let every = (
+            Duration::from_secs(sync.fast_interval_secs),
+            Duration::from_secs(sync.full_interval_secs),
+        );
+        watch(&core, &factory, &rx, every, &|changes| {
             for c in changes {
                 if json {
                     println!("{}", serde_json::to_string(c).unwrap_or_default());
@@ -690,16 +717,18 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
 
 /// Follows the libvirt hosts: lifecycle events are reconciled as they come;
 /// a connection that died is reopened (and followed by a full pass); a full
-/// pass runs every `full_every`. Changes go to `report`. Runs until the
-/// process ends.
+/// pass runs every `full_every`, a pass over the active sessions' VMs every
+/// `fast_every`, each followed by billing. Changes go to `report`. Runs until
+/// the process ends.
 pub fn watch(
     core: &Core,
     factory: &LibvirtFactory,
     rx: &std::sync::mpsc::Receiver<vmdesk_libvirt::events::LifecycleEvent>,
-    full_every: Duration,
+    (fast_every, full_every): (Duration, Duration),
     report: &dyn Fn(&[vmdesk_core::SyncChange]),
 ) {
     let mut last_full = std::time::Instant::now();
+    let mut last_fast = std::time::Instant::now();
     let mut last_check = std::time::Instant::now() - Duration::from_secs(10);
     loop {
         if let Ok(e) = rx.recv_timeout(Duration::from_millis(500)) {
@@ -721,8 +750,20 @@ pub fn watch(
                 }
             }
         }
+        if !full && last_fast.elapsed() >= fast_every {
+            last_fast = std::time::Instant::now();
+            match core.sync_active("poll") {
+                Ok(changes) if !changes.is_empty() => report(&changes),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
+            }
+            if let Err(err) = core.bill_runtime_now() {
+                tracing::warn!(error = %err.one_line(), "billing");
+            }
+        }
         if full {
             last_full = std::time::Instant::now();
+            last_fast = last_full;
             match core.sync_once("poll") {
                 Ok(changes) if !changes.is_empty() => report(&changes),
                 Ok(_) => {}

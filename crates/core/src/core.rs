@@ -31,6 +31,8 @@ pub struct OpenOptions {
     pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Metered billing of running time.
     pub billing: crate::billing::BillingConfig,
+    /// How long a VM seen off under an active session has to come back.
+    pub reboot_grace: Duration,
 }
 
 impl OpenOptions {
@@ -43,6 +45,7 @@ impl OpenOptions {
             shutdown_timeout: Duration::from_secs(60),
             on_change: None,
             billing: Default::default(),
+            reboot_grace: crate::sync::REBOOT_GRACE,
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod model;
 pub mod provider;
+pub mod settings;
 pub mod validate;
 
 mod billing;
@@ -25,5 +26,6 @@ pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
+pub use crate::settings::Settings;
 pub use crate::sync::{SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

@@ -43,10 +43,24 @@ pub const REBOOT_GRACE: Duration = Duration::from_millis(1500);
 impl Core {
     /// One full pass over every VM of every host. Returns what changed.
     pub fn sync_once(&self, source: &str) -> Result<Vec<SyncChange>> {
+        self.sync_where("status NOT IN ('CREATING', 'DESTROYED')", source)
+    }
+
+    /// One pass over the VMs of ACTIVE sessions only (the fast loop).
+    pub fn sync_active(&self, source: &str) -> Result<Vec<SyncChange>> {
+        self.sync_where(
+            "live_session_id IN (SELECT id FROM sessions WHERE status = 'ACTIVE')",
+            source,
+        )
+    }
+
+    fn sync_where(&self, filter: &str, source: &str) -> Result<Vec<SyncChange>> {
         let vms: Vec<Vm> = {
             let db = self.db();
             let ids: Vec<i64> = db
-                .prepare_cached("SELECT id FROM vms WHERE status NOT IN ('CREATING', 'DESTROYED') ORDER BY host_id, id")?
+                .prepare_cached(&format!(
+                    "SELECT id FROM vms WHERE {filter} ORDER BY host_id, id"
+                ))?
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             ids.into_iter()
@@ -64,7 +78,7 @@ impl Core {
             changes.extend(self.reconcile(vm.id, observed, source)?);
         }
         if !second_look.is_empty() {
-            std::thread::sleep(REBOOT_GRACE);
+            std::thread::sleep(self.opts.reboot_grace);
             for vm in &second_look {
                 let observed = self.observe(vm);
                 changes.extend(self.reconcile(vm.id, observed, source)?);
