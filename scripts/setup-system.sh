@@ -11,7 +11,7 @@ TAURI_PKGS="build-essential pkg-config libssl-dev libwebkit2gtk-4.1-dev libgtk-3
   libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev libxdo-dev xvfb xauth
   webkit2gtk-driver imagemagick xdotool fonts-dejavu-core dbus dbus-x11"
 # libvirt (daemon, client, headers) without libvirt-daemon-system, which pulls systemd.
-LIBVIRT_PKGS="libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu"
+LIBVIRT_PKGS="libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu procps"
 # QEMU must come from bookworm-backports: the plain bookworm one removes the
 # machine's qemu-utils 10 (also from backports).
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
