@@ -122,7 +122,8 @@ macro_rules! vm_select {
              THEN CAST((julianday('now') - julianday(v.started_at)) * 86400 AS INTEGER)
              ELSE v.uptime_seconds END,
         v.metadata, u.name, p.name, h.name,
-        v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at
+        v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at,
+        v.synced_at, v.synced_by
     FROM vms v
     LEFT JOIN users u ON u.id = v.owner_user_id
     LEFT JOIN projects p ON p.id = v.project_id
@@ -167,6 +168,8 @@ fn vm_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
         last_stopped: r.get(17)?,
         created_at: r.get(18)?,
         updated_at: r.get(19)?,
+        synced_at: r.get(20)?,
+        synced_by: r.get(21)?,
     })
 }
 

@@ -272,6 +272,10 @@ pub struct Vm {
     pub created_at: String,
     /// When its row last changed.
     pub updated_at: String,
+    /// When its host last told its state (status sync).
+    pub synced_at: Option<String>,
+    /// What told it: `poll` or `event`.
+    pub synced_by: Option<String>,
 }
 
 /// A user's exclusive use of one pool VM.

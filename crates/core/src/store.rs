@@ -189,6 +189,11 @@ END;
 ALTER TABLE vms ADD COLUMN billed_until TEXT;
 ALTER TABLE vms ADD COLUMN billing_milli INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- When the host last told a VM's state, and what told it (poll, event).
+ALTER TABLE vms ADD COLUMN synced_at TEXT;
+ALTER TABLE vms ADD COLUMN synced_by TEXT;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

@@ -155,6 +155,13 @@ impl Core {
                     .optional()?,
                 None => None,
             };
+            // The host answered: remember when, and what asked.
+            if matches!(observed, Ok(_) | Err(ProviderError::NotFound(_))) {
+                tx.execute(
+                    "UPDATE vms SET synced_at = ?2, synced_by = ?3 WHERE id = ?1",
+                    params![vm_id, now(), source],
+                )?;
+            }
             let in_transition = busy
                 || matches!(vm.status, VmStatus::Creating | VmStatus::Starting | VmStatus::Stopping | VmStatus::Destroyed)
                 || session.as_ref().is_some_and(|(_, s, _)| *s != SessionStatus::Active);

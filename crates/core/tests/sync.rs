@@ -52,8 +52,11 @@ fn a_vm_found_running_while_the_database_says_stopped_becomes_running() {
         core.vm_show("admin", "vm0").unwrap().status,
         VmStatus::Running
     );
-    // And nothing more the second time.
+    // And nothing more the second time, but the time of the sync is kept.
     assert!(core.sync_once("poll").unwrap().is_empty());
+    let vm = core.vm_show("admin", "vm0").unwrap();
+    assert!(vm.synced_at.is_some());
+    assert_eq!(vm.synced_by.as_deref(), Some("poll"));
 }
 
 #[test]

@@ -85,4 +85,12 @@ created_at: string,
 /**
  * When its row last changed.
  */
-updated_at: string, };
+updated_at: string, 
+/**
+ * When its host last told its state (status sync).
+ */
+synced_at: string | null, 
+/**
+ * What told it: `poll` or `event`.
+ */
+synced_by: string | null, };

@@ -8,7 +8,8 @@ function vm(over: Partial<Vm>): Vm {
     id: 1, name: "a", os_type: "blank", ram_mb: 64, disk_gb: 1, cpu_cores: 1, vm_type: "standard",
     status: "STOPPED", ip_address: null, ssh_port: null, uptime_seconds: null, metadata: {},
     owner: null, pool: "p", host: "h", provider_id: null, session_id: null, last_stopped: null,
-    created_at: "2026-01-01T00:00:00.000Z", updated_at: "2026-01-01T00:00:00.000Z", ...over,
+    created_at: "2026-01-01T00:00:00.000Z", updated_at: "2026-01-01T00:00:00.000Z",
+    synced_at: null, synced_by: null, ...over,
   };
 }
 
