@@ -115,6 +115,20 @@ impl Vmdesk {
         rows
     }
 
+    /// The first 8 characters of the data directory's install id: the tag in
+    /// the names of its machines and images on hosts.
+    pub fn install_tag(&self) -> String {
+        let id: String = self
+            .db()
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'install_id'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("install id");
+        id.chars().take(8).collect()
+    }
+
     /// One integer from a query.
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).expect("count")

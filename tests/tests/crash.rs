@@ -27,15 +27,7 @@ fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
     let cost = v.json(&["quote", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "1"])["cost"]
         .as_i64()
         .expect("cost");
-    let install: String = v
-        .db()
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'install_id'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("install id");
-    let tag = format!("-{}", &install[..8]);
+    let tag = format!("-{}", v.install_tag());
 
     let mut machines = Vec::new();
     for run in 0..20 {

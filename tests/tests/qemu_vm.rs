@@ -243,15 +243,7 @@ fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
     ]);
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
     let _cleanup = Machine(machine.clone());
-    let install: String = v
-        .db()
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'install_id'",
-            [],
-            |r| r.get(0),
-        )
-        .expect("install id");
-    let _image = Volume(format!("vmdesk-os-tiny-linux-{}.qcow2", &install[..8]));
+    let _image = Volume(format!("vmdesk-os-tiny-linux-{}.qcow2", v.install_tag()));
     assert_eq!(vm["status"], "RUNNING");
     // Its disk is a copy-on-write layer over the image uploaded to the host.
     let disk = virsh(&[

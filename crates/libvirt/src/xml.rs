@@ -155,16 +155,29 @@ pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) ->
 /// The XML of a qcow2 volume of `capacity_gb` GiB, over `backing` (a qcow2
 /// file on the host) when given.
 pub fn volume(name: &str, capacity_gb: i64, backing: Option<&str>) -> String {
+    volume_xml(name, (&capacity_gb.to_string(), "GiB"), "qcow2", backing)
+}
+
+/// The XML of a raw volume of `bytes` bytes (an upload target).
+pub fn raw_volume(name: &str, bytes: u64) -> String {
+    volume_xml(name, (&bytes.to_string(), "bytes"), "raw", None)
+}
+
+fn volume_xml(
+    name: &str,
+    (capacity, unit): (&str, &str),
+    format: &str,
+    backing: Option<&str>,
+) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
-    let capacity = capacity_gb.to_string();
     let written: io::Result<_> = w.create_element("volume").write_inner_content(|w| {
         text(w, "name", name)?;
         w.create_element("capacity")
-            .with_attribute(("unit", "GiB"))
-            .write_text_content(BytesText::new(&capacity))?;
+            .with_attribute(("unit", unit))
+            .write_text_content(BytesText::new(capacity))?;
         w.create_element("target").write_inner_content(|w| {
             w.create_element("format")
-                .with_attribute(("type", "qcow2"))
+                .with_attribute(("type", format))
                 .write_empty()?;
             Ok(())
         })?;
@@ -177,27 +190,6 @@ pub fn volume(name: &str, capacity_gb: i64, backing: Option<&str>) -> String {
                 Ok(())
             })?;
         }
-        Ok(())
-    });
-    debug_assert!(written.is_ok());
-    String::from_utf8(w.into_inner()).unwrap_or_default()
-}
-
-/// The XML of a raw volume of `bytes` bytes (an upload target).
-pub fn raw_volume(name: &str, bytes: u64) -> String {
-    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
-    let capacity = bytes.to_string();
-    let written: io::Result<_> = w.create_element("volume").write_inner_content(|w| {
-        text(w, "name", name)?;
-        w.create_element("capacity")
-            .with_attribute(("unit", "bytes"))
-            .write_text_content(BytesText::new(&capacity))?;
-        w.create_element("target").write_inner_content(|w| {
-            w.create_element("format")
-                .with_attribute(("type", "raw"))
-                .write_empty()?;
-            Ok(())
-        })?;
         Ok(())
     });
     debug_assert!(written.is_ok());
@@ -284,6 +276,17 @@ mod tests {
         );
         assert!(xml.contains("<backingStore>"), "{xml}");
         assert!(xml.contains("<path>/images/base.qcow2</path>"), "{xml}");
+    }
+
+    #[test]
+    fn an_upload_target_is_a_raw_volume_of_the_files_size() {
+        let xml = raw_volume("img.qcow2", 9_437_184);
+        assert!(
+            xml.contains(r#"<capacity unit="bytes">9437184</capacity>"#),
+            "{xml}"
+        );
+        assert!(xml.contains(r#"<format type="raw"/>"#), "{xml}");
+        assert!(!xml.contains("backingStore"), "{xml}");
     }
 
     #[test]
