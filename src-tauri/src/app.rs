@@ -102,15 +102,7 @@ async fn os_catalog(ctx: State<'_, Ctx>) -> Result<Vec<String>, ApiError> {
 
 #[tauri::command]
 async fn my_vms(ctx: State<'_, Ctx>) -> Result<Vec<Vm>, ApiError> {
-    blocking(&ctx, |core, actor| {
-        let me = core.user(actor)?;
-        Ok(core
-            .vm_list(actor, false)?
-            .into_iter()
-            .filter(|v| v.owner.as_deref() == Some(me.name.as_str()))
-            .collect())
-    })
-    .await
+    blocking(&ctx, |core, actor| core.vm_list_own(actor)).await
 }
 
 /// Creates a VM in the background; the window follows it through `vm-progress`

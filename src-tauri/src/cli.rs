@@ -660,8 +660,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Sync { .. } => {
-            let changes = core.sync_once("poll")?;
-            core.bill_runtime_now()?;
+            let changes = core.sync_and_bill(true, "poll")?;
             emit(g, &changes, || {
                 if changes.is_empty() {
                     "in sync".to_owned()
@@ -750,28 +749,15 @@ pub fn watch(
                 }
             }
         }
-        if !full && last_fast.elapsed() >= fast_every {
+        if full || last_fast.elapsed() >= fast_every {
             last_fast = std::time::Instant::now();
-            match core.sync_active("poll") {
+            if full {
+                last_full = last_fast;
+            }
+            match core.sync_and_bill(full, "poll") {
                 Ok(changes) if !changes.is_empty() => report(&changes),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
-            }
-            if let Err(err) = core.bill_runtime_now() {
-                tracing::warn!(error = %err.one_line(), "billing");
-            }
-        }
-        if full {
-            last_full = std::time::Instant::now();
-            last_fast = last_full;
-            match core.sync_once("poll") {
-                Ok(changes) if !changes.is_empty() => report(&changes),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
-            }
-            // Running time is charged as reconciled, after the pass.
-            if let Err(err) = core.bill_runtime_now() {
-                tracing::warn!(error = %err.one_line(), "billing");
             }
         }
     }

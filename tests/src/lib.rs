@@ -180,6 +180,27 @@ impl Drop for Machine {
 }
 
 impl Vmdesk {
+    /// Adds the real QEMU host as `qemu` and a user `ann` with `credits`.
+    pub fn qemu_and_ann(&self, credits: i64) {
+        self.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+        self.json(&["user", "add", "ann", "--credits", &credits.to_string()]);
+    }
+
+    /// The price of a VM of this size (`vmdesk quote`).
+    pub fn cost(&self, ram_mb: &str, disk_gb: &str, cpus: &str) -> i64 {
+        self.json(&[
+            "quote",
+            "--ram-mb",
+            ram_mb,
+            "--disk-gb",
+            disk_gb,
+            "--cpus",
+            cpus,
+        ])["cost"]
+            .as_i64()
+            .expect("cost")
+    }
+
     /// Adds the real QEMU host as `qemu`, a project `lab` and a tiny pool VM
     /// `name` on it. Returns the VM's machine name and the guard that removes
     /// the machine from the host.

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
-use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
+use vmdesk_tests::{virsh, Machine, Vmdesk};
 
 /// The steps a creation reports (VMDESK_PROGRESS=jsonl), and how long after
 /// each the process is killed: at once (between steps) or a little later
@@ -22,11 +22,8 @@ const KILL_AT: [(&str, u64); 4] = [
 #[test]
 fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["user", "add", "ann", "--credits", "1000"]);
-    let cost = v.json(&["quote", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "1"])["cost"]
-        .as_i64()
-        .expect("cost");
+    v.qemu_and_ann(1000);
+    let cost = v.cost("64", "1", "1");
     let tag = format!("-{}", v.install_tag());
 
     let mut machines = Vec::new();
@@ -147,8 +144,7 @@ fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
 #[test]
 fn recover_removes_a_machine_whose_row_is_lost() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["user", "add", "ann", "--credits", "100"]);
+    v.qemu_and_ann(100);
     let vm = v.json(&[
         "--as",
         "ann",

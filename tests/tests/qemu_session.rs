@@ -6,31 +6,7 @@ use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
 #[test]
 fn a_sessions_vm_runs_on_qemu_while_active_and_is_off_after_close() {
     let v = Vmdesk::new();
-    let uri = qemu_uri();
-    let added = v.run(&["host", "add", "qemu", "--uri", &uri]);
-    assert!(
-        added.status.success(),
-        "the QEMU host {uri} does not answer; `make test` starts it with scripts/libvirtd.sh: {}",
-        String::from_utf8_lossy(&added.stderr)
-    );
-    v.json(&["project", "create", "lab"]);
-    let vm = v.json(&[
-        "vm",
-        "add",
-        "tiny",
-        "--pool",
-        "lab",
-        "--host",
-        "qemu",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
-    let _cleanup = Machine(machine.clone());
+    let (machine, _cleanup) = v.qemu_pool_vm("tiny");
     assert_eq!(virsh(&["domstate", &machine]), "shut off");
 
     let s = v.json(&["session", "open", "--project", "lab"]);

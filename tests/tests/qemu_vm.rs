@@ -8,11 +8,8 @@ use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
 #[test]
 fn create_stop_start_restart_destroy_on_qemu_charge_once() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["user", "add", "ann", "--credits", "50"]);
-    let quote = v.json(&["quote", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "1"])["cost"]
-        .as_i64()
-        .expect("cost");
+    v.qemu_and_ann(50);
+    let quote = v.cost("64", "1", "1");
 
     let vm = v.json(&[
         "--as",
@@ -151,11 +148,8 @@ fn fifty_concurrent_creations_against_a_balance_for_ten_make_ten() {
 #[test]
 fn a_host_that_refuses_leaves_the_vm_failed_to_start_without_refund() {
     let v = Vmdesk::new();
-    v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    v.json(&["user", "add", "ann", "--credits", "3000"]);
-    let cost = v.json(&["quote", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "256"])["cost"]
-        .as_i64()
-        .expect("cost");
+    v.qemu_and_ann(3000);
+    let cost = v.cost("64", "1", "256");
     // 256 vCPUs are more than QEMU's 'pc' machine takes (255): the host refuses.
     let out = v.run(&[
         "--as",

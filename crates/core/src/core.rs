@@ -760,6 +760,18 @@ impl Core {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The actor's own VMs (not pool VMs), by name.
+    pub fn vm_list_own(&self, actor: &str) -> Result<Vec<Vm>> {
+        let conn = self.db();
+        let a = user(&conn, actor)?;
+        let mut stmt = conn.prepare_cached(concat!(
+            vm_select!(),
+            "WHERE v.owner_user_id = ?1 ORDER BY v.name"
+        ))?;
+        let rows = stmt.query_map([a.id], vm_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// One VM, by name or id, if the actor may see it.
     pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
         let conn = self.db();

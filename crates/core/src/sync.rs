@@ -46,6 +46,19 @@ impl Core {
         self.sync_where("status NOT IN ('CREATING', 'DESTROYED')", source)
     }
 
+    /// A sync pass, then the running time it reconciled is billed: the full
+    /// pass over every VM, or (`full` false) the fast one over the VMs of
+    /// active sessions. Returns what the pass changed.
+    pub fn sync_and_bill(&self, full: bool, source: &str) -> Result<Vec<SyncChange>> {
+        let changes = if full {
+            self.sync_once(source)?
+        } else {
+            self.sync_active(source)?
+        };
+        self.bill_runtime_now()?;
+        Ok(changes)
+    }
+
     /// One pass over the VMs of ACTIVE sessions only (the fast loop).
     pub fn sync_active(&self, source: &str) -> Result<Vec<SyncChange>> {
         self.sync_where(

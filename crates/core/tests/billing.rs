@@ -29,6 +29,24 @@ fn started(dir: &std::path::Path, vm: &str, at: DateTime<Utc>) {
         .unwrap();
 }
 
+/// A pool VM `vm0` in an active session of `bob` (with `credits`), up since t0.
+fn bob_in_a_session(credits: i64) -> (tempfile::TempDir, vmdesk_core::Core, DateTime<Utc>) {
+    let (dir, _hosts, core) = with_pool(1);
+    core.user_add("admin", "bob", false, credits).unwrap();
+    core.session_open(
+        "bob",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let t0 = Utc::now();
+    started(dir.path(), "vm0", t0);
+    (dir, core, t0)
+}
+
 fn runtime_total(dir: &std::path::Path, user: &str) -> i64 {
     count(dir, &format!("SELECT coalesce(-sum(amount), 0) FROM ledger WHERE kind = 'runtime' AND user_id = (SELECT id FROM users WHERE name = '{user}')"))
 }
@@ -89,19 +107,7 @@ fn nothing_is_billed_while_off_and_a_stop_ends_the_bill() {
 
 #[test]
 fn a_pool_vm_is_billed_to_the_user_of_its_session() {
-    let (dir, _hosts, core) = with_pool(1);
-    core.user_add("admin", "bob", false, 50).unwrap();
-    core.session_open(
-        "bob",
-        &SessionRequest {
-            project: "p".into(),
-            ..Default::default()
-        },
-        true,
-    )
-    .unwrap();
-    let t0 = Utc::now();
-    started(dir.path(), "vm0", t0);
+    let (dir, core, t0) = bob_in_a_session(50);
     core.bill_runtime(t0 + Duration::hours(1)).unwrap();
     assert_eq!(runtime_total(dir.path(), "bob"), 3);
     assert_eq!(runtime_total(dir.path(), "admin"), 0);
@@ -109,19 +115,7 @@ fn a_pool_vm_is_billed_to_the_user_of_its_session() {
 
 #[test]
 fn at_zero_the_session_ends_and_the_balance_is_not_overdrawn() {
-    let (dir, _hosts, core) = with_pool(1);
-    core.user_add("admin", "bob", false, 2).unwrap();
-    core.session_open(
-        "bob",
-        &SessionRequest {
-            project: "p".into(),
-            ..Default::default()
-        },
-        true,
-    )
-    .unwrap();
-    let t0 = Utc::now();
-    started(dir.path(), "vm0", t0);
+    let (dir, core, t0) = bob_in_a_session(2);
     let charges = core.bill_runtime(t0 + Duration::hours(2)).unwrap();
     assert!(charges[0].exhausted);
     assert_eq!(charges[0].credits, 2);

@@ -131,3 +131,24 @@ fn rows_in_a_transition_are_left_alone() {
         VmStatus::Stopped
     );
 }
+
+#[test]
+fn a_pass_bills_the_running_time_it_reconciled() {
+    let (dir, _hosts, core) = with_pool(1);
+    core.user_add("admin", "bob", false, 50).unwrap();
+    core.session_open("bob", &req(), true).unwrap();
+    db(dir.path())
+        .execute(
+            "UPDATE vms SET started_at = ?1",
+            [(chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339()],
+        )
+        .unwrap();
+    core.sync_and_bill(false, "poll").unwrap();
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM ledger WHERE kind = 'runtime'"
+        ),
+        1
+    );
+}

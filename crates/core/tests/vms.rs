@@ -336,3 +336,19 @@ fn an_imported_image_joins_the_catalog_and_a_bad_file_does_not() {
         .unwrap();
     assert_eq!(vm.os_type, "tiny");
 }
+
+#[test]
+fn own_vms_are_the_actors_only() {
+    let (_dir, _hosts, core) = with_user(100);
+    core.user_add("admin", "bob", false, 100).unwrap();
+    core.vm_add("admin", &vm("pooled", "standard")).unwrap();
+    core.vm_create("ann", &spec("a1"), true, None).unwrap();
+    core.vm_create("bob", &spec("b1"), true, None).unwrap();
+    let names: Vec<String> = core
+        .vm_list_own("ann")
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["a1"]);
+}
