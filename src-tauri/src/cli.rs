@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
+use vmdesk_azure::{AzureFactory, Target};
+use vmdesk_core::provider::ByKind;
 use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest, VmAction, VmCreate};
 use vmdesk_libvirt::LibvirtFactory;
 
@@ -70,9 +72,12 @@ pub enum Command {
         #[arg(long)]
         cpus: i64,
     },
-    /// Hosts (libvirt URIs)
+    /// Hosts (libvirt URIs, Azure subscriptions)
     #[command(subcommand)]
     Host(HostCmd),
+    /// Azure credentials
+    #[command(subcommand)]
+    Azure(AzureCmd),
     /// Projects (VM pools)
     #[command(subcommand)]
     Project(ProjectCmd),
@@ -149,14 +154,54 @@ pub enum OsCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum HostCmd {
-    /// Add a libvirt host (admin only)
+    /// Add a libvirt host or an Azure subscription (admin only)
     Add {
         name: String,
+        /// A libvirt connection URI (qemu:///system, qemu+ssh://...)
+        #[arg(
+            long,
+            required_unless_present = "azure_subscription",
+            conflicts_with = "azure_subscription"
+        )]
+        uri: Option<String>,
+        /// An Azure subscription id
         #[arg(long)]
-        uri: String,
+        azure_subscription: Option<String>,
+        /// Keep to this resource group of the subscription (repeatable)
+        #[arg(long = "resource-group", requires = "azure_subscription")]
+        resource_groups: Vec<String>,
+    },
+    /// Adopt a host's VMs that vmdesk does not know into a project's pool (admin only)
+    Import {
+        name: String,
+        #[arg(long)]
+        project: String,
+        /// The VM type sessions ask for (default: the VM's size)
+        #[arg(long)]
+        vm_type: Option<String>,
     },
     /// List hosts
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AzureCmd {
+    /// Keep a service principal for Azure hosts: its secret (read from standard
+    /// input) goes to the OS keyring after a token has been obtained with it
+    Login {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        client_id: String,
+        /// The Microsoft Entra ID authority host
+        #[arg(long)]
+        authority_host: Option<String>,
+        /// The Resource Manager endpoint
+        #[arg(long)]
+        endpoint: Option<String>,
+    },
+    /// Forget the service principal and its secret
+    Logout,
 }
 
 #[derive(Subcommand, Debug)]
@@ -280,25 +325,34 @@ pub fn data_dir(global: &Global) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no home directory; pass --data-dir"))
 }
 
-/// The settings file: the flag, the environment, or the XDG config dir.
-pub fn settings(global: &Global) -> anyhow::Result<vmdesk_core::Settings> {
-    let path = match &global.config {
-        Some(p) => p.clone(),
-        None => match directories::ProjectDirs::from("dev", "vmdesk", "vmdesk") {
-            Some(d) => d.config_dir().join("settings.toml"),
-            None => return Ok(vmdesk_core::Settings::default()),
-        },
-    };
-    Ok(vmdesk_core::Settings::load(&path)?)
+/// Where the settings file is: the flag, the environment, or the XDG config dir.
+pub fn settings_path(global: &Global) -> anyhow::Result<PathBuf> {
+    match &global.config {
+        Some(p) => Ok(p.clone()),
+        None => directories::ProjectDirs::from("dev", "vmdesk", "vmdesk")
+            .map(|d| d.config_dir().join("settings.toml"))
+            .ok_or_else(|| anyhow::anyhow!("no home directory; pass --config")),
+    }
 }
 
-/// Opens the core over the data directory of `global`.
+/// The settings (the defaults when there is no file).
+pub fn settings(global: &Global) -> anyhow::Result<vmdesk_core::Settings> {
+    Ok(vmdesk_core::Settings::load(&settings_path(global)?)?)
+}
+
+/// Opens the core over the data directory of `global`, with libvirt hosts
+/// reached through `libvirt` and Azure hosts as the settings say.
 pub fn open_core(
     global: &Global,
-    factory: Arc<LibvirtFactory>,
+    libvirt: Arc<LibvirtFactory>,
     on_change: Option<Arc<dyn Fn() + Send + Sync>>,
 ) -> anyhow::Result<Core> {
     let settings = settings(global)?;
+    let azure = AzureFactory::new(settings.azure.clone(), settings.sync.clone());
+    let factory = Arc::new(ByKind {
+        libvirt,
+        azure: Arc::new(azure),
+    });
     let mut opts = OpenOptions::new(data_dir(global)?, factory);
     opts.billing = settings.billing_config();
     opts.reboot_grace = settings.reboot_grace();
@@ -358,6 +412,48 @@ pub fn main() -> i32 {
     }
 }
 
+/// `vmdesk azure login|logout`: the service principal in the settings file,
+/// its secret in the OS keyring.
+fn azure(g: &Global, cmd: AzureCmd) -> anyhow::Result<()> {
+    let path = settings_path(g)?;
+    let mut settings = vmdesk_core::Settings::load(&path)?;
+    let bad = |source| vmdesk_core::Error::Provider {
+        host: "azure".into(),
+        source,
+    };
+    match cmd {
+        AzureCmd::Login {
+            tenant,
+            client_id,
+            authority_host,
+            endpoint,
+        } => {
+            if let Some(a) = authority_host {
+                settings.azure.authority_host = a;
+            }
+            if let Some(e) = endpoint {
+                settings.azure.endpoint = e;
+            }
+            let mut secret = String::new();
+            std::io::stdin().read_line(&mut secret)?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            vmdesk_azure::credentials::login(&mut settings.azure, &tenant, &client_id, secret)
+                .map_err(bad)?;
+            settings.save(&path)?;
+            println!(
+                "Azure client {client_id} of tenant {tenant} kept: its secret is in the OS keyring, the rest in {}",
+                path.display()
+            );
+        }
+        AzureCmd::Logout => {
+            vmdesk_azure::credentials::logout(&mut settings.azure).map_err(bad)?;
+            settings.save(&path)?;
+            println!("the Azure service principal is forgotten");
+        }
+    }
+    Ok(())
+}
+
 fn run(g: &Global, command: Command) -> anyhow::Result<()> {
     if let Command::Sync {
         watch: true,
@@ -397,6 +493,10 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             }
         });
         return Ok(());
+    }
+    if let Command::Azure(cmd) = command {
+        // Needs no data directory.
+        return azure(g, cmd);
     }
     let core = open_core(g, Arc::new(LibvirtFactory::new()), None)?;
     let a = g.actor.as_str();
@@ -461,9 +561,54 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             let q = vmdesk_core::quote(ram_mb, disk_gb, cpus)?;
             emit(g, &q, || format!("{} credits", q.cost))
         }
-        Command::Host(HostCmd::Add { name, uri }) => {
+        Command::Host(HostCmd::Add {
+            name,
+            uri,
+            azure_subscription,
+            resource_groups,
+        }) => {
+            let uri = match (uri, azure_subscription) {
+                (Some(uri), _) => uri,
+                (None, Some(sub)) => Target::uri(&sub, &resource_groups).map_err(|source| {
+                    vmdesk_core::Error::Provider {
+                        host: name.clone(),
+                        source,
+                    }
+                })?,
+                (None, None) => anyhow::bail!("give --uri or --azure-subscription"),
+            };
             let h = core.host_add(a, &name, &uri)?;
             emit(g, &h, || format!("added host {} ({})", h.name, h.uri))
+        }
+        Command::Host(HostCmd::Import {
+            name,
+            project,
+            vm_type,
+        }) => {
+            let r = core.host_import(a, &name, &project, vm_type.as_deref())?;
+            emit(g, &r, || {
+                let mut lines: Vec<String> = r
+                    .imported
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "imported {} ({}, {}) into {project}",
+                            v.name, v.vm_type, v.status
+                        )
+                    })
+                    .collect();
+                lines.extend(
+                    r.skipped
+                        .iter()
+                        .map(|s| format!("skipped {}: {}", s.machine, s.reason)),
+                );
+                lines.push(format!(
+                    "{} imported, {} skipped",
+                    r.imported.len(),
+                    r.skipped.len()
+                ));
+                lines.join("\n")
+            })
         }
         Command::Host(HostCmd::List) => {
             let hosts = core.host_list(a)?;
@@ -660,7 +805,9 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Sync { .. } => {
-            let changes = core.sync_and_bill(true, "poll")?;
+            // The fast pass (active sessions), then the full one.
+            let mut changes = core.sync_and_bill(false, "poll")?;
+            changes.extend(core.sync_and_bill(true, "poll")?);
             emit(g, &changes, || {
                 if changes.is_empty() {
                     "in sync".to_owned()
@@ -679,6 +826,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 }
             })
         }
+        Command::Azure(_) => unreachable!("handled before the core is opened"),
         Command::Recover => {
             let done = core.recover_all(a)?;
             emit(g, &done, || {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::ledger::{self, Entry};
 use crate::model::*;
-use crate::provider::{MachineSpec, Provider, ProviderFactory};
+use crate::provider::{MachineSpec, PowerState, Provider, ProviderFactory};
 use crate::store::{self, now};
 use crate::validate;
 use crate::worker::{self, Worker};
@@ -553,9 +553,10 @@ impl Core {
         validate::name("host", name)?;
         validate::uri(uri)?;
         admin(&self.db(), actor, "add hosts")?;
+        let kind = HostKind::of_uri(uri);
         self.opts
             .providers
-            .probe(HostKind::Libvirt, uri)
+            .probe(kind, uri)
             .map_err(|source| Error::Provider {
                 host: name.to_owned(),
                 source,
@@ -563,8 +564,8 @@ impl Core {
         self.write(|tx| {
             let a = admin(tx, actor, "add hosts")?;
             tx.execute(
-                "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, 'libvirt', ?2, ?3)",
-                params![name, uri, now()],
+                "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind, uri, now()],
             )
             .map_err(already_exists("host", name))?;
             events::record(
@@ -573,10 +574,94 @@ impl Core {
                     EventType::Admin,
                     "host.add",
                     &a.name,
-                    json!({"host": name, "uri": uri}),
+                    json!({"host": name, "kind": kind, "uri": uri}),
                 ),
             )?;
             host(tx, name)
+        })
+    }
+
+    /// Adopts the machines of a host that vmdesk does not know yet as VMs of a
+    /// project's pool (admin only): each keeps its host name (prefixed with
+    /// the host's name if that is taken), its size, and its power state. A
+    /// machine whose name vmdesk cannot use is skipped with the reason.
+    pub fn host_import(
+        &self,
+        actor: &str,
+        host_name: &str,
+        pool: &str,
+        vm_type: Option<&str>,
+    ) -> Result<ImportReport> {
+        if let Some(t) = vm_type {
+            validate::name("VM type", t)?;
+        }
+        {
+            let db = self.db();
+            admin(&db, actor, "import VMs")?;
+            project_id(&db, pool)?;
+        }
+        let machines = self
+            .provider(host_name)?
+            .inventory()
+            .map_err(|source| Error::Provider {
+                host: host_name.to_owned(),
+                source,
+            })?;
+        self.write(|tx| {
+            let a = admin(tx, actor, "import VMs")?;
+            let pid = project_id(tx, pool)?;
+            let h = host(tx, host_name)?;
+            let mut report = ImportReport::default();
+            for m in &machines {
+                let known: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM vms WHERE host_id = ?1 AND provider_id = ?2 AND status <> 'DESTROYED')",
+                    params![h.id, m.machine],
+                    |r| r.get(0),
+                )?;
+                if known {
+                    continue;
+                }
+                let taken = |name: &str| -> Result<bool> {
+                    Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM vms WHERE name = ?1)", [name], |r| r.get(0))?)
+                };
+                let name = [m.name.clone(), format!("{}-{}", h.name, m.name)]
+                    .into_iter()
+                    .find(|n| validate::name("VM", n).is_ok() && !taken(n).unwrap_or(true));
+                let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
+                let (Some(name), Ok(())) = (name, validate::name("VM type", &vm_type)) else {
+                    report.skipped.push(Skipped {
+                        machine: m.machine.clone(),
+                        reason: format!("no free, valid vmdesk name or type for {:?} ({})", m.name, m.size),
+                    });
+                    continue;
+                };
+                let status = match m.power {
+                    PowerState::Running => VmStatus::Running,
+                    s if s.is_off() => VmStatus::Stopped,
+                    _ => VmStatus::Unknown,
+                };
+                let ts = now();
+                tx.execute(
+                    "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
+                                      host_id, provider_id, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                    params![name, m.os_type, m.ram_mb, m.disk_gb, m.cpu_cores, vm_type, status, pid, h.id, m.machine, ts],
+                )?;
+                let id = tx.last_insert_rowid();
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::Admin,
+                        "vm.import",
+                        &a.name,
+                        json!({"vm": name, "host": h.name, "machine": m.machine, "size": m.size,
+                               "pool": pool, "status": status}),
+                    )
+                    .vm(id),
+                )?;
+                report.imported.push(vm_by_id(tx, id)?);
+            }
+            Ok(report)
         })
     }
 

@@ -26,6 +26,6 @@ pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
-pub use crate::settings::Settings;
+pub use crate::settings::{ArmLimits, AzureSettings, Settings, SyncSettings};
 pub use crate::sync::{SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

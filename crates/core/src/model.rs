@@ -170,6 +170,38 @@ string_enum! {
     }
 }
 
+impl HostKind {
+    /// The kind of host a URI names: `azure://SUBSCRIPTION[/RG,...]` is an
+    /// Azure subscription, anything else a libvirt connection.
+    pub fn of_uri(uri: &str) -> Self {
+        if uri.starts_with("azure://") {
+            HostKind::Azure
+        } else {
+            HostKind::Libvirt
+        }
+    }
+}
+
+/// What an import of a host's machines did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, TS)]
+#[ts(export)]
+pub struct ImportReport {
+    /// The VMs made.
+    pub imported: Vec<Vm>,
+    /// The machines left out, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A machine an import left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[ts(export)]
+pub struct Skipped {
+    /// Its id on the host.
+    pub machine: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// A person who uses vmdesk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[ts(export)]

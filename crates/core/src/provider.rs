@@ -16,8 +16,10 @@ pub enum ProviderError {
     Refused(String),
     /// the host did not finish in time: {0}
     Timeout(String),
-    /// hosts of kind "{0}" are not supported by this build
+    /// {0} is not supported by this kind of host
     Unsupported(String),
+    /// the host's credentials were refused: {0}
+    Credentials(String),
 }
 
 /// The power state of a machine as its host reports it.
@@ -100,6 +102,44 @@ pub trait Provider: Send + Sync {
     /// The machines (definitions or disks) on the host that carry this data
     /// directory's mark, by machine name.
     fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError>;
+    /// Reads the power states of several machines, in the order asked. `all`
+    /// says the caller asks about every machine it knows on the host (a full
+    /// pass), so a provider may answer from one listing of the host instead
+    /// of one call per machine.
+    fn power_states(
+        &self,
+        machines: &[String],
+        all: bool,
+    ) -> Vec<Result<PowerState, ProviderError>> {
+        let _ = all;
+        machines.iter().map(|m| self.power_state(m)).collect()
+    }
+    /// The machines on the host that vmdesk can adopt (import), with their
+    /// sizes and power states.
+    fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
+        Err(ProviderError::Unsupported("importing machines".into()))
+    }
+}
+
+/// A machine found on a host, as [`Provider::inventory`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// Its id on the host (what vmdesk stores as the VM's provider id).
+    pub machine: String,
+    /// Its name, as people know it.
+    pub name: String,
+    /// The host's name of its size (e.g. an Azure VM size).
+    pub size: String,
+    /// Memory in MB.
+    pub ram_mb: i64,
+    /// Virtual CPUs.
+    pub cpu_cores: i64,
+    /// OS disk in GB.
+    pub disk_gb: i64,
+    /// Operating system.
+    pub os_type: String,
+    /// Its power state when listed.
+    pub power: PowerState,
 }
 
 /// Makes the provider of a host.
@@ -108,4 +148,31 @@ pub trait ProviderFactory: Send + Sync {
     fn probe(&self, kind: crate::model::HostKind, uri: &str) -> Result<(), ProviderError>;
     /// The provider of a host; may be cached.
     fn connect(&self, host: &Host) -> Result<Arc<dyn Provider>, ProviderError>;
+}
+
+/// The providers of a build, by kind of host.
+pub struct ByKind {
+    /// Makes libvirt providers.
+    pub libvirt: Arc<dyn ProviderFactory>,
+    /// Makes Azure providers.
+    pub azure: Arc<dyn ProviderFactory>,
+}
+
+impl ByKind {
+    fn of(&self, kind: crate::model::HostKind) -> &dyn ProviderFactory {
+        match kind {
+            crate::model::HostKind::Libvirt => self.libvirt.as_ref(),
+            crate::model::HostKind::Azure => self.azure.as_ref(),
+        }
+    }
+}
+
+impl ProviderFactory for ByKind {
+    fn probe(&self, kind: crate::model::HostKind, uri: &str) -> Result<(), ProviderError> {
+        self.of(kind).probe(kind, uri)
+    }
+
+    fn connect(&self, host: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        self.of(host.kind).connect(host)
+    }
 }

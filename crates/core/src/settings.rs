@@ -67,8 +67,83 @@ impl Default for BillingSettings {
     }
 }
 
+/// Azure: where ARM and the identity service are, the service principal
+/// (its secret is kept in the OS keyring, never here), and the ARM limits the
+/// client keeps to (the published ones by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct AzureSettings {
+    /// The Resource Manager endpoint.
+    pub endpoint: String,
+    /// The Microsoft Entra ID authority host.
+    pub authority_host: String,
+    /// The tenant of the service principal (empty: environment or Azure CLI).
+    pub tenant_id: String,
+    /// The service principal's application (client) id.
+    pub client_id: String,
+    /// The longest `Retry-After` waited for before a call is given up.
+    pub max_retry_after_secs: u64,
+    /// Milliseconds between polls of a long-running operation.
+    pub poll_interval_ms: u64,
+    /// The ARM request limits.
+    pub limits: ArmLimits,
+}
+
+impl Default for AzureSettings {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://management.azure.com".into(),
+            authority_host: "https://login.microsoftonline.com".into(),
+            tenant_id: String::new(),
+            client_id: String::new(),
+            max_retry_after_secs: 60,
+            poll_interval_ms: 1000,
+            limits: ArmLimits::default(),
+        }
+    }
+}
+
+/// Token buckets per ARM policy: a rate per minute and a burst.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct ArmLimits {
+    /// Reads (instanceView, get) of one VM per minute.
+    pub vm_reads_per_min: u32,
+    /// Burst of reads of one VM.
+    pub vm_reads_burst: u32,
+    /// Reads of one subscription per minute.
+    pub subscription_reads_per_min: u32,
+    /// Burst of reads of one subscription.
+    pub subscription_reads_burst: u32,
+    /// List calls (pages) of one subscription per minute.
+    pub lists_per_min: u32,
+    /// Burst of list calls.
+    pub lists_burst: u32,
+    /// Start/power off/deallocate of one VM per minute.
+    pub vm_writes_per_min: u32,
+    /// Burst of writes to one VM.
+    pub vm_writes_burst: u32,
+}
+
+impl Default for ArmLimits {
+    fn default() -> Self {
+        Self {
+            vm_reads_per_min: 12,
+            vm_reads_burst: 36,
+            subscription_reads_per_min: 8_000,
+            subscription_reads_burst: 24_000,
+            lists_per_min: 300,
+            lists_burst: 900,
+            vm_writes_per_min: 4,
+            vm_writes_burst: 12,
+        }
+    }
+}
+
 /// Everything the settings file holds.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
 #[serde(default, deny_unknown_fields)]
 #[ts(export)]
 pub struct Settings {
@@ -76,6 +151,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// Metered billing.
     pub billing: BillingSettings,
+    /// Azure hosts.
+    pub azure: AzureSettings,
 }
 
 impl Settings {
@@ -108,12 +185,59 @@ impl Settings {
                 "sync intervals, timeout and batch size must be above 0",
             ));
         }
+        let a = &self.azure;
+        for (what, url) in [
+            ("azure.endpoint", &a.endpoint),
+            ("azure.authority_host", &a.authority_host),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(Error::invalid(format!(
+                    "{what} must be an http(s) URL, not {url:?}"
+                )));
+            }
+        }
+        let l = &a.limits;
+        if [
+            l.vm_reads_per_min,
+            l.vm_reads_burst,
+            l.subscription_reads_per_min,
+            l.subscription_reads_burst,
+            l.lists_per_min,
+            l.lists_burst,
+            l.vm_writes_per_min,
+            l.vm_writes_burst,
+        ]
+        .contains(&0)
+            || a.poll_interval_ms == 0
+        {
+            return Err(Error::invalid(
+                "azure limits and poll interval must be above 0",
+            ));
+        }
         if !(0..=10_000).contains(&self.billing.hourly_percent) || self.billing.warn_seconds < 0 {
             return Err(Error::invalid(
                 "billing.hourly_percent must be 0 to 10000 and warn_seconds not negative",
             ));
         }
         Ok(())
+    }
+
+    /// Writes the settings file (checked first; the directory is made).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.check()?;
+        let text = toml::to_string_pretty(self)
+            .map_err(|e| Error::invalid(format!("the settings cannot be written: {e}")))?;
+        let io = |source| Error::DataDir {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        // Write aside, then rename: a crash leaves the old file or the new one.
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text).map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
     }
 
     /// The billing rates as the core uses them.
@@ -164,6 +288,31 @@ mod tests {
     #[test]
     fn an_unknown_key_is_refused() {
         assert!(toml::from_str::<Settings>("[sync]\nfast = 5\n").is_err());
+    }
+
+    #[test]
+    fn the_azure_limits_default_to_the_published_arm_ones() {
+        let l = Settings::default().azure.limits;
+        assert_eq!((l.vm_reads_per_min, l.vm_reads_burst), (12, 36));
+        assert_eq!((l.lists_per_min, l.lists_burst), (300, 900));
+        assert_eq!((l.vm_writes_per_min, l.vm_writes_burst), (4, 12));
+    }
+
+    #[test]
+    fn saved_settings_load_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("conf").join("settings.toml");
+        let mut s = Settings::default();
+        s.sync.fast_interval_secs = 7;
+        s.azure.tenant_id = "t".into();
+        s.save(&path).expect("save");
+        assert_eq!(Settings::load(&path).expect("load"), s);
+    }
+
+    #[test]
+    fn a_non_http_endpoint_is_refused() {
+        let s: Settings = toml::from_str("[azure]\nendpoint = \"ftp://x\"\n").expect("parse");
+        assert!(s.check().is_err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub const REBOOT_GRACE: Duration = Duration::from_millis(1500);
 impl Core {
     /// One full pass over every VM of every host. Returns what changed.
     pub fn sync_once(&self, source: &str) -> Result<Vec<SyncChange>> {
-        self.sync_where("status NOT IN ('CREATING', 'DESTROYED')", source)
+        self.sync_where("status NOT IN ('CREATING', 'DESTROYED')", true, source)
     }
 
     /// A sync pass, then the running time it reconciled is billed: the full
@@ -63,11 +63,12 @@ impl Core {
     pub fn sync_active(&self, source: &str) -> Result<Vec<SyncChange>> {
         self.sync_where(
             "live_session_id IN (SELECT id FROM sessions WHERE status = 'ACTIVE')",
+            false,
             source,
         )
     }
 
-    fn sync_where(&self, filter: &str, source: &str) -> Result<Vec<SyncChange>> {
+    fn sync_where(&self, filter: &str, all: bool, source: &str) -> Result<Vec<SyncChange>> {
         let vms: Vec<Vm> = {
             let db = self.db();
             let ids: Vec<i64> = db
@@ -82,19 +83,23 @@ impl Core {
         };
         let mut changes = Vec::new();
         let mut second_look = Vec::new();
-        for vm in &vms {
-            let observed = self.observe(vm);
-            if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
-                second_look.push(vm.clone());
-                continue;
+        // One batch of reads per host (a provider may answer a full pass
+        // with one listing).
+        for batch in vms.chunk_by(|a, b| a.host == b.host) {
+            for (vm, observed) in batch.iter().zip(self.observe_all(batch, all)) {
+                if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
+                    second_look.push(vm.clone());
+                    continue;
+                }
+                changes.extend(self.reconcile(vm.id, observed, source)?);
             }
-            changes.extend(self.reconcile(vm.id, observed, source)?);
         }
         if !second_look.is_empty() {
             std::thread::sleep(self.opts.reboot_grace);
-            for vm in &second_look {
-                let observed = self.observe(vm);
-                changes.extend(self.reconcile(vm.id, observed, source)?);
+            for batch in second_look.chunk_by(|a, b| a.host == b.host) {
+                for (vm, observed) in batch.iter().zip(self.observe_all(batch, false)) {
+                    changes.extend(self.reconcile(vm.id, observed, source)?);
+                }
             }
         }
         Ok(changes)
@@ -137,6 +142,26 @@ impl Core {
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         Ok(uris)
+    }
+
+    /// The power states of VMs of one host, in order (`all`: a full pass).
+    fn observe_all(&self, vms: &[Vm], all: bool) -> Vec<Observed> {
+        let Some(first) = vms.first() else {
+            return Vec::new();
+        };
+        match self.provider(&first.host) {
+            Ok(p) => {
+                let machines: Vec<String> = vms
+                    .iter()
+                    .map(|vm| self.machine_spec(vm).machine_name)
+                    .collect();
+                p.power_states(&machines, all)
+            }
+            Err(e) => vms
+                .iter()
+                .map(|_| Err(ProviderError::Unreachable(e.one_line())))
+                .collect(),
+        }
     }
 
     fn observe(&self, vm: &Vm) -> Observed {

@@ -424,14 +424,18 @@ impl ProviderFactory for LibvirtFactory {
     fn probe(&self, kind: HostKind, uri: &str) -> Result<(), ProviderError> {
         match kind {
             HostKind::Libvirt => self.provider(uri).map(|_| ()),
-            other => Err(ProviderError::Unsupported(other.to_string())),
+            other => Err(ProviderError::Unsupported(format!(
+                "hosts of kind \"{other}\""
+            ))),
         }
     }
 
     fn connect(&self, host: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
         match host.kind {
             HostKind::Libvirt => Ok(self.provider(&host.uri)?),
-            other => Err(ProviderError::Unsupported(other.to_string())),
+            other => Err(ProviderError::Unsupported(format!(
+                "hosts of kind \"{other}\""
+            ))),
         }
     }
 }
