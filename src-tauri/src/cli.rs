@@ -877,12 +877,33 @@ pub fn watch(
     let mut last_full = std::time::Instant::now();
     let mut last_fast = std::time::Instant::now();
     let mut last_check = std::time::Instant::now() - Duration::from_secs(10);
+    // Machines seen off under a session, to look at again once the reboot
+    // grace is over.
+    let mut again: Vec<(std::time::Instant, String, String)> = Vec::new();
     loop {
-        if let Ok(e) = rx.recv_timeout(Duration::from_millis(500)) {
-            match core.reconcile_machine(&e.uri, &e.machine, "event") {
-                Ok(Some(change)) => report(&[change]),
-                Ok(None) => {}
-                Err(err) => tracing::warn!(error = %err.one_line(), "event"),
+        let now = std::time::Instant::now();
+        for (_, uri, machine) in again.extract_if(.., |(due, _, _)| *due <= now) {
+            reconciled(
+                core.reconcile_machine(&uri, &machine, "event", true),
+                report,
+            );
+        }
+        let wait = again
+            .iter()
+            .map(|(due, _, _)| due.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(500))
+            .min(Duration::from_millis(500));
+        if let Ok(e) = rx.recv_timeout(wait) {
+            let r = core.reconcile_machine(&e.uri, &e.machine, "event", false);
+            if matches!(r, Ok(vmdesk_core::Reconciled::LookAgain)) {
+                again.push((
+                    std::time::Instant::now() + core.reboot_grace(),
+                    e.uri,
+                    e.machine,
+                ));
+            } else {
+                reconciled(r, report);
             }
             continue;
         }
@@ -908,6 +929,17 @@ pub fn watch(
                 Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
             }
         }
+    }
+}
+
+fn reconciled(
+    r: vmdesk_core::Result<vmdesk_core::Reconciled>,
+    report: &dyn Fn(&[vmdesk_core::SyncChange]),
+) {
+    match r {
+        Ok(vmdesk_core::Reconciled::Changed(change)) => report(&[change]),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err.one_line(), "event"),
     }
 }
 

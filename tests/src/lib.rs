@@ -28,10 +28,14 @@ pub fn qemu_uri() -> String {
     std::env::var("VMDESK_TEST_QEMU_URI").unwrap_or_else(|_| "qemu:///system".to_owned())
 }
 
-/// A fresh data directory and the commands to run `vmdesk` on it.
+/// A fresh data directory and the commands to run `vmdesk` on it. Its
+/// settings file is `settings.toml` in that directory (absent: the defaults),
+/// never the user's.
 pub struct Vmdesk {
     /// The data directory (removed on drop).
     pub dir: tempfile::TempDir,
+    /// Environment variables given to every command.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Vmdesk {
@@ -45,14 +49,40 @@ impl Vmdesk {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temporary directory"),
+            env: Vec::new(),
         }
+    }
+
+    /// The settings file of this data directory.
+    pub fn settings_path(&self) -> PathBuf {
+        self.dir.path().join("settings.toml")
+    }
+
+    /// Writes the settings file.
+    pub fn write_settings(&self, toml: &str) {
+        std::fs::write(self.settings_path(), toml).expect("write the settings");
     }
 
     /// A `vmdesk` command on this data directory, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());
-        c.arg("--data-dir").arg(self.dir.path()).args(args);
-        c.env_remove("VMDESK_DATA_DIR").env_remove("VMDESK_USER");
+        c.arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--config")
+            .arg(self.settings_path())
+            .args(args);
+        for v in [
+            "VMDESK_DATA_DIR",
+            "VMDESK_USER",
+            "VMDESK_CONFIG",
+            "AZURE_TENANT_ID",
+            "AZURE_CLIENT_ID",
+            "AZURE_CLIENT_SECRET",
+            "AZURE_AUTHORITY_HOST",
+        ] {
+            c.env_remove(v);
+        }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
@@ -234,5 +264,60 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A private session bus with an unlocked GNOME keyring (the Secret Service)
+/// on it, for tests of what vmdesk keeps in the OS keyring. Stopped on drop.
+pub struct SessionKeyring {
+    /// Its home (the keyring files live under it).
+    pub home: tempfile::TempDir,
+    /// `DBUS_SESSION_BUS_ADDRESS` of its bus.
+    pub bus: String,
+    bus_pid: u32,
+}
+
+impl SessionKeyring {
+    /// Starts `dbus-daemon --session` and `gnome-keyring-daemon --unlock`.
+    pub fn start() -> Self {
+        let home = tempfile::tempdir().expect("keyring home");
+        let run = home.path().join("run");
+        std::fs::create_dir(&run).expect("runtime dir");
+        let out = Command::new("dbus-daemon")
+            .args(["--session", "--fork", "--print-address=1", "--print-pid=1"])
+            .output()
+            .expect("run dbus-daemon (make test installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let bus = lines.next().expect("bus address").trim().to_owned();
+        let bus_pid = lines
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .expect("bus pid");
+        let keyring = Command::new("sh")
+            .arg("-c")
+            .arg("printf pw | gnome-keyring-daemon --daemonize --unlock --components=secrets")
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .output()
+            .expect("run gnome-keyring-daemon (make test installs it)");
+        assert!(keyring.status.success(), "gnome-keyring-daemon failed");
+        Self { home, bus, bus_pid }
+    }
+
+    /// The environment a process needs to reach this keyring.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DBUS_SESSION_BUS_ADDRESS".into(), self.bus.clone()),
+            ("HOME".into(), self.home.path().display().to_string()),
+        ]
+    }
+}
+
+impl Drop for SessionKeyring {
+    fn drop(&mut self) {
+        // The keyring daemon leaves when its bus goes.
+        let _ = Command::new("kill").arg(self.bus_pid.to_string()).status();
     }
 }

@@ -75,3 +75,35 @@ fn with_events_a_destroyed_vm_ends_its_session_within_two_seconds() {
         (Some("session.terminated"), Some("event"))
     );
 }
+
+#[test]
+fn with_events_a_vm_stopped_and_started_at_once_keeps_its_session() {
+    let v = Vmdesk::new();
+    let (machine, _cleanup) = v.qemu_pool_vm("r1");
+    let s = v.json(&["session", "open", "--project", "lab"]);
+    assert_eq!(s["status"], "ACTIVE");
+    let _watcher = KillOnDrop(
+        v.command(&["--json", "sync", "--watch"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn the watcher"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    // A reboot as the host sees it: the machine stops, then starts again
+    // inside the grace (1.5 s).
+    virsh(&["destroy", &machine]);
+    virsh(&["start", &machine]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+
+    assert_eq!(v.json(&["session", "list"])[0]["status"], "ACTIVE");
+    assert_eq!(v.json(&["vm", "show", "r1"])["status"], "RUNNING");
+    let sid = s["id"].as_i64().expect("id");
+    assert_eq!(
+        v.count(&format!(
+            "SELECT count(*) FROM events WHERE session_id = {sid} AND action = 'session.terminated'"
+        )),
+        0
+    );
+}

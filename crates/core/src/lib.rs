@@ -27,5 +27,5 @@ pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
 pub use crate::settings::{ArmLimits, AzureSettings, Settings, SyncSettings};
-pub use crate::sync::{SyncChange, REBOOT_GRACE};
+pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

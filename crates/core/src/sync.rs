@@ -33,12 +33,23 @@ pub struct SyncChange {
     pub source: String,
 }
 
+/// What reconciling one machine did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled {
+    /// The database changed.
+    Changed(SyncChange),
+    /// Nothing to change (or not vmdesk's machine).
+    Unchanged,
+    /// Seen off under a session: look again after the reboot grace.
+    LookAgain,
+}
+
 /// What the host said of a machine.
 type Observed = std::result::Result<PowerState, ProviderError>;
 
 /// How long a machine seen off under an active session is given to come back
 /// (a reboot seen between its stop and its start) before the session ends.
-pub const REBOOT_GRACE: Duration = Duration::from_millis(1500);
+pub const REBOOT_GRACE: Duration = Duration::from_millis(1000);
 
 impl Core {
     /// One full pass over every VM of every host. Returns what changed.
@@ -107,12 +118,17 @@ impl Core {
 
     /// Reconciles the VM whose machine an event on host `uri` is about
     /// (`source`: what saw it). Machines that are not vmdesk's are ignored.
+    /// A machine seen off under a session is not written on the first look
+    /// (`grace_over` false): the caller looks again after the reboot grace
+    /// ([`Core::reboot_grace`]), so a reboot seen between its stop and its
+    /// start does not end the session.
     pub fn reconcile_machine(
         &self,
         uri: &str,
         machine: &str,
         source: &str,
-    ) -> Result<Option<SyncChange>> {
+        grace_over: bool,
+    ) -> Result<Reconciled> {
         let vm: Option<Vm> = {
             let db = self.db();
             let id: Option<i64> = db
@@ -124,13 +140,22 @@ impl Core {
                 .optional()?;
             id.map(|id| vm_by_id(&db, id)).transpose()?
         };
-        match vm {
-            Some(vm) => {
-                let observed = self.observe(&vm);
-                self.reconcile(vm.id, observed, source)
-            }
-            None => Ok(None),
+        let Some(vm) = vm else {
+            return Ok(Reconciled::Unchanged);
+        };
+        let observed = self.observe(&vm);
+        if !grace_over && matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
+            return Ok(Reconciled::LookAgain);
         }
+        Ok(match self.reconcile(vm.id, observed, source)? {
+            Some(c) => Reconciled::Changed(c),
+            None => Reconciled::Unchanged,
+        })
+    }
+
+    /// How long a VM seen off under a session has to come back.
+    pub fn reboot_grace(&self) -> Duration {
+        self.opts.reboot_grace
     }
 
     /// The URIs of the libvirt hosts.
