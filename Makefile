@@ -38,6 +38,7 @@ test: build libvirt os-image
 lint: ui
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cd ui && npm run check
 
 ## Allocation on a file database; VM creation on the real QEMU host.
 bench: build libvirt os-image

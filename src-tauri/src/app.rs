@@ -25,6 +25,149 @@ struct Ctx {
     core: Arc<Core>,
     actor: String,
     wake: Mutex<Sender<()>>,
+    global: Global,
+    /// The status-sync child; restarted when the settings change.
+    watcher: Mutex<Option<Watcher>>,
+}
+
+/// The settings page: the file's contents and where it is, whether the
+/// keyring holds the Azure secret, and the hosts.
+#[derive(Debug, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct SettingsView {
+    /// The settings file.
+    path: String,
+    /// Its contents (the defaults when it does not exist).
+    settings: vmdesk_core::Settings,
+    /// Whether the OS keyring holds the secret of the settings' Azure client.
+    azure_secret_kept: bool,
+    /// The hosts.
+    hosts: Vec<vmdesk_core::Host>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        code: "internal",
+        message: e.to_string(),
+    }
+}
+
+fn provider_error(e: vmdesk_core::provider::ProviderError) -> ApiError {
+    ApiError::from(vmdesk_core::Error::Provider {
+        host: "azure".into(),
+        source: e,
+    })
+}
+
+fn settings_view(ctx: &Ctx) -> Result<SettingsView, ApiError> {
+    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    let settings = vmdesk_core::Settings::load(&path)?;
+    let a = &settings.azure;
+    let azure_secret_kept = !a.tenant_id.is_empty()
+        && !a.client_id.is_empty()
+        && vmdesk_azure::credentials::secret(&a.tenant_id, &a.client_id)
+            .ok()
+            .flatten()
+            .is_some();
+    Ok(SettingsView {
+        path: path.display().to_string(),
+        settings,
+        azure_secret_kept,
+        hosts: ctx.core.host_list(&ctx.actor)?,
+    })
+}
+
+/// Restarts the status-sync child so it reads the new settings.
+fn restart_watcher(ctx: &Ctx, settings: &vmdesk_core::Settings) -> Result<(), ApiError> {
+    let mut w = ctx.watcher.lock().unwrap_or_else(|p| p.into_inner());
+    *w = None; // stops the old one
+    if settings.sync.enabled {
+        *w = Some(spawn_watcher(&ctx.global).map_err(internal)?);
+    }
+    Ok(())
+}
+
+#[tauri::command]
+async fn settings_get(ctx: State<'_, Ctx>) -> Result<SettingsView, ApiError> {
+    settings_view(&ctx)
+}
+
+/// Checks and writes the settings file, then restarts status sync on it.
+#[tauri::command]
+async fn settings_save(
+    ctx: State<'_, Ctx>,
+    settings: vmdesk_core::Settings,
+) -> Result<SettingsView, ApiError> {
+    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    settings.save(&path)?;
+    restart_watcher(&ctx, &settings)?;
+    settings_view(&ctx)
+}
+
+/// Keeps an Azure service principal: the secret goes to the OS keyring after
+/// a token has been granted with it; tenant and client go to the settings.
+#[tauri::command]
+async fn azure_login(
+    ctx: State<'_, Ctx>,
+    tenant: String,
+    client_id: String,
+    secret: String,
+) -> Result<SettingsView, ApiError> {
+    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    let mut settings = vmdesk_core::Settings::load(&path)?;
+    let mut azure = settings.azure.clone();
+    tauri::async_runtime::spawn_blocking(move || {
+        vmdesk_azure::credentials::login(&mut azure, &tenant, &client_id, &secret).map(|()| azure)
+    })
+    .await
+    .map_err(internal)?
+    .map(|azure| settings.azure = azure)
+    .map_err(provider_error)?;
+    settings.save(&path)?;
+    restart_watcher(&ctx, &settings)?;
+    settings_view(&ctx)
+}
+
+/// Adds a host: a libvirt URI, or an Azure subscription (and resource groups).
+#[tauri::command]
+async fn host_add(
+    ctx: State<'_, Ctx>,
+    name: String,
+    uri: Option<String>,
+    subscription: Option<String>,
+    resource_groups: Vec<String>,
+) -> Result<SettingsView, ApiError> {
+    let uri = match (uri, subscription) {
+        (Some(uri), None) => uri,
+        (None, Some(sub)) => {
+            vmdesk_azure::Target::uri(&sub, &resource_groups).map_err(provider_error)?
+        }
+        _ => {
+            return Err(ApiError {
+                code: "invalid",
+                message: "give either a libvirt URI or an Azure subscription".into(),
+            })
+        }
+    };
+    blocking(&ctx, move |core, actor| core.host_add(actor, &name, &uri)).await?;
+    restart_watcher(
+        &ctx,
+        &vmdesk_core::Settings::load(&crate::cli::settings_path(&ctx.global).map_err(internal)?)?,
+    )?;
+    settings_view(&ctx)
+}
+
+/// Adopts a host's unknown VMs into a project's pool.
+#[tauri::command]
+async fn host_import(
+    ctx: State<'_, Ctx>,
+    host: String,
+    project: String,
+) -> Result<vmdesk_core::ImportReport, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.host_import(actor, &host, &project, None)
+    })
+    .await
 }
 
 /// An error as the window gets it: a stable code and the core's sentence.
@@ -238,7 +381,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
     // Status sync runs in a child process: libvirt's event loop takes GLib's
     // default main context, which GTK needs in this one. Its changes reach
     // the window through the database (data_version), like the CLI's.
-    let _watcher = if crate::cli::settings(global)?.sync.enabled {
+    let watcher = if crate::cli::settings(global)?.sync.enabled {
         Some(spawn_watcher(global)?)
     } else {
         None
@@ -252,6 +395,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             core: Arc::clone(&core),
             actor: actor.clone(),
             wake: Mutex::new(wake_tx),
+            global: global.clone(),
+            watcher: Mutex::new(watcher),
         })
         .invoke_handler(tauri::generate_handler![
             overview,
@@ -263,7 +408,12 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             create_vm,
             vm_action,
             vm_events,
-            vm_meta
+            vm_meta,
+            settings_get,
+            settings_save,
+            azure_login,
+            host_add,
+            host_import
         ])
         .setup(move |app| {
             *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());

@@ -11,6 +11,9 @@ import type { Vm } from "../bindings/Vm";
 import type { Event } from "../bindings/Event";
 import type { VmAction } from "../bindings/VmAction";
 import type { VmCreate } from "../bindings/VmCreate";
+import type { Settings } from "../bindings/Settings";
+import type { SettingsView } from "../bindings/SettingsView";
+import type { ImportReport } from "../bindings/ImportReport";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -46,6 +49,13 @@ export const api = {
   vmAction: (vm: string, action: VmAction) => call<Vm>("vm_action", { vm, action }),
   vmEvents: (vm: string) => call<Event[]>("vm_events", { vm }),
   vmMeta: (vm: string, key: string, value: string) => call<Vm>("vm_meta", { vm, key, value }),
+  settingsGet: () => call<SettingsView>("settings_get"),
+  settingsSave: (settings: Settings) => call<SettingsView>("settings_save", { settings }),
+  azureLogin: (tenant: string, clientId: string, secret: string) =>
+    call<SettingsView>("azure_login", { tenant, clientId, secret }),
+  hostAdd: (name: string, uri: string | null, subscription: string | null, resourceGroups: string[]) =>
+    call<SettingsView>("host_add", { name, uri, subscription, resourceGroups }),
+  hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
   /** Calls `f` with each step of a VM creation running in the background. */
   onProgress: (f: (p: Progress) => void): Promise<UnlistenFn> =>
     listen<Progress>("vm-progress", (e) => f(e.payload)),

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { Pool } from "../bindings/Pool";
 import type { Vm } from "../bindings/Vm";
-import { age, badge, duration, poolCounts, vmTypes } from "./view";
+import { age, badge, duration, poolCounts, resourceGroups, vmTypes } from "./view";
 
 function vm(over: Partial<Vm>): Vm {
   return {
@@ -57,5 +57,14 @@ describe("duration", () => {
     expect(duration(125)).toBe("2 min 5 s");
     expect(duration(7500)).toBe("2 h 5 min");
     expect(duration(90000)).toBe("1 d 1 h");
+  });
+});
+
+describe("resourceGroups", () => {
+  it("splits on commas and drops blanks", () => {
+    expect(resourceGroups(" lab-rg, ,Other ")).toEqual(["lab-rg", "Other"]);
+  });
+  it("is empty for an empty field", () => {
+    expect(resourceGroups("")).toEqual([]);
   });
 });

@@ -64,3 +64,11 @@ export function duration(seconds: number): string {
   if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
   return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
 }
+
+/** The resource groups of a comma-separated list, blanks dropped. */
+export function resourceGroups(text: string): string[] {
+  return text
+    .split(",")
+    .map((g) => g.trim())
+    .filter((g) => g.length > 0);
+}
