@@ -1,6 +1,8 @@
 //! Helpers of the whole-system tests: run the real `vmdesk` binary on a fresh
 //! data directory and look into its SQLite file.
 
+pub mod arm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

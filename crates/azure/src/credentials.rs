@@ -59,10 +59,23 @@ pub fn credential(
         );
         return Ok((Arc::new(cred), CredentialSource::Keyring));
     }
+    if !on_path("az") {
+        return Err(ProviderError::Credentials(
+            "no Azure credentials: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, \
+             keep a service principal with `vmdesk azure login` (or in the app's settings), \
+             or log in with the Azure CLI (`az login`)"
+                .into(),
+        ));
+    }
     Ok((
         Arc::new(AzureCliCredential::new()),
         CredentialSource::AzureCli,
     ))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// A client-secret credential for an explicit service principal (used to

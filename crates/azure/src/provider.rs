@@ -363,6 +363,10 @@ impl AzureProvider {
 }
 
 impl Provider for AzureProvider {
+    fn provisions(&self) -> bool {
+        false
+    }
+
     fn ensure_disk(&self, _spec: &MachineSpec) -> Result<(), ProviderError> {
         Err(ProviderError::Unsupported(
             "creating Azure VMs (create them in Azure, then `vmdesk host import`)".into(),

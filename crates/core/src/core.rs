@@ -402,6 +402,21 @@ impl Core {
         Ok(spec)
     }
 
+    /// Makes sure a VM's machine exists before it starts: its disk and
+    /// definition are re-made if missing, where vmdesk makes them.
+    pub(crate) fn ensure_machine(&self, p: &dyn Provider, vm: &Vm) -> Result<()> {
+        if !p.provisions() {
+            return Ok(());
+        }
+        let spec = self.full_spec(vm)?;
+        let err = |source| Error::Provider {
+            host: vm.host.clone(),
+            source,
+        };
+        p.ensure_disk(&spec).map_err(err)?;
+        p.ensure_defined(&spec).map_err(err)
+    }
+
     pub(crate) fn machine_name(&self, vm_name: &str) -> String {
         let tag: String = self.install_id.chars().take(8).collect();
         format!("vmdesk-{vm_name}-{tag}")

@@ -102,6 +102,12 @@ pub trait Provider: Send + Sync {
     /// The machines (definitions or disks) on the host that carry this data
     /// directory's mark, by machine name.
     fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError>;
+    /// Whether vmdesk makes the machines of this host (disk and definition),
+    /// and so re-makes a missing one before it starts it. A host whose
+    /// machines are made elsewhere and imported (Azure) says no.
+    fn provisions(&self) -> bool {
+        true
+    }
     /// Reads the power states of several machines, in the order asked. `all`
     /// says the caller asks about every machine it knows on the host (a full
     /// pass), so a provider may answer from one listing of the host instead

@@ -443,13 +443,11 @@ impl Core {
         })?;
         let machine = self.machine_spec(&vm).machine_name;
         let started = self.provider(&vm.host).and_then(|p| {
-            let spec = self.full_spec(&vm)?;
             let provider_err = |source| Error::Provider {
                 host: vm.host.clone(),
                 source,
             };
-            p.ensure_disk(&spec).map_err(provider_err)?;
-            p.ensure_defined(&spec).map_err(provider_err)?;
+            self.ensure_machine(p.as_ref(), &vm)?;
             p.start(&machine).map_err(provider_err)?;
             let state = wait_for(p.as_ref(), &machine, self.opts.start_timeout, |s| {
                 s == PowerState::Running

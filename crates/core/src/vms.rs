@@ -344,9 +344,7 @@ impl Core {
         let timeout = self.opts.shutdown_timeout;
         let (status, forced) = match action {
             VmAction::Start => {
-                let spec = self.full_spec(&v)?;
-                p.ensure_disk(&spec).map_err(err)?;
-                p.ensure_defined(&spec).map_err(err)?;
+                self.ensure_machine(p.as_ref(), &v)?;
                 p.start(&machine).map_err(err)?;
                 (
                     vm_status_of(
