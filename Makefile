@@ -44,6 +44,8 @@ lint: ui
 bench: build libvirt os-image
 	cargo bench -p vmdesk-core --bench allocation
 	cargo bench -p vmdesk-tests --bench create
+	cargo bench -p vmdesk-tests --bench drift
+	cargo bench -p vmdesk-tests --bench azure_sync
 
 clean:
 	cargo clean

@@ -194,6 +194,10 @@ ALTER TABLE vms ADD COLUMN billing_milli INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE vms ADD COLUMN synced_at TEXT;
 ALTER TABLE vms ADD COLUMN synced_by TEXT;
 "#,
+    r#"
+-- A host's machine by its id there (events, sync, import).
+CREATE INDEX vms_host_machine ON vms (host_id, provider_id);
+"#,
 ];
 
 /// Name of the database file inside the data directory.

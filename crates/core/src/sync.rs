@@ -97,20 +97,22 @@ impl Core {
         // One batch of reads per host (a provider may answer a full pass
         // with one listing).
         for batch in vms.chunk_by(|a, b| a.host == b.host) {
+            let mut now = Vec::with_capacity(batch.len());
             for (vm, observed) in batch.iter().zip(self.observe_all(batch, all)) {
                 if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
                     second_look.push(vm.clone());
-                    continue;
+                } else {
+                    now.push((vm.id, observed));
                 }
-                changes.extend(self.reconcile(vm.id, observed, source)?);
             }
+            changes.extend(self.reconcile_all(now, source)?);
         }
         if !second_look.is_empty() {
             std::thread::sleep(self.opts.reboot_grace);
             for batch in second_look.chunk_by(|a, b| a.host == b.host) {
-                for (vm, observed) in batch.iter().zip(self.observe_all(batch, false)) {
-                    changes.extend(self.reconcile(vm.id, observed, source)?);
-                }
+                let ids = batch.iter().map(|vm| vm.id);
+                let seen = ids.zip(self.observe_all(batch, false)).collect();
+                changes.extend(self.reconcile_all(seen, source)?);
             }
         }
         Ok(changes)
@@ -205,85 +207,121 @@ impl Core {
         observed: Observed,
         source: &str,
     ) -> Result<Option<SyncChange>> {
-        self.write(|tx| {
-            let vm = vm_by_id(tx, vm_id)?;
-            let busy: bool = tx.query_row("SELECT worker IS NOT NULL FROM vms WHERE id = ?1", [vm_id], |r| r.get(0))?;
-            let session: Option<(i64, SessionStatus, String)> = match vm.session_id {
-                Some(sid) => tx
-                    .query_row(
-                        "SELECT s.id, s.status, u.name FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
-                        [sid],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?,
-                None => None,
-            };
-            // The host answered: remember when, and what asked.
-            if matches!(observed, Ok(_) | Err(ProviderError::NotFound(_))) {
-                tx.execute(
-                    "UPDATE vms SET synced_at = ?2, synced_by = ?3 WHERE id = ?1",
-                    params![vm_id, now(), source],
-                )?;
-            }
-            let in_transition = busy
-                || matches!(vm.status, VmStatus::Creating | VmStatus::Starting | VmStatus::Stopping | VmStatus::Destroyed)
-                || session.as_ref().is_some_and(|(_, s, _)| *s != SessionStatus::Active);
-            if in_transition {
-                return Ok(None);
-            }
-            let (now_status, reason) = match &observed {
-                Ok(PowerState::Running) => (VmStatus::Running, None),
-                Ok(s) if s.is_off() => (VmStatus::Stopped, None),
-                Ok(_) => return Ok(None), // starting or stopping: look again next pass
-                Err(ProviderError::NotFound(_)) => (VmStatus::Unknown, Some("the host no longer knows this VM")),
-                Err(_) => (VmStatus::Unknown, Some("the host cannot be reached")),
-            };
-            let ends_session = now_status == VmStatus::Stopped && session.is_some();
-            if now_status == vm.status && !ends_session {
-                return Ok(None);
-            }
-            let ts = now();
-            tx.execute(
-                "UPDATE vms SET status = ?2, updated_at = ?3,
-                        last_stopped = CASE WHEN ?2 = 'STOPPED' THEN ?3 ELSE last_stopped END
-                 WHERE id = ?1",
-                params![vm_id, now_status, ts],
-            )?;
-            let severity = if now_status == VmStatus::Unknown { Severity::Warning } else { Severity::Info };
-            events::record(
-                tx,
-                NewEvent::info(EventType::Vm, "sync.status", SYSTEM,
-                               json!({"vm": vm.name, "was": vm.status, "now": now_status, "source": source,
-                                      "reason": reason, "error": observed.as_ref().err().map(ToString::to_string)}))
-                    .severity(severity)
-                    .vm(vm_id),
-            )?;
-            let mut terminated = None;
-            if let (true, Some((sid, _, user))) = (ends_session, &session) {
-                tx.execute(
-                    "UPDATE sessions SET status = 'TERMINATED', worker = NULL, updated_at = ?2, ended_at = ?2,
-                            error = 'the VM stopped under the session'
-                     WHERE id = ?1 AND status = 'ACTIVE'",
-                    params![sid, ts],
-                )?;
-                events::record(
-                    tx,
-                    NewEvent::info(EventType::Session, "session.terminated", SYSTEM,
-                                   json!({"was": SessionStatus::Active, "now": SessionStatus::Terminated,
-                                          "user": user, "reason": "the VM stopped under the session", "source": source}))
-                        .severity(Severity::Warning)
-                        .vm(vm_id)
-                        .session(*sid),
-                )?;
-                terminated = Some(*sid);
-            }
-            Ok(Some(SyncChange {
-                vm: vm.name,
-                was: vm.status,
-                now: now_status,
-                terminated_session: terminated,
-                source: source.to_owned(),
-            }))
-        })
+        self.write(|tx| reconcile_in(tx, vm_id, observed, source))
     }
+
+    /// [`Core::reconcile`] of many VMs, in one transaction per thousand (a
+    /// full pass of a large subscription writes in a few commits, not one
+    /// per VM).
+    fn reconcile_all(&self, seen: Vec<(i64, Observed)>, source: &str) -> Result<Vec<SyncChange>> {
+        let mut changes = Vec::new();
+        let mut seen = seen.into_iter().peekable();
+        while seen.peek().is_some() {
+            let chunk: Vec<_> = seen.by_ref().take(1000).collect();
+            changes.extend(self.write(|tx| {
+                let mut out = Vec::new();
+                for (vm_id, observed) in chunk {
+                    out.extend(reconcile_in(tx, vm_id, observed, source)?);
+                }
+                Ok(out)
+            })?);
+        }
+        Ok(changes)
+    }
+}
+
+/// Writes what the host said of one VM inside a transaction.
+fn reconcile_in(
+    tx: &rusqlite::Transaction<'_>,
+    vm_id: i64,
+    observed: Observed,
+    source: &str,
+) -> Result<Option<SyncChange>> {
+    let vm = vm_by_id(tx, vm_id)?;
+    let busy: bool = tx
+        .prepare_cached("SELECT worker IS NOT NULL FROM vms WHERE id = ?1")?
+        .query_row([vm_id], |r| r.get(0))?;
+    let session: Option<(i64, SessionStatus, String)> = match vm.session_id {
+        Some(sid) => tx
+            .prepare_cached(
+                "SELECT s.id, s.status, u.name FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?1",
+            )?
+            .query_row([sid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?,
+        None => None,
+    };
+    // The host answered: remember when, and what asked.
+    if matches!(observed, Ok(_) | Err(ProviderError::NotFound(_))) {
+        tx.prepare_cached("UPDATE vms SET synced_at = ?2, synced_by = ?3 WHERE id = ?1")?
+            .execute(params![vm_id, now(), source])?;
+    }
+    let in_transition =
+        busy || matches!(
+            vm.status,
+            VmStatus::Creating | VmStatus::Starting | VmStatus::Stopping | VmStatus::Destroyed
+        ) || session
+            .as_ref()
+            .is_some_and(|(_, s, _)| *s != SessionStatus::Active);
+    if in_transition {
+        return Ok(None);
+    }
+    let (now_status, reason) = match &observed {
+        Ok(PowerState::Running) => (VmStatus::Running, None),
+        Ok(s) if s.is_off() => (VmStatus::Stopped, None),
+        Ok(_) => return Ok(None), // starting or stopping: look again next pass
+        Err(ProviderError::NotFound(_)) => {
+            (VmStatus::Unknown, Some("the host no longer knows this VM"))
+        }
+        Err(_) => (VmStatus::Unknown, Some("the host cannot be reached")),
+    };
+    let ends_session = now_status == VmStatus::Stopped && session.is_some();
+    if now_status == vm.status && !ends_session {
+        return Ok(None);
+    }
+    let ts = now();
+    tx.execute(
+        "UPDATE vms SET status = ?2, updated_at = ?3,
+                last_stopped = CASE WHEN ?2 = 'STOPPED' THEN ?3 ELSE last_stopped END
+         WHERE id = ?1",
+        params![vm_id, now_status, ts],
+    )?;
+    let severity = if now_status == VmStatus::Unknown {
+        Severity::Warning
+    } else {
+        Severity::Info
+    };
+    events::record(
+        tx,
+        NewEvent::info(EventType::Vm, "sync.status", SYSTEM,
+                       json!({"vm": vm.name, "was": vm.status, "now": now_status, "source": source,
+                              "reason": reason, "error": observed.as_ref().err().map(ToString::to_string)}))
+            .severity(severity)
+            .vm(vm_id),
+    )?;
+    let mut terminated = None;
+    if let (true, Some((sid, _, user))) = (ends_session, &session) {
+        tx.execute(
+            "UPDATE sessions SET status = 'TERMINATED', worker = NULL, updated_at = ?2, ended_at = ?2,
+                    error = 'the VM stopped under the session'
+             WHERE id = ?1 AND status = 'ACTIVE'",
+            params![sid, ts],
+        )?;
+        events::record(
+            tx,
+            NewEvent::info(EventType::Session, "session.terminated", SYSTEM,
+                           json!({"was": SessionStatus::Active, "now": SessionStatus::Terminated,
+                                  "user": user, "reason": "the VM stopped under the session", "source": source}))
+                .severity(Severity::Warning)
+                .vm(vm_id)
+                .session(*sid),
+        )?;
+        terminated = Some(*sid);
+    }
+    Ok(Some(SyncChange {
+        vm: vm.name,
+        was: vm.status,
+        now: now_status,
+        terminated_session: terminated,
+        source: source.to_owned(),
+    }))
 }
