@@ -54,5 +54,5 @@ fn main() {
         ms(max),
         ms(times[4].1)
     );
-    println!("  (the reboot grace of 1.5 s is not in this path: the event arrives with the machine off and a second look confirms it)");
+    println!("  (this includes the reboot grace: the stop event is confirmed by a second look after [sync] reboot_grace_ms, 800 ms by default)");
 }

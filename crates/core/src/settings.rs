@@ -41,7 +41,7 @@ impl Default for SyncSettings {
             batch_size: 10,
             retry_attempts: 3,
             timeout_secs: 30,
-            reboot_grace_ms: 1000,
+            reboot_grace_ms: 800,
         }
     }
 }

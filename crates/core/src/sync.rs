@@ -49,7 +49,7 @@ type Observed = std::result::Result<PowerState, ProviderError>;
 
 /// How long a machine seen off under an active session is given to come back
 /// (a reboot seen between its stop and its start) before the session ends.
-pub const REBOOT_GRACE: Duration = Duration::from_millis(1000);
+pub const REBOOT_GRACE: Duration = Duration::from_millis(800);
 
 impl Core {
     /// One full pass over every VM of every host. Returns what changed.
