@@ -28,7 +28,11 @@ fn children_cpu() -> Duration {
 fn timed(v: &Vmdesk, args: &[&str]) -> (Duration, Duration) {
     let (cpu0, t) = (children_cpu(), Instant::now());
     let out = v.run(args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (t.elapsed(), children_cpu() - cpu0)
 }
 
@@ -61,7 +65,11 @@ fn main() {
     println!("full sync of {N} VMs, 1 % changed each run (vmdesk sync --once), 5 runs:");
     let mut walls = Vec::new();
     for run in 0..5 {
-        let power = if run % 2 == 0 { Power::Deallocated } else { Power::Running };
+        let power = if run % 2 == 0 {
+            Power::Deallocated
+        } else {
+            Power::Running
+        };
         for n in names.iter().skip(run).step_by(100) {
             server.set_power(SUB, "bench-rg", n, power);
         }

@@ -164,18 +164,14 @@ fn an_unreachable_host_is_not_added() {
 #[test]
 fn a_settings_file_that_does_not_parse_is_named_in_one_line() {
     let v = Vmdesk::new();
-    let config = v.dir.path().join("settings.toml");
-    std::fs::write(&config, "[sync]\nfast_interval_secs = \"often\"\n").expect("write");
-    let err = v.fails(&["--config", config.to_str().expect("path"), "vm", "list"]);
+    let config = v.settings_path();
+    v.write_settings("[sync]\nfast_interval_secs = \"often\"\n");
+    let err = v.fails(&["vm", "list"]);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with(&format!("error: {}", config.display())),
         "{err}"
     );
-    std::fs::write(
-        &config,
-        "[sync]\nfast_interval_secs = 5\n[billing]\nhourly_percent = 20\n",
-    )
-    .expect("write");
-    v.json(&["--config", config.to_str().expect("path"), "vm", "list"]);
+    v.write_settings("[sync]\nfast_interval_secs = 5\n[billing]\nhourly_percent = 20\n");
+    v.json(&["vm", "list"]);
 }
