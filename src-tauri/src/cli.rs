@@ -113,6 +113,33 @@ pub enum Command {
         #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
         limit: i64,
     },
+    /// VNC consoles of running VMs
+    #[command(subcommand)]
+    Console(ConsoleCmd),
+    /// The console port pool: statistics and open consoles; `cleanup` frees the ports of dead processes
+    Ports {
+        #[command(subcommand)]
+        command: Option<PortsCmd>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConsoleCmd {
+    /// Open a console bridge and print its WebSocket URL and token (for any
+    /// noVNC); it stays open until the viewer or the VM closes it, or until
+    /// interrupted
+    Open {
+        vm: String,
+        /// Also accept a viewer from this origin (repeatable)
+        #[arg(long = "origin")]
+        origins: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PortsCmd {
+    /// Free the ports of consoles whose process is gone, once
+    Cleanup,
 }
 
 #[derive(Subcommand, Debug)]
@@ -827,6 +854,65 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Azure(_) => unreachable!("handled before the core is opened"),
+        Command::Console(ConsoleCmd::Open { vm, origins }) => {
+            let mut console = settings(g)?.console;
+            console.allowed_origins.extend(origins);
+            let runtime = tokio::runtime::Runtime::new()?;
+            let core = Arc::new(core);
+            runtime.block_on(async {
+                let consoles = vmdesk_console::Consoles::new(Arc::clone(&core), console);
+                let handle = consoles.open(a, &vm).await?;
+                emit(g, &handle.console, || {
+                    format!(
+                        "console of {} on port {}: {}\n(token single-use, valid until {}; Ctrl-C closes it)",
+                        handle.console.grant.vm,
+                        handle.console.grant.port,
+                        handle.console.url,
+                        handle.console.grant.expires_at
+                    )
+                })?;
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+                let port = handle.console.grant.port;
+                let why = tokio::select! {
+                    why = handle.closed() => why,
+                    _ = tokio::signal::ctrl_c() => {
+                        let c = Arc::clone(&core);
+                        let _ = tokio::task::spawn_blocking(move || c.console_release(port, "interrupted")).await;
+                        vmdesk_console::Closed::Closed
+                    }
+                };
+                eprintln!("console closed: {why:?}");
+                Ok::<_, anyhow::Error>(())
+            })
+        }
+        Command::Ports { command: None } => {
+            let range = settings(g)?.console;
+            let stats = core.console_stats((range.port_start, range.port_end))?;
+            emit(g, &stats, || {
+                let mut out = format!(
+                    "{} ports, {} allocated, {} free ({:.1} %), {}",
+                    stats.total,
+                    stats.allocated,
+                    stats.free,
+                    stats.utilization_percent,
+                    stats.health
+                );
+                for c in &stats.consoles {
+                    out.push_str(&format!(
+                        "\n  {}  {}  {}  since {}",
+                        c.port, c.vm, c.user, c.since
+                    ));
+                }
+                out
+            })
+        }
+        Command::Ports {
+            command: Some(PortsCmd::Cleanup),
+        } => {
+            let freed = core.console_cleanup()?;
+            emit(g, &freed, || format!("{} ports freed", freed.len()))
+        }
         Command::Recover => {
             let done = core.recover_all(a)?;
             emit(g, &done, || {

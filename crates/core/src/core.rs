@@ -244,7 +244,7 @@ pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
         .ok_or_else(|| Error::UnknownVm(id.to_string()))
 }
 
-fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
+pub(crate) fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
     let by_name = conn
         .prepare_cached(concat!(vm_select!(), "WHERE v.name = ?1"))?
         .query_row([reference], vm_row)

@@ -89,6 +89,19 @@ pub enum Error {
         /// What was asked.
         action: &'static str,
     },
+    /// the console port pool {start}-{end} is exhausted: all {total} ports are allocated
+    PortPoolExhausted {
+        /// First port of the pool.
+        start: u16,
+        /// Last port of the pool.
+        end: u16,
+        /// How many ports it has.
+        total: u32,
+    },
+    /// the console cannot be opened: {0}
+    ConsoleUnavailable(String),
+    /// the console refused the connection: {0}
+    ConsoleRefused(String),
     /// host "{host}" failed
     Provider {
         /// The host that failed.
@@ -133,6 +146,9 @@ impl Error {
             Error::NoneReady { .. } => "none_ready",
             Error::InsufficientCredits { .. } => "insufficient_credits",
             Error::SessionState { .. } => "session_state",
+            Error::PortPoolExhausted { .. } => "port_pool_exhausted",
+            Error::ConsoleUnavailable(_) => "console_unavailable",
+            Error::ConsoleRefused(_) => "console_refused",
             Error::Provider { .. } => "provider",
             Error::Db(_) | Error::Batch(_) => "database",
             Error::Migration(_) => "database",

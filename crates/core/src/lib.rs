@@ -12,6 +12,7 @@ pub mod settings;
 pub mod validate;
 
 mod billing;
+mod consoles;
 mod core;
 mod events;
 mod ledger;
@@ -22,10 +23,11 @@ mod vms;
 mod worker;
 
 pub use crate::billing::{BillingConfig, RuntimeCharge};
+pub use crate::consoles::{ConsoleGrant, ConsoleInfo, PortStats};
 pub use crate::core::{Core, OpenOptions};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
-pub use crate::settings::{ArmLimits, AzureSettings, Settings, SyncSettings};
+pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
 pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

@@ -120,6 +120,11 @@ pub trait Provider: Send + Sync {
         let _ = all;
         machines.iter().map(|m| self.power_state(m)).collect()
     }
+    /// Where the machine's VNC server listens (`host:port`), while it runs.
+    fn console_address(&self, machine: &str) -> Result<String, ProviderError> {
+        let _ = machine;
+        Err(ProviderError::Unsupported("consoles".into()))
+    }
     /// The machines on the host that vmdesk can adopt (import), with their
     /// sizes and power states.
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {

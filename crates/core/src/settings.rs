@@ -142,6 +142,35 @@ impl Default for ArmLimits {
     }
 }
 
+/// In-app consoles: the port pool of the WebSocket bridges and who may connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct ConsoleSettings {
+    /// First port of the pool.
+    pub port_start: u16,
+    /// Last port of the pool.
+    pub port_end: u16,
+    /// Seconds a console's token may be used in.
+    pub token_ttl_secs: u64,
+    /// Seconds without traffic after which a console is closed.
+    pub idle_timeout_secs: u64,
+    /// Origins a console's WebSocket is accepted from (the app's webview).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            port_start: 6100,
+            port_end: 6999,
+            token_ttl_secs: 60,
+            idle_timeout_secs: 1800,
+            allowed_origins: vec!["tauri://localhost".into(), "http://tauri.localhost".into()],
+        }
+    }
+}
+
 /// Everything the settings file holds.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
 #[serde(default, deny_unknown_fields)]
@@ -153,6 +182,8 @@ pub struct Settings {
     pub billing: BillingSettings,
     /// Azure hosts.
     pub azure: AzureSettings,
+    /// In-app consoles.
+    pub console: ConsoleSettings,
 }
 
 impl Settings {
@@ -212,6 +243,16 @@ impl Settings {
         {
             return Err(Error::invalid(
                 "azure limits and poll interval must be above 0",
+            ));
+        }
+        let c = &self.console;
+        if c.port_start == 0
+            || c.port_start > c.port_end
+            || c.token_ttl_secs == 0
+            || c.idle_timeout_secs == 0
+        {
+            return Err(Error::invalid(
+                "console ports must be a range from 1 (port_start <= port_end), and its timeouts above 0",
             ));
         }
         if !(0..=10_000).contains(&self.billing.hourly_percent) || self.billing.warn_seconds < 0 {

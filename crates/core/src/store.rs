@@ -198,6 +198,20 @@ ALTER TABLE vms ADD COLUMN synced_by TEXT;
 -- A host's machine by its id there (events, sync, import).
 CREATE INDEX vms_host_machine ON vms (host_id, provider_id);
 "#,
+    r#"
+-- Open consoles: a port of the pool, the VM it shows, who opened it, the
+-- process serving its bridge (see workers/), and its single-use token, hashed.
+CREATE TABLE consoles (
+    port          INTEGER PRIMARY KEY,
+    vm_id         INTEGER NOT NULL REFERENCES vms(id),
+    user_id       INTEGER NOT NULL REFERENCES users(id),
+    worker        TEXT NOT NULL,
+    token_hash    TEXT NOT NULL,
+    token_expires TEXT NOT NULL,
+    token_used    INTEGER NOT NULL DEFAULT 0,
+    created_at    TEXT NOT NULL
+) STRICT;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

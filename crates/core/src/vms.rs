@@ -458,6 +458,7 @@ impl Core {
             self.db()
                 .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
         self.recover()?;
+        self.console_cleanup()?;
         let hosts: Vec<String> = self
             .db()
             .prepare("SELECT name FROM hosts ORDER BY name")?

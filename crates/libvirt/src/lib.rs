@@ -323,6 +323,14 @@ impl Provider for LibvirtProvider {
         }
     }
 
+    fn console_address(&self, machine: &str) -> Result<String, ProviderError> {
+        let dom = self.domain(machine)?;
+        let xml = dom.xml_desc(0).map_err(|e| map_err(machine, e))?;
+        xml::vnc_address(&xml).ok_or_else(|| {
+            ProviderError::Refused(format!("{machine} has no VNC server (is it running?)"))
+        })
+    }
+
     fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError> {
         let tag: String = install_id.chars().take(8).collect();
         let err = |e: virt::error::Error| ProviderError::Unreachable(e.message().to_owned());

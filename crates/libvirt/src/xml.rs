@@ -309,3 +309,49 @@ mod tests {
         );
     }
 }
+
+/// The VNC server of a running domain, from its live XML: `listen:port` of
+/// its first `<graphics type='vnc'>` (libvirt fills the port in at start).
+pub fn vnc_address(domain_xml: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(domain_xml);
+    loop {
+        match reader.read_event().ok()? {
+            Event::Eof => return None,
+            Event::Start(e) | Event::Empty(e) if e.local_name().into_inner() == "graphics" => {
+                let attr = |name: &str| {
+                    e.attributes()
+                        .flatten()
+                        .find(|a| a.key.local_name().into_inner() == name)
+                        .map(|a| a.value.into_owned())
+                };
+                if attr("type").as_deref() != Some("vnc") {
+                    continue;
+                }
+                let port: u16 = attr("port")?.parse().ok().filter(|p| *p > 0)?;
+                let listen = attr("listen").unwrap_or_else(|| "127.0.0.1".into());
+                return Some(format!("{listen}:{port}"));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod vnc_tests {
+    use super::vnc_address;
+
+    #[test]
+    fn a_running_domains_vnc_port_is_read_from_its_xml() {
+        let xml = "<domain><devices><graphics type='spice' port='5900'/>\
+                   <graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'/></devices></domain>";
+        assert_eq!(vnc_address(xml).as_deref(), Some("127.0.0.1:5901"));
+    }
+
+    #[test]
+    fn a_domain_that_is_off_has_no_vnc_port() {
+        let xml =
+            "<domain><devices><graphics type='vnc' port='-1' autoport='yes'/></devices></domain>";
+        assert_eq!(vnc_address(xml), None);
+    }
+}

@@ -1,0 +1,171 @@
+//! Consoles of real QEMU VMs through vmdesk's WebSocket-to-VNC bridge
+//! (`vmdesk console open`), seen by a WebSocket viewer speaking RFB.
+#![allow(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
+use vmdesk_tests::{KillOnDrop, Vmdesk};
+
+/// `vmdesk --json console open VM --origin TEST_ORIGIN`, running; its JSON.
+fn open_console(v: &Vmdesk, vm: &str) -> (KillOnDrop, Value) {
+    let mut child = v
+        .command(&["--json", "console", "open", vm, "--origin", TEST_ORIGIN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("vmdesk console open");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut text = String::new();
+    let json = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "no console: {text}"
+        );
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            break v;
+        }
+    };
+    (KillOnDrop(child), json)
+}
+
+fn allocated(v: &Vmdesk) -> i64 {
+    v.json(&["ports"])["allocated"].as_i64().expect("allocated")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("runtime")
+}
+
+#[test]
+fn through_the_bridge_the_rfb_handshake_completes_and_a_framebuffer_update_arrives() {
+    let v = Vmdesk::new();
+    let (_machine, _cleanup) = v.qemu_pool_vm("c1");
+    v.json(&["session", "open", "--project", "lab"]);
+    let (mut bridge, console) = open_console(&v, "c1");
+    let url = console["url"].as_str().expect("url").to_owned();
+    assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
+    assert_eq!(allocated(&v), 1);
+
+    runtime().block_on(async {
+        let ws = connect(&url, TEST_ORIGIN).await.expect("accepted");
+        let mut rfb = Rfb::new(ws);
+        let init = rfb.handshake().await;
+        assert!(init.width > 0 && init.height > 0, "{init:?}");
+        let rects = rfb.framebuffer_update(init.width, init.height).await;
+        assert!(rects > 0);
+        let mut ws = rfb.into_inner();
+        ws.close(None).await.expect("close");
+    });
+
+    // The viewer left: the bridge ends and the port is back in the pool.
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            bridge.0.try_wait().expect("wait")
+        })
+        .expect("the console process ended");
+    assert!(status.success());
+    assert_eq!(allocated(&v), 0);
+}
+
+#[test]
+fn the_bridge_refuses_what_it_must_and_the_pool_stays_consistent() {
+    let v = Vmdesk::new();
+    let (_machine, _cleanup) = v.qemu_pool_vm("c2");
+    v.json(&["session", "open", "--project", "lab"]);
+    let (mut bridge, console) = open_console(&v, "c2");
+    let url = console["url"].as_str().expect("url").to_owned();
+    let port = console["port"].as_i64().expect("port");
+    let base = format!("ws://127.0.0.1:{port}/");
+
+    runtime().block_on(async {
+        let refused = |r: Result<_, String>| r.map(|_| ()).expect_err("refused");
+        let e = refused(connect(&base, TEST_ORIGIN).await);
+        assert!(e.contains("403") && e.contains("no token"), "{e}");
+        let e = refused(connect(&format!("{base}?token=0000"), TEST_ORIGIN).await);
+        assert!(e.contains("the token is wrong"), "{e}");
+        let e = refused(connect(&url, "http://evil.test").await);
+        assert!(e.contains("origin"), "{e}");
+        assert_eq!(allocated(&v), 1, "refusals keep the console");
+
+        // The right one, once.
+        let ws = connect(&url, TEST_ORIGIN).await.expect("accepted");
+        let e = refused(connect(&url, TEST_ORIGIN).await);
+        assert!(e.contains("already used"), "{e}");
+        drop(ws);
+    });
+
+    // Closed: the bridge is gone, its port free, and the old URL opens nothing
+    // (refused, or another test's console on that port refuses the token).
+    let status = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            bridge.0.try_wait().expect("wait")
+        })
+        .expect("the console process ended");
+    assert!(status.success());
+    assert_eq!(allocated(&v), 0);
+    assert!(runtime().block_on(connect(&url, TEST_ORIGIN)).is_err());
+}
+
+#[test]
+fn an_expired_token_is_refused_and_the_unused_console_closes() {
+    let v = Vmdesk::new();
+    v.write_settings("[console]\ntoken_ttl_secs = 1\n");
+    let (_machine, _cleanup) = v.qemu_pool_vm("c3");
+    v.json(&["session", "open", "--project", "lab"]);
+    let (mut bridge, console) = open_console(&v, "c3");
+    let url = console["url"].as_str().expect("url").to_owned();
+
+    std::thread::sleep(Duration::from_millis(1300));
+    let e = runtime()
+        .block_on(connect(&url, TEST_ORIGIN))
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(e.contains("expired"), "{e}");
+
+    // Nobody connected in time: the console closes and frees its port.
+    let status = (0..60)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            bridge.0.try_wait().expect("wait")
+        })
+        .expect("the console closed");
+    assert!(status.success());
+    assert_eq!(allocated(&v), 0);
+}
+
+#[test]
+fn ports_of_a_killed_console_process_are_freed_at_the_next_start() {
+    let v = Vmdesk::new();
+    let (_machine, _cleanup) = v.qemu_pool_vm("c4");
+    v.json(&["session", "open", "--project", "lab"]);
+    let (mut bridge, _console) = open_console(&v, "c4");
+    assert_eq!(allocated(&v), 1);
+
+    bridge.0.kill().expect("kill -9");
+    bridge.0.wait().expect("reaped");
+    assert_eq!(allocated(&v), 1, "the row outlives the process");
+
+    // What the app does at start; `vmdesk ports cleanup` does the same.
+    v.json(&["recover"]);
+    assert_eq!(allocated(&v), 0);
+    assert_eq!(
+        v.count("SELECT count(*) FROM events WHERE action = 'recover.console'"),
+        1
+    );
+}
+
+#[test]
+fn a_vm_that_is_off_has_no_console() {
+    let v = Vmdesk::new();
+    let (_machine, _cleanup) = v.qemu_pool_vm("c5");
+    let err = v.fails(&["console", "open", "c5"]);
+    assert!(err.contains("is STOPPED, not RUNNING"), "{err}");
+    assert_eq!(allocated(&v), 0);
+}
