@@ -46,6 +46,7 @@ bench: build libvirt os-image
 	cargo bench -p vmdesk-tests --bench create
 	cargo bench -p vmdesk-tests --bench drift
 	cargo bench -p vmdesk-tests --bench azure_sync
+	cargo bench -p vmdesk-tests --bench console
 
 clean:
 	cargo clean

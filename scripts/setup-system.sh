@@ -14,6 +14,8 @@ TAURI_PKGS="build-essential pkg-config libssl-dev libwebkit2gtk-4.1-dev libgtk-3
 LIBVIRT_PKGS="libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu procps"
 # The OS keyring (Secret Service) the Azure secret is kept in, and a session bus for it in tests.
 KEYRING_PKGS="gnome-keyring dbus-daemon"
+# websockify: the console benchmark compares the bridge with it.
+BENCH_PKGS="websockify"
 # QEMU must come from bookworm-backports: the plain bookworm one removes the
 # machine's qemu-utils 10 (also from backports).
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
@@ -27,7 +29,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS
