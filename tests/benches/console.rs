@@ -123,7 +123,7 @@ enum Path {
 
 enum Conn {
     Raw(TcpStream),
-    Ws(vmdesk_tests::vnc::Ws),
+    Ws(Box<vmdesk_tests::vnc::Ws>),
 }
 
 impl Conn {
@@ -134,7 +134,7 @@ impl Conn {
                 s.set_nodelay(true).unwrap();
                 Conn::Raw(s)
             }
-            Path::WebSocket(url) => Conn::Ws(connect(url, TEST_ORIGIN).await.unwrap()),
+            Path::WebSocket(url) => Conn::Ws(Box::new(connect(url, TEST_ORIGIN).await.unwrap())),
         }
     }
 
