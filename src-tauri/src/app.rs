@@ -28,6 +28,10 @@ struct Ctx {
     global: Global,
     /// The status-sync child; restarted when the settings change.
     watcher: Mutex<Option<Watcher>>,
+    /// Console bridges of this process.
+    consoles: vmdesk_console::Consoles,
+    /// The open ones, by port.
+    open_consoles: Mutex<std::collections::HashMap<u16, vmdesk_console::Handle>>,
 }
 
 /// The settings page: the file's contents and where it is, whether the
@@ -83,6 +87,36 @@ fn restart_watcher(ctx: &Ctx, settings: &vmdesk_core::Settings) -> Result<(), Ap
     *w = None; // stops the old one
     if settings.sync.enabled {
         *w = Some(spawn_watcher(&ctx.global).map_err(internal)?);
+    }
+    Ok(())
+}
+
+/// Opens a console on a running VM: a bridge on a pool port whose
+/// single-use token is in the returned URL (noVNC connects to it).
+#[tauri::command]
+async fn console_open(
+    ctx: State<'_, Ctx>,
+    vm: String,
+) -> Result<vmdesk_console::OpenConsole, ApiError> {
+    let handle = ctx.consoles.open(&ctx.actor, &vm).await?;
+    let console = handle.console.clone();
+    let port = console.grant.port;
+    let mut open = ctx.open_consoles.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|_, h| !h.is_finished());
+    open.insert(port, handle);
+    Ok(console)
+}
+
+/// Closes a console (both sides) and returns its port.
+#[tauri::command]
+async fn console_close(ctx: State<'_, Ctx>, port: u16) -> Result<(), ApiError> {
+    let handle = ctx
+        .open_consoles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&port);
+    if let Some(h) = handle {
+        h.close().await;
     }
     Ok(())
 }
@@ -397,6 +431,11 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             wake: Mutex::new(wake_tx),
             global: global.clone(),
             watcher: Mutex::new(watcher),
+            consoles: vmdesk_console::Consoles::new(
+                Arc::clone(&core),
+                crate::cli::settings(global)?.console,
+            ),
+            open_consoles: Mutex::new(std::collections::HashMap::new()),
         })
         .invoke_handler(tauri::generate_handler![
             overview,
@@ -413,7 +452,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             settings_save,
             azure_login,
             host_add,
-            host_import
+            host_import,
+            console_open,
+            console_close
         ])
         .setup(move |app| {
             *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());

@@ -25,10 +25,12 @@ const HEARTBEAT: Duration = Duration::from_secs(20);
 const CHUNK: usize = 64 * 1024;
 
 /// An open console, as its opener gets it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
+#[ts(export)]
 pub struct OpenConsole {
     /// The port, the single-use token, the VM.
     #[serde(flatten)]
+    #[ts(flatten)]
     pub grant: ConsoleGrant,
     /// The WebSocket URL to give noVNC (the token is in its query).
     pub url: String,
@@ -72,6 +74,11 @@ impl Handle {
         self.done
             .await
             .unwrap_or_else(|e| Closed::Error(e.to_string()))
+    }
+
+    /// Whether the console has closed.
+    pub fn is_finished(&self) -> bool {
+        self.done.is_finished()
     }
 
     /// Waits until the console closes by itself.

@@ -14,6 +14,7 @@ import type { VmCreate } from "../bindings/VmCreate";
 import type { Settings } from "../bindings/Settings";
 import type { SettingsView } from "../bindings/SettingsView";
 import type { ImportReport } from "../bindings/ImportReport";
+import type { OpenConsole } from "../bindings/OpenConsole";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -56,6 +57,8 @@ export const api = {
   hostAdd: (name: string, uri: string | null, subscription: string | null, resourceGroups: string[]) =>
     call<SettingsView>("host_add", { name, uri, subscription, resourceGroups }),
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
+  consoleOpen: (vm: string) => call<OpenConsole>("console_open", { vm }),
+  consoleClose: (port: number) => call<void>("console_close", { port }),
   /** Calls `f` with each step of a VM creation running in the background. */
   onProgress: (f: (p: Progress) => void): Promise<UnlistenFn> =>
     listen<Progress>("vm-progress", (e) => f(e.payload)),

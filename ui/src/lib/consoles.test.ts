@@ -1,0 +1,38 @@
+import { describe, expect, it } from "vitest";
+import { backoff, ctrlAltF, failureMessage, KEY, MAX_ATTEMPTS, typeable } from "./consoles";
+
+describe("backoff", () => {
+  it("doubles from half a second and stops at eight", () => {
+    expect([1, 2, 3, 4, 5, 6].map(backoff)).toEqual([500, 1000, 2000, 4000, 8000, 8000]);
+  });
+  it("gives up after a few attempts", () => {
+    expect(MAX_ATTEMPTS).toBeGreaterThan(1);
+    expect(MAX_ATTEMPTS).toBeLessThan(10);
+  });
+});
+
+describe("ctrlAltF", () => {
+  it("holds Ctrl and Alt and presses the function key", () => {
+    expect(ctrlAltF(1)).toEqual([KEY.ctrl, KEY.alt, 0xffbe]);
+    expect(ctrlAltF(12)).toEqual([KEY.ctrl, KEY.alt, 0xffc9]);
+  });
+  it("refuses keys that do not exist", () => {
+    expect(() => ctrlAltF(13)).toThrow(RangeError);
+  });
+});
+
+describe("typeable", () => {
+  it("types ASCII, newlines and tabs and counts the rest", () => {
+    const { keys, skipped } = typeable("ls -l\r\n\té✓");
+    expect(keys).toEqual([0x6c, 0x73, 0x20, 0x2d, 0x6c, KEY.ret, KEY.tab, 0xe9]);
+    expect(skipped).toBe(1);
+  });
+});
+
+describe("failureMessage", () => {
+  it("names each failure", () => {
+    expect(failureMessage("console_unavailable", 'VM "a" is STOPPED, not RUNNING')).toContain("STOPPED");
+    expect(failureMessage("console_refused", "the token has expired")).toContain("expired");
+    expect(failureMessage("disconnected")).toContain("bridge is gone");
+  });
+});
