@@ -263,6 +263,52 @@ impl Vmdesk {
 /// Kills (and reaps) a child process when dropped, whatever happened to the test.
 pub struct KillOnDrop(pub std::process::Child);
 
+impl KillOnDrop {
+    /// Waits up to `limit` for the process to end by itself; its exit status.
+    pub fn exits_within(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let t = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if t.elapsed() > limit {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Vmdesk {
+    /// `vmdesk sync --watch` in the background, given 1.5 s to connect and
+    /// register for the hosts' events.
+    pub fn watcher(&self) -> KillOnDrop {
+        let w = KillOnDrop(
+            self.command(&["--json", "sync", "--watch"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn the watcher"),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        w
+    }
+}
+
+/// An X server (Xvfb) on `display` for the app, stopped on drop.
+pub fn xvfb(display: &str) -> KillOnDrop {
+    let x = KillOnDrop(
+        Command::new("Xvfb")
+            .args([display, "-screen", "0", "1280x900x24", "-nolisten", "tcp"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("Xvfb (make setup installs it)"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    x
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{ClientBuilder, Locator};
-use vmdesk_tests::{bin, KillOnDrop, Vmdesk};
+use vmdesk_tests::{bin, xvfb, KillOnDrop, Vmdesk};
 
 fn artifacts() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
@@ -26,22 +26,7 @@ fn a_running_vms_console_opens_in_the_app_and_shows_its_screen() {
     let n = std::process::id() % 50;
     let display = format!(":{}", 150 + n);
     let (port, native) = (14444 + 2 * n, 14445 + 2 * n);
-    let _x = KillOnDrop(
-        Command::new("Xvfb")
-            .args([
-                display.as_str(),
-                "-screen",
-                "0",
-                "1280x900x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb"),
-    );
-    std::thread::sleep(Duration::from_millis(700));
+    let _x = xvfb(&display);
     let _driver = KillOnDrop(
         Command::new("tauri-driver")
             .args([

@@ -4,29 +4,14 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use vmdesk_tests::{bin, KillOnDrop, Vmdesk};
+use vmdesk_tests::{bin, xvfb, KillOnDrop, Vmdesk};
 
 #[test]
 fn the_window_starts_with_its_status_sync_child_and_stays_up() {
     let v = Vmdesk::new();
     v.json(&["host", "add", "local", "--uri", "test:///default"]);
     let display = format!(":{}", 90 + std::process::id() % 9);
-    let _x = KillOnDrop(
-        Command::new("Xvfb")
-            .args([
-                display.as_str(),
-                "-screen",
-                "0",
-                "1280x800x24",
-                "-nolisten",
-                "tcp",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("Xvfb (make setup installs it)"),
-    );
-    std::thread::sleep(Duration::from_millis(700));
+    let _x = xvfb(&display);
     let mut app = KillOnDrop(
         Command::new(bin())
             .arg("--data-dir")

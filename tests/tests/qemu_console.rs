@@ -63,11 +63,8 @@ fn through_the_bridge_the_rfb_handshake_completes_and_a_framebuffer_update_arriv
     });
 
     // The viewer left: the bridge ends and the port is back in the pool.
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            bridge.0.try_wait().expect("wait")
-        })
+    let status = bridge
+        .exits_within(Duration::from_millis(5000))
         .expect("the console process ended");
     assert!(status.success());
     assert_eq!(allocated(&v), 0);
@@ -102,11 +99,8 @@ fn the_bridge_refuses_what_it_must_and_the_pool_stays_consistent() {
 
     // Closed: the bridge is gone, its port free, and the old URL opens nothing
     // (refused, or another test's console on that port refuses the token).
-    let status = (0..100)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            bridge.0.try_wait().expect("wait")
-        })
+    let status = bridge
+        .exits_within(Duration::from_millis(5000))
         .expect("the console process ended");
     assert!(status.success());
     assert_eq!(allocated(&v), 0);
@@ -130,11 +124,8 @@ fn an_expired_token_is_refused_and_the_unused_console_closes() {
     assert!(e.contains("expired"), "{e}");
 
     // Nobody connected in time: the console closes and frees its port.
-    let status = (0..60)
-        .find_map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            bridge.0.try_wait().expect("wait")
-        })
+    let status = bridge
+        .exits_within(Duration::from_millis(3000))
         .expect("the console closed");
     assert!(status.success());
     assert_eq!(allocated(&v), 0);

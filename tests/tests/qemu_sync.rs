@@ -1,7 +1,7 @@
 //! Status sync against a real QEMU host.
 #![allow(missing_docs)]
 
-use vmdesk_tests::{virsh, KillOnDrop, Vmdesk};
+use vmdesk_tests::{virsh, Vmdesk};
 
 #[test]
 fn a_vm_destroyed_behind_vmdesks_back_ends_its_session_at_the_next_sync() {
@@ -38,15 +38,7 @@ fn with_events_a_destroyed_vm_ends_its_session_within_two_seconds() {
     let s = v.json(&["session", "open", "--project", "lab"]);
     assert_eq!(s["status"], "ACTIVE");
 
-    let mut watcher = KillOnDrop(
-        v.command(&["--json", "sync", "--watch"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the watcher"),
-    );
-    // Give it time to connect and register for events.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut watcher = v.watcher();
     assert!(
         watcher.0.try_wait().expect("watcher").is_none(),
         "the watcher exited"
@@ -82,17 +74,10 @@ fn with_events_a_vm_stopped_and_started_at_once_keeps_its_session() {
     let (machine, _cleanup) = v.qemu_pool_vm("r1");
     let s = v.json(&["session", "open", "--project", "lab"]);
     assert_eq!(s["status"], "ACTIVE");
-    let _watcher = KillOnDrop(
-        v.command(&["--json", "sync", "--watch"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn the watcher"),
-    );
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _watcher = v.watcher();
 
     // A reboot as the host sees it: the machine stops, then starts again
-    // inside the grace (1.5 s).
+    // inside the grace (800 ms).
     virsh(&["destroy", &machine]);
     virsh(&["start", &machine]);
     std::thread::sleep(std::time::Duration::from_secs(3));
