@@ -119,19 +119,19 @@ pub fn save_secret(tenant: &str, client: &str, secret: &str) -> Result<(), Provi
 
 /// The secret the keyring holds for a service principal, if any.
 pub fn secret(tenant: &str, client: &str) -> Result<Option<String>, ProviderError> {
-    match entry(tenant, client)?.get_password() {
+    crate::off_runtime(|| match entry(tenant, client)?.get_password() {
         Ok(s) => Ok(Some(s)),
         Err(keyring::Error::NoEntry) => Ok(None),
         Err(e) => Err(keyring_error(e)),
-    }
+    })
 }
 
 /// Removes a service principal's secret from the keyring (nothing if absent).
 pub fn forget_secret(tenant: &str, client: &str) -> Result<(), ProviderError> {
-    match entry(tenant, client)?.delete_credential() {
+    crate::off_runtime(|| match entry(tenant, client)?.delete_credential() {
         Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
         Err(e) => Err(keyring_error(e)),
-    }
+    })
 }
 
 /// Checks a service principal (a token must be granted with it), keeps its
@@ -154,15 +154,18 @@ pub fn login(
         secret,
         azure_core::new_http_client(),
     )?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ProviderError::Unreachable(format!("cannot start a runtime: {e}")))?;
-    runtime
-        .block_on(cred.get_token(&[crate::ARM_SCOPE]))
-        .map_err(|e| {
-            ProviderError::Credentials(format!("no token was granted to client {client}: {e}"))
-        })?;
+    crate::off_runtime(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ProviderError::Unreachable(format!("cannot start a runtime: {e}")))?;
+        runtime
+            .block_on(cred.get_token(&[crate::ARM_SCOPE]))
+            .map(|_| ())
+            .map_err(|e| {
+                ProviderError::Credentials(format!("no token was granted to client {client}: {e}"))
+            })
+    })?;
     save_secret(tenant, client, secret)?;
     settings.tenant_id = tenant.to_owned();
     settings.client_id = client.to_owned();

@@ -22,6 +22,20 @@ pub use credentials::CredentialSource;
 pub use provider::{power_state_of, AzureProvider};
 pub use transport::{Calls, Transport};
 
+/// Runs `f` on a thread outside any tokio runtime: the blocking provider
+/// calls (which drive this crate's own runtime) and the keyring (whose D-Bus
+/// client blocks) may be called from a runtime's thread, such as the app's
+/// `spawn_blocking` pool, where entering another runtime panics.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// The OAuth scope of Azure Resource Manager.
 pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 
@@ -224,6 +238,18 @@ mod tests {
     use super::*;
 
     const SUB: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    #[test]
+    fn blocking_work_runs_from_inside_a_runtime_too() {
+        let outer = tokio::runtime::Runtime::new().expect("runtime");
+        let inner = tokio::runtime::Runtime::new().expect("runtime");
+        let v = outer.block_on(async {
+            tokio::task::spawn_blocking(move || off_runtime(|| inner.block_on(async { 7 })))
+                .await
+                .expect("join")
+        });
+        assert_eq!(v, 7);
+    }
 
     #[test]
     fn a_subscription_uri_names_the_whole_subscription() {

@@ -124,7 +124,7 @@ impl AzureProvider {
 
     /// Checks the credential and that the subscription can be listed.
     pub fn probe(&self) -> Result<(), ProviderError> {
-        self.runtime.block_on(async {
+        self.block_on(|| async {
             let mut pages = self
                 .client
                 .virtual_machines_client()
@@ -362,6 +362,16 @@ impl AzureProvider {
     }
 }
 
+impl AzureProvider {
+    /// Drives a call on this crate's runtime, from any thread.
+    fn block_on<T: Send, F: std::future::Future<Output = T>>(
+        &self,
+        make: impl FnOnce() -> F + Send,
+    ) -> T {
+        crate::off_runtime(|| self.runtime.block_on(make()))
+    }
+}
+
 impl Provider for AzureProvider {
     fn provisions(&self) -> bool {
         false
@@ -382,20 +392,20 @@ impl Provider for AzureProvider {
     }
 
     fn start(&self, machine: &str) -> Result<(), ProviderError> {
-        self.runtime.block_on(self.act(machine, Action::Start))
+        self.block_on(|| self.act(machine, Action::Start))
     }
 
     /// Deallocates: the guest is shut down and its compute released.
     fn shutdown(&self, machine: &str) -> Result<(), ProviderError> {
-        self.runtime.block_on(self.act(machine, Action::Deallocate))
+        self.block_on(|| self.act(machine, Action::Deallocate))
     }
 
     fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
-        self.runtime.block_on(self.act(machine, Action::PowerOff))
+        self.block_on(|| self.act(machine, Action::PowerOff))
     }
 
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {
-        self.runtime.block_on(self.instance_view(machine))
+        self.block_on(|| self.instance_view(machine))
     }
 
     fn undefine(&self, _machine: &str) -> Result<(), ProviderError> {
@@ -412,7 +422,7 @@ impl Provider for AzureProvider {
         machines: &[String],
         all: bool,
     ) -> Vec<Result<PowerState, ProviderError>> {
-        self.runtime.block_on(async {
+        self.block_on(|| async {
             if all {
                 return match self.statuses().await {
                     Ok(map) => machines
@@ -441,7 +451,7 @@ impl Provider for AzureProvider {
     }
 
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
-        self.runtime.block_on(self.inventory_async())
+        self.block_on(|| self.inventory_async())
     }
 }
 
