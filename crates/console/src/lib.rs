@@ -313,19 +313,25 @@ impl Bridge {
             Closed::Viewer
         };
         let to_viewer = async {
-            let mut buf = vec![0u8; CHUNK];
+            // Read into a growing buffer and hand each read to the WebSocket
+            // as it is (no copy).
+            let mut buf = bytes::BytesMut::with_capacity(CHUNK);
             let mut beat = tokio::time::interval(HEARTBEAT);
             beat.tick().await;
             loop {
                 tokio::select! {
-                    n = vnc_rx.read(&mut buf) => match n {
+                    n = vnc_rx.read_buf(&mut buf) => match n {
                         Ok(0) | Err(_) => {
                             let _ = ws_tx.send(Message::Close(None)).await;
                             return Closed::Vm;
                         }
-                        Ok(n) => {
+                        Ok(_) => {
                             touch();
-                            if ws_tx.send(Message::Binary(buf[..n].to_vec().into())).await.is_err() {
+                            let chunk = buf.split().freeze();
+                            if buf.capacity() < CHUNK / 4 {
+                                buf.reserve(CHUNK);
+                            }
+                            if ws_tx.send(Message::Binary(chunk)).await.is_err() {
                                 return Closed::Viewer;
                             }
                         }
