@@ -234,11 +234,13 @@ impl Vmdesk {
             .expect("cost")
     }
 
-    /// Adds the real QEMU host as `qemu`, a project `lab` and a tiny pool VM
-    /// `name` on it. Returns the VM's machine name and the guard that removes
+    /// Adds the real QEMU host as `qemu`, credits for `admin`, a project `lab`
+    /// and a tiny pool VM `name` on it. Returns the VM's machine name and the guard that removes
     /// the machine from the host.
     pub fn qemu_pool_vm(&self, name: &str) -> (String, Machine) {
         self.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
+        // Enough credits that metered billing never ends the admin's sessions.
+        self.json(&["credits", "grant", "admin", "1000000", "--reason", "tests"]);
         self.json(&["project", "create", "lab"]);
         let vm = self.json(&[
             "vm",

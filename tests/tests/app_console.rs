@@ -20,7 +20,6 @@ fn artifacts() -> std::path::PathBuf {
 fn a_running_vms_console_opens_in_the_app_and_shows_its_screen() {
     let v = Vmdesk::new();
     let (_machine, _cleanup) = v.qemu_pool_vm("e2e1");
-    v.json(&["credits", "grant", "admin", "1000", "--reason", "e2e"]);
     v.json(&["session", "open", "--project", "lab"]);
 
     let n = std::process::id() % 50;
