@@ -99,7 +99,11 @@ pub fn of_vm(conn: &Connection, vm_id: i64, limit: i64) -> Result<Vec<Event>> {
     )
 }
 
-fn query(conn: &Connection, sql: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<Event>> {
+pub(crate) fn query(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map(args, |r| {
         let details: String = r.get(7)?;

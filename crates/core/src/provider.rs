@@ -130,6 +130,25 @@ pub trait Provider: Send + Sync {
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
         Err(ProviderError::Unsupported("importing machines".into()))
     }
+    /// The machine's counters now (CPU time and memory), while it runs.
+    fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
+        let _ = machine;
+        Err(ProviderError::Unsupported("statistics".into()))
+    }
+}
+
+/// A running machine's counters, as [`Provider::stats`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MachineStats {
+    /// CPU time used since it started, in nanoseconds (all vCPUs together).
+    pub cpu_time_ns: u64,
+    /// Its virtual CPUs.
+    pub vcpus: u32,
+    /// Memory given to it, in KiB.
+    pub memory_kib: u64,
+    /// Memory it uses, in KiB: what the guest reports as used when its
+    /// balloon driver tells, else the resident size of its process.
+    pub used_kib: Option<u64>,
 }
 
 /// A machine found on a host, as [`Provider::inventory`] lists it.

@@ -16,7 +16,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
-    MachineSpec, OsImage, PowerState, Provider, ProviderError, ProviderFactory,
+    MachineSpec, MachineStats, OsImage, PowerState, Provider, ProviderError, ProviderFactory,
 };
 
 pub use xml::{domain as domain_xml, DiskRef, VirtType, MARKER_NS};
@@ -328,6 +328,32 @@ impl Provider for LibvirtProvider {
         let xml = dom.xml_desc(0).map_err(|e| map_err(machine, e))?;
         xml::vnc_address(&xml).ok_or_else(|| {
             ProviderError::Refused(format!("{machine} has no VNC server (is it running?)"))
+        })
+    }
+
+    fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
+        let dom = self.domain(machine)?;
+        let info = dom.get_info().map_err(|e| map_err(machine, e))?;
+        let running =
+            matches!(info.state, Enum::Known(s) if power_state_of(s) == PowerState::Running);
+        if !running {
+            return Err(ProviderError::Refused(format!("{machine} is not running")));
+        }
+        // Tags of virDomainMemoryStats (libvirt-domain.h: VIR_DOMAIN_MEMORY_STAT_*).
+        const UNUSED: u32 = 4;
+        const AVAILABLE: u32 = 5;
+        const RSS: u32 = 7;
+        let mem = dom.memory_stats(0).unwrap_or_default();
+        let tag = |t: u32| mem.iter().find(|s| s.tag == t).map(|s| s.val);
+        let used_kib = match (tag(AVAILABLE), tag(UNUSED)) {
+            (Some(avail), Some(unused)) if avail >= unused => Some(avail - unused),
+            _ => tag(RSS).map(|rss| rss.min(info.memory)),
+        };
+        Ok(MachineStats {
+            cpu_time_ns: info.cpu_time,
+            vcpus: info.nr_virt_cpu,
+            memory_kib: info.memory,
+            used_kib,
         })
     }
 
