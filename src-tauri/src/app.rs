@@ -6,14 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tauri::menu::{Menu, MenuItem};
-use tauri::tray::{TrayIcon, TrayIconBuilder};
+use tauri::image::Image;
+use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
+use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Emitter, Manager, State};
+use tauri_plugin_notification::NotificationExt;
+use vmdesk_core::Core;
 use vmdesk_core::{
-    Core, Event, Overview, Progress, Session, SessionRequest, SessionStatus, Vm, VmAction, VmCreate,
+    CreditStatement, Event, EventQuery, Overview, PortStats, Progress, Role, Session,
+    SessionRequest, Severity, User, Vm, VmAction, VmCreate, VmStats,
 };
 
 use crate::cli::{open_core, Global};
+use crate::tray::{self, Look, TrayAction, TrayModel};
 
 /// Event sent to the window whenever the data may have changed.
 const CHANGED: &str = "changed";
@@ -32,6 +37,34 @@ struct Ctx {
     consoles: vmdesk_console::Consoles,
     /// The open ones, by port.
     open_consoles: Mutex<std::collections::HashMap<u16, vmdesk_console::Handle>>,
+    /// The VM whose counters the window shows (`vm-stats` events), if any.
+    stats_vm: Arc<Mutex<Option<String>>>,
+    /// When the process started (for `ready`).
+    started: std::time::Instant,
+}
+
+/// What the window shows about the app itself.
+#[derive(Debug, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct AppInfo {
+    /// vmdesk's version.
+    version: String,
+    /// The data directory.
+    data_dir: String,
+    /// The settings file.
+    settings_path: String,
+}
+
+/// One sample of the watched VM's counters, or why there is none.
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct StatsUpdate {
+    /// The VM.
+    vm: String,
+    /// The sample.
+    stats: Option<VmStats>,
+    /// Why there is no sample (the core's sentence).
+    error: Option<String>,
 }
 
 /// The settings page: the file's contents and where it is, whether the
@@ -327,30 +360,333 @@ async fn vm_action(ctx: State<'_, Ctx>, vm: String, action: VmAction) -> Result<
     blocking(&ctx, move |core, actor| core.vm_action(actor, &vm, action)).await
 }
 
-/// The tray tooltip for a number of active sessions.
-fn tooltip(active: usize) -> String {
-    match active {
-        1 => "vmdesk: 1 active session".to_owned(),
-        n => format!("vmdesk: {n} active sessions"),
+/// Every VM the actor can see; with `all`, every user's (admin only).
+#[tauri::command]
+async fn vm_list(ctx: State<'_, Ctx>, all: bool) -> Result<Vec<Vm>, ApiError> {
+    blocking(&ctx, move |core, actor| core.vm_list(actor, all)).await
+}
+
+/// The event feed, filtered.
+#[tauri::command]
+async fn events_query(ctx: State<'_, Ctx>, query: EventQuery) -> Result<Vec<Event>, ApiError> {
+    blocking(&ctx, move |core, actor| core.events_query(actor, &query)).await
+}
+
+/// A user's balance and ledger (the actor's own without `user`).
+#[tauri::command]
+async fn credits(ctx: State<'_, Ctx>, user: Option<String>) -> Result<CreditStatement, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.credits_show(actor, user.as_deref())
+    })
+    .await
+}
+
+/// Every user (admin only).
+#[tauri::command]
+async fn users(ctx: State<'_, Ctx>) -> Result<Vec<User>, ApiError> {
+    blocking(&ctx, |core, actor| core.user_list(actor)).await
+}
+
+/// Adds a user (admin only).
+#[tauri::command]
+async fn user_add(
+    ctx: State<'_, Ctx>,
+    name: String,
+    admin: bool,
+    credits: i64,
+) -> Result<User, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.user_add(actor, &name, admin, credits)
+    })
+    .await
+}
+
+/// Changes a user's role (admin only).
+#[tauri::command]
+async fn user_role(ctx: State<'_, Ctx>, name: String, role: Role) -> Result<User, ApiError> {
+    blocking(&ctx, move |core, actor| core.user_role(actor, &name, role)).await
+}
+
+/// Grants credits (admin only).
+#[tauri::command]
+async fn credits_grant(
+    ctx: State<'_, Ctx>,
+    user: String,
+    amount: i64,
+    reason: String,
+) -> Result<CreditStatement, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.credits_grant(actor, &user, amount, &reason)
+    })
+    .await
+}
+
+/// The console port pool and its open consoles.
+#[tauri::command]
+async fn ports(ctx: State<'_, Ctx>) -> Result<PortStats, ApiError> {
+    let range = ctx.consoles.range();
+    blocking(&ctx, move |core, _| core.console_stats(range)).await
+}
+
+/// Follows a VM's counters: `vm-stats` events every second until another VM
+/// (or none) is asked for.
+#[tauri::command]
+async fn stats_watch(ctx: State<'_, Ctx>, vm: Option<String>) -> Result<(), ApiError> {
+    *ctx.stats_vm.lock().unwrap_or_else(|p| p.into_inner()) = vm;
+    Ok(())
+}
+
+#[tauri::command]
+async fn app_info(ctx: State<'_, Ctx>) -> Result<AppInfo, ApiError> {
+    Ok(AppInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        data_dir: crate::cli::data_dir(&ctx.global)
+            .map_err(internal)?
+            .display()
+            .to_string(),
+        settings_path: crate::cli::settings_path(&ctx.global)
+            .map_err(internal)?
+            .display()
+            .to_string(),
+    })
+}
+
+/// The window says it shows its data: logs the time since the process
+/// started (and writes it to `$VMDESK_READY_FILE`, for the start benchmark).
+#[tauri::command]
+fn ready(ctx: State<'_, Ctx>) -> u64 {
+    let ms = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    tracing::info!(ms, "window ready");
+    if let Some(file) = std::env::var_os("VMDESK_READY_FILE") {
+        let _ = std::fs::write(file, ms.to_string());
+    }
+    ms
+}
+
+/// Quits the app (the window's close button only hides it to the tray).
+#[tauri::command]
+fn app_quit(app: AppHandle) {
+    app.exit(0);
+}
+
+/// Samples the watched VM's counters every second and sends them to the window.
+fn stats_loop(app: AppHandle, core: Arc<Core>, actor: String, watched: Arc<Mutex<Option<String>>>) {
+    let mut prev: Option<VmStats> = None;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(vm) = watched.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            prev = None;
+            continue;
+        };
+        let update = match core.vm_stats(&actor, &vm, prev.as_ref()) {
+            Ok(s) => {
+                prev = Some(s.clone());
+                StatsUpdate {
+                    vm,
+                    stats: Some(s),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                prev = None;
+                StatsUpdate {
+                    vm,
+                    stats: None,
+                    error: Some(e.one_line()),
+                }
+            }
+        };
+        let _ = app.emit(STATS, update);
     }
 }
 
-fn refresh_tray(tray: &TrayIcon, core: &Core, actor: &str) {
-    let active = core
-        .session_list(actor, false)
-        .map(|s| {
-            s.iter()
-                .filter(|s| s.status == SessionStatus::Active)
-                .count()
-        })
-        .unwrap_or(0);
-    let _ = tray.set_tooltip(Some(tooltip(active)));
+/// Event carrying a `StatsUpdate`.
+const STATS: &str = "vm-stats";
+/// Event asking the window to open a VM's console (from the tray).
+const OPEN_CONSOLE: &str = "open-console";
+/// Warnings younger than this make the tray icon amber.
+const RECENT: Duration = Duration::from_secs(15 * 60);
+
+/// The warnings concerning the actor in the last [`RECENT`].
+fn recent_warnings(core: &Core, actor: &str) -> usize {
+    let since = vmdesk_core::ago(RECENT);
+    core.events_query(
+        actor,
+        &EventQuery {
+            severities: vec![Severity::Warning, Severity::Critical],
+            limit: 100,
+            ..Default::default()
+        },
+    )
+    .map(|e| e.iter().filter(|e| e.created_at >= since).count())
+    .unwrap_or(0)
+}
+
+/// The tray as the core's data says it should be.
+fn tray_model(core: &Core, actor: &str) -> Option<TrayModel> {
+    let user = core.user(actor).ok()?;
+    let own = core.vm_list_own(actor).ok()?;
+    let sessions = core.session_list(actor, false).ok()?;
+    Some(tray::model(
+        &user,
+        &own,
+        &sessions,
+        recent_warnings(core, actor),
+    ))
+}
+
+fn tray_icon(app: &AppHandle, look: Look) -> Option<Image<'static>> {
+    let base = app.default_window_icon()?;
+    let rgba = tray::icon_rgba(base.rgba(), base.width(), look);
+    Some(Image::new_owned(rgba, base.width(), base.height()))
+}
+
+fn tray_menu(app: &AppHandle, m: &TrayModel) -> tauri::Result<Menu<tauri::Wry>> {
+    let menu = Menu::new(app)?;
+    for vm in &m.vms {
+        let console = MenuItem::with_id(
+            app,
+            TrayAction::Console(vm.name.clone()).id(),
+            "Open console",
+            true,
+            None::<&str>,
+        )?;
+        let (stop_id, stop_label) = match vm.session {
+            Some(id) => (
+                TrayAction::CloseSession(id).id(),
+                format!("Close session {id}"),
+            ),
+            None => (TrayAction::Stop(vm.name.clone()).id(), "Stop".to_owned()),
+        };
+        let stop = MenuItem::with_id(app, stop_id, stop_label, true, None::<&str>)?;
+        menu.append(&Submenu::with_items(
+            app,
+            &vm.name,
+            true,
+            &[&console, &stop],
+        )?)?;
+    }
+    if m.more > 0 {
+        let more = MenuItem::new(app, format!("{} more running", m.more), false, None::<&str>)?;
+        menu.append(&more)?;
+    }
+    if m.vms.is_empty() {
+        menu.append(&MenuItem::new(app, "Nothing running", false, None::<&str>)?)?;
+    }
+    menu.append(&PredefinedMenuItem::separator(app)?)?;
+    menu.append(&MenuItem::with_id(
+        app,
+        TrayAction::Show.id(),
+        "Show vmdesk",
+        true,
+        None::<&str>,
+    )?)?;
+    menu.append(&MenuItem::with_id(
+        app,
+        TrayAction::Quit.id(),
+        "Quit",
+        true,
+        None::<&str>,
+    )?)?;
+    Ok(menu)
+}
+
+/// Brings the tray up to date; rebuilds the menu and icon only on a change.
+fn refresh_tray(app: &AppHandle, core: &Core, actor: &str, last: &mut Option<TrayModel>) {
+    let (Some(tray), Some(m)) = (app.tray_by_id("main"), tray_model(core, actor)) else {
+        return;
+    };
+    if last.as_ref() == Some(&m) {
+        return;
+    }
+    let _ = tray.set_tooltip(Some(&m.tooltip));
+    if last.as_ref().map(|l| l.look) != Some(m.look) {
+        let _ = tray.set_icon(tray_icon(app, m.look));
+    }
+    if last.as_ref().map(|l| (&l.vms, l.more)) != Some((&m.vms, m.more)) {
+        if let Ok(menu) = tray_menu(app, &m) {
+            let _ = tray.set_menu(Some(menu));
+        }
+    }
+    *last = Some(m);
+}
+
+fn show_window(app: &AppHandle) {
+    if let Some(w) = app.get_webview_window("main") {
+        let _ = w.show();
+        let _ = w.unminimize();
+        let _ = w.set_focus();
+    }
+}
+
+/// Does what a tray menu item says; errors become notifications.
+fn on_tray_action(app: &AppHandle, action: TrayAction) {
+    let ctx = app.state::<Ctx>();
+    let (core, actor) = (Arc::clone(&ctx.core), ctx.actor.clone());
+    let worker_app = app.clone();
+    let run = move |f: Box<dyn FnOnce() -> vmdesk_core::Result<()> + Send>| {
+        let app = worker_app;
+        std::thread::spawn(move || {
+            if let Err(e) = f() {
+                notify(&app, "vmdesk could not do that", &e.one_line());
+            }
+            if let Some(w) = app.try_state::<Ctx>() {
+                let _ = w.wake.lock().map(|w| w.send(()));
+            }
+        });
+    };
+    match action {
+        TrayAction::Show => show_window(app),
+        TrayAction::Quit => app.exit(0),
+        TrayAction::Console(vm) => {
+            show_window(app);
+            let _ = app.emit(OPEN_CONSOLE, vm);
+        }
+        TrayAction::Stop(vm) => run(Box::new(move || {
+            core.vm_action(&actor, &vm, VmAction::Stop).map(|_| ())
+        })),
+        TrayAction::CloseSession(id) => run(Box::new(move || {
+            core.session_close(&actor, id, false).map(|_| ())
+        })),
+    }
+}
+
+fn notify(app: &AppHandle, title: &str, body: &str) {
+    if let Err(e) = app.notification().builder().title(title).body(body).show() {
+        tracing::info!(error = %e, title, "notification not shown");
+    }
+}
+
+/// Notifies the user of the events since `after` that call for it; returns
+/// the newest event id seen.
+fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i64 {
+    let Ok(events) = core.events_query(
+        actor,
+        &EventQuery {
+            after: Some(after),
+            limit: 200,
+            ..Default::default()
+        },
+    ) else {
+        return after;
+    };
+    let newest = events.first().map_or(after, |e| e.id);
+    let names = |id: i64| core.vm_show(actor, &id.to_string()).ok().map(|v| v.name);
+    // Oldest first, as they happened.
+    let ordered: Vec<Event> = events.into_iter().rev().collect();
+    for n in tray::notices(actor, &ordered, names) {
+        notify(app, &n.title, &n.body);
+    }
+    newest
 }
 
 /// Drives pending sessions and tells the window about changes, including those
 /// committed by other processes (the CLI) on the same data directory.
 fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<()>) {
     let mut seen = core.data_version().unwrap_or(0);
+    let mut last_event = core.last_event_id().unwrap_or(0);
+    let mut tray: Option<TrayModel> = None;
+    refresh_tray(&app, &core, &actor, &mut tray);
     loop {
         match wake.recv_timeout(TICK) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -363,10 +699,9 @@ fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<(
         if version != seen {
             seen = version;
             let _ = app.emit(CHANGED, ());
+            last_event = notify_new_events(&app, &core, &actor, last_event);
         }
-        if let Some(tray) = app.tray_by_id("main") {
-            refresh_tray(&tray, &core, &actor);
-        }
+        refresh_tray(&app, &core, &actor, &mut tray);
     }
 }
 
@@ -395,8 +730,19 @@ fn spawn_watcher(global: &Global) -> anyhow::Result<Watcher> {
     Ok(Watcher(cmd.spawn()?))
 }
 
+/// The D-Bus name (under the app's identifier) that makes the app single
+/// instance per data directory: a second start on the same directory shows
+/// the first window; another data directory is another instance.
+fn instance_id(data_dir: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    format!("dev.vmdesk.app.d{:016x}", h.finish())
+}
+
 /// Opens the desktop window over the data directory of `global`.
 pub fn run(global: &Global) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     // Changes this process commits reach the window through this handle.
     let handle: Arc<Mutex<Option<AppHandle>>> = Arc::new(Mutex::new(None));
     let notify = {
@@ -424,7 +770,17 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
     let actor = global.actor.clone();
     let (wake_tx, wake_rx) = mpsc::channel();
 
+    let stats_vm = Arc::new(Mutex::new(None));
     tauri::Builder::default()
+        // First: a second start on the same data directory shows this window and exits.
+        .plugin(
+            tauri_plugin_single_instance::Builder::new()
+                .dbus_id(instance_id(&crate::cli::data_dir(global)?))
+                .callback(|app, _args, _cwd| show_window(app))
+                .build(),
+        )
+        .plugin(tauri_plugin_window_state::Builder::default().build())
+        .plugin(tauri_plugin_notification::init())
         .manage(Ctx {
             core: Arc::clone(&core),
             actor: actor.clone(),
@@ -436,6 +792,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
                 crate::cli::settings(global)?.console,
             ),
             open_consoles: Mutex::new(std::collections::HashMap::new()),
+            stats_vm: Arc::clone(&stats_vm),
+            started,
         })
         .invoke_handler(tauri::generate_handler![
             overview,
@@ -454,32 +812,49 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             host_add,
             host_import,
             console_open,
-            console_close
+            console_close,
+            vm_list,
+            events_query,
+            credits,
+            users,
+            user_add,
+            user_role,
+            credits_grant,
+            ports,
+            stats_watch,
+            app_info,
+            ready,
+            app_quit
         ])
+        .on_window_event(|window, event| {
+            // Closing the window keeps vmdesk in the tray; Quit (tray, Ctrl+Q) ends it.
+            if let tauri::WindowEvent::CloseRequested { api, .. } = event {
+                use tauri_plugin_window_state::{AppHandleExt, StateFlags};
+                let _ = window.app_handle().save_window_state(StateFlags::all());
+                api.prevent_close();
+                let _ = window.hide();
+            }
+        })
         .setup(move |app| {
             *handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(app.handle().clone());
-            let show = MenuItem::with_id(app, "show", "Show", true, None::<&str>)?;
-            let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
-            let menu = Menu::with_items(app, &[&show, &quit])?;
+            let empty = TrayModel {
+                look: Look::Idle,
+                tooltip: "vmdesk".into(),
+                vms: Vec::new(),
+                more: 0,
+            };
             let mut tray = TrayIconBuilder::with_id("main")
-                .tooltip(tooltip(0))
-                .menu(&menu)
-                .on_menu_event(|app, event| match event.id.as_ref() {
-                    "show" => {
-                        if let Some(w) = app.get_webview_window("main") {
-                            let _ = w.show();
-                            let _ = w.unminimize();
-                            let _ = w.set_focus();
-                        }
+                .tooltip(&empty.tooltip)
+                .menu(&tray_menu(app.handle(), &empty)?)
+                .on_menu_event(|app, event| {
+                    if let Some(action) = TrayAction::parse(event.id.as_ref()) {
+                        on_tray_action(app, action);
                     }
-                    "quit" => app.exit(0),
-                    _ => {}
                 });
-            if let Some(icon) = app.default_window_icon() {
-                tray = tray.icon(icon.clone());
+            if let Some(icon) = tray_icon(app.handle(), Look::Idle) {
+                tray = tray.icon(icon);
             }
-            let tray = tray.build(app)?;
-            refresh_tray(&tray, &core, &actor);
+            tray.build(app)?;
             let (app_handle, core, actor) =
                 (app.handle().clone(), Arc::clone(&core), actor.clone());
             // Leftovers of crashes on the hosts are swept at start, off the UI thread.
@@ -490,6 +865,11 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
                 }
             });
             let checkpointer = Arc::clone(&core);
+            let (stats_app, stats_core, stats_actor) =
+                (app.handle().clone(), Arc::clone(&core), actor.clone());
+            std::thread::Builder::new()
+                .name("vmdesk-stats".into())
+                .spawn(move || stats_loop(stats_app, stats_core, stats_actor, stats_vm))?;
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())
                 .spawn(move || worker(app_handle, core, actor, wake_rx))?;
@@ -513,9 +893,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tooltip_counts_sessions() {
-        assert_eq!(tooltip(0), "vmdesk: 0 active sessions");
-        assert_eq!(tooltip(1), "vmdesk: 1 active session");
-        assert_eq!(tooltip(3), "vmdesk: 3 active sessions");
+    fn one_instance_per_data_directory() {
+        let a = instance_id(std::path::Path::new("/data/a"));
+        assert_eq!(a, instance_id(std::path::Path::new("/data/a")));
+        assert_ne!(a, instance_id(std::path::Path::new("/data/b")));
+        // A valid D-Bus name: elements of [A-Za-z0-9_-], none starting with a digit.
+        assert!(a
+            .split('.')
+            .all(|e| !e.is_empty() && !e.starts_with(|c: char| c.is_ascii_digit())));
     }
 }

@@ -3,6 +3,7 @@
 
 mod app;
 mod cli;
+mod tray;
 
 fn main() {
     std::process::exit(cli::main());

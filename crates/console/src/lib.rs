@@ -111,6 +111,11 @@ impl Consoles {
         Self { core, settings }
     }
 
+    /// The port range consoles are drawn from.
+    pub fn range(&self) -> (u16, u16) {
+        (self.settings.port_start, self.settings.port_end)
+    }
+
     /// Opens a console on a running VM the actor may use: reserves a port
     /// that can be bound (probing it; a port in use outside vmdesk is
     /// skipped), finds the VM's VNC server, and serves the bridge. Runs on a

@@ -31,5 +31,6 @@ pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
 pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
+pub use crate::store::ago;
 pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

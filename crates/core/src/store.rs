@@ -222,6 +222,12 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The time `d` ago, written as the core writes times (comparable as text).
+pub fn ago(d: Duration) -> String {
+    let d = chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero());
+    (chrono::Utc::now() - d).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// How long a statement waits for another process's write lock.
 const BUSY_WAIT: Duration = Duration::from_secs(30);
 

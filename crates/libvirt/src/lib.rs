@@ -333,7 +333,7 @@ impl Provider for LibvirtProvider {
 
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
         let dom = self.domain(machine)?;
-        let info = dom.get_info().map_err(|e| map_err(machine, e))?;
+        let info = dom.info().map_err(|e| map_err(machine, e))?;
         let running =
             matches!(info.state, Enum::Known(s) if power_state_of(s) == PowerState::Running);
         if !running {

@@ -1,0 +1,466 @@
+//! The tray icon's model (what it shows and offers, from the core's data) and
+//! the desktop notifications drawn from new events. Pure: the app turns
+//! these into Tauri menus, icons and notifications.
+
+use vmdesk_core::{Event, Session, SessionStatus, User, Vm, VmStatus};
+
+/// At most this many VMs are listed in the menu; the rest are counted.
+pub const MENU_VMS: usize = 12;
+
+/// How the icon looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// Nothing of the user's runs.
+    Idle,
+    /// Something runs.
+    Running,
+    /// Something needs attention (a recent warning, a VM in trouble, credits low).
+    Warning,
+}
+
+/// A running VM in the menu, with what "stop" means for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrayVm {
+    /// The VM's name.
+    pub name: String,
+    /// The user's ACTIVE session on it: stopping closes the session.
+    pub session: Option<i64>,
+}
+
+/// What the tray shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrayModel {
+    /// The icon's look.
+    pub look: Look,
+    /// The tooltip: counts and balance.
+    pub tooltip: String,
+    /// The running VMs listed, at most [`MENU_VMS`].
+    pub vms: Vec<TrayVm>,
+    /// Running VMs left out of the menu.
+    pub more: usize,
+}
+
+/// What a menu item does; its id is its string form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrayAction {
+    /// Show and focus the window.
+    Show,
+    /// Quit the app.
+    Quit,
+    /// Open a VM's console in the window.
+    Console(String),
+    /// Stop a user's own VM.
+    Stop(String),
+    /// Close a session (its VM is stopped and returned to the pool).
+    CloseSession(i64),
+}
+
+impl TrayAction {
+    /// The menu item's id.
+    pub fn id(&self) -> String {
+        match self {
+            Self::Show => "show".into(),
+            Self::Quit => "quit".into(),
+            Self::Console(vm) => format!("console:{vm}"),
+            Self::Stop(vm) => format!("stop:{vm}"),
+            Self::CloseSession(id) => format!("close:{id}"),
+        }
+    }
+
+    /// The action of a menu item's id.
+    pub fn parse(id: &str) -> Option<Self> {
+        match id.split_once(':') {
+            None if id == "show" => Some(Self::Show),
+            None if id == "quit" => Some(Self::Quit),
+            Some(("console", vm)) if !vm.is_empty() => Some(Self::Console(vm.into())),
+            Some(("stop", vm)) if !vm.is_empty() => Some(Self::Stop(vm.into())),
+            Some(("close", id)) => id.parse().ok().map(Self::CloseSession),
+            _ => None,
+        }
+    }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The tray of `user`: their own running VMs and the VMs of their ACTIVE
+/// sessions; `own` are the user's own VMs, `sessions` any sessions (others'
+/// are ignored); `warnings` counts recent warnings concerning the user.
+pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> TrayModel {
+    let active: Vec<&Session> = sessions
+        .iter()
+        .filter(|s| s.user == user.name && s.status == SessionStatus::Active)
+        .collect();
+    let mut vms: Vec<TrayVm> = own
+        .iter()
+        .filter(|v| v.status == VmStatus::Running)
+        .map(|v| TrayVm {
+            name: v.name.clone(),
+            session: None,
+        })
+        .chain(active.iter().map(|s| TrayVm {
+            name: s.vm_name.clone(),
+            session: Some(s.id),
+        }))
+        .collect();
+    vms.sort_by(|a, b| a.name.cmp(&b.name));
+    vms.dedup_by(|a, b| a.name == b.name);
+    let running = vms.len();
+    let troubled = own
+        .iter()
+        .filter(|v| matches!(v.status, VmStatus::Unknown | VmStatus::FailedToStart))
+        .count();
+    let look = if warnings > 0 || troubled > 0 {
+        Look::Warning
+    } else if running > 0 {
+        Look::Running
+    } else {
+        Look::Idle
+    };
+    let mut tooltip = format!(
+        "vmdesk: {} running, {}, {}",
+        running,
+        plural(active.len(), "active session", "active sessions"),
+        plural(
+            usize::try_from(user.balance).unwrap_or(0),
+            "credit",
+            "credits"
+        )
+    );
+    if warnings + troubled > 0 {
+        tooltip.push_str(&format!(
+            ", {}",
+            plural(warnings + troubled, "warning", "warnings")
+        ));
+    }
+    let more = running.saturating_sub(MENU_VMS);
+    vms.truncate(MENU_VMS);
+    TrayModel {
+        look,
+        tooltip,
+        vms,
+        more,
+    }
+}
+
+/// A desktop notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Its title.
+    pub title: String,
+    /// Its text.
+    pub body: String,
+}
+
+/// At most this many notifications at once; more are summed up in one.
+pub const NOTICES: usize = 3;
+
+/// The notifications `user` gets for new events: a VM that failed, a
+/// session terminated by status sync, credits running low or out.
+/// `vm_name` names a VM by id.
+pub fn notices(
+    user: &str,
+    events: &[Event],
+    vm_name: impl Fn(i64) -> Option<String>,
+) -> Vec<Notice> {
+    let name = |e: &Event| {
+        e.details
+            .get("vm")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .or_else(|| e.vm_id.and_then(&vm_name))
+            .unwrap_or_else(|| "a VM".into())
+    };
+    let text = |e: &Event, key: &str| {
+        e.details
+            .get(key)
+            .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+            .unwrap_or_default()
+    };
+    let mine = |e: &Event| e.details.get("user").and_then(|u| u.as_str()) == Some(user);
+    let mut all: Vec<Notice> = events
+        .iter()
+        .filter_map(|e| match e.action.as_str() {
+            "vm.create_failed" => Some(Notice {
+                title: format!("{} failed", name(e)),
+                body: text(e, "reason"),
+            }),
+            "session.terminated" => Some(Notice {
+                title: format!("Session {} was ended", e.session_id.unwrap_or_default()),
+                body: format!("{}: {}", name(e), text(e, "reason")),
+            }),
+            "credits.low" if mine(e) => Some(Notice {
+                title: "Credits are running low".into(),
+                body: format!(
+                    "{} credits left, about {} min of running time",
+                    text(e, "balance"),
+                    e.details
+                        .get("seconds_left")
+                        .and_then(serde_json::Value::as_i64)
+                        .unwrap_or(0)
+                        / 60
+                ),
+            }),
+            "credits.exhausted" if mine(e) => Some(Notice {
+                title: "Credits are used up".into(),
+                body: format!("{} is being stopped", name(e)),
+            }),
+            _ => None,
+        })
+        .collect();
+    if all.len() > NOTICES {
+        let rest = all.len() - (NOTICES - 1);
+        all.truncate(NOTICES - 1);
+        all.push(Notice {
+            title: format!("{rest} more"),
+            body: "See the event feed in vmdesk".into(),
+        });
+    }
+    all
+}
+
+/// The tray icon for a look: the app icon (RGBA, `width` pixels wide), grey
+/// when idle, with a green dot when something runs and an amber one on a
+/// warning.
+pub fn icon_rgba(rgba: &[u8], width: u32, look: Look) -> Vec<u8> {
+    let mut out = rgba.to_vec();
+    let w = width.max(1) as usize;
+    let h = out.len() / 4 / w;
+    if look == Look::Idle {
+        for px in out.chunks_exact_mut(4) {
+            let grey = ((u32::from(px[0]) * 30 + u32::from(px[1]) * 59 + u32::from(px[2]) * 11)
+                / 100) as u8;
+            px[..3].fill(grey);
+        }
+        return out;
+    }
+    let color: [u8; 3] = match look {
+        Look::Running => [0x2e, 0xa0, 0x4f],
+        _ => [0xf0, 0xa0, 0x00],
+    };
+    // A dot in the lower right corner, a third of the icon across.
+    let r = (w.min(h) / 6) as i64;
+    let (cx, cy) = ((w as i64) - r - 1, (h as i64) - r - 1);
+    for y in 0..h {
+        for x in 0..w {
+            let (dx, dy) = (x as i64 - cx, y as i64 - cy);
+            if dx * dx + dy * dy <= r * r {
+                let i = (y * w + x) * 4;
+                out[i..i + 3].copy_from_slice(&color);
+                out[i + 3] = 0xff;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use vmdesk_core::{EventType, Role, Severity};
+
+    fn user(balance: i64) -> User {
+        User {
+            id: 1,
+            name: "ann".into(),
+            role: Role::User,
+            balance,
+            created_at: String::new(),
+        }
+    }
+
+    fn vm(name: &str, status: VmStatus) -> Vm {
+        serde_json::from_value(json!({
+            "id": 1, "name": name, "os_type": "blank", "ram_mb": 512, "disk_gb": 1,
+            "cpu_cores": 1, "vm_type": "standard", "status": status, "ip_address": null,
+            "ssh_port": null, "uptime_seconds": null, "metadata": {}, "owner": "ann",
+            "pool": null, "host": "h", "provider_id": null, "session_id": null,
+            "last_stopped": null, "created_at": "", "updated_at": "", "synced_at": null,
+            "synced_by": null
+        }))
+        .expect("a VM")
+    }
+
+    fn session(id: i64, who: &str, vm: &str, status: SessionStatus) -> Session {
+        Session {
+            id,
+            vm_id: id,
+            vm_name: vm.into(),
+            user: who.into(),
+            project: "lab".into(),
+            workspace: None,
+            status,
+            error: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            started_at: None,
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn the_menu_lists_own_running_vms_and_active_sessions_only() {
+        let own = [
+            vm("web", VmStatus::Running),
+            vm("db", VmStatus::Stopped),
+            vm("api", VmStatus::Running),
+        ];
+        let sessions = [
+            session(7, "ann", "lab-1", SessionStatus::Active),
+            session(8, "ann", "lab-2", SessionStatus::Starting),
+            session(9, "bob", "lab-3", SessionStatus::Active),
+        ];
+        let m = model(&user(120), &own, &sessions, 0);
+        assert_eq!(
+            m.vms,
+            vec![
+                TrayVm {
+                    name: "api".into(),
+                    session: None
+                },
+                TrayVm {
+                    name: "lab-1".into(),
+                    session: Some(7)
+                },
+                TrayVm {
+                    name: "web".into(),
+                    session: None
+                },
+            ]
+        );
+        assert_eq!(m.look, Look::Running);
+        assert_eq!(
+            m.tooltip,
+            "vmdesk: 3 running, 1 active session, 120 credits"
+        );
+        assert_eq!(m.more, 0);
+    }
+
+    #[test]
+    fn nothing_running_is_idle_and_trouble_is_a_warning() {
+        let m = model(&user(1), &[vm("db", VmStatus::Stopped)], &[], 0);
+        assert_eq!((m.look, m.vms.len()), (Look::Idle, 0));
+        assert_eq!(m.tooltip, "vmdesk: 0 running, 0 active sessions, 1 credit");
+
+        let m = model(&user(5), &[vm("db", VmStatus::Unknown)], &[], 0);
+        assert_eq!(m.look, Look::Warning);
+        assert!(m.tooltip.ends_with(", 1 warning"), "{}", m.tooltip);
+
+        let m = model(&user(5), &[vm("web", VmStatus::Running)], &[], 2);
+        assert_eq!(m.look, Look::Warning);
+        assert!(m.tooltip.ends_with(", 2 warnings"), "{}", m.tooltip);
+    }
+
+    #[test]
+    fn a_long_list_is_cut_and_counted() {
+        let own: Vec<Vm> = (0..20)
+            .map(|i| vm(&format!("vm{i:02}"), VmStatus::Running))
+            .collect();
+        let m = model(&user(0), &own, &[], 0);
+        assert_eq!(m.vms.len(), MENU_VMS);
+        assert_eq!(m.more, 20 - MENU_VMS);
+        assert_eq!(m.vms[0].name, "vm00");
+    }
+
+    #[test]
+    fn menu_ids_round_trip_and_junk_is_ignored() {
+        for a in [
+            TrayAction::Show,
+            TrayAction::Quit,
+            TrayAction::Console("web-1".into()),
+            TrayAction::Stop("a:b".into()),
+            TrayAction::CloseSession(42),
+        ] {
+            assert_eq!(TrayAction::parse(&a.id()), Some(a));
+        }
+        for junk in ["", "console:", "close:x", "stop", "reboot:web"] {
+            assert_eq!(TrayAction::parse(junk), None, "{junk}");
+        }
+    }
+
+    fn event(action: &str, details: serde_json::Value) -> Event {
+        Event {
+            id: 1,
+            event_type: EventType::Vm,
+            action: action.into(),
+            severity: Severity::Warning,
+            actor: "vmdesk".into(),
+            vm_id: Some(3),
+            session_id: Some(9),
+            details,
+            created_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn failures_terminations_and_low_credits_notify() {
+        let events = [
+            event("vm.create_failed", json!({"reason": "the disk is full"})),
+            event(
+                "session.terminated",
+                json!({"user": "ann", "reason": "the VM stopped under the session"}),
+            ),
+            event(
+                "credits.low",
+                json!({"user": "ann", "balance": 12, "seconds_left": 1800, "vm": "web"}),
+            ),
+            event(
+                "credits.low",
+                json!({"user": "bob", "balance": 1, "seconds_left": 60}),
+            ),
+            event("sync.status", json!({"vm": "web"})),
+        ];
+        let n = notices("ann", &events, |id| (id == 3).then(|| "web".to_owned()));
+        assert_eq!(
+            n,
+            vec![
+                Notice {
+                    title: "web failed".into(),
+                    body: "the disk is full".into()
+                },
+                Notice {
+                    title: "Session 9 was ended".into(),
+                    body: "web: the VM stopped under the session".into()
+                },
+                Notice {
+                    title: "Credits are running low".into(),
+                    body: "12 credits left, about 30 min of running time".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_burst_of_notices_is_summed_up() {
+        let events: Vec<Event> = (0..10)
+            .map(|_| event("vm.create_failed", json!({"reason": "x"})))
+            .collect();
+        let n = notices("ann", &events, |_| None);
+        assert_eq!(n.len(), NOTICES);
+        assert_eq!(n[NOTICES - 1].title, "8 more");
+    }
+
+    #[test]
+    fn the_icon_shows_the_look() {
+        let (w, h) = (12u32, 12u32);
+        let base: Vec<u8> = (0..w * h).flat_map(|_| [200u8, 20, 20, 255]).collect();
+        let corner = |px: &[u8]| {
+            let i = ((h as usize - 2) * w as usize + (w as usize - 2)) * 4;
+            [px[i], px[i + 1], px[i + 2]]
+        };
+        let idle = icon_rgba(&base, w, Look::Idle);
+        let c = corner(&idle);
+        assert!(c[0] == c[1] && c[1] == c[2], "grey: {c:?}");
+        assert_eq!(
+            corner(&icon_rgba(&base, w, Look::Running)),
+            [0x2e, 0xa0, 0x4f]
+        );
+        assert_eq!(
+            corner(&icon_rgba(&base, w, Look::Warning)),
+            [0xf0, 0xa0, 0x00]
+        );
+        // The top left is untouched by the dot.
+        assert_eq!(&icon_rgba(&base, w, Look::Running)[..4], &base[..4]);
+    }
+}
