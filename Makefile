@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test setup ui build libvirt os-image lint bench clean
+.PHONY: run test setup ui build libvirt os-image lint bench package clean
 
 ## Debian packages, the libvirt user, tauri-driver (idempotent, quick when done).
 setup:
@@ -47,6 +47,16 @@ bench: build libvirt os-image
 	cargo bench -p vmdesk-tests --bench drift
 	cargo bench -p vmdesk-tests --bench azure_sync
 	cargo bench -p vmdesk-tests --bench console
+	@bash scripts/setup-system.sh bench
+	cd ui && npm run build
+	cargo build --release -p vmdesk
+	cargo bench -p vmdesk-tests --bench desktop
+
+## A Debian package (target/debian/vmdesk_*.deb): the app and CLI, desktop entry, icons.
+package: ui
+	@command -v cargo-deb >/dev/null || cargo install cargo-deb --locked
+	cargo deb -p vmdesk
+	@ls -l target/debian/*.deb
 
 clean:
 	cargo clean

@@ -13,9 +13,13 @@ TAURI_PKGS="build-essential pkg-config libssl-dev libwebkit2gtk-4.1-dev libgtk-3
 # libvirt (daemon, client, headers) without libvirt-daemon-system, which pulls systemd.
 LIBVIRT_PKGS="libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu procps"
 # The OS keyring (Secret Service) the Azure secret is kept in, and a session bus for it in tests.
-KEYRING_PKGS="gnome-keyring dbus-daemon"
+KEYRING_PKGS="gnome-keyring dbus-daemon dbus-bin"
 # websockify: the console benchmark compares the bridge with it.
 BENCH_PKGS="websockify"
+# virt-manager, only for `make bench` (`setup-system.sh bench`): the desktop
+# benchmark measures it side by side with vmdesk.
+DESKTOP_BENCH_PKGS=""
+if [ "${1:-}" = bench ]; then DESKTOP_BENCH_PKGS="virt-manager"; fi
 # QEMU must come from bookworm-backports: the plain bookworm one removes the
 # machine's qemu-utils 10 (also from backports).
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
@@ -29,7 +33,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS

@@ -53,6 +53,8 @@ struct AppInfo {
     data_dir: String,
     /// The settings file.
     settings_path: String,
+    /// The view to open on (`--view`), if given.
+    start_view: Option<String>,
 }
 
 /// One sample of the watched VM's counters, or why there is none.
@@ -448,6 +450,7 @@ async fn app_info(ctx: State<'_, Ctx>) -> Result<AppInfo, ApiError> {
             .map_err(internal)?
             .display()
             .to_string(),
+        start_view: ctx.global.view.clone(),
     })
 }
 

@@ -52,6 +52,10 @@ pub struct Global {
         value_name = "SECS"
     )]
     pub shutdown_timeout: u64,
+    /// The view the window opens on (dashboard, vms, launch, pools, events,
+    /// credits, admin, settings)
+    #[arg(long, global = true, env = "VMDESK_VIEW", value_name = "VIEW")]
+    pub view: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

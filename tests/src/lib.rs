@@ -2,6 +2,7 @@
 //! data directory and look into its SQLite file.
 
 pub mod arm;
+pub mod e2e;
 pub mod vnc;
 
 use std::path::{Path, PathBuf};

@@ -15,4 +15,8 @@ data_dir: string,
 /**
  * The settings file.
  */
-settings_path: string, };
+settings_path: string, 
+/**
+ * The view to open on (`--view`), if given.
+ */
+start_view: string | null, };

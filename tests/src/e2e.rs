@@ -1,0 +1,190 @@
+//! The real app driven through WebDriver: Xvfb, tauri-driver and
+//! WebKitWebDriver (the app's own WebKitGTK), with fantoccini as the client.
+//! Screenshots of each step go to `target/artifacts/`.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::{bin, xvfb, KillOnDrop, Vmdesk};
+
+/// How long a step may take to show on screen.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Where screenshots are kept.
+pub fn artifacts() -> PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+/// The app under WebDriver, on its own X display; all stopped on drop.
+pub struct App {
+    /// The WebDriver client.
+    pub c: Client,
+    name: String,
+    shots: AtomicU32,
+    _driver: KillOnDrop,
+    _x: KillOnDrop,
+}
+
+/// Starts the app on `v`'s data directory with `args` added, as the
+/// `slot`-th app of this test process (each slot has its own display and
+/// ports). `name` prefixes the screenshots.
+pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
+    let n = (std::process::id() % 40) * 4 + slot;
+    let display = format!(":{}", 200 + n);
+    let (port, native) = (15000 + 2 * n, 15001 + 2 * n);
+    let x = xvfb(&display);
+    let driver = KillOnDrop(
+        Command::new("tauri-driver")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .env("DISPLAY", &display)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tauri-driver (make setup installs it)"),
+    );
+    let settings = v.settings_path();
+    let mut app_args = vec![
+        "--data-dir".to_owned(),
+        v.dir.path().display().to_string(),
+        "--config".to_owned(),
+        settings.display().to_string(),
+    ];
+    app_args.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut caps = serde_json::Map::new();
+    caps.insert("browserName".into(), "wry".into());
+    caps.insert(
+        "tauri:options".into(),
+        serde_json::json!({ "application": bin(), "args": app_args }),
+    );
+    let t = Instant::now();
+    let c = loop {
+        match ClientBuilder::native()
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if t.elapsed() < Duration::from_secs(15) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => panic!("a WebDriver session on the app: {e}"),
+        }
+    };
+    App {
+        c,
+        name: name.to_owned(),
+        shots: AtomicU32::new(0),
+        _driver: driver,
+        _x: x,
+    }
+}
+
+impl App {
+    /// The element `css` matches, waiting for it to appear.
+    pub async fn find(&self, css: &str) -> Element {
+        self.c
+            .wait()
+            .at_most(STEP)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+    }
+
+    /// Clicks `css` once it appears.
+    pub async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    /// Replaces the value of the input `css` with `value`.
+    pub async fn fill(&self, css: &str, value: &str) {
+        let e = self.find(css).await;
+        e.clear()
+            .await
+            .unwrap_or_else(|err| panic!("clear {css}: {err}"));
+        e.send_keys(value)
+            .await
+            .unwrap_or_else(|err| panic!("type into {css}: {err}"));
+    }
+
+    /// Chooses the option whose value is `value` in the select `css`.
+    pub async fn select(&self, css: &str, value: &str) {
+        self.find(css)
+            .await
+            .select_by_value(value)
+            .await
+            .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
+    }
+
+    /// The text of `css` (empty while it is absent).
+    pub async fn text(&self, css: &str) -> String {
+        match self.c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Waits until `ok` holds of the text of `css`; the last text seen.
+    pub async fn wait_text(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let text = self.text(css).await;
+            if ok(&text) {
+                return text;
+            }
+            if t.elapsed() > STEP {
+                self.shot(&format!("timeout-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("{css}: waited for {what}, saw {text:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `css` is gone.
+    pub async fn wait_gone(&self, css: &str) {
+        let t = Instant::now();
+        while self.c.find(Locator::Css(css)).await.is_ok() {
+            assert!(t.elapsed() < STEP, "{css} is still there");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Shows a view through the navigation.
+    pub async fn nav(&self, view: &str) {
+        self.click(&format!(r#"[data-testid="nav-{view}"]"#)).await;
+    }
+
+    /// Keeps a screenshot of this step.
+    pub async fn shot(&self, step: &str) {
+        let n = self.shots.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.c.screenshot().await {
+            Ok(png) => {
+                let file = artifacts().join(format!("{}-{n:02}-{step}.png", self.name));
+                std::fs::write(file, png).expect("keep the screenshot");
+            }
+            Err(e) => eprintln!("no screenshot of {step}: {e}"),
+        }
+    }
+
+    /// Ends the WebDriver session (the app is closed by tauri-driver).
+    pub async fn close(self) {
+        let _ = self.c.close().await;
+    }
+}
