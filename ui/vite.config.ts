@@ -2,8 +2,10 @@ import { defineConfig } from "vite";
 import { svelte } from "@sveltejs/vite-plugin-svelte";
 
 // The built files are embedded into the binary by tauri-build (frontendDist).
-export default defineConfig({
+export default defineConfig(({ mode }) => ({
   plugins: [svelte()],
+  // Component tests mount Svelte's browser build.
+  resolve: mode === "test" ? { conditions: ["browser"] } : undefined,
   clearScreen: false,
   build: {
     outDir: "dist",
@@ -13,4 +15,4 @@ export default defineConfig({
   test: {
     include: ["src/**/*.test.ts"],
   },
-});
+}));

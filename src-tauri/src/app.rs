@@ -362,6 +362,18 @@ async fn vm_action(ctx: State<'_, Ctx>, vm: String, action: VmAction) -> Result<
     blocking(&ctx, move |core, actor| core.vm_action(actor, &vm, action)).await
 }
 
+/// The acting user (name, role, balance).
+#[tauri::command]
+async fn me(ctx: State<'_, Ctx>) -> Result<User, ApiError> {
+    blocking(&ctx, |core, actor| core.user(actor)).await
+}
+
+/// One VM, by name, if the actor may see it.
+#[tauri::command]
+async fn vm_show(ctx: State<'_, Ctx>, vm: String) -> Result<Vm, ApiError> {
+    blocking(&ctx, move |core, actor| core.vm_show(actor, &vm)).await
+}
+
 /// Every VM the actor can see; with `all`, every user's (admin only).
 #[tauri::command]
 async fn vm_list(ctx: State<'_, Ctx>, all: bool) -> Result<Vec<Vm>, ApiError> {
@@ -816,6 +828,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             host_import,
             console_open,
             console_close,
+            me,
+            vm_show,
             vm_list,
             events_query,
             credits,

@@ -15,6 +15,13 @@ import type { Settings } from "../bindings/Settings";
 import type { SettingsView } from "../bindings/SettingsView";
 import type { ImportReport } from "../bindings/ImportReport";
 import type { OpenConsole } from "../bindings/OpenConsole";
+import type { EventQuery } from "../bindings/EventQuery";
+import type { CreditStatement } from "../bindings/CreditStatement";
+import type { User } from "../bindings/User";
+import type { Role } from "../bindings/Role";
+import type { PortStats } from "../bindings/PortStats";
+import type { StatsUpdate } from "../bindings/StatsUpdate";
+import type { AppInfo } from "../bindings/AppInfo";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -59,6 +66,35 @@ export const api = {
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
   consoleOpen: (vm: string) => call<OpenConsole>("console_open", { vm }),
   consoleClose: (port: number) => call<void>("console_close", { port }),
+  /** The acting user. */
+  me: () => call<User>("me"),
+  vmShow: (vm: string) => call<Vm>("vm_show", { vm }),
+  /** Every VM the user can see (pool VMs and their own); `all`: every user's (admin). */
+  vmList: (all: boolean) => call<Vm[]>("vm_list", { all }),
+  /** The event feed, newest first, filtered. */
+  events: (query: EventQuery) => call<Event[]>("events_query", { query }),
+  /** A balance and ledger: the user's own, or `user`'s (admin). */
+  credits: (user: string | null = null) => call<CreditStatement>("credits", { user }),
+  users: () => call<User[]>("users"),
+  userAdd: (name: string, admin: boolean, credits: number) =>
+    call<User>("user_add", { name, admin, credits }),
+  userRole: (name: string, role: Role) => call<User>("user_role", { name, role }),
+  creditsGrant: (user: string, amount: number, reason: string) =>
+    call<CreditStatement>("credits_grant", { user, amount, reason }),
+  /** The console port pool and the open consoles. */
+  ports: () => call<PortStats>("ports"),
+  /** Follow a VM's counters through `onStats` (null: stop). */
+  statsWatch: (vm: string | null) => call<void>("stats_watch", { vm }),
+  appInfo: () => call<AppInfo>("app_info"),
+  /** Tells the backend the window shows its data (start-up timing). */
+  ready: () => call<number>("ready"),
+  quit: () => call<void>("app_quit"),
+  /** Calls `f` with each sample of the watched VM's counters. */
+  onStats: (f: (s: StatsUpdate) => void): Promise<UnlistenFn> =>
+    listen<StatsUpdate>("vm-stats", (e) => f(e.payload)),
+  /** Calls `f` when the tray asks to open a VM's console. */
+  onOpenConsole: (f: (vm: string) => void): Promise<UnlistenFn> =>
+    listen<string>("open-console", (e) => f(e.payload)),
   /** Calls `f` with each step of a VM creation running in the background. */
   onProgress: (f: (p: Progress) => void): Promise<UnlistenFn> =>
     listen<Progress>("vm-progress", (e) => f(e.payload)),

@@ -1,0 +1,52 @@
+import { describe, expect, it } from "vitest";
+import type { VmStats } from "../bindings/VmStats";
+import type { LedgerEntry } from "../bindings/LedgerEntry";
+import { HISTORY, linePath, memPercent, niceMax, pushSample, spendingByDay } from "./chart";
+
+function sample(vm: string, at: number, over: Partial<VmStats> = {}): VmStats {
+  return { vm, at_ms: at, cpu_time_ns: 0, vcpus: 1, memory_kib: 1000, used_kib: 250, cpu_percent: null, ...over };
+}
+
+describe("charts", () => {
+  it("draws values from bottom (0) to top (max), newest at the right", () => {
+    expect(linePath([0, 50, 100], 100, 10, 100)).toBe("M0,10L50,5L100,0");
+    // Fewer values than slots: they sit at the right.
+    expect(linePath([100], 100, 10, 100, 3)).toBe("M100,0");
+    // Values beyond the axis are clamped.
+    expect(linePath([-5, 500], 10, 10, 100)).toBe("M0,10L10,0");
+  });
+
+  it("breaks the line where a value is missing", () => {
+    expect(linePath([10, null, 10], 20, 10, 10)).toBe("M0,0M20,0");
+    expect(linePath([], 20, 10, 10)).toBe("");
+  });
+
+  it("rounds the axis up to 1, 2 or 5 times a power of ten", () => {
+    expect(niceMax([3])).toBe(5);
+    expect(niceMax([120, null])).toBe(200);
+    expect(niceMax([0.2], 1)).toBe(1);
+    expect(niceMax([700])).toBe(1000);
+  });
+
+  it("keeps a minute of one VM's samples", () => {
+    let h: VmStats[] = [];
+    for (let i = 0; i < HISTORY + 5; i++) h = pushSample(h, sample("a", i));
+    expect(h).toHaveLength(HISTORY);
+    expect(h[0].at_ms).toBe(5);
+    expect(pushSample(h, sample("b", 99))).toHaveLength(1);
+  });
+
+  it("shows memory use as a share, unknown when the host does not tell", () => {
+    expect(memPercent(sample("a", 0))).toBe(25);
+    expect(memPercent(sample("a", 0, { used_kib: null }))).toBeNull();
+  });
+
+  it("sums debits per day", () => {
+    const e = (amount: number, created_at: string): LedgerEntry => ({
+      id: 0, amount, kind: "runtime", reason: "", vm_id: null, session_id: null, actor: "a", created_at,
+    });
+    expect(
+      spendingByDay([e(100, "2026-01-01T10:00:00Z"), e(-34, "2026-01-02T10:00:00Z"), e(-6, "2026-01-02T23:00:00Z"), e(-1, "2026-01-01T09:00:00Z")]),
+    ).toEqual([{ day: "2026-01-01", spent: 1 }, { day: "2026-01-02", spent: 40 }]);
+  });
+});

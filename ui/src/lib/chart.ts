@@ -1,0 +1,72 @@
+// Line charts as SVG paths, and the series the window draws: a VM's CPU and
+// memory over the last minute, and credits spent per day.
+import type { LedgerEntry } from "../bindings/LedgerEntry";
+import type { VmStats } from "../bindings/VmStats";
+
+export interface Point {
+  x: number;
+  y: number;
+}
+
+/**
+ * The SVG path of `values` (nulls break the line) in a `width` x `height`
+ * box, x spread evenly over `slots` places (the newest at the right), y from
+ * 0 at the bottom to `max` at the top.
+ */
+export function linePath(values: readonly (number | null)[], width: number, height: number, max: number, slots = values.length): string {
+  if (slots < 2 || max <= 0) return "";
+  const step = width / (slots - 1);
+  const offset = slots - values.length;
+  let d = "";
+  let pen = false;
+  values.forEach((v, i) => {
+    if (v === null || !Number.isFinite(v)) {
+      pen = false;
+      return;
+    }
+    const x = (offset + i) * step;
+    const y = height - (Math.min(Math.max(v, 0), max) / max) * height;
+    d += `${pen ? "L" : "M"}${round(x)},${round(y)}`;
+    pen = true;
+  });
+  return d;
+}
+
+function round(n: number): number {
+  return Math.round(n * 10) / 10;
+}
+
+/** A round upper bound for a chart's y axis (1, 2, 5 × 10^n), at least `min`. */
+export function niceMax(values: readonly (number | null)[], min = 1): number {
+  const top = Math.max(min, ...values.filter((v): v is number => v !== null && Number.isFinite(v)));
+  const p = 10 ** Math.floor(Math.log10(top));
+  for (const m of [1, 2, 5, 10]) if (m * p >= top) return m * p;
+  return 10 * p;
+}
+
+/** Samples kept per graph: a minute at one a second. */
+export const HISTORY = 60;
+
+/** Adds a sample to a VM's history (the last HISTORY), starting over for another VM. */
+export function pushSample(history: readonly VmStats[], s: VmStats): VmStats[] {
+  const same = history.length === 0 || history[history.length - 1].vm === s.vm;
+  const next = same ? [...history, s] : [s];
+  return next.slice(-HISTORY);
+}
+
+/** Memory in use as a percentage of the VM's memory, where known. */
+export function memPercent(s: VmStats): number | null {
+  if (s.used_kib === null || s.memory_kib <= 0) return null;
+  return Math.min(100, (s.used_kib * 100) / s.memory_kib);
+}
+
+/** Credits spent per day (UTC), oldest first, from a ledger (only debits count). */
+export function spendingByDay(entries: readonly LedgerEntry[]): { day: string; spent: number }[] {
+  const days = new Map<string, number>();
+  for (const e of entries) {
+    if (e.amount >= 0) continue;
+    const day = e.created_at.slice(0, 10);
+    days.set(day, (days.get(day) ?? 0) - e.amount);
+  }
+  return [...days.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([day, spent]) => ({ day, spent }));
+}

@@ -1,0 +1,26 @@
+// A stand-in for the backend in component tests: each command is a mock the
+// test sets up; events can be fired by hand.
+import { vi } from "vitest";
+
+export const handlers: Record<string, (...args: never[]) => void> = {};
+
+export function on(event: string, f: (...args: never[]) => void): Promise<() => void> {
+  handlers[event] = f;
+  return Promise.resolve(() => delete handlers[event]);
+}
+
+export const api = {
+  quote: vi.fn(),
+  osCatalog: vi.fn(async () => ["blank"]),
+  myVms: vi.fn(async () => []),
+  createVm: vi.fn(),
+  vmAction: vi.fn(),
+  vmList: vi.fn(async () => []),
+  users: vi.fn(async (): Promise<unknown[]> => []),
+  ports: vi.fn(async () => ({ total: 900, allocated: 0, free: 900, utilization_percent: 0, health: "healthy", consoles: [] })),
+  creditsGrant: vi.fn(),
+  userRole: vi.fn(),
+  userAdd: vi.fn(),
+  onChange: vi.fn((f: () => void) => on("changed", f)),
+  onProgress: vi.fn((f: () => void) => on("vm-progress", f)),
+};

@@ -1,0 +1,73 @@
+// Keyboard shortcuts of the window: which key does what. Pure; App.svelte
+// turns the action into a view change or a focus.
+
+/** The views, in the order of the navigation (Alt+1 is the first). */
+export const VIEWS = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings"] as const;
+export type View = (typeof VIEWS)[number];
+
+export const VIEW_LABELS: Record<View, string> = {
+  dashboard: "Dashboard",
+  vms: "VMs",
+  launch: "Launch",
+  pools: "Pools & sessions",
+  events: "Events",
+  credits: "Credits",
+  admin: "Admin",
+  settings: "Settings",
+};
+
+export type Action =
+  | { kind: "view"; view: View }
+  | { kind: "new-vm" }
+  | { kind: "search" }
+  | { kind: "escape" }
+  | { kind: "help" }
+  | { kind: "quit" };
+
+/** The part of a KeyboardEvent the shortcuts look at. */
+export interface Key {
+  key: string;
+  altKey: boolean;
+  ctrlKey: boolean;
+  metaKey: boolean;
+  /** Whether the focus is in a text field (then plain keys are typing). */
+  typing: boolean;
+}
+
+export function isView(v: string | null | undefined): v is View {
+  return (VIEWS as readonly string[]).includes(v ?? "");
+}
+
+/** The action of a key press, or null. */
+export function shortcut(k: Key): Action | null {
+  const ctrl = k.ctrlKey || k.metaKey;
+  if (k.altKey && !ctrl && /^[1-8]$/.test(k.key)) {
+    return { kind: "view", view: VIEWS[Number(k.key) - 1] };
+  }
+  if (ctrl && !k.altKey) {
+    switch (k.key.toLowerCase()) {
+      case "n":
+        return { kind: "new-vm" };
+      case "f":
+        return { kind: "search" };
+      case "q":
+        return { kind: "quit" };
+    }
+    return null;
+  }
+  if (k.key === "Escape") return { kind: "escape" };
+  if (k.typing || k.altKey) return null;
+  if (k.key === "/") return { kind: "search" };
+  if (k.key === "?") return { kind: "help" };
+  return null;
+}
+
+/** Shortcut help: [keys, what]. */
+export const HELP: [string, string][] = [
+  ...VIEWS.map((v, i): [string, string] => [`Alt+${i + 1}`, VIEW_LABELS[v]]),
+  ["Ctrl+N", "Launch a new VM"],
+  ["/ or Ctrl+F", "Search the VMs"],
+  ["Escape", "Close the detail or the error"],
+  ["?", "This list"],
+  ["Ctrl+Q", "Quit vmdesk"],
+];
