@@ -2,7 +2,7 @@
 //! WebKitWebDriver) on a real QEMU host, with a screenshot of each step in
 //! target/artifacts/:
 //! - launch a VM from the form: progress, RUNNING, its console connects,
-//!   stop, STOPPED;
+//!   its detail draws live CPU and memory graphs, stop, STOPPED;
 //! - open and close a pool session;
 //! - an admin grants credits and the balances update live (also when the
 //!   grant comes from another process);
@@ -70,6 +70,29 @@ fn a_vm_launched_from_the_form_runs_shows_its_console_and_stops() {
             .await;
         assert_eq!(state, "connected");
         app.shot("console").await;
+
+        // Its detail draws live CPU and memory graphs from libvirt's counters.
+        app.nav("vms").await;
+        app.click(r#"button[aria-label="Details of e2e-box"]"#).await;
+        for graph in ["cpu-graph", "mem-graph"] {
+            let t = std::time::Instant::now();
+            loop {
+                let d = app
+                    .find(&format!(r#"[data-testid="{graph}"] path"#))
+                    .await
+                    .attr("d")
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                if d.contains('L') {
+                    break;
+                }
+                assert!(t.elapsed() < e2e::STEP, "{graph} has no line: {d:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        app.shot("detail-graphs").await;
 
         app.nav("vms").await;
         app.click(r#"button[aria-label="Stop e2e-box"]"#).await;
