@@ -54,7 +54,13 @@ pub struct Global {
     pub shutdown_timeout: u64,
     /// The view the window opens on (dashboard, vms, launch, pools, events,
     /// credits, admin, settings)
-    #[arg(long, global = true, env = "VMDESK_VIEW", value_name = "VIEW")]
+    #[arg(
+        long,
+        global = true,
+        env = "VMDESK_VIEW",
+        value_name = "VIEW",
+        value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings"]
+    )]
     pub view: Option<String>,
 }
 

@@ -157,13 +157,17 @@ impl App {
         }
     }
 
-    /// Waits until `css` is gone.
-    pub async fn wait_gone(&self, css: &str) {
-        let t = Instant::now();
-        while self.c.find(Locator::Css(css)).await.is_ok() {
-            assert!(t.elapsed() < STEP, "{css} is still there");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    /// Opens `vm`'s console from a button on screen and waits until noVNC
+    /// reports it connected.
+    pub async fn open_console(&self, vm: &str) {
+        self.click(&format!(r#"button[aria-label="Open the console of {vm}"]"#))
+            .await;
+        let state = self
+            .wait_text(r#"[data-testid="console-state"]"#, "connected", |s| {
+                s == "connected" || s == "failed"
+            })
+            .await;
+        assert_eq!(state, "connected", "the console of {vm}");
     }
 
     /// Shows a view through the navigation.
@@ -174,6 +178,8 @@ impl App {
     /// Keeps a screenshot of this step.
     pub async fn shot(&self, step: &str) {
         let n = self.shots.fetch_add(1, Ordering::Relaxed) + 1;
+        // The screenshot is the last painted frame: let the page paint what the test just saw.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         match self.c.screenshot().await {
             Ok(png) => {
                 let file = artifacts().join(format!("{}-{n:02}-{step}.png", self.name));

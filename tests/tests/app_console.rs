@@ -18,14 +18,7 @@ fn a_running_vms_console_opens_in_the_app_and_shows_its_screen() {
     rt.block_on(async {
         let app = e2e::open(&v, &[], 0, "console").await;
         app.nav("pools").await;
-        app.click(r#"button[aria-label="Open the console of e2e1"]"#)
-            .await;
-        let state = app
-            .wait_text(r#"[data-testid="console-state"]"#, "connected", |s| {
-                s == "connected" || s == "failed"
-            })
-            .await;
-        assert_eq!(state, "connected");
+        app.open_console("e2e1").await;
         // Let the first framebuffer update be drawn.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let lit = app

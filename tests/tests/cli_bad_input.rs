@@ -350,6 +350,7 @@ fn bad_grants_are_refused() {
                 &["events", "--limit", "0"],
                 "the limit must be between 1 and 10000",
             ),
+            (&["--view", "nowhere", "events"], "invalid value 'nowhere'"),
         ],
     );
 }

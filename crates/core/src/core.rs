@@ -892,17 +892,15 @@ impl Core {
 
     // ----- events and overview ---------------------------------------------------
 
-    /// The newest events: every event for an admin, the actor's own otherwise.
+    /// The newest events the actor may see (see [`Core::events_query`]).
     pub fn events(&self, actor: &str, limit: i64) -> Result<Vec<Event>> {
-        if !(1..=10_000).contains(&limit) {
-            return Err(Error::invalid(format!(
-                "the limit must be between 1 and 10000, not {limit}"
-            )));
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let only = (a.role != Role::Admin).then_some(a.name.as_str());
-        events::list(&conn, only, limit)
+        self.events_query(
+            actor,
+            &crate::desk::EventQuery {
+                limit,
+                ..Default::default()
+            },
+        )
     }
 
     /// What the desktop window shows to the actor.

@@ -69,16 +69,6 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-/// The newest events, newest first; only those of `actor` unless `actor` is `None`.
-pub fn list(conn: &Connection, actor: Option<&str>, limit: i64) -> Result<Vec<Event>> {
-    query(
-        conn,
-        "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
-         FROM events WHERE ?1 IS NULL OR actor = ?1 ORDER BY id DESC LIMIT ?2",
-        params![actor, limit],
-    )
-}
-
 /// The recovery events written after event `after`, oldest first.
 pub fn recoveries_since(conn: &Connection, after: i64) -> Result<Vec<Event>> {
     query(

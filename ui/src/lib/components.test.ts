@@ -12,6 +12,7 @@ import { api } from "./components/testapi";
 import Launch from "./Launch.svelte";
 import VmList from "./VmList.svelte";
 import Admin from "./Admin.svelte";
+import Events from "./Events.svelte";
 import { vm } from "./components/fixtures";
 
 // jsdom has no layout: the list's viewport size is observed through this.
@@ -103,5 +104,22 @@ describe("the admin view", () => {
     await waitFor(() => expect(screen.getByTestId("user-balance-ann").textContent).toBe("250"));
     expect(api.creditsGrant).toHaveBeenCalledWith("ann", 250, "course");
     expect(screen.getByRole("status").textContent).toContain("Granted 250 credits to ann");
+  });
+});
+
+describe("the event feed", () => {
+  it("fetches once, then only newer events on a change (no loop)", async () => {
+    const ev = (id: number) => ({ id, type: "vm", action: "vm.start", severity: "info", actor: "ann", vm_id: null, session_id: null, details: {}, created_at: "2026-01-01T00:00:00Z" });
+    api.events.mockResolvedValueOnce([ev(2), ev(1)]).mockResolvedValue([ev(3)]);
+    render(Events, { onerror: vi.fn() });
+    await waitFor(() => expect(screen.getAllByTestId("event-row")).toHaveLength(2));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(api.events).toHaveBeenCalledTimes(1);
+    const { handlers } = await import("./components/testapi");
+    handlers["changed"]();
+    await waitFor(() => expect(screen.getAllByTestId("event-row")).toHaveLength(3));
+    expect(api.events).toHaveBeenLastCalledWith(expect.objectContaining({ after: 2 }));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(api.events).toHaveBeenCalledTimes(2);
   });
 });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { Pool } from "../bindings/Pool";
 import type { Vm } from "../bindings/Vm";
-import { age, badge, duration, poolCounts, resourceGroups, vmTypes } from "./view";
+import { age, badge, duration, poolCounts, resourceGroups, severityBadge, vmTypes } from "./view";
 
 function vm(over: Partial<Vm>): Vm {
   return {
@@ -66,5 +66,13 @@ describe("resourceGroups", () => {
   });
   it("is empty for an empty field", () => {
     expect(resourceGroups("")).toEqual([]);
+  });
+});
+
+describe("severityBadge", () => {
+  it("colours info, warning and critical apart", () => {
+    expect(severityBadge("info")).toBe("off");
+    expect(severityBadge("warning")).toBe("busy");
+    expect(severityBadge("critical")).toBe("bad");
   });
 });

@@ -3,6 +3,7 @@ import type { Pool } from "../bindings/Pool";
 import type { Session } from "../bindings/Session";
 import type { SessionStatus } from "../bindings/SessionStatus";
 import type { VmStatus } from "../bindings/VmStatus";
+import type { Severity } from "../bindings/Severity";
 
 /** States in which a session holds its VM (the core's `SessionStatus::LIVE`). */
 export const LIVE: readonly SessionStatus[] = ["REQUESTED", "STARTING", "ACTIVE", "TERMINATING"];
@@ -30,6 +31,11 @@ export function badge(status: VmStatus | SessionStatus): "ok" | "busy" | "off" |
     default:
       return "bad";
   }
+}
+
+/** The badge colour class of an event's severity. */
+export function severityBadge(s: Severity): "off" | "busy" | "bad" {
+  return s === "info" ? "off" : s === "warning" ? "busy" : "bad";
 }
 
 /** Counts of a pool: VMs, those free for a session, those in one. */

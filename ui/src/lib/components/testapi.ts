@@ -16,6 +16,7 @@ export const api = {
   createVm: vi.fn(),
   vmAction: vi.fn(),
   vmList: vi.fn(async () => []),
+  events: vi.fn(async (): Promise<unknown[]> => []),
   users: vi.fn(async (): Promise<unknown[]> => []),
   ports: vi.fn(async () => ({ total: 900, allocated: 0, free: 900, utilization_percent: 0, health: "healthy", consoles: [] })),
   creditsGrant: vi.fn(),
