@@ -44,7 +44,7 @@ fn main() {
     let names = server.add_vms(SUB, "bench-rg", "vm", N, "Standard_B2s", Power::Running);
     let mut v = Vmdesk::new();
     v.write_settings(&format!(
-        "[azure]\nendpoint = \"{u}\"\nauthority_host = \"{u}\"\n",
+        "[azure]\nallow_insecure_endpoints = true\nendpoint = \"{u}\"\nauthority_host = \"{u}\"\n",
         u = server.url()
     ));
     v.env = server.env();

@@ -153,7 +153,7 @@ fn main() {
     server.add_vms(SUB, "bench-rg", "vm", N, "Standard_B2s", Power::Running);
     let mut v = Vmdesk::new();
     v.write_settings(&format!(
-        "[sync]\nenabled = false\n\n[azure]\nendpoint = \"{u}\"\nauthority_host = \"{u}\"\n",
+        "[sync]\nenabled = false\n\n[azure]\nallow_insecure_endpoints = true\nendpoint = \"{u}\"\nauthority_host = \"{u}\"\n",
         u = server.url()
     ));
     v.env = server.env();

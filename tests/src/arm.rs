@@ -149,6 +149,8 @@ pub struct Calls {
     pub throttled: u64,
     /// Answers given by `fail_next` faults or the outage.
     pub injected: u64,
+    /// ARM requests that carried an `Authorization` header (any token).
+    pub authorized: u64,
 }
 
 impl Calls {
@@ -244,6 +246,8 @@ struct Inner {
     buckets: HashMap<String, Bucket>,
     faults: VecDeque<Fault>,
     outage: Option<u16>,
+    /// Where operation URLs point instead of this server (another origin).
+    operation_base: Option<String>,
     calls: Calls,
     reads: HashMap<Key, u64>,
     log: VecDeque<String>,
@@ -410,6 +414,12 @@ impl ArmServer {
     /// Answers every ARM request with this status (ARM error body) until set to `None`.
     pub fn set_outage(&self, status: Option<u16>) {
         self.shared.lock().outage = status;
+    }
+
+    /// Names operation (`Azure-AsyncOperation`, `Location`) URLs on this base,
+    /// such as another server's URL, instead of this server's (`None`: its own).
+    pub fn set_operation_base(&self, base: Option<String>) {
+        self.shared.lock().operation_base = base;
     }
 
     /// Forgets every issued token: ARM answers 401 until the client gets a new one.
@@ -833,6 +843,9 @@ async fn arm(
     let (outage, fault) = {
         let mut inner = s.lock();
         route.count(&mut inner.calls);
+        if headers.contains_key("authorization") {
+            inner.calls.authorized += 1;
+        }
         if let Route::Get(v) | Route::InstanceView(v) = &route {
             *inner.reads.entry(v.key()).or_default() += 1;
         }
@@ -1083,9 +1096,10 @@ impl Answer<'_> {
                 ends: started + due.saturating_duration_since(now),
             },
         );
+        let base = self.inner.operation_base.as_deref().unwrap_or(self.url);
         let op = format!(
-            "{}/subscriptions/{}/providers/Microsoft.Compute/locations/{LOCATION}/operations/{id}?api-version={API_VERSION}",
-            self.url, v.sub
+            "{base}/subscriptions/{}/providers/Microsoft.Compute/locations/{LOCATION}/operations/{id}?api-version={API_VERSION}",
+            v.sub
         );
         let mut rsp = StatusCode::ACCEPTED.into_response();
         header(&mut rsp, "azure-asyncoperation", &op);

@@ -12,6 +12,8 @@ use vmdesk_tests::{SessionKeyring, Vmdesk};
 const SUB: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
 fn login(v: &Vmdesk, server: &ArmServer, secret: &str) -> std::process::Output {
+    // The test server speaks http.
+    v.write_settings("[azure]\nallow_insecure_endpoints = true\n");
     let c = server.config();
     let mut child = v
         .command(&[
@@ -89,5 +91,9 @@ fn a_wrong_secret_is_refused_and_nothing_is_kept() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no token was granted"), "{err}");
-    assert!(!v.settings_path().exists(), "the settings were written");
+    let settings = std::fs::read_to_string(v.settings_path()).expect("settings");
+    assert_eq!(
+        settings, "[azure]\nallow_insecure_endpoints = true\n",
+        "the settings were written"
+    );
 }

@@ -16,7 +16,7 @@ const RG: &str = "Lab-RG";
 fn vmdesk_for(server: &ArmServer, extra: &str) -> Vmdesk {
     let mut v = Vmdesk::new();
     v.write_settings(&format!(
-        "[sync]\nreboot_grace_ms = 400\n{extra}\n[azure]\nendpoint = \"{url}\"\nauthority_host = \"{url}\"\npoll_interval_ms = 50\nmax_retry_after_secs = 5\n",
+        "[sync]\nreboot_grace_ms = 400\n{extra}\n[azure]\nallow_insecure_endpoints = true\nendpoint = \"{url}\"\nauthority_host = \"{url}\"\npoll_interval_ms = 50\nmax_retry_after_secs = 5\n",
         url = server.url()
     ));
     v.env = server.env();

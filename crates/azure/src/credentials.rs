@@ -39,8 +39,8 @@ pub fn credential(
     ) {
         let authority =
             env("AZURE_AUTHORITY_HOST").unwrap_or_else(|| settings.authority_host.clone());
-        let cred =
-            ClientSecretCredential::new(http, authority_url(&authority)?, tenant, client, secret);
+        let authority = authority_url(&authority, settings.allow_insecure_endpoints)?;
+        let cred = ClientSecretCredential::new(http, authority, tenant, client, secret);
         return Ok((Arc::new(cred), CredentialSource::Environment));
     }
     if !settings.tenant_id.is_empty() && !settings.client_id.is_empty() {
@@ -52,7 +52,7 @@ pub fn credential(
         })?;
         let cred = ClientSecretCredential::new(
             http,
-            authority_url(&settings.authority_host)?,
+            authority_url(&settings.authority_host, settings.allow_insecure_endpoints)?,
             settings.tenant_id.clone(),
             settings.client_id.clone(),
             secret,
@@ -79,9 +79,10 @@ fn on_path(program: &str) -> bool {
 }
 
 /// A client-secret credential for an explicit service principal (used to
-/// check a secret before it is kept).
+/// check a secret before it is kept); an http authority host only if allowed.
 pub fn client_secret(
     authority_host: &str,
+    allow_insecure: bool,
     tenant: &str,
     client: &str,
     secret: &str,
@@ -89,17 +90,15 @@ pub fn client_secret(
 ) -> Result<Arc<dyn TokenCredential>, ProviderError> {
     Ok(Arc::new(ClientSecretCredential::new(
         http,
-        authority_url(authority_host)?,
+        authority_url(authority_host, allow_insecure)?,
         tenant.to_owned(),
         client.to_owned(),
         secret.to_owned(),
     )))
 }
 
-fn authority_url(host: &str) -> Result<url::Url, ProviderError> {
-    url::Url::parse(host).map_err(|e| {
-        ProviderError::Credentials(format!("the authority host {host:?} is not a URL: {e}"))
-    })
+fn authority_url(host: &str, allow_insecure: bool) -> Result<url::Url, ProviderError> {
+    crate::endpoint::secure_url("authority host", host, allow_insecure)
 }
 
 fn entry(tenant: &str, client: &str) -> Result<keyring::Entry, ProviderError> {
@@ -147,8 +146,14 @@ pub fn login(
             "the tenant, the client id and the secret must not be empty".into(),
         ));
     }
+    crate::endpoint::secure_url(
+        "ARM endpoint",
+        &settings.endpoint,
+        settings.allow_insecure_endpoints,
+    )?;
     let cred = client_secret(
         &settings.authority_host,
+        settings.allow_insecure_endpoints,
         tenant,
         client,
         secret,

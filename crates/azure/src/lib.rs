@@ -8,6 +8,7 @@
 //! the retries (`Retry-After` honoured up to a cap).
 
 pub mod credentials;
+pub mod endpoint;
 mod provider;
 pub mod transport;
 

@@ -96,9 +96,11 @@ impl AzureProvider {
         transport: Arc<Transport>,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<Self, ProviderError> {
-        let endpoint = url::Url::parse(&settings.endpoint).map_err(|e| {
-            ProviderError::Refused(format!("the ARM endpoint {:?}: {e}", settings.endpoint))
-        })?;
+        let endpoint = crate::endpoint::secure_url(
+            "ARM endpoint",
+            &settings.endpoint,
+            settings.allow_insecure_endpoints,
+        )?;
         let client = azure_mgmt_compute::Client::builder(credential.clone())
             .endpoint(endpoint)
             .scopes(&[ARM_SCOPE])
@@ -232,11 +234,20 @@ impl AzureProvider {
         }
     }
 
-    /// Polls an `Azure-AsyncOperation` (or `Location`) URL to its end.
+    /// Polls an `Azure-AsyncOperation` (or `Location`) URL to its end; one
+    /// outside the ARM endpoint's origin is refused (the token goes nowhere else).
     async fn wait_operation(&self, op: &str, mut wait: Duration) -> Result<(), ProviderError> {
         let url = url::Url::parse(op).map_err(|e| {
             ProviderError::Refused(format!("ARM gave a bad operation URL {op:?}: {e}"))
         })?;
+        let arm = self.transport.arm_origin();
+        if !crate::endpoint::same_origin(&url, arm) {
+            return Err(ProviderError::Refused(format!(
+                "ARM named an operation on another origin ({}); vmdesk sends its token only to the ARM endpoint {}, so it does not follow it",
+                crate::endpoint::describe(&url.origin()),
+                crate::endpoint::describe(arm)
+            )));
+        }
         let deadline = Instant::now() + OPERATION_TIMEOUT;
         loop {
             tokio::time::sleep(wait).await;

@@ -3,7 +3,8 @@
 //! a timeout on every call, and bounded retries of 408/429/5xx and I/O errors
 //! that honour `Retry-After` up to a cap. A `Retry-After` beyond the cap is
 //! not retried early: the call fails at once, and so does every call of the
-//! same scope until that time has passed.
+//! same scope until that time has passed (at most [`MAX_HOLD`]). A request
+//! that carries the bearer token goes only to the ARM endpoint's origin.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -16,6 +17,12 @@ use azure_core::{HttpClient, Method, Request, Response, StatusCode};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use vmdesk_core::provider::ProviderError;
 use vmdesk_core::{ArmLimits, AzureSettings, SyncSettings};
+
+use crate::endpoint;
+
+/// The longest `Retry-After` taken as asked; a longer one (up to `u64::MAX`
+/// seconds) counts as this long.
+pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 
 /// Counts of what the transport did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -122,6 +129,7 @@ impl Buckets {
 /// The transport: a reqwest client under buckets, timeouts and retries.
 pub struct Transport {
     http: reqwest::Client,
+    arm_origin: url::Origin,
     buckets: Buckets,
     attempts: u32,
     max_retry_after: Duration,
@@ -144,6 +152,11 @@ impl std::fmt::Debug for Transport {
 impl Transport {
     /// A transport with the settings' limits, timeout and retries.
     pub fn new(azure: &AzureSettings, sync: &SyncSettings) -> Result<Self, ProviderError> {
+        let arm = endpoint::secure_url(
+            "ARM endpoint",
+            &azure.endpoint,
+            azure.allow_insecure_endpoints,
+        )?;
         let timeout = Duration::from_secs(sync.timeout_secs.max(1));
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -152,6 +165,7 @@ impl Transport {
             .map_err(|e| ProviderError::Unreachable(format!("cannot make an HTTP client: {e}")))?;
         Ok(Self {
             http,
+            arm_origin: arm.origin(),
             buckets: Buckets::new(&azure.limits),
             attempts: sync.retry_attempts.max(1),
             max_retry_after: Duration::from_secs(azure.max_retry_after_secs),
@@ -161,6 +175,11 @@ impl Transport {
             throttled: AtomicU64::new(0),
             held_back: AtomicU64::new(0),
         })
+    }
+
+    /// The origin (scheme, host, port) the bearer token may be sent to.
+    pub fn arm_origin(&self) -> &url::Origin {
+        &self.arm_origin
     }
 
     /// What the transport did so far.
@@ -193,7 +212,8 @@ fn retryable(status: StatusCode) -> bool {
     matches!(u16::from(status), 408 | 429 | 500 | 502 | 503 | 504)
 }
 
-/// The wait an answer asks for (`Retry-After` in seconds, or the `-ms` forms).
+/// The wait an answer asks for (`Retry-After` in seconds, or the `-ms` forms),
+/// at most [`MAX_HOLD`].
 pub fn retry_after(headers: &azure_core::headers::Headers) -> Option<Duration> {
     let get = |name: &'static str| {
         headers
@@ -204,6 +224,23 @@ pub fn retry_after(headers: &azure_core::headers::Headers) -> Option<Duration> {
         .or_else(|| get("x-ms-retry-after-ms"))
         .map(Duration::from_millis)
         .or_else(|| get("retry-after").map(Duration::from_secs))
+        .map(|d| d.min(MAX_HOLD))
+}
+
+/// `now + d`, or the farthest instant a hold may reach when that overflows.
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_HOLD))
+        .or_else(|| now.checked_add(Duration::from_secs(3600)))
+        .unwrap_or(now)
+}
+
+fn foreign_origin_error(url: &url::Url, arm: &url::Origin) -> Error {
+    let to = endpoint::describe(&url.origin());
+    let arm = endpoint::describe(arm);
+    Error::with_message(ErrorKind::Other, || {
+        format!("refused to send the ARM token to {to}: it goes only to the ARM endpoint {arm}")
+    })
 }
 
 fn throttled_error(until: Instant) -> Error {
@@ -223,6 +260,13 @@ fn throttled_error(until: Instant) -> Error {
 #[async_trait::async_trait]
 impl HttpClient for Transport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
+        let bearer = request
+            .headers()
+            .get_optional_str(&azure_core::headers::AUTHORIZATION)
+            .is_some();
+        if bearer && !endpoint::same_origin(request.url(), &self.arm_origin) {
+            return Err(foreign_origin_error(request.url(), &self.arm_origin));
+        }
         let cost = Cost::of(request.method(), request.url());
         let scope = cost.scope();
         let mut attempt = 0;
@@ -245,7 +289,7 @@ impl HttpClient for Transport {
                     }
                     match asked {
                         Some(d) if d > self.max_retry_after => {
-                            self.hold(&scope, Instant::now() + d);
+                            self.hold(&scope, later(d));
                             return Ok(rsp);
                         }
                         _ if last => return Ok(rsp),
@@ -320,6 +364,50 @@ mod tests {
             ),
         );
         assert_eq!(c, Cost::Free);
+    }
+
+    fn transport(endpoint: &str) -> Transport {
+        let azure = AzureSettings {
+            endpoint: endpoint.into(),
+            allow_insecure_endpoints: true,
+            ..AzureSettings::default()
+        };
+        Transport::new(&azure, &SyncSettings::default()).expect("transport")
+    }
+
+    #[test]
+    fn the_token_is_not_sent_to_another_origin() {
+        let t = transport("https://management.azure.com");
+        let mut req = Request::new(
+            url::Url::parse("https://evil.example:8443/operations/1").expect("url"),
+            Method::Get,
+        );
+        req.insert_header(azure_core::headers::AUTHORIZATION, "Bearer secret");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+
+        let e = rt.block_on(t.execute_request(&req)).expect_err("refused");
+
+        assert!(e.to_string().contains("https://evil.example:8443"), "{e}");
+        assert_eq!(t.calls().sent, 0);
+    }
+
+    #[test]
+    fn an_http_endpoint_makes_no_transport_without_the_flag() {
+        let azure = AzureSettings {
+            endpoint: "http://127.0.0.1:1".into(),
+            ..AzureSettings::default()
+        };
+        assert!(Transport::new(&azure, &SyncSettings::default()).is_err());
+    }
+
+    #[test]
+    fn the_largest_retry_after_is_capped() {
+        let mut h = azure_core::headers::Headers::new();
+        h.insert("retry-after", "18446744073709551615");
+        assert_eq!(retry_after(&h), Some(MAX_HOLD));
+        assert!(later(Duration::MAX) > Instant::now());
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub struct AzureSettings {
     pub max_retry_after_secs: u64,
     /// Milliseconds between polls of a long-running operation.
     pub poll_interval_ms: u64,
+    /// Whether `http://` endpoints are accepted (test servers only: credentials travel in clear).
+    pub allow_insecure_endpoints: bool,
     /// The ARM request limits.
     pub limits: ArmLimits,
 }
@@ -99,6 +101,7 @@ impl Default for AzureSettings {
             client_id: String::new(),
             max_retry_after_secs: 60,
             poll_interval_ms: 1000,
+            allow_insecure_endpoints: false,
             limits: ArmLimits::default(),
         }
     }
@@ -221,9 +224,17 @@ impl Settings {
             ("azure.endpoint", &a.endpoint),
             ("azure.authority_host", &a.authority_host),
         ] {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
+            let http = url.starts_with("http://");
+            if !(url.starts_with("https://") || http) {
                 return Err(Error::invalid(format!(
-                    "{what} must be an http(s) URL, not {url:?}"
+                    "{what} must be an https URL, not {url:?}"
+                )));
+            }
+            if http && !a.allow_insecure_endpoints {
+                return Err(Error::invalid(format!(
+                    "{what} must be an https URL, not {url:?}: over http the Azure credentials \
+                     would travel in clear (allow_insecure_endpoints = true in [azure] allows it, \
+                     for test servers only)"
                 )));
             }
         }
@@ -354,6 +365,30 @@ mod tests {
     fn a_non_http_endpoint_is_refused() {
         let s: Settings = toml::from_str("[azure]\nendpoint = \"ftp://x\"\n").expect("parse");
         assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn an_http_endpoint_is_refused_without_the_insecure_flag() {
+        let s: Settings =
+            toml::from_str("[azure]\nendpoint = \"http://127.0.0.1:1\"\n").expect("parse");
+        let e = s.check().expect_err("an http endpoint");
+        assert!(e.to_string().contains("allow_insecure_endpoints"), "{e}");
+    }
+
+    #[test]
+    fn an_http_authority_host_is_refused_without_the_insecure_flag() {
+        let s: Settings =
+            toml::from_str("[azure]\nauthority_host = \"http://127.0.0.1:1\"\n").expect("parse");
+        assert!(s.check().is_err());
+    }
+
+    #[test]
+    fn http_endpoints_are_accepted_with_the_insecure_flag() {
+        let s: Settings = toml::from_str(
+            "[azure]\nendpoint = \"http://127.0.0.1:1\"\nauthority_host = \"http://127.0.0.1:1\"\nallow_insecure_endpoints = true\n",
+        )
+        .expect("parse");
+        assert!(s.check().is_ok());
     }
 
     #[test]

@@ -32,6 +32,10 @@ max_retry_after_secs: number,
  */
 poll_interval_ms: number, 
 /**
+ * Whether `http://` endpoints are accepted (test servers only: credentials travel in clear).
+ */
+allow_insecure_endpoints: boolean, 
+/**
  * The ARM request limits.
  */
 limits: ArmLimits, };
