@@ -2,22 +2,74 @@
 # Starts virtlogd and libvirtd (QEMU driver) by hand, for machines without
 # systemd. Idempotent: does nothing when the daemon already answers.
 # Usage: scripts/libvirtd.sh [start|stop|status]
+#
+# Its own files (configs, logs, pid files) live in a root-owned 0700 state
+# directory, /run/vmdesk-libvirt unless VMDESK_LIBVIRT_STATE names another. A
+# state directory that is a symlink, not owned by root, or writable by group
+# or others is refused: root writes configs there and starts daemons on them.
+# On start it also makes every directory the daemons and vmdesk's domains use,
+# since a fresh machine has none of them.
 set -euo pipefail
 
 URI="qemu:///system"
-STATE_DIR="${VMDESK_LIBVIRT_STATE:-${XDG_RUNTIME_DIR:-/tmp}/vmdesk-libvirt}"
+STATE_DIR="${VMDESK_LIBVIRT_STATE:-/run/vmdesk-libvirt}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
+
+# What libvirtd, virtlogd and vmdesk's domains and storage pool use (a domain's
+# serial log is /var/log/libvirt/qemu/<machine>-serial.log; the pool `vmdesk`
+# is /var/lib/libvirt/images/vmdesk, see crates/libvirt).
+LIBVIRT_DIRS=(
+  /run/libvirt
+  /run/libvirt/qemu
+  /var/log/libvirt
+  /var/log/libvirt/qemu
+  /var/lib/libvirt
+  /var/lib/libvirt/qemu
+  /var/lib/libvirt/images
+  /var/cache/libvirt
+  /var/cache/libvirt/qemu
+)
 
 answers() { timeout 5 virsh -q -c "$URI" version >/dev/null 2>&1; }
 
+refuse() {
+  echo "libvirtd: refusing the state directory $STATE_DIR: $1" >&2
+  exit 1
+}
+
+# Makes (or checks) the state directory: a real directory, owned by root,
+# not writable by group or others.
+state_dir() {
+  case "$STATE_DIR" in
+    /*) ;;
+    *) refuse "it must be an absolute path" ;;
+  esac
+  if [ -L "$STATE_DIR" ]; then refuse "it is a symlink"; fi
+  if [ ! -e "$STATE_DIR" ]; then
+    mkdir -p -- "$(dirname -- "$STATE_DIR")"
+    # mkdir (without -p) fails if someone made it meanwhile: checked below.
+    mkdir -m 0700 -- "$STATE_DIR" 2>/dev/null || true
+  fi
+  if [ -L "$STATE_DIR" ]; then refuse "it is a symlink"; fi
+  [ -d "$STATE_DIR" ] || refuse "it is not a directory"
+  local owner mode
+  owner=$(stat -c %u -- "$STATE_DIR")
+  mode=$(stat -c %a -- "$STATE_DIR")
+  [ "$owner" -eq 0 ] || refuse "it is owned by uid $owner, not root"
+  if (( 8#$mode & 8#022 )); then refuse "it is writable by group or others (mode $mode)"; fi
+}
+
 start() {
-  if answers; then echo "libvirtd: already running ($URI)"; return 0; fi
   if [ "$(id -u)" -ne 0 ]; then
+    if answers; then echo "libvirtd: already running ($URI)"; return 0; fi
     echo "libvirtd: starting the system daemon needs root; run 'sudo $0' or use test:///default" >&2
     return 1
   fi
+  state_dir
+  # A fresh machine lacks these; a domain whose log cannot be opened fails to start.
+  (umask 022 && mkdir -p -- "${LIBVIRT_DIRS[@]}")
+  if answers; then echo "libvirtd: already running ($URI)"; return 0; fi
   command -v libvirtd >/dev/null || { echo "libvirtd: not installed (run scripts/setup-system.sh)" >&2; return 1; }
-  mkdir -p "$STATE_DIR" /run/libvirt /var/lib/libvirt/qemu /var/cache/libvirt/qemu
   cat > "$STATE_DIR/virtlogd.conf" <<CONF
 log_outputs="3:file:$STATE_DIR/virtlogd.log"
 CONF
@@ -49,6 +101,12 @@ CONF
 stop() {
   pkill -x libvirtd 2>/dev/null || true
   pkill -x virtlogd 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    pgrep -x libvirtd >/dev/null || pgrep -x virtlogd >/dev/null || return 0
+    sleep 0.1
+  done
+  echo "libvirtd: still running 10 s after it was told to stop" >&2
+  return 1
 }
 
 case "${1:-start}" in
