@@ -5,7 +5,8 @@
 //! The "VNC server" is a local TCP source: after a `T` it sends 64 MiB as
 //! fast as it can; after an `E` it echoes. vmdesk's bridge is the real one
 //! (`vmdesk_console::Consoles`, tokens, origin check) over a core whose host
-//! says where that source listens.
+//! hands it a connection to that source over a unix socket (as libvirt hands
+//! over a VM's display).
 //!
 //! Run: `cargo bench -p vmdesk-tests --bench console` (or `make bench`).
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -24,8 +25,8 @@ use vmdesk_tests::vnc::{connect, TEST_ORIGIN};
 
 const STREAM: usize = 64 << 20;
 
-/// A host whose every machine runs and whose VNC server is the source.
-struct Source(String);
+/// A host whose every machine runs and whose display is the source (its unix socket).
+struct Source(std::path::PathBuf);
 
 impl Provider for Source {
     fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
@@ -55,8 +56,9 @@ impl Provider for Source {
     fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
         Ok(Vec::new())
     }
-    fn console_address(&self, _: &str) -> Result<String, ProviderError> {
-        Ok(self.0.clone())
+    fn console_stream(&self, _: &str) -> Result<std::os::unix::net::UnixStream, ProviderError> {
+        std::os::unix::net::UnixStream::connect(&self.0)
+            .map_err(|e| ProviderError::Unreachable(e.to_string()))
     }
 }
 
@@ -73,32 +75,42 @@ impl ProviderFactory for Factory {
 
 async fn source(listener: TcpListener) {
     loop {
-        let (mut s, _) = listener.accept().await.unwrap();
+        let (s, _) = listener.accept().await.unwrap();
         s.set_nodelay(true).unwrap();
-        tokio::spawn(async move {
-            let mut mode = [0u8; 1];
-            if s.read_exact(&mut mode).await.is_err() {
+        tokio::spawn(serve_source(s));
+    }
+}
+
+/// The source on a unix socket (what the bridge reaches).
+async fn unix_source(listener: tokio::net::UnixListener) {
+    loop {
+        let (s, _) = listener.accept().await.unwrap();
+        tokio::spawn(serve_source(s));
+    }
+}
+
+async fn serve_source<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+    let mut mode = [0u8; 1];
+    if s.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    if mode[0] == b'T' {
+        let chunk = vec![7u8; 64 << 10];
+        for _ in 0..STREAM / chunk.len() {
+            if s.write_all(&chunk).await.is_err() {
                 return;
             }
-            if mode[0] == b'T' {
-                let chunk = vec![7u8; 64 << 10];
-                for _ in 0..STREAM / chunk.len() {
-                    if s.write_all(&chunk).await.is_err() {
-                        return;
-                    }
-                }
-                // Stay open until the viewer leaves (a relay may not flush
-                // what it holds when the source closes first).
-                let _ = s.read(&mut mode).await;
-            } else {
-                let mut b = [0u8; 1];
-                while s.read_exact(&mut b).await.is_ok() {
-                    if s.write_all(&b).await.is_err() {
-                        return;
-                    }
-                }
+        }
+        // Stay open until the viewer leaves (a relay may not flush
+        // what it holds when the source closes first).
+        let _ = s.read(&mut mode).await;
+    } else {
+        let mut b = [0u8; 1];
+        while s.read_exact(&mut b).await.is_ok() {
+            if s.write_all(&b).await.is_err() {
+                return;
             }
-        });
+        }
     }
 }
 
@@ -231,6 +243,11 @@ async fn run() {
     let src = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let src_addr = src.local_addr().unwrap().to_string();
     tokio::spawn(source(src));
+    let dir = tempfile::tempdir().unwrap();
+    let src_sock = dir.path().join("display.sock");
+    tokio::spawn(unix_source(
+        tokio::net::UnixListener::bind(&src_sock).unwrap(),
+    ));
     let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let raw_addr = raw.local_addr().unwrap().to_string();
     tokio::spawn(relay(raw, src_addr.clone()));
@@ -249,11 +266,10 @@ async fn run() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let wsfy_url = format!("ws://127.0.0.1:{ws_port}/");
 
-    let dir = tempfile::tempdir().unwrap();
     let core = Arc::new(
         Core::open(OpenOptions::new(
             dir.path(),
-            Arc::new(Factory(Arc::new(Source(src_addr.clone())))),
+            Arc::new(Factory(Arc::new(Source(src_sock.clone())))),
         ))
         .unwrap(),
     );

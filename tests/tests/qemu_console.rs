@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
-use vmdesk_tests::{KillOnDrop, Vmdesk};
+use vmdesk_tests::{virsh, KillOnDrop, Vmdesk};
 
 /// `vmdesk --json console open VM --origin TEST_ORIGIN`, running; its JSON.
 fn open_console(v: &Vmdesk, vm: &str) -> (KillOnDrop, Value) {
@@ -147,7 +147,7 @@ fn ports_of_a_killed_console_process_are_freed_at_the_next_start() {
     v.json(&["recover"]);
     assert_eq!(allocated(&v), 0);
     assert_eq!(
-        v.count("SELECT count(*) FROM events WHERE action = 'recover.console'"),
+        v.count("SELECT count(*) FROM events WHERE action = 'recovery.console'"),
         1
     );
 }
@@ -159,4 +159,98 @@ fn a_vm_that_is_off_has_no_console() {
     let err = v.fails(&["console", "open", "c5"]);
     assert!(err.contains("is STOPPED, not RUNNING"), "{err}");
     assert_eq!(allocated(&v), 0);
+}
+
+/// The pid of the QEMU process running `machine`.
+fn qemu_pid(machine: &str) -> u32 {
+    let guest = format!("guest={machine}");
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(guest.as_bytes()))
+            })
+        })
+        .unwrap_or_else(|| panic!("no QEMU process runs {machine}"))
+}
+
+/// The socket inodes listening on TCP (IPv4 and IPv6) in this network namespace.
+fn tcp_listening_inodes() -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    // st is the 4th column, 0A = LISTEN; the inode the 10th.
+                    (cols.get(3) == Some(&"0A")).then(|| cols.get(9).map(|i| i.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The TCP ports a process listens on (through the socket inodes of its descriptors).
+fn tcp_ports_of(pid: u32) -> Vec<String> {
+    let listening = tcp_listening_inodes();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's descriptors")
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned();
+            listening.contains(&inode).then_some(t)
+        })
+        .collect()
+}
+
+#[test]
+fn a_running_vms_qemu_process_listens_on_no_tcp_port() {
+    let v = Vmdesk::new();
+    let (machine, _cleanup) = v.qemu_pool_vm("c6");
+
+    v.json(&["session", "open", "--project", "lab"]);
+
+    let pid = qemu_pid(&machine);
+    assert_eq!(tcp_ports_of(pid), Vec::<String>::new(), "QEMU {pid}");
+    let xml = virsh(&["dumpxml", &machine]);
+    assert!(xml.contains("<listen type='socket'"), "{xml}");
+}
+
+#[test]
+fn a_machine_defined_with_a_tcp_display_moves_to_a_socket_at_its_next_start() {
+    let v = Vmdesk::new();
+    let (machine, _cleanup) = v.qemu_pool_vm("c7");
+    // Defined as vmdesk used to: VNC on 127.0.0.1, a port from 5900.
+    let xml = virsh(&["dumpxml", "--inactive", &machine]);
+    let start = xml.find("<graphics").expect("a display");
+    let end = xml[start..].find("</graphics>").expect("its end") + start + "</graphics>".len();
+    let old = format!(
+        "{}<graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>{}",
+        &xml[..start],
+        &xml[end..]
+    );
+    let file = v.dir.path().join("old.xml");
+    std::fs::write(&file, old).expect("write the old definition");
+    virsh(&["define", file.to_str().expect("path")]);
+    let uuid = virsh(&["domuuid", &machine]);
+    assert!(
+        virsh(&["dumpxml", "--inactive", &machine]).contains("listen='127.0.0.1'"),
+        "defined the old way"
+    );
+
+    v.json(&["session", "open", "--project", "lab"]);
+
+    let pid = qemu_pid(&machine);
+    assert_eq!(tcp_ports_of(pid), Vec::<String>::new(), "QEMU {pid}");
+    let now = virsh(&["dumpxml", "--inactive", &machine]);
+    assert!(now.contains("<listen type='socket'"), "{now}");
+    assert!(!now.contains("127.0.0.1"), "{now}");
+    assert_eq!(virsh(&["domuuid", &machine]), uuid, "the same domain");
 }

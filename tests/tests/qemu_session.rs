@@ -50,5 +50,6 @@ fn the_domain_xml_carries_the_vmdesk_marker_and_safe_values() {
     assert!(xml.contains("urn:vmdesk:machine:1"), "{xml}");
     assert!(xml.contains(&format!("id=\"{}\"", vm["id"])), "{xml}");
     assert!(xml.contains("<memory unit='KiB'>98304</memory>"), "{xml}");
-    assert!(xml.contains("listen='127.0.0.1'"), "{xml}");
+    assert!(xml.contains("<listen type='socket'/>"), "{xml}");
+    assert!(!xml.contains("127.0.0.1"), "{xml}");
 }

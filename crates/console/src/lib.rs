@@ -1,10 +1,15 @@
 //! In-app consoles: a WebSocket-to-VNC bridge per open console, on a port of
 //! the persisted pool (see `vmdesk_core::Core::console_reserve`), bound to
 //! 127.0.0.1 only. A WebSocket is accepted only with the console's token
-//! (single-use, short-lived) and an allowed `Origin`; it speaks the `binary`
-//! subprotocol noVNC asks for and relays RFB both ways to the VM's VNC
-//! server. When either side closes (or the link is idle too long), the other
-//! is closed and the port returned.
+//! (single-use, short-lived) and an allowed `Origin`; each connection's
+//! handshake runs on its own and must finish within a few seconds. When the
+//! token is redeemed the core checks again that the opener may see the VM and
+//! that it runs, and the bridge opens a new connection to the VM's display (a
+//! socket handed over by the host, never a TCP port). It speaks the `binary`
+//! subprotocol noVNC asks for and relays RFB both ways. When either side
+//! closes, or no RFB flows for the idle timeout, the other is closed and the
+//! port returned. Every console service also frees, periodically, the ports
+//! of consoles whose process is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,14 +18,19 @@ use std::time::{Duration, Instant};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use vmdesk_core::{ConsoleGrant, ConsoleSettings, Core, Error};
 
-/// How often a ping goes to the browser.
+/// How often, at most, a ping goes to the browser.
 const HEARTBEAT: Duration = Duration::from_secs(20);
+/// How long a connection may take to finish its WebSocket handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a console service frees the ports of consoles whose process is gone.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// Bytes read from the VNC server at once.
 const CHUNK: usize = 64 * 1024;
 
@@ -45,18 +55,24 @@ pub enum Closed {
     Viewer,
     /// The VM's VNC server closed its side (the VM stopped).
     Vm,
-    /// No traffic for the idle timeout.
+    /// No RFB traffic for the idle timeout.
     Idle,
     /// It was closed on purpose.
     Closed,
+    /// The viewer came with the token, but the VM could no longer be shown
+    /// (it stopped, its display was gone, or the opener lost the right).
+    Refused(String),
     /// A transport error.
     Error(String),
 }
 
-/// Opens and serves consoles for one process.
+/// Opens and serves consoles for one process, and frees stale ports (of
+/// consoles whose process is gone) while it lives.
 pub struct Consoles {
     core: Arc<Core>,
     settings: ConsoleSettings,
+    /// Dropped with the service: ends the sweeper thread.
+    _sweeper: std::sync::mpsc::Sender<()>,
 }
 
 /// A console being served; dropping it does not close it, `close` does.
@@ -105,10 +121,45 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// Frees stale console ports now and every `every`, until `stop`'s sender is dropped.
+fn sweep(core: Arc<Core>, every: Duration, stop: std::sync::mpsc::Receiver<()>) {
+    loop {
+        match core.console_cleanup() {
+            Ok(freed) if !freed.is_empty() => {
+                tracing::info!(?freed, "freed the ports of consoles whose process is gone");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.one_line(), "console port sweep"),
+        }
+        match stop.recv_timeout(every) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
 impl Consoles {
-    /// Consoles with the pool, token lifetime, idle timeout and origins of `settings`.
+    /// Consoles with the pool, token lifetime, idle timeout and origins of
+    /// `settings`; stale ports are freed every [`SWEEP_EVERY`].
     pub fn new(core: Arc<Core>, settings: ConsoleSettings) -> Self {
-        Self { core, settings }
+        Self::with_sweep(core, settings, SWEEP_EVERY)
+    }
+
+    /// [`Consoles::new`] with stale ports freed every `every`.
+    pub fn with_sweep(core: Arc<Core>, settings: ConsoleSettings, every: Duration) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sweeper = Arc::clone(&core);
+        let spawned = std::thread::Builder::new()
+            .name("vmdesk-console-sweep".into())
+            .spawn(move || sweep(sweeper, every, rx));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the console port sweeper");
+        }
+        Self {
+            core,
+            settings,
+            _sweeper: tx,
+        }
     }
 
     /// The port range consoles are drawn from.
@@ -118,8 +169,8 @@ impl Consoles {
 
     /// Opens a console on a running VM the actor may use: reserves a port
     /// that can be bound (probing it; a port in use outside vmdesk is
-    /// skipped), finds the VM's VNC server, and serves the bridge. Runs on a
-    /// multi-threaded tokio runtime.
+    /// skipped), checks that the VM's display can be reached, and serves the
+    /// bridge. Runs on a multi-threaded tokio runtime.
     pub async fn open(&self, actor: &str, vm: &str) -> Result<Handle, Error> {
         let range = (self.settings.port_start, self.settings.port_end);
         let ttl = Duration::from_secs(self.settings.token_ttl_secs);
@@ -143,21 +194,20 @@ impl Consoles {
                 }
             }
         };
-        let target = {
+        // The display must be reachable now; the viewer gets a new connection
+        // to it when it comes.
+        let probe = {
             let (host, machine) = (grant.host.clone(), grant.machine.clone());
-            blocking(&self.core, move |c| c.console_address(&host, &machine)).await
+            blocking(&self.core, move |c| c.console_stream(&host, &machine)).await
         };
-        let target = match target {
-            Ok(t) => t,
-            Err(e) => {
-                let port = grant.port;
-                let _ = blocking(&self.core, move |c| {
-                    c.console_release(port, "the VM has no VNC server")
-                })
-                .await;
-                return Err(e);
-            }
-        };
+        if let Err(e) = probe {
+            let port = grant.port;
+            let _ = blocking(&self.core, move |c| {
+                c.console_release(port, "the VM's display cannot be reached")
+            })
+            .await;
+            return Err(e);
+        }
         let console = OpenConsole {
             url: format!("ws://127.0.0.1:{}/?token={}", grant.port, grant.token),
             grant,
@@ -166,7 +216,8 @@ impl Consoles {
         let bridge = Bridge {
             core: Arc::clone(&self.core),
             port: console.grant.port,
-            target,
+            host: console.grant.host.clone(),
+            machine: console.grant.machine.clone(),
             origins: self.settings.allowed_origins.clone(),
             ttl,
             idle: Duration::from_secs(self.settings.idle_timeout_secs),
@@ -183,24 +234,38 @@ impl Consoles {
 struct Bridge {
     core: Arc<Core>,
     port: u16,
-    target: String,
+    host: String,
+    machine: String,
     origins: Vec<String>,
     ttl: Duration,
     idle: Duration,
 }
 
+/// How one connection's handshake ended.
+enum Handshake {
+    /// A viewer with the token: its WebSocket and a new connection to the display.
+    Viewer(Box<WebSocketStream<TcpStream>>, UnixStream),
+    /// Refused; the console stays open for the right viewer.
+    Refused(String),
+    /// The token was right but the VM can no longer be shown: the console is over.
+    Gone(String),
+}
+
 impl Bridge {
     /// Accepts WebSockets until one passes the checks, relays it, and returns
-    /// the port when it ends. Later connections are still answered (refused:
-    /// the token is spent) while the relay runs.
+    /// the port when it ends. Each connection's handshake runs in a task of
+    /// its own with a timeout, so a silent connection holds up nothing. Later
+    /// connections are still answered (refused: the token is spent) while
+    /// the relay runs.
     async fn serve(
         self,
         listener: TcpListener,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Closed {
         let this = Arc::new(self);
-        let deadline = tokio::time::sleep(this.ttl + Duration::from_secs(1));
+        let deadline = tokio::time::sleep(this.ttl.saturating_add(Duration::from_secs(1)));
         tokio::pin!(deadline);
+        let mut handshakes = tokio::task::JoinSet::new();
         let mut relay: Option<tokio::task::JoinHandle<Closed>> = None;
         let why = loop {
             tokio::select! {
@@ -209,19 +274,31 @@ impl Bridge {
                 r = async { relay.as_mut().expect("guarded").await }, if relay.is_some() => {
                     break r.unwrap_or_else(|e| Closed::Error(e.to_string()));
                 }
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                    Ok(Handshake::Viewer(ws, vnc)) if relay.is_none() => {
+                        let this = Arc::clone(&this);
+                        relay = Some(tokio::spawn(async move { this.relay(*ws, vnc).await }));
+                    }
+                    Ok(Handshake::Viewer(..)) => {} // cannot happen: a second handshake finds the token spent
+                    Ok(Handshake::Refused(why)) => {
+                        tracing::info!(port = this.port, error = %why, "console connection refused");
+                    }
+                    Ok(Handshake::Gone(why)) => break Closed::Refused(why),
+                    Err(e) => tracing::warn!(port = this.port, error = %e, "console handshake task"),
+                },
                 accepted = listener.accept() => {
                     let Ok((tcp, _)) = accepted else { continue };
                     let this = Arc::clone(&this);
-                    match this.handshake(tcp).await {
-                        Ok(ws) if relay.is_none() => {
-                            relay = Some(tokio::spawn(async move { this.relay(ws).await }));
+                    handshakes.spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, this.handshake(tcp)).await {
+                            Ok(h) => h,
+                            Err(_) => Handshake::Refused("the WebSocket handshake timed out".into()),
                         }
-                        Ok(_) => {} // cannot happen: a second handshake finds the token spent
-                        Err(e) => tracing::info!(port = this.port, error = %e, "console connection refused"),
-                    }
+                    });
                 }
             }
         };
+        handshakes.abort_all();
         if let Some(r) = relay {
             r.abort();
         }
@@ -231,16 +308,14 @@ impl Bridge {
         why
     }
 
-    /// The WebSocket handshake, refused (403) without the console's token or
-    /// from a foreign origin.
+    /// The WebSocket handshake, refused (403) without the console's token,
+    /// from a foreign origin, or when the VM can no longer be shown.
     // The callback's error type is tungstenite's.
     #[allow(clippy::result_large_err)]
-    async fn handshake(
-        &self,
-        tcp: TcpStream,
-    ) -> Result<tokio_tungstenite::WebSocketStream<TcpStream>, tokio_tungstenite::tungstenite::Error>
-    {
+    async fn handshake(&self, tcp: TcpStream) -> Handshake {
         let _ = tcp.set_nodelay(true);
+        let mut display: Option<std::os::unix::net::UnixStream> = None;
+        let mut gone: Option<String> = None;
         let check = |req: &Request, mut rsp: Response| -> Result<Response, ErrorResponse> {
             let refuse = |why: String| {
                 let mut r = ErrorResponse::new(Some(why));
@@ -263,10 +338,22 @@ impl Bridge {
                 .find_map(|kv| kv.strip_prefix("token="))
                 .unwrap_or("")
                 .to_owned();
-            let redeemed =
-                tokio::task::block_in_place(|| self.core.console_redeem(self.port, &token));
-            if let Err(e) = redeemed {
-                return Err(refuse(e.one_line()));
+            let opened = tokio::task::block_in_place(|| {
+                self.core
+                    .console_redeem(self.port, &token)
+                    .map_err(|e| (e.code() != "console_refused", e))?;
+                self.core
+                    .console_stream(&self.host, &self.machine)
+                    .map_err(|e| (true, e))
+            });
+            match opened {
+                Ok(stream) => display = Some(stream),
+                Err((fatal, e)) => {
+                    if fatal {
+                        gone = Some(e.one_line());
+                    }
+                    return Err(refuse(e.one_line()));
+                }
             }
             let offers_binary = req
                 .headers()
@@ -281,31 +368,46 @@ impl Bridge {
             }
             Ok(rsp)
         };
-        tokio_tungstenite::accept_hdr_async(tcp, check).await
+        let accepted = tokio_tungstenite::accept_hdr_async(tcp, check).await;
+        if let Some(why) = gone {
+            return Handshake::Gone(why);
+        }
+        let ws = match accepted {
+            Ok(ws) => ws,
+            Err(e) => return Handshake::Refused(e.to_string()),
+        };
+        let vnc = display
+            .ok_or_else(|| "no display connection".to_owned())
+            .and_then(|d| {
+                d.set_nonblocking(true).map_err(|e| e.to_string())?;
+                UnixStream::from_std(d).map_err(|e| e.to_string())
+            });
+        match vnc {
+            Ok(vnc) => Handshake::Viewer(Box::new(ws), vnc),
+            Err(e) => Handshake::Gone(format!("the VM's display: {e}")),
+        }
     }
 
-    /// Relays RFB between the WebSocket and the VNC server until one closes.
-    async fn relay(&self, ws: tokio_tungstenite::WebSocketStream<TcpStream>) -> Closed {
-        let vnc = match TcpStream::connect(&self.target).await {
-            Ok(v) => v,
-            Err(e) => {
-                return Closed::Error(format!(
-                    "cannot reach the VM's VNC server {}: {e}",
-                    self.target
-                ))
-            }
-        };
-        let _ = vnc.set_nodelay(true);
+    /// Relays RFB between the WebSocket and the VM's display until one
+    /// closes, or until no RFB has flowed either way for the idle timeout
+    /// (pings and pongs do not count).
+    async fn relay(&self, ws: WebSocketStream<TcpStream>, vnc: UnixStream) -> Closed {
         let (mut vnc_rx, mut vnc_tx) = vnc.into_split();
         let (mut ws_tx, mut ws_rx) = ws.split();
         let start = Instant::now();
+        let since_start = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = AtomicU64::new(0);
-        let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let touch = || last.store(since_start(), Ordering::Relaxed);
+        let idle = self.idle;
+        // Pings keep the link's middleboxes awake and find dead viewers; they
+        // go often enough that a short idle timeout still sees several.
+        let ping_every = HEARTBEAT.min(idle / 2);
+        let check_every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let to_vm = async {
             while let Some(msg) = ws_rx.next().await {
-                touch();
                 match msg {
                     Ok(Message::Binary(b)) => {
+                        touch();
                         if vnc_tx.write_all(&b).await.is_err() {
                             return Closed::Vm;
                         }
@@ -321,8 +423,10 @@ impl Bridge {
             // Read into a growing buffer and hand each read to the WebSocket
             // as it is (no copy).
             let mut buf = bytes::BytesMut::with_capacity(CHUNK);
-            let mut beat = tokio::time::interval(HEARTBEAT);
-            beat.tick().await;
+            let mut check = tokio::time::interval(check_every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            check.tick().await;
+            let mut pinged = Instant::now();
             loop {
                 tokio::select! {
                     n = vnc_rx.read_buf(&mut buf) => match n {
@@ -341,14 +445,17 @@ impl Bridge {
                             }
                         }
                     },
-                    _ = beat.tick() => {
-                        let idle_ms = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                        if idle_ms >= self.idle.as_millis() as u64 {
+                    _ = check.tick() => {
+                        let quiet_ms = since_start().saturating_sub(last.load(Ordering::Relaxed));
+                        if Duration::from_millis(quiet_ms) >= idle {
                             let _ = ws_tx.send(Message::Close(None)).await;
                             return Closed::Idle;
                         }
-                        if ws_tx.send(Message::Ping(Vec::new().into())).await.is_err() {
-                            return Closed::Viewer;
+                        if pinged.elapsed() >= ping_every {
+                            pinged = Instant::now();
+                            if ws_tx.send(Message::Ping(Vec::new().into())).await.is_err() {
+                                return Closed::Viewer;
+                            }
                         }
                     }
                 }

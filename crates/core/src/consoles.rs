@@ -2,7 +2,10 @@
 //! is taken in one write transaction (atomic across processes: the table's
 //! primary key is the port), by the process that serves the bridge (its
 //! worker id); a console's token is single-use, short-lived and stored hashed.
-//! Ports whose process is gone are freed at start and on demand.
+//! Who may see the VM and whether it runs are checked when the port is
+//! reserved and again when the token is redeemed. Ports whose process is gone
+//! are freed by every console service periodically, at an admin's start and on
+//! demand.
 
 use std::time::Duration;
 
@@ -81,9 +84,54 @@ fn new_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The expiry a token with a lifetime too long to write gets: it never comes,
+/// and still compares as text with the times the core writes.
+const NEVER: &str = "9999-12-31T23:59:59.999Z";
+
+/// When a token given `ttl` from now expires (saturating at [`NEVER`]).
 fn expiry(ttl: Duration) -> String {
-    let at = chrono::Utc::now() + chrono::Duration::milliseconds(ttl.as_millis() as i64);
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    use chrono::Datelike;
+    let at = i64::try_from(ttl.as_millis())
+        .ok()
+        .and_then(chrono::TimeDelta::try_milliseconds)
+        .and_then(|d| chrono::Utc::now().checked_add_signed(d));
+    match at {
+        Some(at) if at.year() <= 9999 => at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        _ => NEVER.to_owned(),
+    }
+}
+
+/// Whether `a` may see VM `v`'s console now: an admin, the VM's owner, or the
+/// user of its active session; and the VM must run. `asked` is how the caller
+/// named the VM.
+fn may_show(tx: &rusqlite::Transaction<'_>, a: &User, v: &Vm, asked: &str) -> Result<()> {
+    let holds_session: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sessions WHERE vm_id = ?1 AND user_id = ?2 AND status = 'ACTIVE')",
+        params![v.id, a.id],
+        |r| r.get(0),
+    )?;
+    let allowed =
+        a.role == Role::Admin || v.owner.as_deref() == Some(a.name.as_str()) || holds_session;
+    if !allowed {
+        return Err(if v.pool.is_some() || v.owner.is_none() {
+            Error::Forbidden {
+                user: a.name.clone(),
+                action: format!(
+                    "open the console of VM \"{}\" without a session on it",
+                    v.name
+                ),
+            }
+        } else {
+            Error::UnknownVm(asked.to_owned())
+        });
+    }
+    if v.status != VmStatus::Running {
+        return Err(Error::ConsoleUnavailable(format!(
+            "VM \"{}\" is {}, not RUNNING",
+            v.name, v.status
+        )));
+    }
+    Ok(())
 }
 
 impl Core {
@@ -105,25 +153,7 @@ impl Core {
         let grant = self.write(|tx| {
             let a = user(tx, actor)?;
             let v = vm_by_ref(tx, vm)?;
-            let holds_session: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM sessions WHERE vm_id = ?1 AND user_id = ?2 AND status = 'ACTIVE')",
-                params![v.id, a.id],
-                |r| r.get(0),
-            )?;
-            let allowed = a.role == Role::Admin || v.owner.as_deref() == Some(a.name.as_str()) || holds_session;
-            if !allowed {
-                return Err(if v.pool.is_some() || v.owner.is_none() {
-                    Error::Forbidden {
-                        user: a.name.clone(),
-                        action: format!("open the console of VM \"{}\" without a session on it", v.name),
-                    }
-                } else {
-                    Error::UnknownVm(vm.to_owned())
-                });
-            }
-            if v.status != VmStatus::Running {
-                return Err(Error::ConsoleUnavailable(format!("VM \"{}\" is {}, not RUNNING", v.name, v.status)));
-            }
+            may_show(tx, &a, &v, vm)?;
             let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
             let port: Option<u16> = tx
                 .query_row(
@@ -166,26 +196,36 @@ impl Core {
         Ok(grant)
     }
 
-    /// Where the VNC server of a host's machine listens.
-    pub fn console_address(&self, host: &str, machine: &str) -> Result<String> {
+    /// A new connection to the display of a host's machine.
+    pub fn console_stream(
+        &self,
+        host: &str,
+        machine: &str,
+    ) -> Result<std::os::unix::net::UnixStream> {
         self.provider(host)?
-            .console_address(machine)
+            .console_stream(machine)
             .map_err(|e| Error::ConsoleUnavailable(e.to_string()))
     }
 
     /// Spends a console's token: it must be the one issued for that port,
-    /// unused and not expired. Returns the VM the console shows.
+    /// unused and not expired. Then checks again what was checked at the
+    /// reservation (the opener may still see the VM, and it runs); if that no
+    /// longer holds, the console is closed and its port freed, and the error
+    /// says why. Returns the VM the console shows.
     pub fn console_redeem(&self, port: u16, token: &str) -> Result<Vm> {
         self.write(|tx| {
-            let row: Option<(i64, String, String, bool)> = tx
+            let row: Option<(i64, String, String, String, bool)> = tx
                 .query_row(
-                    "SELECT vm_id, token_hash, token_expires, token_used FROM consoles WHERE port = ?1",
+                    "SELECT c.vm_id, u.name, c.token_hash, c.token_expires, c.token_used
+                     FROM consoles c JOIN users u ON u.id = c.user_id WHERE c.port = ?1",
                     [port],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 )
                 .optional()?;
-            let Some((vm_id, token_hash, expires, used)) = row else {
-                return Err(Error::ConsoleRefused(format!("no console is open on port {port}")));
+            let Some((vm_id, opener, token_hash, expires, used)) = row else {
+                return Err(Error::ConsoleRefused(format!(
+                    "no console is open on port {port}"
+                )));
             };
             if token.is_empty() {
                 return Err(Error::ConsoleRefused("no token was given".into()));
@@ -200,8 +240,26 @@ impl Core {
                 return Err(Error::ConsoleRefused("the token has expired".into()));
             }
             tx.execute("UPDATE consoles SET token_used = 1 WHERE port = ?1", [port])?;
-            vm_by_id(tx, vm_id)
-        })
+            let v = vm_by_id(tx, vm_id)?;
+            let still = user(tx, &opener).and_then(|a| may_show(tx, &a, &v, &v.name));
+            match still {
+                Ok(()) => Ok(Ok(v)),
+                Err(e) => {
+                    tx.execute("DELETE FROM consoles WHERE port = ?1", [port])?;
+                    events::record(
+                        tx,
+                        NewEvent::info(
+                            EventType::Vm,
+                            "console.close",
+                            SYSTEM,
+                            json!({"port": port, "reason": e.one_line()}),
+                        )
+                        .vm(v.id),
+                    )?;
+                    Ok(Err(e))
+                }
+            }
+        })?
     }
 
     /// Returns a console's port to the pool (nothing if it is free already).
@@ -247,7 +305,7 @@ impl Core {
                         tx,
                         NewEvent::info(
                             EventType::System,
-                            "recover.console",
+                            "recovery.console",
                             SYSTEM,
                             json!({"port": port, "reason": "the process serving the console is gone"}),
                         ),
@@ -309,6 +367,13 @@ mod tests {
             hash("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_lifetime_too_long_to_write_saturates() {
+        assert_eq!(expiry(Duration::MAX), NEVER);
+        assert_eq!(expiry(Duration::from_secs(u64::MAX)), NEVER);
+        assert!(expiry(Duration::from_secs(60)) < NEVER.to_owned());
     }
 
     #[test]

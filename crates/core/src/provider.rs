@@ -120,8 +120,12 @@ pub trait Provider: Send + Sync {
         let _ = all;
         machines.iter().map(|m| self.power_state(m)).collect()
     }
-    /// Where the machine's VNC server listens (`host:port`), while it runs.
-    fn console_address(&self, machine: &str) -> Result<String, ProviderError> {
+    /// A new connection to the machine's display (its VNC server), while it
+    /// runs: a connected socket, so the display need not listen on any port.
+    fn console_stream(
+        &self,
+        machine: &str,
+    ) -> Result<std::os::unix::net::UnixStream, ProviderError> {
         let _ = machine;
         Err(ProviderError::Unsupported("consoles".into()))
     }

@@ -133,5 +133,93 @@ fn ports_of_a_dead_process_are_freed_by_cleanup() {
     assert_eq!(core.console_cleanup().unwrap(), [g.port]);
     assert_eq!(core.console_stats((6100, 6101)).unwrap().allocated, 0);
     let e = &core.events("admin", 1).unwrap()[0];
-    assert_eq!(e.action, "recover.console");
+    assert_eq!(e.action, "recovery.console");
+}
+
+#[test]
+fn recovery_reports_the_freed_ports_of_dead_processes() {
+    let (dir, _hosts, core) = running();
+    let g = core
+        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
+        .unwrap();
+    db(dir.path())
+        .execute("UPDATE consoles SET worker = '4242-deadbeef'", [])
+        .unwrap();
+
+    let done = core.recover_all("admin").unwrap();
+
+    let freed: Vec<_> = done
+        .iter()
+        .filter(|e| e.action == "recovery.console")
+        .map(|e| e.details["port"].as_u64())
+        .collect();
+    assert_eq!(freed, [Some(u64::from(g.port))]);
+}
+
+#[test]
+fn a_token_redeemed_after_the_vm_stopped_is_refused_and_frees_the_port() {
+    let (dir, _hosts, core) = running();
+    let g = core
+        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
+        .unwrap();
+    db(dir.path())
+        .execute("UPDATE vms SET status = 'STOPPED'", [])
+        .unwrap();
+
+    let err = core.console_redeem(g.port, &g.token).unwrap_err();
+
+    assert_eq!(err.code(), "console_unavailable");
+    assert!(err.to_string().contains("not RUNNING"), "{err}");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM consoles"), 0);
+}
+
+#[test]
+fn a_token_redeemed_after_the_session_ended_is_refused_and_frees_the_port() {
+    let (dir, _hosts, core) = with_pool(1);
+    core.user_add("admin", "bob", false, 1000).unwrap();
+    let req = vmdesk_core::SessionRequest {
+        project: "p".into(),
+        ..Default::default()
+    };
+    core.session_open("bob", &req, true).unwrap();
+    let g = core
+        .console_reserve("bob", "vm0", (6100, 6101), &[], TTL)
+        .unwrap();
+    // The session ends; the VM runs on (another user may take it next).
+    db(dir.path())
+        .execute("UPDATE sessions SET status = 'COMPLETED'", [])
+        .unwrap();
+
+    let err = core.console_redeem(g.port, &g.token).unwrap_err();
+
+    assert_eq!(err.code(), "forbidden");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM consoles"), 0);
+}
+
+#[test]
+fn a_wrong_token_keeps_the_console_for_the_right_one() {
+    let (dir, _hosts, core) = running();
+    let g = core
+        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
+        .unwrap();
+    db(dir.path())
+        .execute("UPDATE vms SET status = 'STOPPED'", [])
+        .unwrap();
+
+    let err = core.console_redeem(g.port, "wrong").unwrap_err();
+
+    assert_eq!(err.code(), "console_refused");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM consoles"), 1);
+}
+
+#[test]
+fn a_huge_token_lifetime_saturates_and_the_token_opens_its_console() {
+    let (_dir, _hosts, core) = running();
+
+    let g = core
+        .console_reserve("admin", "vm0", (6100, 6101), &[], Duration::MAX)
+        .unwrap();
+
+    assert_eq!(g.expires_at, "9999-12-31T23:59:59.999Z");
+    assert_eq!(core.console_redeem(g.port, &g.token).unwrap().name, "vm0");
 }

@@ -5,6 +5,8 @@ pub mod events;
 mod xml;
 
 use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, Once};
 
 use virt::connect::Connect;
@@ -231,6 +233,35 @@ fn has_hardware_virtualization(conn: &Connect) -> bool {
     offered && (caps.contains("<feature name='vmx'/>") || caps.contains("<feature name='svm'/>"))
 }
 
+/// Whether a libvirt URI reaches a daemon (or driver) on this machine: no
+/// host name and no transport but the local unix socket. Only such a
+/// connection can pass a display's descriptor to this process.
+pub fn is_local_uri(uri: &str) -> bool {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return false;
+    };
+    let transport_local = match scheme.split_once('+') {
+        None => true,
+        Some((_, transport)) => transport == "unix",
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    transport_local && host.is_empty()
+}
+
+/// Takes ownership of a descriptor libvirt handed over (from
+/// `virDomainOpenGraphicsFD`), so that it is closed exactly once.
+#[allow(unsafe_code)]
+fn owned_fd(fd: u32) -> Result<OwnedFd, ProviderError> {
+    let raw = RawFd::try_from(fd)
+        .map_err(|_| ProviderError::Refused(format!("libvirt returned a bad descriptor {fd}")))?;
+    // SAFETY: virDomainOpenGraphicsFD returns a new descriptor (a connected
+    // socket) that belongs to the caller, who must close it; nothing else in
+    // this process holds it, and the value was checked to be non-negative by
+    // the binding (`check_neg!`) before it got here.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 fn power_state_of(state: DomainState) -> PowerState {
     match state {
         DomainState::Running
@@ -276,24 +307,37 @@ impl Provider for LibvirtProvider {
     }
 
     fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
-        match self.domain(&spec.machine_name) {
-            Ok(_) => Ok(()),
-            Err(ProviderError::NotFound(_)) => {
-                let volume = disk_volume(&spec.machine_name);
-                let has_disk = self.virt != VirtType::Test
-                    && self.pool()?.lookup_storage_vol_by_name(&volume).is_ok();
-                let disk = has_disk.then(|| DiskRef {
-                    pool: pool_name(self.virt),
-                    volume: &volume,
-                });
-                let xml = xml::domain(spec, self.virt, disk.as_ref());
-                self.conn
-                    .define_domain_xml(&xml)
-                    .map(|_| ())
-                    .map_err(|e| map_err(&spec.machine_name, e))
+        let machine = &spec.machine_name;
+        // A machine defined when displays listened on a TCP port is defined
+        // again (same UUID); a running one switches at its next start.
+        let uuid = match self.domain(machine) {
+            Ok(dom) => {
+                let stored = dom
+                    .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+                    .map_err(|e| map_err(machine, e))?;
+                if !xml::vnc_on_tcp(&stored) {
+                    return Ok(());
+                }
+                Some(dom.uuid_string().map_err(|e| map_err(machine, e))?)
             }
-            Err(e) => Err(e),
-        }
+            Err(ProviderError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let volume = disk_volume(machine);
+        let has_disk =
+            self.virt != VirtType::Test && self.pool()?.lookup_storage_vol_by_name(&volume).is_ok();
+        let disk = has_disk.then(|| DiskRef {
+            pool: pool_name(self.virt),
+            volume: &volume,
+        });
+        let xml = match &uuid {
+            Some(uuid) => xml::redefinition(spec, self.virt, disk.as_ref(), uuid),
+            None => xml::domain(spec, self.virt, disk.as_ref()),
+        };
+        self.conn
+            .define_domain_xml(&xml)
+            .map(|_| ())
+            .map_err(|e| map_err(machine, e))
     }
 
     fn start(&self, machine: &str) -> Result<(), ProviderError> {
@@ -323,12 +367,20 @@ impl Provider for LibvirtProvider {
         }
     }
 
-    fn console_address(&self, machine: &str) -> Result<String, ProviderError> {
+    fn console_stream(&self, machine: &str) -> Result<UnixStream, ProviderError> {
+        let uri = self.conn.uri().unwrap_or_default();
+        if !is_local_uri(&uri) {
+            // The display's socket is on the remote host: an SSH channel to it
+            // is still to come.
+            return Err(ProviderError::Unsupported(format!(
+                "opening the console of a VM on a remote host ({uri})"
+            )));
+        }
         let dom = self.domain(machine)?;
-        let xml = dom.xml_desc(0).map_err(|e| map_err(machine, e))?;
-        xml::vnc_address(&xml).ok_or_else(|| {
-            ProviderError::Refused(format!("{machine} has no VNC server (is it running?)"))
-        })
+        let fd = dom.open_graphics_fd(0, 0).map_err(|e| {
+            ProviderError::Refused(format!("the display of {machine}: {}", e.message()))
+        })?;
+        Ok(UnixStream::from(owned_fd(fd)?))
     }
 
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
@@ -470,6 +522,51 @@ impl ProviderFactory for LibvirtFactory {
             other => Err(ProviderError::Unsupported(format!(
                 "hosts of kind \"{other}\""
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod console_tests {
+    use std::io::{Read, Write};
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::{is_local_uri, owned_fd};
+
+    #[test]
+    fn an_owned_descriptor_carries_the_socket_and_closes_it_when_dropped() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let raw = u32::try_from(ours.into_raw_fd()).unwrap();
+        let mut stream = UnixStream::from(owned_fd(raw).unwrap());
+        stream.write_all(b"RFB").unwrap();
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"RFB");
+        drop(stream);
+        assert_eq!(peer.read(&mut got).unwrap(), 0, "closed once dropped");
+    }
+
+    #[test]
+    fn local_uris_are_told_from_remote_ones() {
+        for uri in [
+            "qemu:///system",
+            "qemu:///session",
+            "qemu+unix:///system",
+            "test:///default",
+        ] {
+            assert!(is_local_uri(uri), "{uri}");
+        }
+        for uri in [
+            "qemu+ssh://user@host/system",
+            "qemu+tls://host/system",
+            "qemu://host/system",
+            "qemu+tcp://127.0.0.1/system",
+            "qemu+ssh://host/system?keyfile=/k",
+            "nonsense",
+        ] {
+            assert!(!is_local_uri(uri), "{uri}");
         }
     }
 }

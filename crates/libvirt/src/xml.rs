@@ -47,9 +47,30 @@ pub struct DiskRef<'a> {
 }
 
 /// The XML of a domain for a VM: memory, CPUs, its disk, a VGA display served
-/// by VNC on 127.0.0.1, a serial console, and vmdesk's marker (install id, VM
-/// id and name) in its metadata.
+/// by VNC on a unix socket only (reached through libvirt, never a TCP port), a
+/// serial console, and vmdesk's marker (install id, VM id and name) in its
+/// metadata.
 pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) -> String {
+    domain_with_uuid(spec, virt, disk, None)
+}
+
+/// The XML of [`domain`] for a domain that exists already under `uuid` (a
+/// definition with the same name and another UUID is refused).
+pub fn redefinition(
+    spec: &MachineSpec,
+    virt: VirtType,
+    disk: Option<&DiskRef<'_>>,
+    uuid: &str,
+) -> String {
+    domain_with_uuid(spec, virt, disk, Some(uuid))
+}
+
+fn domain_with_uuid(
+    spec: &MachineSpec,
+    virt: VirtType,
+    disk: Option<&DiskRef<'_>>,
+    uuid: Option<&str>,
+) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     let memory_kib = (spec.ram_mb * 1024).to_string();
     let vcpus = spec.cpu_cores.to_string();
@@ -59,6 +80,9 @@ pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) ->
         .with_attribute(("type", virt.as_str()))
         .write_inner_content(|w| {
             text(w, "name", &spec.machine_name)?;
+            if let Some(uuid) = uuid {
+                text(w, "uuid", uuid)?;
+            }
             text(w, "title", &format!("vmdesk VM {}", spec.vm_name))?;
             w.create_element("metadata").write_inner_content(|w| {
                 w.create_element("vmdesk:machine")
@@ -125,14 +149,16 @@ pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) ->
                     w.create_element("console")
                         .with_attribute(("type", "pty"))
                         .write_empty()?;
+                    // No port: the display is reached through
+                    // virDomainOpenGraphicsFD only.
                     w.create_element("graphics")
-                        .with_attributes([
-                            ("type", "vnc"),
-                            ("port", "-1"),
-                            ("autoport", "yes"),
-                            ("listen", "127.0.0.1"),
-                        ])
-                        .write_empty()?;
+                        .with_attribute(("type", "vnc"))
+                        .write_inner_content(|w| {
+                            w.create_element("listen")
+                                .with_attribute(("type", "socket"))
+                                .write_empty()?;
+                            Ok(())
+                        })?;
                     w.create_element("video").write_inner_content(|w| {
                         w.create_element("model")
                             .with_attribute(("type", "vga"))
@@ -290,9 +316,20 @@ mod tests {
     }
 
     #[test]
-    fn vnc_listens_on_loopback_only() {
+    fn vnc_listens_on_a_unix_socket_only() {
         let xml = domain(&spec("a"), VirtType::Qemu, None);
-        assert!(xml.contains(r#"listen="127.0.0.1""#), "{xml}");
+        assert!(xml.contains(r#"<listen type="socket"/>"#), "{xml}");
+        assert!(!xml.contains("port="), "{xml}");
+        assert!(!xml.contains("127.0.0.1"), "{xml}");
+        assert!(!vnc_on_tcp(&xml), "{xml}");
+    }
+
+    #[test]
+    fn a_redefinition_keeps_the_domains_uuid() {
+        let uuid = "0b5b8a4e-6f1c-4a3e-9d5e-1c2b3a4d5e6f";
+        let xml = redefinition(&spec("a"), VirtType::Qemu, None, uuid);
+        assert!(xml.contains(&format!("<uuid>{uuid}</uuid>")), "{xml}");
+        assert!(!domain(&spec("a"), VirtType::Qemu, None).contains("<uuid>"));
     }
 
     #[test]
@@ -310,27 +347,48 @@ mod tests {
     }
 }
 
-/// The VNC server of a running domain, from its live XML: `listen:port` of
-/// its first `<graphics type='vnc'>` (libvirt fills the port in at start).
-pub fn vnc_address(domain_xml: &str) -> Option<String> {
+/// Whether a domain's XML has a VNC display that listens on a TCP port (how
+/// vmdesk defined displays before they moved to a unix socket): a
+/// `<graphics type='vnc'>` whose listens are not all `type='socket'`.
+pub fn vnc_on_tcp(domain_xml: &str) -> bool {
     use quick_xml::events::Event;
+    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.local_name().into_inner() == name)
+            .map(|a| a.value.into_owned())
+    };
     let mut reader = quick_xml::Reader::from_str(domain_xml);
+    // Inside a VNC graphics element: whether it has a listen, and whether one is not a socket.
+    let mut vnc: Option<(bool, bool)> = None;
     loop {
-        match reader.read_event().ok()? {
-            Event::Eof => return None,
+        let Ok(event) = reader.read_event() else {
+            return false;
+        };
+        match &event {
+            Event::Eof => return false,
             Event::Start(e) | Event::Empty(e) if e.local_name().into_inner() == "graphics" => {
-                let attr = |name: &str| {
-                    e.attributes()
-                        .flatten()
-                        .find(|a| a.key.local_name().into_inner() == name)
-                        .map(|a| a.value.into_owned())
-                };
-                if attr("type").as_deref() != Some("vnc") {
-                    continue;
+                let is_vnc = attr(e, "type").as_deref() == Some("vnc");
+                let empty = matches!(event, Event::Empty(_));
+                if is_vnc && (empty || attr(e, "port").is_some() || attr(e, "listen").is_some()) {
+                    return true;
                 }
-                let port: u16 = attr("port")?.parse().ok().filter(|p| *p > 0)?;
-                let listen = attr("listen").unwrap_or_else(|| "127.0.0.1".into());
-                return Some(format!("{listen}:{port}"));
+                if is_vnc {
+                    vnc = Some((false, false));
+                }
+            }
+            Event::Start(e) | Event::Empty(e) if e.local_name().into_inner() == "listen" => {
+                if let Some((any, tcp)) = vnc.as_mut() {
+                    *any = true;
+                    *tcp |= attr(e, "type").as_deref() != Some("socket");
+                }
+            }
+            Event::End(e) if e.local_name().into_inner() == "graphics" => {
+                if let Some((any, tcp)) = vnc.take() {
+                    if !any || tcp {
+                        return true;
+                    }
+                }
             }
             _ => {}
         }
@@ -339,19 +397,25 @@ pub fn vnc_address(domain_xml: &str) -> Option<String> {
 
 #[cfg(test)]
 mod vnc_tests {
-    use super::vnc_address;
+    use super::vnc_on_tcp;
 
     #[test]
-    fn a_running_domains_vnc_port_is_read_from_its_xml() {
-        let xml = "<domain><devices><graphics type='spice' port='5900'/>\
-                   <graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'/></devices></domain>";
-        assert_eq!(vnc_address(xml).as_deref(), Some("127.0.0.1:5901"));
+    fn a_display_defined_on_a_tcp_port_is_found() {
+        let xml =
+            "<domain><devices><graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>\
+                   <listen type='address' address='127.0.0.1'/></graphics></devices></domain>";
+        assert!(vnc_on_tcp(xml));
     }
 
     #[test]
-    fn a_domain_that_is_off_has_no_vnc_port() {
-        let xml =
-            "<domain><devices><graphics type='vnc' port='-1' autoport='yes'/></devices></domain>";
-        assert_eq!(vnc_address(xml), None);
+    fn a_display_on_a_socket_is_not_on_tcp() {
+        let xml = "<domain><devices><graphics type='vnc'><listen type='socket'/></graphics>\
+                   <video/></devices></domain>";
+        assert!(!vnc_on_tcp(xml));
+    }
+
+    #[test]
+    fn a_domain_without_a_display_is_not_on_tcp() {
+        assert!(!vnc_on_tcp("<domain><devices/></domain>"));
     }
 }
