@@ -185,10 +185,11 @@ pub(crate) fn wait_for(
     timeout: Duration,
     done: impl Fn(PowerState) -> bool,
 ) -> Result<PowerState, crate::provider::ProviderError> {
-    let deadline = Instant::now() + timeout;
+    // A timeout too long to add never comes (no overflow panic).
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         let state = provider.power_state(machine)?;
-        if done(state) || Instant::now() >= deadline {
+        if done(state) || deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(state);
         }
         std::thread::sleep(POLL);
