@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Takes away what set-up makes, so that the `make test` after it sets those
+# parts up from nothing, as on a fresh machine (.ci/run calls it first). What
+# one machine happens to have, a fresh one lacks: without this, a set-up step
+# that forgets to make something passes on every machine that once had it.
+#
+# Removes: vmdesk's libvirt domains and its storage pool `vmdesk` (with its
+# directory), the QEMU driver's state, log, cache and run directories, the
+# libvirtd.sh state directory, the tiny-linux image (target/os) and the UI
+# build (ui/dist). Stops the libvirt daemons first if they run.
+# Run as root (it removes system directories); not while tests run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+URI="qemu:///system"
+POOL="vmdesk"                       # crates/libvirt: pool_name
+POOL_DIR="/var/lib/libvirt/images/vmdesk"
+MARKER_NS="urn:vmdesk:machine:1"    # crates/libvirt: MARKER_NS
+STATE_DIR="${VMDESK_LIBVIRT_STATE:-/run/vmdesk-libvirt}"
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "fresh-check: needs root (it removes libvirt's system directories)" >&2
+  exit 1
+fi
+
+say() { echo "fresh-check: $*"; }
+
+if command -v virsh >/dev/null && timeout 5 virsh -q -c "$URI" version >/dev/null 2>&1; then
+  virsh_() { timeout 30 virsh -q -c "$URI" "$@"; }
+  # vmdesk's machines carry its metadata namespace.
+  for dom in $(virsh_ list --all --name || true); do
+    if virsh_ dumpxml "$dom" 2>/dev/null | grep -q "$MARKER_NS"; then
+      virsh_ destroy "$dom" >/dev/null 2>&1 || true
+      virsh_ undefine "$dom" >/dev/null 2>&1 || true
+      say "removed domain $dom"
+    fi
+  done
+  if virsh_ pool-info "$POOL" >/dev/null 2>&1; then
+    virsh_ pool-destroy "$POOL" >/dev/null 2>&1 || true
+    virsh_ pool-undefine "$POOL" >/dev/null
+    say "removed storage pool $POOL"
+  fi
+fi
+
+bash scripts/libvirtd.sh stop
+say "libvirt daemons stopped"
+# A QEMU that is not vmdesk's keeps its state in the directories below.
+if pgrep -f '^(/usr/bin/)?qemu-system-' >/dev/null; then
+  echo "fresh-check: a QEMU that is not vmdesk's still runs; its libvirt state is left alone" >&2
+  exit 1
+fi
+
+for path in \
+  "$POOL_DIR" \
+  /var/log/libvirt/qemu \
+  /var/lib/libvirt/qemu \
+  /var/cache/libvirt/qemu \
+  /run/libvirt \
+  "$STATE_DIR" \
+  target/os \
+  ui/dist; do
+  if [ -e "$path" ] || [ -L "$path" ]; then
+    rm -rf -- "$path"
+    say "removed $path"
+  fi
+done
+say "set-up must now make these again"
