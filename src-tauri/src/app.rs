@@ -18,10 +18,13 @@ use vmdesk_core::{
 };
 
 use crate::cli::{open_core, Global};
+use crate::supervise::{Supervisor, SyncHealth};
 use crate::tray::{self, Look, TrayAction, TrayModel};
 
 /// Event sent to the window whenever the data may have changed.
 const CHANGED: &str = "changed";
+/// Event carrying a [`SyncHealth`] whenever status sync's health changes.
+const SYNC_HEALTH: &str = "sync-health";
 /// How often the worker looks for work and for other processes' changes.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -31,8 +34,8 @@ struct Ctx {
     actor: String,
     wake: Mutex<Sender<()>>,
     global: Global,
-    /// The status-sync child; restarted when the settings change.
-    watcher: Mutex<Option<Watcher>>,
+    /// The status-sync child's supervisor; restarted when the settings change.
+    sync: Arc<Supervisor>,
     /// Console bridges of this process.
     consoles: vmdesk_console::Consoles,
     /// The open ones, by port.
@@ -118,12 +121,25 @@ fn settings_view(ctx: &Ctx) -> Result<SettingsView, ApiError> {
 
 /// Restarts the status-sync child so it reads the new settings.
 fn restart_watcher(ctx: &Ctx, settings: &vmdesk_core::Settings) -> Result<(), ApiError> {
-    let mut w = ctx.watcher.lock().unwrap_or_else(|p| p.into_inner());
-    *w = None; // stops the old one
-    if settings.sync.enabled {
-        *w = Some(spawn_watcher(&ctx.global).map_err(internal)?);
-    }
+    ctx.sync.restart(settings.sync.enabled);
     Ok(())
+}
+
+/// The health of status sync: last pass, last error, hosts unreachable,
+/// restarts of its process (also sent as `sync-health` events).
+#[tauri::command]
+async fn sync_health(ctx: State<'_, Ctx>) -> Result<SyncHealth, ApiError> {
+    Ok(ctx.sync.health())
+}
+
+/// Checks the installation as `vmdesk doctor` does: data directory,
+/// database, settings, hosts, libvirt, console ports, keyring.
+#[tauri::command]
+async fn doctor(ctx: State<'_, Ctx>) -> Result<Vec<vmdesk_core::doctor::Check>, ApiError> {
+    let global = ctx.global.clone();
+    tauri::async_runtime::spawn_blocking(move || crate::doctor::checks(&global))
+        .await
+        .map_err(internal)
 }
 
 /// Opens a console on a running VM: a bridge on a pool port whose
@@ -607,10 +623,17 @@ fn tray_menu(app: &AppHandle, m: &TrayModel) -> tauri::Result<Menu<tauri::Wry>> 
 }
 
 /// Brings the tray up to date; rebuilds the menu and icon only on a change.
-fn refresh_tray(app: &AppHandle, core: &Core, actor: &str, last: &mut Option<TrayModel>) {
-    let (Some(tray), Some(m)) = (app.tray_by_id("main"), tray_model(core, actor)) else {
+fn refresh_tray(
+    app: &AppHandle,
+    core: &Core,
+    actor: &str,
+    sync: &SyncHealth,
+    last: &mut Option<TrayModel>,
+) {
+    let (Some(tray), Some(mut m)) = (app.tray_by_id("main"), tray_model(core, actor)) else {
         return;
     };
+    tray::with_sync(&mut m, sync);
     if last.as_ref() == Some(&m) {
         return;
     }
@@ -697,11 +720,17 @@ fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i
 
 /// Drives pending sessions and tells the window about changes, including those
 /// committed by other processes (the CLI) on the same data directory.
-fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<()>) {
+fn worker(
+    app: AppHandle,
+    core: Arc<Core>,
+    actor: String,
+    sync: Arc<Supervisor>,
+    wake: mpsc::Receiver<()>,
+) {
     let mut seen = core.data_version().unwrap_or(0);
     let mut last_event = core.last_event_id().unwrap_or(0);
     let mut tray: Option<TrayModel> = None;
-    refresh_tray(&app, &core, &actor, &mut tray);
+    refresh_tray(&app, &core, &actor, &sync.health(), &mut tray);
     loop {
         match wake.recv_timeout(TICK) {
             Ok(()) | Err(RecvTimeoutError::Timeout) => {}
@@ -716,33 +745,8 @@ fn worker(app: AppHandle, core: Arc<Core>, actor: String, wake: mpsc::Receiver<(
             let _ = app.emit(CHANGED, ());
             last_event = notify_new_events(&app, &core, &actor, last_event);
         }
-        refresh_tray(&app, &core, &actor, &mut tray);
+        refresh_tray(&app, &core, &actor, &sync.health(), &mut tray);
     }
-}
-
-/// The status-sync child (`vmdesk sync --watch --parent-pipe`): it follows
-/// the hosts' lifecycle events and exits when this process's end of its
-/// stdin closes, however this process ends.
-struct Watcher(std::process::Child);
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_watcher(global: &Global) -> anyhow::Result<Watcher> {
-    let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("--data-dir").arg(crate::cli::data_dir(global)?);
-    cmd.arg("--as").arg(&global.actor);
-    if let Some(config) = &global.config {
-        cmd.arg("--config").arg(config);
-    }
-    cmd.args(["sync", "--watch", "--parent-pipe"]);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
-    Ok(Watcher(cmd.spawn()?))
 }
 
 /// The D-Bus name (under the app's identifier) that makes the app single
@@ -784,11 +788,19 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
     // Status sync runs in a child process: libvirt's event loop takes GLib's
     // default main context, which GTK needs in this one. Its changes reach
     // the window through the database (data_version), like the CLI's.
-    let watcher = if crate::cli::settings(global)?.sync.enabled {
-        Some(spawn_watcher(global)?)
-    } else {
-        None
-    };
+    // Supervised: started again (with backoff) whenever it exits.
+    let sync = Supervisor::start(
+        global.clone(),
+        crate::cli::settings(global)?.sync.enabled,
+        {
+            let handle = Arc::clone(&handle);
+            Box::new(move |health: &SyncHealth| {
+                if let Some(app) = handle.lock().ok().and_then(|h| h.clone()) {
+                    let _ = app.emit(SYNC_HEALTH, health);
+                }
+            })
+        },
+    )?;
     core.user(&global.actor)?;
     let actor = global.actor.clone();
     let (wake_tx, wake_rx) = mpsc::channel();
@@ -809,7 +821,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             actor: actor.clone(),
             wake: Mutex::new(wake_tx),
             global: global.clone(),
-            watcher: Mutex::new(watcher),
+            sync: Arc::clone(&sync),
             consoles: vmdesk_console::Consoles::new(
                 Arc::clone(&core),
                 crate::cli::settings(global)?.console,
@@ -848,6 +860,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             ports,
             stats_watch,
             app_info,
+            sync_health,
+            doctor,
             ready,
             app_quit
         ])
@@ -897,7 +911,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
                 .spawn(move || stats_loop(stats_app, stats_core, stats_actor, stats_vm))?;
             std::thread::Builder::new()
                 .name("vmdesk-worker".into())
-                .spawn(move || worker(app_handle, core, actor, wake_rx))?;
+                .spawn(move || worker(app_handle, core, actor, sync, wake_rx))?;
             // Writers never checkpoint themselves (see vmdesk_core::store): this keeps the log short.
             std::thread::Builder::new()
                 .name("vmdesk-checkpoint".into())

@@ -103,8 +103,15 @@ pub enum Command {
     /// The OS catalog
     #[command(subcommand)]
     Os(OsCmd),
-    /// Settle crashed work and remove vmdesk's leftovers from every host (admin only)
-    Recover,
+    /// Settle crashed work, quarantine vmdesk's leftovers on every host and list them (admin only)
+    Recover {
+        /// Delete the quarantined machines (definition and disk) found longer ago than --grace-secs
+        #[arg(long)]
+        purge: bool,
+        /// With --purge: how long a machine stays quarantined before it may be deleted
+        #[arg(long, default_value_t = 7 * 24 * 3600, requires = "purge")]
+        grace_secs: u64,
+    },
     /// Reconcile the database with the hosts' power states
     #[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "watch"])))]
     Sync {
@@ -126,6 +133,9 @@ pub enum Command {
     /// VNC consoles of running VMs
     #[command(subcommand)]
     Console(ConsoleCmd),
+    /// Check the installation: data directory, database, settings, hosts,
+    /// libvirt, console ports, keyring (one line per check; exit 1 on an error)
+    Doctor,
     /// The console port pool: statistics and open consoles; `cleanup` frees the ports of dead processes
     Ports {
         #[command(subcommand)]
@@ -420,13 +430,7 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMDESK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init();
     let Some(command) = cli.command else {
         return match crate::app::run(&cli.global) {
             Ok(()) => 0,
@@ -438,6 +442,12 @@ pub fn main() -> i32 {
     };
     match run(&cli.global, command) {
         Ok(()) => 0,
+        // The reader has gone (`| head`, `| grep -q`): not an error.
+        Err(e) if broken_pipe(&e) => 0,
+        Err(e) if e.is::<crate::doctor::Failed>() => {
+            eprintln!("error: {e}");
+            1
+        }
         Err(e) => {
             let line = match e.downcast_ref::<vmdesk_core::Error>() {
                 Some(core) => core.one_line(),
@@ -477,15 +487,15 @@ fn azure(g: &Global, cmd: AzureCmd) -> anyhow::Result<()> {
             vmdesk_azure::credentials::login(&mut settings.azure, &tenant, &client_id, secret)
                 .map_err(bad)?;
             settings.save(&path)?;
-            println!(
+            out(&format!(
                 "Azure client {client_id} of tenant {tenant} kept: its secret is in the OS keyring, the rest in {}",
                 path.display()
-            );
+            ))?;
         }
         AzureCmd::Logout => {
             vmdesk_azure::credentials::logout(&mut settings.azure).map_err(bad)?;
             settings.save(&path)?;
-            println!("the Azure service principal is forgotten");
+            out("the Azure service principal is forgotten")?;
         }
     }
     Ok(())
@@ -498,38 +508,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         ..
     } = command
     {
-        if parent_pipe {
-            std::thread::spawn(|| {
-                // Blocks until the parent's end closes: then the parent is gone.
-                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-                std::process::exit(0);
-            });
-        }
-        // Events need libvirt's event loop, registered before any connection.
-        vmdesk_libvirt::events::start_event_loop()?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let factory = Arc::new(LibvirtFactory::watching(tx));
-        let core = open_core(g, Arc::clone(&factory), None)?;
-        let sync = settings(g)?.sync;
-        if !sync.enabled {
-            eprintln!("status sync is disabled in the settings ([sync] enabled = false)");
-            return Ok(());
-        }
-        let json = g.json;
-        let every = (
-            Duration::from_secs(sync.fast_interval_secs),
-            Duration::from_secs(sync.full_interval_secs),
-        );
-        watch(&core, &factory, &rx, every, &|changes| {
-            for c in changes {
-                if json {
-                    println!("{}", serde_json::to_string(c).unwrap_or_default());
-                } else {
-                    println!("{}: {} -> {} ({})", c.vm, c.was, c.now, c.source);
-                }
-            }
-        });
-        return Ok(());
+        return crate::watch::run(g, parent_pipe);
+    }
+    if let Command::Doctor = command {
+        // Needs no database (it looks at a broken one without opening it).
+        return crate::doctor::run(g);
     }
     if let Command::Azure(cmd) = command {
         // Needs no data directory.
@@ -863,7 +846,9 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 }
             })
         }
-        Command::Azure(_) => unreachable!("handled before the core is opened"),
+        Command::Azure(_) | Command::Doctor => {
+            unreachable!("handled before the core is opened")
+        }
         Command::Console(ConsoleCmd::Open { vm, origins }) => {
             let mut console = settings(g)?.console;
             console.allowed_origins.extend(origins);
@@ -923,18 +908,41 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             let freed = core.console_cleanup()?;
             emit(g, &freed, || format!("{} ports freed", freed.len()))
         }
-        Command::Recover => {
-            let done = core.recover_all(a)?;
-            emit(g, &done, || {
-                if done.is_empty() {
+        Command::Recover { purge, grace_secs } => {
+            let repairs = core.recover_all(a)?;
+            let purged = if purge {
+                core.purge_quarantine(a, Duration::from_secs(grace_secs))?
+            } else {
+                Vec::new()
+            };
+            let quarantined = core.quarantined(a)?;
+            let out = serde_json::json!({
+                "repairs": repairs, "quarantined": quarantined, "purged": purged,
+            });
+            emit(g, &out, || {
+                let mut text = if repairs.is_empty() {
                     "nothing to recover".to_owned()
                 } else {
                     table(
                         &["ACTION", "DETAILS"],
-                        done.iter()
+                        repairs
+                            .iter()
                             .map(|e| vec![e.action.clone(), e.details.to_string()]),
                     )
+                };
+                for q in &purged {
+                    text.push_str(&format!("\npurged {} on {}", q.machine, q.host));
                 }
+                if !quarantined.is_empty() {
+                    text.push_str("\nquarantined (stopped, disk kept; 'vmdesk recover --purge' deletes them after the grace period):\n");
+                    text.push_str(&table(
+                        &["HOST", "MACHINE", "FOUND"],
+                        quarantined
+                            .iter()
+                            .map(|q| vec![q.host.clone(), q.machine.clone(), q.found_at.clone()]),
+                    ));
+                }
+                text
             })
         }
         Command::Events { limit } => {
@@ -958,87 +966,6 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Follows the libvirt hosts: lifecycle events are reconciled as they come;
-/// a connection that died is reopened (and followed by a full pass); a full
-/// pass runs every `full_every`, a pass over the active sessions' VMs every
-/// `fast_every`, each followed by billing. Changes go to `report`. Runs until
-/// the process ends.
-pub fn watch(
-    core: &Core,
-    factory: &LibvirtFactory,
-    rx: &std::sync::mpsc::Receiver<vmdesk_libvirt::events::LifecycleEvent>,
-    (fast_every, full_every): (Duration, Duration),
-    report: &dyn Fn(&[vmdesk_core::SyncChange]),
-) {
-    let mut last_full = std::time::Instant::now();
-    let mut last_fast = std::time::Instant::now();
-    let mut last_check = std::time::Instant::now() - Duration::from_secs(10);
-    // Machines seen off under a session, to look at again once the reboot
-    // grace is over.
-    let mut again: Vec<(std::time::Instant, String, String)> = Vec::new();
-    loop {
-        let now = std::time::Instant::now();
-        for (_, uri, machine) in again.extract_if(.., |(due, _, _)| *due <= now) {
-            reconciled(
-                core.reconcile_machine(&uri, &machine, "event", true),
-                report,
-            );
-        }
-        let wait = again
-            .iter()
-            .map(|(due, _, _)| due.saturating_duration_since(now))
-            .min()
-            .unwrap_or(Duration::from_millis(500))
-            .min(Duration::from_millis(500));
-        if let Ok(e) = rx.recv_timeout(wait) {
-            let r = core.reconcile_machine(&e.uri, &e.machine, "event", false);
-            if matches!(r, Ok(vmdesk_core::Reconciled::LookAgain)) {
-                again.push((
-                    std::time::Instant::now() + core.reboot_grace(),
-                    e.uri,
-                    e.machine,
-                ));
-            } else {
-                reconciled(r, report);
-            }
-            continue;
-        }
-        let mut full = last_full.elapsed() >= full_every;
-        if last_check.elapsed() >= Duration::from_secs(2) {
-            last_check = std::time::Instant::now();
-            for uri in core.libvirt_uris().unwrap_or_default() {
-                if !factory.is_connected(&uri) && factory.provider(&uri).is_ok() {
-                    // (Re)connected: events may have been missed meanwhile.
-                    tracing::info!(%uri, "watching");
-                    full = true;
-                }
-            }
-        }
-        if full || last_fast.elapsed() >= fast_every {
-            last_fast = std::time::Instant::now();
-            if full {
-                last_full = last_fast;
-            }
-            match core.sync_and_bill(full, "poll") {
-                Ok(changes) if !changes.is_empty() => report(&changes),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err.one_line(), "sync"),
-            }
-        }
-    }
-}
-
-fn reconciled(
-    r: vmdesk_core::Result<vmdesk_core::Reconciled>,
-    report: &dyn Fn(&[vmdesk_core::SyncChange]),
-) {
-    match r {
-        Ok(vmdesk_core::Reconciled::Changed(change)) => report(&[change]),
-        Ok(_) => {}
-        Err(err) => tracing::warn!(error = %err.one_line(), "event"),
-    }
-}
-
 fn vm_action(g: &Global, core: &Core, vm: &str, action: VmAction) -> anyhow::Result<()> {
     let v = core.vm_action(&g.actor, vm, action)?;
     emit(g, &v, || format!("VM {}: {}", v.name, v.status))
@@ -1046,12 +973,30 @@ fn vm_action(g: &Global, core: &Core, vm: &str, action: VmAction) -> anyhow::Res
 
 fn emit<T: Serialize>(g: &Global, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
     if g.json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        out(&serde_json::to_string_pretty(value)?)?;
     } else {
-        let text = human();
-        println!("{}", text.trim_end());
+        out(human().trim_end())?;
     }
     Ok(())
+}
+
+/// Writes `text` and a newline to stdout. A reader that has gone (`vmdesk
+/// events | head`) is an `io::ErrorKind::BrokenPipe` error, which `main` ends
+/// quietly, as Unix tools do.
+pub fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.write_all(b"\n")?;
+    stdout.flush()
+}
+
+/// Whether `e` is a write to a reader that has gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn vm_table(vms: &[vmdesk_core::Vm]) -> String {

@@ -3,7 +3,11 @@
 
 mod app;
 mod cli;
+mod doctor;
+mod logging;
+mod supervise;
 mod tray;
+mod watch;
 
 fn main() {
     std::process::exit(cli::main());

@@ -144,6 +144,39 @@ pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> 
     }
 }
 
+/// Adds status sync's health to the tray: a line in the tooltip and the
+/// warning look when it is down, failing, or cannot reach a host.
+pub fn with_sync(m: &mut TrayModel, h: &crate::supervise::SyncHealth) {
+    use crate::supervise::SyncState;
+    let mut trouble = Vec::new();
+    if h.state == SyncState::Down {
+        trouble.push(match &h.last_exit {
+            Some(exit) => format!("status sync stopped ({exit}), restarting"),
+            None => "status sync is starting".to_owned(),
+        });
+    }
+    if let Some(e) = &h.last_error {
+        trouble.push(format!("status sync failed: {e}"));
+    }
+    if !h.unreachable.is_empty() {
+        trouble.push(format!("unreachable: {}", h.unreachable.join(", ")));
+    }
+    if h.state == SyncState::Disabled {
+        m.tooltip.push_str("\nstatus sync off");
+    }
+    if trouble.is_empty() {
+        return;
+    }
+    // A start (no exit yet) is not trouble worth the warning look.
+    if h.last_exit.is_some() || h.last_error.is_some() || !h.unreachable.is_empty() {
+        m.look = Look::Warning;
+    }
+    for t in trouble {
+        m.tooltip.push('\n');
+        m.tooltip.push_str(&t);
+    }
+}
+
 /// A desktop notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -297,6 +330,53 @@ mod tests {
             started_at: None,
             ended_at: None,
         }
+    }
+
+    fn health(state: crate::supervise::SyncState) -> crate::supervise::SyncHealth {
+        crate::supervise::SyncHealth {
+            state,
+            pid: None,
+            last_pass_at: None,
+            last_full_pass_at: None,
+            last_error: None,
+            unreachable: Vec::new(),
+            restarts: 0,
+            last_exit: None,
+            last_exit_at: None,
+            retry_at: None,
+        }
+    }
+
+    #[test]
+    fn a_stopped_status_sync_shows_in_the_tooltip_and_the_look() {
+        let mut m = model(&user(100), &[], &[], 0);
+        let mut h = health(crate::supervise::SyncState::Down);
+        h.last_exit = Some("killed by signal 9".into());
+        with_sync(&mut m, &h);
+        assert_eq!(m.look, Look::Warning);
+        assert!(
+            m.tooltip
+                .ends_with("\nstatus sync stopped (killed by signal 9), restarting"),
+            "{}",
+            m.tooltip
+        );
+    }
+
+    #[test]
+    fn unreachable_hosts_show_in_the_tooltip() {
+        let mut m = model(&user(100), &[], &[], 0);
+        let mut h = health(crate::supervise::SyncState::Running);
+        h.unreachable = vec!["far".into()];
+        with_sync(&mut m, &h);
+        assert!(m.tooltip.ends_with("\nunreachable: far"), "{}", m.tooltip);
+    }
+
+    #[test]
+    fn a_healthy_status_sync_leaves_the_tray_alone() {
+        let mut m = model(&user(100), &[], &[], 0);
+        let before = m.clone();
+        with_sync(&mut m, &health(crate::supervise::SyncState::Running));
+        assert_eq!(m, before);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! [`Core`] is the one API that the desktop app and the CLI both call. It knows
 //! hypervisors and clouds only through the [`provider::Provider`] trait.
 
+pub mod doctor;
 pub mod error;
 pub mod model;
 pub mod provider;

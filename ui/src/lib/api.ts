@@ -22,6 +22,8 @@ import type { Role } from "../bindings/Role";
 import type { PortStats } from "../bindings/PortStats";
 import type { StatsUpdate } from "../bindings/StatsUpdate";
 import type { AppInfo } from "../bindings/AppInfo";
+import type { SyncHealth } from "../bindings/SyncHealth";
+import type { Check } from "../bindings/Check";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -86,6 +88,13 @@ export const api = {
   /** Follow a VM's counters through `onStats` (null: stop). */
   statsWatch: (vm: string | null) => call<void>("stats_watch", { vm }),
   appInfo: () => call<AppInfo>("app_info"),
+  /** Status sync's health: last pass, last error, unreachable hosts, restarts. */
+  syncHealth: () => call<SyncHealth>("sync_health"),
+  /** Checks of the installation, as `vmdesk doctor` runs them. */
+  doctor: () => call<Check[]>("doctor"),
+  /** Calls `f` whenever status sync's health changes. */
+  onSyncHealth: (f: (h: SyncHealth) => void): Promise<UnlistenFn> =>
+    listen<SyncHealth>("sync-health", (e) => f(e.payload)),
   /** Tells the backend the window shows its data (start-up timing). */
   ready: () => call<number>("ready"),
   quit: () => call<void>("app_quit"),
