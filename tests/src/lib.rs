@@ -51,8 +51,13 @@ impl Default for Vmdesk {
 impl Vmdesk {
     /// A new, empty data directory.
     pub fn new() -> Self {
+        // Private, as vmdesk makes a data directory (a wider one is warned of).
+        let dir = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .expect("temporary directory");
         Self {
-            dir: tempfile::tempdir().expect("temporary directory"),
+            dir,
             env: Vec::new(),
         }
     }

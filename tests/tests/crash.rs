@@ -141,16 +141,13 @@ fn twenty_creations_killed_at_each_step_are_all_settled_at_the_next_start() {
     drop(machines);
 }
 
-#[test]
-fn recover_removes_a_machine_whose_row_is_lost() {
-    let v = Vmdesk::new();
-    v.qemu_and_ann(100);
+fn create_own(v: &Vmdesk, name: &str) -> String {
     let vm = v.json(&[
         "--as",
         "ann",
         "vm",
         "create",
-        "orphan",
+        name,
         "--ram-mb",
         "64",
         "--disk-gb",
@@ -158,7 +155,18 @@ fn recover_removes_a_machine_whose_row_is_lost() {
         "--cpus",
         "1",
     ]);
-    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    vm["provider_id"].as_str().expect("machine").to_owned()
+}
+
+fn disk_of(machine: &str) -> String {
+    virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")])
+}
+
+#[test]
+fn recover_quarantines_a_machine_whose_row_is_lost_and_purge_deletes_it() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(100);
+    let machine = create_own(&v, "orphan");
     let _cleanup = Machine(machine.clone());
     // As if the database had lost the row (restored from an older copy, say).
     v.db()
@@ -167,20 +175,73 @@ fn recover_removes_a_machine_whose_row_is_lost() {
     assert_eq!(virsh(&["domstate", &machine]), "running");
 
     let done = v.json(&["recover"]);
-    let actions: Vec<&str> = done
+    let actions: Vec<&str> = done["repairs"]
         .as_array()
         .expect("array")
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    assert_eq!(actions, ["recovery.leftover"]);
-    assert_eq!(done[0]["details"]["machine"], machine.as_str());
-    assert_eq!(virsh(&["domstate", &machine]), "", "the domain is left");
+    assert_eq!(actions, ["recovery.quarantine"]);
+    assert_eq!(done["repairs"][0]["details"]["machine"], machine.as_str());
+    assert_eq!(done["quarantined"][0]["machine"], machine.as_str());
     assert_eq!(
-        virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")]),
-        "",
-        "the disk is left"
+        virsh(&["domstate", &machine]),
+        "shut off",
+        "stopped, still defined"
     );
-    // Machines that have their rows are not touched.
-    assert_eq!(v.json(&["recover"]).as_array().map(Vec::len), Some(0));
+    assert_ne!(disk_of(&machine), "", "the disk is kept");
+    // A second run finds nothing new and still lists it.
+    let again = v.json(&["recover"]);
+    assert_eq!(again["repairs"].as_array().map(Vec::len), Some(0));
+    assert_eq!(again["quarantined"].as_array().map(Vec::len), Some(1));
+    // Within the grace period a purge deletes nothing.
+    let kept = v.json(&["recover", "--purge"]);
+    assert_eq!(kept["purged"].as_array().map(Vec::len), Some(0));
+    assert_ne!(disk_of(&machine), "");
+
+    let purged = v.json(&["recover", "--purge", "--grace-secs", "0"]);
+    assert_eq!(purged["purged"][0]["machine"], machine.as_str());
+    assert_eq!(virsh(&["domstate", &machine]), "", "the domain is gone");
+    assert_eq!(disk_of(&machine), "", "the disk is gone");
+    assert_eq!(purged["quarantined"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn recovery_in_a_copied_data_directory_leaves_the_originals_machines_alone() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(200);
+    let before = create_own(&v, "early");
+    let _c1 = Machine(before.clone());
+    // Copy the data directory (as a backup or a second desk would).
+    let copy = Vmdesk::new();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", v.dir.path().display()))
+        .arg(copy.dir.path())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    // The original goes on and makes a VM the copy has no row of.
+    let after = create_own(&v, "later");
+    let _c2 = Machine(after.clone());
+
+    let done = copy.json(&["recover"]);
+    assert_eq!(done["repairs"].as_array().map(Vec::len), Some(0), "{done}");
+    assert_eq!(
+        done["quarantined"].as_array().map(Vec::len),
+        Some(0),
+        "{done}"
+    );
+    assert_eq!(virsh(&["domstate", &after]), "running");
+    assert_ne!(disk_of(&after), "");
+    assert_eq!(virsh(&["domstate", &before]), "running");
+    assert_ne!(
+        copy.install_tag(),
+        v.install_tag(),
+        "the copy has an install id of its own"
+    );
+    assert_eq!(
+        copy.count("SELECT count(*) FROM events WHERE action = 'install.copied'"),
+        1
+    );
 }

@@ -3,13 +3,15 @@
 //! session) at an hourly rate derived from its size. A balance about to run
 //! out is warned of; at zero the session ends and the user's VMs are stopped.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use serde_json::json;
 use ts_rs::TS;
 
-use crate::core::{Core, SYSTEM};
+use crate::core::{system_actor, Core, Who, SYSTEM};
 use crate::error::Result;
 use crate::events::{self, NewEvent};
 use crate::ledger::{self, Entry};
@@ -75,11 +77,72 @@ fn fmt(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The clocks at a billing pass: the wall clock dates charges; the monotonic
+/// clock measures how much time really passed since the previous pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    /// The wall clock.
+    pub wall: DateTime<Utc>,
+    /// The monotonic clock.
+    pub mono: Instant,
+}
+
+/// A difference between the wall and monotonic clocks over one pass larger
+/// than this is a clock jump (an event).
+const JUMP: Duration = Duration::from_secs(5);
+
 impl Core {
     /// Charges the running time of every VM up to `now` (the caller's clock,
     /// so that tests can move it): a running VM up to `now`, a VM stopped
     /// since its last charge up to when it stopped. Returns the charges.
+    /// Time is measured by the wall clock alone: see [`Core::bill_pass`].
     pub fn bill_runtime(&self, now: DateTime<Utc>) -> Result<Vec<RuntimeCharge>> {
+        self.bill_at(now, None)
+    }
+
+    /// [`Core::bill_runtime`] at a pass whose monotonic clock is known too:
+    /// after a previous pass of this process, no VM is charged for more than
+    /// the monotonic time between the two, so a wall clock that jumps forward
+    /// bills nothing extra and one that jumps back gives no free time; a
+    /// jump is an event.
+    pub fn bill_pass(&self, pass: Pass) -> Result<Vec<RuntimeCharge>> {
+        let previous = self
+            .last_bill
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(pass);
+        let observed = previous.map(|prev| {
+            let mono = pass.mono.saturating_duration_since(prev.mono);
+            let wall = (pass.wall - prev.wall).num_milliseconds();
+            let mono_ms = i64::try_from(mono.as_millis()).unwrap_or(i64::MAX);
+            let jump_ms = wall.saturating_sub(mono_ms);
+            if jump_ms.unsigned_abs() > JUMP.as_millis() as u64 {
+                let res = self.write(|tx| {
+                    events::record(
+                        tx,
+                        NewEvent::info(
+                            EventType::System,
+                            "clock.jump",
+                            SYSTEM,
+                            json!({"jump_seconds": jump_ms / 1000, "wall_seconds": wall / 1000,
+                                   "observed_seconds": mono_ms / 1000,
+                                   "billed": "the observed time only"}),
+                        )
+                        .severity(Severity::Warning),
+                    )
+                });
+                if let Err(e) = res {
+                    tracing::warn!(error = %e.one_line(), "recording a clock jump");
+                }
+            }
+            i64::try_from(mono.as_secs()).unwrap_or(i64::MAX)
+        });
+        self.bill_at(pass.wall, observed)
+    }
+
+    /// Charges up to `now`; `observed` caps each charge at the seconds the
+    /// monotonic clock saw since this process's previous pass.
+    fn bill_at(&self, now: DateTime<Utc>, observed: Option<i64>) -> Result<Vec<RuntimeCharge>> {
         let ids: Vec<i64> = self
             .db()
             .prepare_cached(
@@ -91,29 +154,33 @@ impl Core {
         let mut charges = Vec::new();
         let mut to_stop: Vec<(String, String)> = Vec::new();
         for id in ids {
-            let Some(charge) = self.bill_vm(id, now, &mut to_stop)? else {
+            let Some(charge) = self.bill_vm(id, now, observed, &mut to_stop)? else {
                 continue;
             };
             charges.push(charge);
         }
         // The balance ran out: the user's own VMs are shut down, as a user would.
         for (user, vm) in to_stop {
-            if let Err(e) = self.vm_action(SYSTEM_ADMIN, &vm, VmAction::Stop) {
+            if let Err(e) = self.vm_action_by(&system_actor(), &vm, VmAction::Stop) {
                 tracing::warn!(%user, %vm, error = %e.one_line(), "stopping a VM at zero credits");
             }
         }
         Ok(charges)
     }
 
-    /// [`Core::bill_runtime`] up to the present.
+    /// A billing pass now (see [`Core::bill_pass`]).
     pub fn bill_runtime_now(&self) -> Result<Vec<RuntimeCharge>> {
-        self.bill_runtime(Utc::now())
+        self.bill_pass(Pass {
+            wall: Utc::now(),
+            mono: Instant::now(),
+        })
     }
 
     fn bill_vm(
         &self,
         vm_id: i64,
         now: DateTime<Utc>,
+        observed: Option<i64>,
         to_stop: &mut Vec<(String, String)>,
     ) -> Result<Option<RuntimeCharge>> {
         let cfg = self.opts.billing;
@@ -148,7 +215,13 @@ impl Core {
             let Some(started) = started.as_deref().and_then(parse) else { return Ok(None) };
             let from = billed.as_deref().and_then(parse).map_or(started, |b| b.max(started));
             let until = if status == "RUNNING" { now } else { stopped.as_deref().and_then(parse).unwrap_or(from) };
-            let seconds = (until - from).num_seconds();
+            let wall_seconds = (until - from).num_seconds();
+            let seconds = match observed {
+                // The wall clock went back past the last charge: the VM still ran.
+                Some(seen) if wall_seconds < 0 && status == "RUNNING" => seen,
+                Some(seen) => wall_seconds.min(seen),
+                None => wall_seconds,
+            };
             if seconds <= 0 {
                 return Ok(None);
             }
@@ -247,13 +320,10 @@ impl Core {
         })?;
         // At zero the session ends gracefully (its VM is shut down by a worker).
         for sid in ended_sessions {
-            if let Err(e) = self.session_close(SYSTEM_ADMIN, sid, false) {
+            if let Err(e) = self.session_close_by(Who::System, sid, false) {
                 tracing::warn!(session = sid, error = %e.one_line(), "ending a session at zero credits");
             }
         }
         Ok(charge)
     }
 }
-
-/// Billing acts as the built-in administrator when it ends sessions and stops VMs.
-const SYSTEM_ADMIN: &str = "admin";

@@ -33,6 +33,8 @@ pub struct OpenOptions {
     pub billing: crate::billing::BillingConfig,
     /// How long a VM seen off under an active session has to come back.
     pub reboot_grace: Duration,
+    /// How long a write waits for another process's write lock.
+    pub lock_wait: Duration,
 }
 
 impl OpenOptions {
@@ -46,6 +48,7 @@ impl OpenOptions {
             on_change: None,
             billing: Default::default(),
             reboot_grace: crate::sync::REBOOT_GRACE,
+            lock_wait: store::LOCK_WAIT,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Core {
     pub(crate) install_id: String,
     worker: OnceLock<Worker>,
     pub(crate) alloc: crate::sessions::AllocQueue,
+    /// The wall and monotonic clocks at this process's last billing pass.
+    pub(crate) last_bill: Mutex<Option<crate::billing::Pass>>,
 }
 
 /// The database connection, held; when released, requesters waiting to
@@ -112,6 +117,38 @@ impl Drop for Core {
 
 /// The system's own name in events.
 pub(crate) const SYSTEM: &str = "vmdesk";
+
+/// The system itself as an actor (billing at zero credits, status sync): it
+/// may do what an admin may, whoever the admins are. Never a row of `users`
+/// (that name is refused to users), so nobody can act as it.
+pub(crate) fn system_actor() -> User {
+    User {
+        id: 0,
+        name: SYSTEM.to_owned(),
+        role: Role::Admin,
+        balance: 0,
+        created_at: String::new(),
+    }
+}
+
+/// Who asks for an operation: a user by name, or the system.
+#[derive(Clone, Copy)]
+pub(crate) enum Who<'a> {
+    /// A user of the `users` table.
+    User(&'a str),
+    /// The system itself (see [`system_actor`]).
+    System,
+}
+
+impl Who<'_> {
+    /// The actor, looked up in the transaction.
+    pub(crate) fn resolve(self, conn: &Connection) -> Result<User> {
+        match self {
+            Who::User(name) => user(conn, name),
+            Who::System => Ok(system_actor()),
+        }
+    }
+}
 
 /// The columns of a [`Vm`], for `vm_row`.
 macro_rules! vm_select {
@@ -244,16 +281,27 @@ pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
         .ok_or_else(|| Error::UnknownVm(id.to_string()))
 }
 
+/// A VM by id (a reference of digits) or by name. A number is an id first:
+/// VM names cannot be all digits (see [`validate::vm_name`]); one made before
+/// that rule is still found by its name when no VM has that id.
 pub(crate) fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
-    let by_name = conn
-        .prepare_cached(concat!(vm_select!(), "WHERE v.name = ?1"))?
-        .query_row([reference], vm_row)
-        .optional()?;
-    match (by_name, reference.parse::<i64>()) {
-        (Some(vm), _) => Ok(vm),
-        (None, Ok(id)) => vm_by_id(conn, id).map_err(|_| Error::UnknownVm(reference.to_owned())),
-        (None, Err(_)) => Err(Error::UnknownVm(reference.to_owned())),
-    }
+    let by_name = |conn: &Connection| {
+        conn.prepare_cached(concat!(vm_select!(), "WHERE v.name = ?1"))?
+            .query_row([reference], vm_row)
+            .optional()
+    };
+    let found = match reference.parse::<i64>() {
+        Ok(id) => match conn
+            .prepare_cached(concat!(vm_select!(), "WHERE v.id = ?1"))?
+            .query_row([id], vm_row)
+            .optional()?
+        {
+            Some(vm) => Some(vm),
+            None => by_name(conn)?,
+        },
+        Err(_) => by_name(conn)?,
+    };
+    found.ok_or_else(|| Error::UnknownVm(reference.to_owned()))
 }
 
 pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
@@ -282,18 +330,82 @@ pub(crate) fn already_exists<'a>(
     }
 }
 
+/// The install id of this data directory. A copy of a data directory (or a
+/// database moved into another one) gets a new id, with an event: the
+/// machines the original marked on shared hosts stay the original's, and the
+/// copy's recovery leaves them alone.
+fn own_install_id(db: &mut store::Db, dir: &Path) -> Result<String> {
+    let here = store::dir_identity(dir).map_err(|source| Error::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let read = |conn: &Connection| -> Result<(String, Option<String>)> {
+        let seen: Option<String> = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'install_dir'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((store::install_id(conn)?, seen))
+    };
+    let (id, seen) = read(db)?;
+    if seen.as_deref() == Some(here.as_str()) {
+        return Ok(id);
+    }
+    store::write(db, |tx| {
+        let (id, seen) = read(tx)?;
+        match seen {
+            Some(s) if s == here => Ok(id),
+            None => {
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('install_dir', ?1)",
+                    [&here],
+                )?;
+                Ok(id)
+            }
+            Some(_) => {
+                let new_id = uuid::Uuid::new_v4().simple().to_string();
+                tx.execute(
+                    "UPDATE settings SET value = ?1 WHERE key = 'install_id'",
+                    [&new_id],
+                )?;
+                tx.execute(
+                    "UPDATE settings SET value = ?1 WHERE key = 'install_dir'",
+                    [&here],
+                )?;
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::System,
+                        "install.copied",
+                        SYSTEM,
+                        json!({"was": id, "now": new_id, "data_dir": dir.display().to_string(),
+                               "reason": "this data directory is a copy (or was moved): it takes a new install id, \
+                                          and machines marked by the original are not its own"}),
+                    )
+                    .severity(Severity::Warning),
+                )?;
+                Ok(new_id)
+            }
+        }
+    })
+}
+
 impl Core {
     /// Opens a data directory, creating and migrating its database as needed,
     /// then settles work that a crashed process left behind.
     pub fn open(opts: OpenOptions) -> Result<Core> {
-        let conn = store::open(&opts.data_dir)?;
-        let install_id = store::install_id(&conn)?;
+        let mut conn = store::open(&opts.data_dir)?;
+        conn.set_lock_wait(opts.lock_wait);
+        let install_id = own_install_id(&mut conn, &opts.data_dir)?;
         let core = Core {
             conn: Mutex::new(conn),
             opts,
             install_id,
             worker: OnceLock::new(),
             alloc: Default::default(),
+            last_bill: Mutex::new(None),
         };
         core.recover()?;
         Ok(core)
@@ -369,6 +481,8 @@ impl Core {
 
     pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {
         let h = host(&self.db(), host_name)?;
+        // A row written by an older version, or by hand, is held to today's rules.
+        validate::uri(&h.uri)?;
         self.opts
             .providers
             .connect(&h)
@@ -438,6 +552,11 @@ impl Core {
         credits: i64,
     ) -> Result<User> {
         validate::name("user", name)?;
+        if name == SYSTEM {
+            return Err(Error::invalid(format!(
+                "the user name {SYSTEM:?} is the system's own, in events and billing; choose another"
+            )));
+        }
         if credits != 0 {
             validate::grant_amount(credits)?;
         }
@@ -641,7 +760,7 @@ impl Core {
                 };
                 let name = [m.name.clone(), format!("{}-{}", h.name, m.name)]
                     .into_iter()
-                    .find(|n| validate::name("VM", n).is_ok() && !taken(n).unwrap_or(true));
+                    .find(|n| validate::vm_name(n).is_ok() && !taken(n).unwrap_or(true));
                 let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
                 let (Some(name), Ok(())) = (name, validate::name("VM type", &vm_type)) else {
                     report.skipped.push(Skipped {
@@ -756,7 +875,7 @@ impl Core {
     /// Adds a VM to a project's pool and defines its machine on its host
     /// (admin only). If the host refuses, nothing is kept.
     pub fn vm_add(&self, actor: &str, spec: &NewVm) -> Result<Vm> {
-        validate::name("VM", &spec.name)?;
+        validate::vm_name(&spec.name)?;
         validate::name("VM type", &spec.vm_type)?;
         crate::vms::os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;

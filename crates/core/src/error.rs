@@ -116,6 +116,20 @@ pub enum Error {
     Batch(String),
     /// the database schema could not be brought up to date
     Migration(#[from] rusqlite_migration::Error),
+    /// the database was written by a newer vmdesk (schema version {found}; this build knows up to {supported}); open it with that version or a newer one
+    DatabaseTooNew {
+        /// The schema version of the file.
+        found: i64,
+        /// The newest schema version this build knows.
+        supported: usize,
+    },
+    /// the data directory is busy: {holder} has held its write lock for more than {secs} s
+    Busy {
+        /// Who holds the lock ("process 1234").
+        holder: String,
+        /// How long this writer waited.
+        secs: f64,
+    },
     /// cannot use the data directory {path}
     DataDir {
         /// The directory.
@@ -153,6 +167,8 @@ impl Error {
             Error::Db(_) | Error::Batch(_) => "database",
             Error::Migration(_) => "database",
             Error::DataDir { .. } => "data_dir",
+            Error::DatabaseTooNew { .. } => "database_too_new",
+            Error::Busy { .. } => "busy",
         }
     }
 

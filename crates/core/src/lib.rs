@@ -17,6 +17,7 @@ mod consoles;
 mod core;
 mod desk;
 mod events;
+mod images;
 mod ledger;
 mod sessions;
 mod store;
@@ -24,7 +25,7 @@ mod sync;
 mod vms;
 mod worker;
 
-pub use crate::billing::{BillingConfig, RuntimeCharge};
+pub use crate::billing::{BillingConfig, Pass, RuntimeCharge};
 pub use crate::consoles::{ConsoleGrant, ConsoleInfo, PortStats};
 pub use crate::core::{Core, OpenOptions};
 pub use crate::desk::{cpu_percent, EventQuery, VmStats};

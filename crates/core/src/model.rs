@@ -528,3 +528,16 @@ pub struct OsEntry {
     /// The image's size in bytes (0 for a built-in).
     pub bytes: i64,
 }
+
+/// A machine kept stopped because it carries this data directory's mark but
+/// has no VM row; `vmdesk recover --purge` deletes it after a grace period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct Quarantined {
+    /// The host it is on.
+    pub host: String,
+    /// Its name there.
+    pub machine: String,
+    /// When recovery found it.
+    pub found_at: String,
+}

@@ -55,6 +55,8 @@ pub struct OsImage {
     pub path: std::path::PathBuf,
     /// Its size in bytes.
     pub bytes: u64,
+    /// Its SHA-256 (lower-case hex), as recorded when it was imported.
+    pub sha256: String,
 }
 
 /// What a host needs to define a machine for a VM.

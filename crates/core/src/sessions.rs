@@ -339,6 +339,17 @@ impl Core {
     /// timeout) and the session COMPLETED. Without `wait`, returns it
     /// TERMINATING and leaves the shutdown to a worker.
     pub fn session_close(&self, actor: &str, id: i64, wait: bool) -> Result<Session> {
+        self.session_close_by(crate::core::Who::User(actor), id, wait)
+    }
+
+    /// [`Core::session_close`] by a user or the system.
+    pub(crate) fn session_close_by(
+        &self,
+        who: crate::core::Who<'_>,
+        id: i64,
+        wait: bool,
+    ) -> Result<Session> {
+        let mut actor = String::new();
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
@@ -349,7 +360,8 @@ impl Core {
             Drive,
         }
         let next = self.write(|tx| {
-            let a = user(tx, actor)?;
+            let a = who.resolve(tx)?;
+            actor.clone_from(&a.name);
             let s = session_by_id(tx, id)?;
             if s.user != a.name && a.role != Role::Admin {
                 return Err(Error::Forbidden { user: a.name, action: format!("close session {id} of {}", s.user) });
@@ -401,7 +413,7 @@ impl Core {
             }
         })?;
         match next {
-            Next::Drive => self.drive_close(id, SessionStatus::Completed, actor),
+            Next::Drive => self.drive_close(id, SessionStatus::Completed, &actor),
             Next::Done => session_by_id(&self.db(), id),
         }
     }

@@ -1,6 +1,7 @@
 //! The SQLite file: schema migrations, connection settings and small helpers.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -212,6 +213,24 @@ CREATE TABLE consoles (
     created_at    TEXT NOT NULL
 ) STRICT;
 "#,
+    r#"
+-- Machines on a host that carry this data directory's mark but have no VM
+-- row (a crash between host and database, or a restored database): kept
+-- stopped with their disks until an admin purges them after a grace period.
+CREATE TABLE quarantine (
+    host_id  INTEGER NOT NULL REFERENCES hosts(id),
+    machine  TEXT NOT NULL,
+    found_at TEXT NOT NULL,
+    PRIMARY KEY (host_id, machine)
+) STRICT;
+"#,
+    r#"
+-- The SHA-256 of each catalog image, recorded at import (NULL: imported
+-- before; computed from the file when used). An image's file is a plain name
+-- inside os/ of the data directory, never a path.
+ALTER TABLE os_images ADD COLUMN sha256 TEXT;
+UPDATE os_images SET file = substr(file, 4) WHERE file LIKE 'os/%';
+"#,
 ];
 
 /// Name of the database file inside the data directory.
@@ -258,6 +277,8 @@ fn busy_handler(attempt: i32) -> bool {
 pub struct Db {
     conn: Connection,
     lock: File,
+    lock_wait: Duration,
+    dir: std::path::PathBuf,
 }
 
 impl std::ops::Deref for Db {
@@ -273,14 +294,60 @@ impl std::ops::DerefMut for Db {
     }
 }
 
+/// How long a writer waits for another process's write lock by default.
+pub const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Mode of the data directory: its owner's alone.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of the files vmdesk creates in it.
+pub const FILE_MODE: u32 = 0o600;
+
+/// Creates the data directory (its parents as usual, itself 0700) and warns
+/// when an existing one is open to other users.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => {
+            // The umask may have narrowed the mode further; never wider.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is open to other users; run 'chmod 700' on it"
+                );
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Opens a file of the data directory for writing, creating it 0600.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 /// Opens (creating and migrating if needed) the database of a data directory.
 pub fn open(dir: &Path) -> Result<Db> {
     let io = |source| Error::DataDir {
         path: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    ensure_private_dir(dir).map_err(io)?;
     let path = dir.join(DB_FILE);
+    // SQLite gives the -wal and -shm files the mode of the database file.
+    private_file(&path).map_err(io)?;
     let mut conn = Connection::open(&path)?;
     conn.busy_handler(Some(busy_handler))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -291,17 +358,52 @@ pub fn open(dir: &Path) -> Result<Db> {
     conn.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
 
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    check_version(current)?;
     let migrations = migrations();
     if usize::try_from(current).unwrap_or(0) < MIGRATIONS.len() {
         // Creating or migrating: one process at a time, across processes.
         let lock = lock_file(dir).map_err(io)?;
-        lock.lock().map_err(io)?;
+        let held = acquire(dir, &lock, LOCK_WAIT)?;
+        // Another process may have migrated further while this one waited.
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        check_version(current)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         migrations.to_latest(&mut conn)?;
+        drop(held);
         drop(lock);
     }
     let lock = lock_file(dir).map_err(io)?;
-    Ok(Db { conn, lock })
+    Ok(Db {
+        conn,
+        lock,
+        lock_wait: LOCK_WAIT,
+        dir: dir.to_path_buf(),
+    })
+}
+
+/// The schema version this build writes.
+pub fn schema_version() -> usize {
+    MIGRATIONS.len()
+}
+
+/// Refuses a database whose schema is newer than this build's: its rows
+/// would be written without the newer columns and triggers.
+fn check_version(found: i64) -> Result<()> {
+    if usize::try_from(found).is_ok_and(|f| f > MIGRATIONS.len()) {
+        return Err(Error::DatabaseTooNew {
+            found,
+            supported: MIGRATIONS.len(),
+        });
+    }
+    Ok(())
+}
+
+impl Db {
+    /// Sets how long a write waits for another process's write lock before
+    /// it fails with [`Error::Busy`].
+    pub fn set_lock_wait(&mut self, wait: Duration) {
+        self.lock_wait = wait;
+    }
 }
 
 /// Copies the write-ahead log back into the database file without blocking
@@ -315,12 +417,90 @@ pub fn checkpoint(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Name of the write lock file inside the data directory.
+pub const LOCK_FILE: &str = "vmdesk.lock";
+
 fn lock_file(dir: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("vmdesk.lock"))
+    private_file(&dir.join(LOCK_FILE))
+}
+
+/// How a writer holds the data directory's write lock.
+enum Held {
+    /// On the connection's own lock file handle.
+    Own,
+    /// On a handle of its own, taken by a waiting thread.
+    Other(File),
+    /// Not at all: the file system has no `flock` (SQLite still serializes).
+    Unlocked,
+}
+
+/// Takes the write lock, waiting at most `wait`. Uncontended, it is one
+/// `flock` call. Contended, a thread waits in the kernel's queue on a handle
+/// of its own (so writers of all processes still pass the lock on without
+/// polling) while this one waits at most `wait` for it: a stopped or hung
+/// holder makes this writer fail with [`Error::Busy`] instead of hanging for
+/// ever. A waiter given up on releases the lock as soon as it gets it.
+fn acquire(dir: &Path, lock: &File, wait: Duration) -> Result<Held> {
+    match lock.try_lock() {
+        Ok(()) => return Ok(Held::Own),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(_)) => return Ok(Held::Unlocked),
+    }
+    let io = |source| Error::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let file = lock_file(dir).map_err(io)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("vmdesk-lock-wait".into())
+        .spawn(move || {
+            let taken = file.lock();
+            // If nobody waits any more, the handle comes back and is dropped here, unlocking.
+            let _ = tx.send((taken, file));
+        })
+        .map_err(io)?;
+    match rx.recv_timeout(wait) {
+        Ok((Ok(()), file)) => Ok(Held::Other(file)),
+        Ok((Err(_), _)) => Ok(Held::Unlocked),
+        Err(_) => Err(Error::Busy {
+            holder: lock_holder(lock).map_or_else(
+                || "another process".to_owned(),
+                |pid| format!("process {pid}"),
+            ),
+            secs: wait.as_secs_f64(),
+        }),
+    }
+}
+
+/// The process holding a `flock` on this file, from `/proc/locks`.
+fn lock_holder(lock: &File) -> Option<u32> {
+    let meta = lock.metadata().ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (
+        ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff),
+        (dev & 0xff) | ((dev >> 12) & !0xff),
+    );
+    let id = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    holder_in(&std::fs::read_to_string("/proc/locks").ok()?, &id)
+}
+
+/// The pid of the FLOCK line of `/proc/locks` on the file `id` (MAJ:MIN:INODE).
+fn holder_in(locks: &str, id: &str) -> Option<u32> {
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK ADVISORY WRITE 1234 08:01:5678 0 EOF"; blocked waiters are "1: -> FLOCK ...".
+        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&id))
+            .then(|| f.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// An identity of the data directory (device and inode): a copy of the
+/// directory has another, so its machines on shared hosts are not this one's.
+pub fn dir_identity(dir: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(dir)?;
+    Ok(format!("{}:{}", m.dev(), m.ino()))
 }
 
 fn migrations() -> Migrations<'static> {
@@ -330,8 +510,7 @@ fn migrations() -> Migrations<'static> {
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction: the write lock is taken
 /// first, so what `f` reads cannot change before it writes.
 pub fn write<T>(db: &mut Db, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-    // Without the kernel lock (an odd file system), SQLite's busy handler still serializes.
-    let locked = db.lock.lock().is_ok();
+    let held = acquire(&db.dir, &db.lock, db.lock_wait)?;
     let out = (|| {
         let tx = db
             .conn
@@ -340,8 +519,14 @@ pub fn write<T>(db: &mut Db, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Resul
         tx.commit()?;
         Ok(out)
     })();
-    if locked {
-        let _ = db.lock.unlock();
+    match held {
+        Held::Own => {
+            let _ = db.lock.unlock();
+        }
+        Held::Other(file) => {
+            let _ = file.unlock();
+        }
+        Held::Unlocked => {}
     }
     out
 }
@@ -365,5 +550,24 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         assert!(migrations().validate().is_ok());
+    }
+
+    #[test]
+    fn the_holder_of_a_flock_is_read_from_proc_locks() {
+        let locks = "1: POSIX  ADVISORY  WRITE 77 08:01:42 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 08:01:42 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 99 08:01:42 0 EOF\n";
+        assert_eq!(holder_in(locks, "08:01:42"), Some(4242));
+        assert_eq!(holder_in(locks, "08:01:43"), None);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_the_current_one_is_not() {
+        let newer = i64::try_from(MIGRATIONS.len() + 1).unwrap_or(i64::MAX);
+        assert!(matches!(
+            check_version(newer),
+            Err(Error::DatabaseTooNew { .. })
+        ));
+        assert!(check_version(newer - 1).is_ok());
     }
 }

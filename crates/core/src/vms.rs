@@ -2,6 +2,7 @@
 //! background callers alike, with progress), actions, and metadata.
 
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
@@ -25,16 +26,24 @@ pub(crate) fn os_image(conn: &Connection, data_dir: &Path, name: &str) -> Result
     if OS_BUILTIN.contains(&name) {
         return Ok(None);
     }
-    let row: Option<(String, i64)> = conn
-        .prepare_cached("SELECT file, bytes FROM os_images WHERE name = ?1")?
-        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(String, i64, Option<String>)> = conn
+        .prepare_cached("SELECT file, bytes, sha256 FROM os_images WHERE name = ?1")?
+        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     match row {
-        Some((file, bytes)) => Ok(Some(OsImage {
-            name: name.to_owned(),
-            path: data_dir.join(file),
-            bytes: u64::try_from(bytes).unwrap_or(0),
-        })),
+        Some((file, bytes, sha256)) => {
+            let path = crate::images::path_of(data_dir, name, &file)?;
+            let sha256 = match sha256 {
+                Some(s) => s,
+                None => crate::images::sha256_of(&path)?,
+            };
+            Ok(Some(OsImage {
+                name: name.to_owned(),
+                path,
+                bytes: u64::try_from(bytes).unwrap_or(0),
+                sha256,
+            }))
+        }
         None => {
             let catalog: Vec<String> = os_list(conn)?.into_iter().map(|o| o.name).collect();
             Err(Error::invalid(format!(
@@ -68,9 +77,6 @@ fn os_list(conn: &Connection) -> Result<Vec<OsEntry>> {
     Ok(out)
 }
 
-/// The first bytes of a qcow2 file.
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
-
 /// Receives the progress of a creation.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 
@@ -96,7 +102,7 @@ impl Core {
         wait: bool,
         progress: Option<ProgressFn<'_>>,
     ) -> Result<Vm> {
-        validate::name("VM", &spec.name)?;
+        validate::vm_name(&spec.name)?;
         os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
         let worker = if wait {
@@ -161,7 +167,17 @@ impl Core {
                     .vm(vm_id),
             )?;
             vm_by_id(tx, vm_id)
-        })?;
+        });
+        let vm = match vm {
+            Err(e @ Error::InsufficientCredits { .. }) => {
+                let who = user(&self.db(), actor);
+                if let Ok(u) = who {
+                    self.record_failure(&u, &spec.name, "vm.create.refused", &e);
+                }
+                return Err(e);
+            }
+            other => other?,
+        };
         if wait {
             self.provision(vm.id, progress)
         } else {
@@ -314,28 +330,89 @@ impl Core {
     }
 
     /// Starts, stops, restarts or destroys a VM (its owner or an admin). A VM
-    /// held by a live session refuses every action but start.
+    /// held by a live session refuses every action but start. A refused or
+    /// failed action is an event too (severity warning), with the reason.
     pub fn vm_action(&self, actor: &str, vm: &str, action: VmAction) -> Result<Vm> {
-        let (a, v) = {
-            let db = self.db();
-            let a = user(&db, actor)?;
-            let v = self.vm_show_in(&db, &a, vm)?;
-            (a, v)
-        };
+        let a = user(&self.db(), actor)?;
+        self.vm_action_by(&a, vm, action)
+    }
+
+    /// [`Core::vm_action`] for an actor already resolved (a user, or the
+    /// system itself: see [`crate::core::system_actor`]).
+    pub(crate) fn vm_action_by(&self, a: &User, vm: &str, action: VmAction) -> Result<Vm> {
+        let out = self.vm_action_in(a, vm, action);
+        if let Err(e) = &out {
+            self.record_failure(a, vm, &format!("vm.{}.failed", action_name(action)), e);
+        }
+        out
+    }
+
+    /// Writes the event of a refused or failed action on a VM.
+    pub(crate) fn record_failure(&self, a: &User, vm: &str, action: &str, e: &Error) {
+        let vm_id = crate::core::vm_by_ref(&self.db(), vm).ok().map(|v| v.id);
+        let res = self.write(|tx| {
+            let mut ev = NewEvent::info(
+                EventType::Vm,
+                action,
+                &a.name,
+                json!({"vm": vm, "code": e.code(), "reason": e.one_line()}),
+            )
+            .severity(Severity::Warning);
+            if let Some(id) = vm_id {
+                ev = ev.vm(id);
+            }
+            events::record(tx, ev)
+        });
+        if let Err(w) = res {
+            tracing::warn!(%vm, error = %w.one_line(), "recording a failed action");
+        }
+    }
+
+    fn vm_action_in(&self, a: &User, vm: &str, action: VmAction) -> Result<Vm> {
+        let a = a.clone();
+        let v = self.vm_show_in(&self.db(), &a, vm)?;
         may_act(&a, &v)?;
-        if let Some(sid) = v.session_id.filter(|_| action != VmAction::Start) {
-            return Err(Error::invalid(format!(
-                "VM {} is held by session {sid}; close the session first",
-                v.name
-            )));
+        // Checked (and, for destroy, claimed) in the write transaction, so
+        // that an allocation cannot take the VM between check and act.
+        let v = self.write(|tx| {
+            let v = vm_by_id(tx, v.id)?;
+            if let Some(sid) = v.session_id.filter(|_| action != VmAction::Start) {
+                return Err(Error::invalid(format!(
+                    "VM {} is held by session {sid}; close the session first",
+                    v.name
+                )));
+            }
+            if matches!(v.status, VmStatus::Creating | VmStatus::Destroyed) {
+                return Err(Error::invalid(format!(
+                    "VM {} is {} and cannot be acted on",
+                    v.name, v.status
+                )));
+            }
+            if action == VmAction::Destroy {
+                // Out of every pool's free list while its machine goes.
+                tx.execute(
+                    "UPDATE vms SET status = 'STOPPING', updated_at = ?2 WHERE id = ?1",
+                    params![v.id, now()],
+                )?;
+            }
+            Ok(v)
+        })?;
+        let acted = self.act_on_machine(&a, &v, action);
+        if acted.is_err() && action == VmAction::Destroy {
+            // The machine stays: so does its state as it was.
+            self.write(|tx| {
+                tx.execute(
+                    "UPDATE vms SET status = ?2 WHERE id = ?1 AND status = 'STOPPING'",
+                    params![v.id, v.status],
+                )?;
+                Ok(())
+            })?;
         }
-        if matches!(v.status, VmStatus::Creating | VmStatus::Destroyed) {
-            return Err(Error::invalid(format!(
-                "VM {} is {} and cannot be acted on",
-                v.name, v.status
-            )));
-        }
-        let machine = self.machine_spec(&v).machine_name;
+        acted
+    }
+
+    fn act_on_machine(&self, a: &User, v: &Vm, action: VmAction) -> Result<Vm> {
+        let machine = self.machine_spec(v).machine_name;
         let p = self.provider(&v.host)?;
         let err = |source| Error::Provider {
             host: v.host.clone(),
@@ -344,7 +421,7 @@ impl Core {
         let timeout = self.opts.shutdown_timeout;
         let (status, forced) = match action {
             VmAction::Start => {
-                self.ensure_machine(p.as_ref(), &v)?;
+                self.ensure_machine(p.as_ref(), v)?;
                 p.start(&machine).map_err(err)?;
                 (
                     vm_status_of(
@@ -404,54 +481,170 @@ impl Core {
         })
     }
 
-    /// Removes from a host the machines (definitions and disks) that carry
-    /// this data directory's mark but have no VM row (or only a DESTROYED
-    /// one): what a crash between the host and the database can leave. Each
-    /// removal is an event. Returns the machines removed.
+    /// Quarantines the machines of a host that carry this data directory's
+    /// mark but have no VM row (or only a DESTROYED one): what a crash between
+    /// the host and the database, or a database restored from a backup, can
+    /// leave. Each is powered off and kept, definition and disk, until an
+    /// admin purges it (see [`Core::purge_quarantine`]); each is an event.
+    /// Returns the machines newly quarantined.
     pub fn sweep_host(&self, host: &str) -> Result<Vec<String>> {
         let p = self.provider(host)?;
         let err = |source| Error::Provider {
             host: host.to_owned(),
             source,
         };
-        let mut removed = Vec::new();
-        for machine in p.marked(&self.install_id).map_err(err)? {
-            let owned: bool = self.db().query_row(
-                "SELECT count(*) > 0 FROM vms WHERE provider_id = ?1 AND status <> 'DESTROYED'",
-                [&machine],
-                |r| r.get(0),
-            )?;
-            if owned {
+        let marked = p.marked(&self.install_id).map_err(err)?;
+        let host_id: i64 =
+            self.db()
+                .query_row("SELECT id FROM hosts WHERE name = ?1", [host], |r| r.get(0))?;
+        let mut found = Vec::new();
+        for machine in &marked {
+            if self.has_row(machine)? {
+                // A row came back (or was never gone): it is not a leftover.
+                self.write(|tx| {
+                    tx.execute(
+                        "DELETE FROM quarantine WHERE host_id = ?1 AND machine = ?2",
+                        params![host_id, machine],
+                    )?;
+                    Ok(())
+                })?;
                 continue;
             }
-            p.force_off(&machine)
-                .or_else(|e| match e {
-                    crate::provider::ProviderError::NotFound(_) => Ok(()),
-                    e => Err(e),
-                })
-                .map_err(err)?;
-            p.undefine(&machine).map_err(err)?;
-            p.delete_disk(&machine).map_err(err)?;
+            let known: bool = self.db().query_row(
+                "SELECT count(*) > 0 FROM quarantine WHERE host_id = ?1 AND machine = ?2",
+                params![host_id, machine],
+                |r| r.get(0),
+            )?;
+            if known {
+                continue;
+            }
+            let stopped = match p.force_off(machine) {
+                Ok(()) | Err(crate::provider::ProviderError::NotFound(_)) => true,
+                Err(e) => {
+                    tracing::warn!(%host, %machine, error = %e, "powering off a quarantined machine");
+                    false
+                }
+            };
             self.write(|tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO quarantine (host_id, machine, found_at) VALUES (?1, ?2, ?3)",
+                    params![host_id, machine, now()],
+                )?;
                 events::record(
                     tx,
                     NewEvent::info(
                         EventType::System,
-                        "recovery.leftover",
+                        "recovery.quarantine",
                         crate::core::SYSTEM,
-                        json!({"host": host, "machine": machine, "removed": true,
-                                          "reason": "on the host without a VM row"}),
+                        json!({"host": host, "machine": machine, "powered_off": stopped,
+                               "reason": "on the host with this data directory's mark but without a VM row; \
+                                          kept with its disk until 'vmdesk recover --purge'"}),
                     )
                     .severity(Severity::Warning),
                 )
             })?;
-            removed.push(machine);
+            found.push(machine.clone());
         }
-        Ok(removed)
+        // Quarantined machines that left the host by other means are forgotten.
+        self.write(|tx| {
+            let gone: Vec<String> = tx
+                .prepare("SELECT machine FROM quarantine WHERE host_id = ?1")?
+                .query_map([host_id], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?
+                .into_iter()
+                .filter(|m| !marked.contains(m))
+                .collect();
+            for m in gone {
+                tx.execute(
+                    "DELETE FROM quarantine WHERE host_id = ?1 AND machine = ?2",
+                    params![host_id, m],
+                )?;
+            }
+            Ok(())
+        })?;
+        Ok(found)
     }
 
-    /// Settles crashed work (see [`Core::recover`]) and sweeps every host (see
-    /// [`Core::sweep_host`]); admin only. Returns what was done, as events.
+    fn has_row(&self, machine: &str) -> Result<bool> {
+        Ok(self.db().query_row(
+            "SELECT count(*) > 0 FROM vms WHERE provider_id = ?1 AND status <> 'DESTROYED'",
+            [machine],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The quarantined machines (admin only), oldest first.
+    pub fn quarantined(&self, actor: &str) -> Result<Vec<Quarantined>> {
+        let conn = self.db();
+        crate::core::admin(&conn, actor, "list quarantined machines")?;
+        let rows = conn
+            .prepare(
+                "SELECT h.name, q.machine, q.found_at FROM quarantine q JOIN hosts h ON h.id = q.host_id
+                 ORDER BY q.found_at, q.machine",
+            )?
+            .query_map([], |r| {
+                Ok(Quarantined {
+                    host: r.get(0)?,
+                    machine: r.get(1)?,
+                    found_at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes (definition and disk) the quarantined machines found more than
+    /// `grace` ago that still have no VM row (admin only); each is an event.
+    /// Returns the machines deleted.
+    pub fn purge_quarantine(&self, actor: &str, grace: Duration) -> Result<Vec<Quarantined>> {
+        let a = crate::core::admin(&self.db(), actor, "purge quarantined machines")?;
+        let due: Vec<Quarantined> = self
+            .quarantined(actor)?
+            .into_iter()
+            .filter(|q| q.found_at <= crate::store::ago(grace))
+            .collect();
+        let mut purged = Vec::new();
+        for q in due {
+            if self.has_row(&q.machine)? {
+                continue;
+            }
+            let p = self.provider(&q.host)?;
+            let err = |source| Error::Provider {
+                host: q.host.clone(),
+                source,
+            };
+            let not_found_ok = |r: std::result::Result<(), crate::provider::ProviderError>| match r
+            {
+                Err(crate::provider::ProviderError::NotFound(_)) => Ok(()),
+                r => r,
+            };
+            not_found_ok(p.force_off(&q.machine)).map_err(err)?;
+            not_found_ok(p.undefine(&q.machine)).map_err(err)?;
+            not_found_ok(p.delete_disk(&q.machine)).map_err(err)?;
+            self.write(|tx| {
+                tx.execute(
+                    "DELETE FROM quarantine WHERE machine = ?1 AND host_id = (SELECT id FROM hosts WHERE name = ?2)",
+                    params![q.machine, q.host],
+                )?;
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::Admin,
+                        "recovery.purge",
+                        &a.name,
+                        json!({"host": q.host, "machine": q.machine, "found_at": q.found_at, "removed": true}),
+                    )
+                    .severity(Severity::Warning),
+                )
+            })?;
+            purged.push(q);
+        }
+        Ok(purged)
+    }
+
+    /// Settles crashed work (see [`Core::recover`]) and sweeps every host
+    /// into quarantine (see [`Core::sweep_host`]); admin only. Returns what
+    /// was done, as events.
     pub fn recover_all(&self, actor: &str) -> Result<Vec<Event>> {
         crate::core::admin(&self.db(), actor, "run recovery")?;
         let before: i64 =
@@ -496,33 +689,24 @@ impl Core {
                 name: name.to_owned(),
             });
         }
-        let io = |source| Error::DataDir {
-            path: file.to_path_buf(),
-            source,
-        };
-        let mut magic = [0u8; 4];
-        std::io::Read::read_exact(&mut std::fs::File::open(file).map_err(io)?, &mut magic)
-            .map_err(io)?;
-        if &magic != QCOW2_MAGIC {
-            return Err(Error::invalid(format!(
-                "{} is not a qcow2 image",
-                file.display()
-            )));
-        }
-        let dir = self.opts.data_dir.join("os");
-        std::fs::create_dir_all(&dir).map_err(|source| Error::DataDir {
-            path: dir.clone(),
-            source,
-        })?;
-        let rel = format!("os/{name}.qcow2");
-        let dest = self.opts.data_dir.join(&rel);
-        let tmp = dest.with_extension("qcow2.part");
-        let bytes = std::fs::copy(file, &tmp).map_err(io)?;
-        std::fs::rename(&tmp, &dest).map_err(io)?;
+        let img = crate::images::import(&self.opts.data_dir, name, file)?;
+        let dest = self
+            .opts
+            .data_dir
+            .join(crate::images::OS_DIR)
+            .join(&img.file);
+        let bytes = img.bytes;
         let added = self.write(|tx| {
             tx.execute(
-                "INSERT INTO os_images (name, file, bytes, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, rel, i64::try_from(bytes).unwrap_or(i64::MAX), now()],
+                "INSERT INTO os_images (name, file, bytes, sha256, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    name,
+                    img.file,
+                    i64::try_from(bytes).unwrap_or(i64::MAX),
+                    img.sha256,
+                    now()
+                ],
             )
             .map_err(crate::core::already_exists("OS", name))?;
             events::record(
@@ -531,7 +715,7 @@ impl Core {
                     EventType::Admin,
                     "os.import",
                     actor,
-                    json!({"os": name, "bytes": bytes}),
+                    json!({"os": name, "bytes": bytes, "sha256": img.sha256}),
                 ),
             )?;
             Ok(OsEntry {

@@ -5,6 +5,7 @@
 //! longer locked was left by a crash, while a row with no worker is pending.
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -29,12 +30,13 @@ impl Worker {
             path: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        crate::store::ensure_private_dir(&dir).map_err(io)?;
         let id = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let path = dir.join(format!("{id}.lock"));
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
+            .mode(crate::store::FILE_MODE)
             .open(&path)
             .map_err(io)?;
         file.lock().map_err(io)?;
@@ -57,14 +59,22 @@ impl Drop for Worker {
     }
 }
 
-/// Whether the worker with this id is still alive (its file still locked).
+/// Whether the worker with this id may still be alive. Only proof counts as
+/// death: its file gone (a worker removes it when it ends) or its lock taken
+/// here. A file that cannot be opened or locked for any other reason is "not
+/// known dead", and recovery leaves that worker's rows alone.
 pub fn is_alive(data_dir: &Path, id: &str) -> bool {
     if id.contains(['/', '\\']) || id.starts_with('.') {
         return false;
     }
     let path = dir(data_dir).join(format!("{id}.lock"));
-    let Ok(file) = OpenOptions::new().write(true).open(&path) else {
-        return false;
+    let file = match OpenOptions::new().write(true).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+        Err(e) => {
+            tracing::warn!(worker = id, error = %e, "cannot check a worker's lock; taking it as alive");
+            return true;
+        }
     };
     match file.try_lock() {
         Ok(()) => {
@@ -88,6 +98,16 @@ mod tests {
         assert!(is_alive(dir.path(), &id));
         drop(w);
         assert!(!is_alive(dir.path(), &id));
+    }
+
+    #[test]
+    fn a_lock_file_that_cannot_be_opened_is_not_taken_as_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A directory where the lock file should be: opening it for writing
+        // fails (EISDIR) even for root, like an unreadable file would.
+        std::fs::create_dir_all(dir.path().join("workers/77-x.lock")).expect("mkdir");
+        assert!(is_alive(dir.path(), "77-x"));
+        assert!(dir.path().join("workers/77-x.lock").exists());
     }
 
     #[test]

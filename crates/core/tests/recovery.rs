@@ -137,3 +137,31 @@ fn a_pending_request_without_a_worker_is_not_mistaken_for_a_crash() {
         SessionStatus::Requested
     );
 }
+
+#[test]
+fn a_creation_whose_worker_lock_cannot_be_checked_is_left_alone() {
+    let (dir, hosts, core) = with_pool(1);
+    db(dir.path())
+        .execute(
+            "UPDATE vms SET status = 'CREATING', worker = '77-unreadable' WHERE name = 'vm0'",
+            [],
+        )
+        .unwrap();
+    // The lock file cannot be opened (a directory stands in its place, which
+    // fails even for root, as an unreadable file would for a user).
+    std::fs::create_dir_all(dir.path().join("workers/77-unreadable.lock")).unwrap();
+    drop(core);
+    let core = open(dir.path(), &hosts);
+    assert_eq!(
+        core.vm_show("admin", "vm0").unwrap().status,
+        VmStatus::Creating,
+        "a worker not known to be dead is not settled"
+    );
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM events WHERE action LIKE 'recovery.%'"
+        ),
+        0
+    );
+}

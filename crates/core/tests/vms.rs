@@ -6,7 +6,7 @@ mod common;
 use std::sync::Mutex;
 
 use common::*;
-use vmdesk_core::provider::PowerState;
+use vmdesk_core::provider::{PowerState, Provider};
 use vmdesk_core::{Progress, SessionRequest, VmAction, VmCreate, VmStatus};
 
 fn spec(name: &str) -> VmCreate {
@@ -296,7 +296,11 @@ fn concurrent_creations_never_overdraw() {
 fn an_imported_image_joins_the_catalog_and_a_bad_file_does_not() {
     let (dir, _hosts, core) = with_user(100);
     let good = dir.path().join("good.qcow2");
-    std::fs::write(&good, b"QFI\xfb\0\0\0\x03rest-of-an-image").unwrap();
+    // A qcow2 version 3 header (112 bytes) and the end of its extensions.
+    let mut header = vec![0u8; 120];
+    header[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+    header[100..104].copy_from_slice(&112u32.to_be_bytes());
+    std::fs::write(&good, header).unwrap();
     let bad = dir.path().join("bad.img");
     std::fs::write(&bad, b"not an image").unwrap();
     assert_eq!(
@@ -351,4 +355,122 @@ fn own_vms_are_the_actors_only() {
         .map(|v| v.name)
         .collect();
     assert_eq!(names, ["a1"]);
+}
+
+fn events_named(dir: &std::path::Path, action: &str) -> Vec<(String, String, serde_json::Value)> {
+    db(dir)
+        .prepare("SELECT severity, actor, details FROM events WHERE action = ?1 ORDER BY id")
+        .unwrap()
+        .query_map([action], |r| {
+            let details: String = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                serde_json::from_str(&details).unwrap(),
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn an_all_digit_vm_name_is_refused_and_a_number_finds_a_vm_by_id() {
+    let (dir, _hosts, core) = with_user(200);
+    let err = core.vm_create("ann", &spec("17"), true, None).unwrap_err();
+    assert_eq!(err.code(), "invalid_input");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM vms"), 0);
+    let w1 = core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    // A VM named like another's id (made before the rule) does not shadow it.
+    db(dir.path())
+        .execute(
+            "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
+                              host_id, created_at, updated_at)
+             SELECT ?1, os_type, ram_mb, disk_gb, cpu_cores, vm_type, 'STOPPED', owner_user_id, host_id,
+                    created_at, updated_at FROM vms WHERE id = ?2",
+            rusqlite::params![w1.id.to_string(), w1.id],
+        )
+        .unwrap();
+    assert_eq!(core.vm_show("ann", &w1.id.to_string()).unwrap().name, "w1");
+}
+
+#[test]
+fn a_refused_action_leaves_a_warning_event_with_the_reason() {
+    let (dir, _hosts, core) = with_pool(1);
+    core.session_open(
+        "admin",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        true,
+    )
+    .unwrap();
+    let err = core.vm_action("admin", "vm0", VmAction::Stop).unwrap_err();
+    let events = events_named(dir.path(), "vm.stop.failed");
+    assert_eq!(events.len(), 1);
+    let (severity, actor, details) = &events[0];
+    assert_eq!((severity.as_str(), actor.as_str()), ("warning", "admin"));
+    assert_eq!(details["code"], err.code());
+    assert!(details["reason"]
+        .as_str()
+        .unwrap()
+        .contains("held by session"));
+}
+
+#[test]
+fn a_forbidden_destroy_leaves_a_warning_event() {
+    let (dir, _hosts, core) = with_user(100);
+    core.vm_create("ann", &spec("w1"), true, None).unwrap();
+    core.user_add("admin", "eve", false, 0).unwrap();
+    // ann's VM is not eve's to see: refused as unknown, and recorded.
+    assert!(core.vm_action("eve", "w1", VmAction::Destroy).is_err());
+    let events = events_named(dir.path(), "vm.destroy.failed");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1, "eve");
+    assert_eq!(core.vm_show("ann", "w1").unwrap().status, VmStatus::Running);
+}
+
+#[test]
+fn a_creation_refused_for_credits_leaves_a_warning_event() {
+    let (dir, _hosts, core) = with_user(5);
+    let err = core.vm_create("ann", &spec("w1"), true, None).unwrap_err();
+    assert_eq!(err.code(), "insufficient_credits");
+    let events = events_named(dir.path(), "vm.create.refused");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].2["code"], "insufficient_credits");
+    assert_eq!(count(dir.path(), "SELECT count(*) FROM vms"), 0);
+}
+
+#[test]
+fn an_allocation_during_a_destroy_does_not_get_the_vm_being_destroyed() {
+    let (dir, hosts, core) = with_pool(1);
+    let machine = core.vm_show("admin", "vm0").unwrap().provider_id.unwrap();
+    hosts.0.start(&machine).unwrap();
+    *hosts.0.force_off_delay.lock().unwrap() = std::time::Duration::from_millis(600);
+    let core = std::sync::Arc::new(core);
+    let destroyer = {
+        let core = core.clone();
+        std::thread::spawn(move || core.vm_action("admin", "vm0", VmAction::Destroy))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let other = open(dir.path(), &hosts);
+    let opened = other.session_open(
+        "admin",
+        &SessionRequest {
+            project: "p".into(),
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(
+        opened.is_err(),
+        "allocated a VM being destroyed: {opened:?}"
+    );
+    destroyer.join().unwrap().unwrap();
+    assert_eq!(
+        count(dir.path(), "SELECT count(*) FROM sessions"),
+        0,
+        "no session was opened on it"
+    );
 }

@@ -20,6 +20,8 @@ pub struct MemoryHost {
     pub unreachable: Mutex<bool>,
     /// Guests that ignore an ACPI shutdown (like a VM without an OS).
     pub ignore_shutdown: Mutex<bool>,
+    /// How long a forced power-off takes.
+    pub force_off_delay: Mutex<Duration>,
 }
 
 impl MemoryHost {
@@ -76,6 +78,8 @@ impl Provider for MemoryHost {
         self.set(machine, PowerState::Stopped)
     }
     fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
+        let delay = *self.force_off_delay.lock().unwrap();
+        std::thread::sleep(delay);
         self.set(machine, PowerState::Stopped)
     }
     fn marked(&self, _install_id: &str) -> Result<Vec<String>, ProviderError> {
