@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
 # Opens the vmdesk window. On a data dir without hosts, adds a default host
-# (the local QEMU daemon when it can run, else libvirt's test driver) and a
-# small demo pool, so the window has something to show.
+# (the local QEMU daemon: the system one when it answers, else this user's
+# session daemon) and a small demo pool, so the window has something to show.
+# Usage: scripts/run.sh [--no-window]   (--no-window: set up, then exit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/debug/vmdesk
 
+# The local host's URI: qemu:///system when that daemon answers (as root it is
+# started here first), else qemu:///session, a daemon of this user's own that
+# libvirt starts on demand. Never test:///default, whose machines die with
+# each process.
+local_uri() {
+  if [ "$(id -u)" -eq 0 ]; then bash scripts/libvirtd.sh start >/dev/null 2>&1 || true; fi
+  if timeout 10 virsh -q -c qemu:///system version >/dev/null 2>&1; then
+    echo "qemu:///system"
+  else
+    echo "qemu:///session"
+  fi
+}
+
 if [ -z "$($BIN --json host list | tr -d '[:space:]' | sed 's/^\[\]$//')" ]; then
-  if bash scripts/libvirtd.sh start >/dev/null 2>&1; then uri="qemu:///system"; else uri="test:///default"; fi
+  uri="$(local_uri)"
   echo "first run: adding host 'local' ($uri) and a demo pool"
   $BIN host add local --uri "$uri"
   $BIN project create demo
@@ -25,6 +39,7 @@ if [ -f target/os/tiny-linux.qcow2 ] && ! $BIN --json os list | grep -q '"tiny-l
   $BIN os import tiny-linux target/os/tiny-linux.qcow2
 fi
 
+if [ "${1:-}" = "--no-window" ]; then exit 0; fi
 if [ -z "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   echo "no display: running under Xvfb (xvfb-run); the window is not visible here"
   exec xvfb-run -a "$BIN"

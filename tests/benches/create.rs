@@ -131,12 +131,17 @@ fn main() {
     }
     let _ = core.recover_all("admin");
     if has_image {
+        // The image's volume (named with its checksum) and any upload left over.
         let install: String = core.install_id().chars().take(8).collect();
-        vmdesk_tests::virsh(&[
-            "vol-delete",
-            "--pool",
-            "vmdesk",
-            &format!("vmdesk-os-tiny-linux-{install}.qcow2"),
-        ]);
+        let prefix = format!("vmdesk-os-tiny-linux-{install}-");
+        for line in vmdesk_tests::virsh(&["vol-list", "--pool", "vmdesk"]).lines() {
+            if let Some(vol) = line
+                .split_whitespace()
+                .next()
+                .filter(|v| v.starts_with(&prefix))
+            {
+                vmdesk_tests::virsh(&["vol-delete", "--pool", "vmdesk", vol]);
+            }
+        }
     }
 }

@@ -143,7 +143,8 @@ fn a_user_sees_pool_vms_but_only_an_admin_lists_all() {
 
 #[test]
 fn an_unreachable_host_is_not_added() {
-    let v = Vmdesk::new();
+    let mut v = Vmdesk::new();
+    v.env.push(("VMDESK_ALLOW_TCP".into(), "1".into()));
     v.json(&["host", "list"]);
     let before = v.snapshot();
     let err = v.fails(&[

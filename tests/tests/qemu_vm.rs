@@ -237,7 +237,19 @@ fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
     ]);
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
     let _cleanup = Machine(machine.clone());
-    let _image = Volume(format!("vmdesk-os-tiny-linux-{}.qcow2", v.install_tag()));
+    let sha: String = v
+        .db()
+        .query_row(
+            "SELECT sha256 FROM os_images WHERE name = 'tiny-linux'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the image's checksum");
+    let _image = Volume(format!(
+        "vmdesk-os-tiny-linux-{}-{}.qcow2",
+        v.install_tag(),
+        &sha[..12]
+    ));
     assert_eq!(vm["status"], "RUNNING");
     // Its disk is a copy-on-write layer over the image uploaded to the host.
     let disk = virsh(&[

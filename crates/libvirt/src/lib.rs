@@ -20,6 +20,7 @@ use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
     MachineSpec, MachineStats, OsImage, PowerState, Provider, ProviderError, ProviderFactory,
 };
+use vmdesk_core::validate;
 
 pub use xml::{domain as domain_xml, DiskRef, VirtType, MARKER_NS};
 
@@ -38,10 +39,20 @@ pub fn disk_volume(machine: &str) -> String {
 }
 
 /// The volume holding a catalog image of a data directory on a host (two
-/// data directories may give one name to different images).
-pub fn image_volume(image: &str, install_id: &str) -> String {
+/// data directories may give one name to different images), named with its
+/// checksum: it exists only once its content was uploaded and checked.
+pub fn image_volume(image: &str, install_id: &str, sha256: &str) -> String {
     let tag: String = install_id.chars().take(8).collect();
-    format!("vmdesk-os-{image}-{tag}.qcow2")
+    let sum: String = sha256.chars().take(12).collect();
+    format!("vmdesk-os-{image}-{tag}-{sum}.qcow2")
+}
+
+/// The prefix of the temporary volumes an image is uploaded to before it is
+/// checked and copied to its [`image_volume`] (a process killed mid-upload
+/// leaves one of these, never a partial image volume).
+pub fn image_upload_prefix(image: &str, install_id: &str, sha256: &str) -> String {
+    let name = image_volume(image, install_id, sha256);
+    format!("{}.upload-", name.trim_end_matches(".qcow2"))
 }
 
 fn quiet_libvirt() {
@@ -67,6 +78,8 @@ fn map_err(machine: &str, e: virt::error::Error) -> ProviderError {
 pub struct LibvirtProvider {
     conn: Connect,
     virt: VirtType,
+    /// Where this connection's daemon keeps vmdesk's disks and its logs.
+    paths: HostPaths,
     /// The lifecycle-event registration, when this process watches events.
     watch: Option<std::ffi::c_int>,
 }
@@ -92,9 +105,11 @@ impl LibvirtProvider {
         } else {
             VirtType::Qemu
         };
+        let paths = HostPaths::of(uri, &LocalUser::current());
         Ok(Self {
             conn,
             virt,
+            paths,
             watch: None,
         })
     }
@@ -140,7 +155,7 @@ impl LibvirtProvider {
             Err(_) => {
                 let p = self
                     .conn
-                    .define_storage_pool_xml(&xml::dir_pool(name, &self.pool_path()), 0)
+                    .define_storage_pool_xml(&xml::dir_pool(name, &self.pool_path()?), 0)
                     .map_err(err)?;
                 p.build(0).map_err(err)?;
                 let _ = p.set_autostart(true);
@@ -153,63 +168,134 @@ impl LibvirtProvider {
         Ok(pool)
     }
 
-    fn pool_path(&self) -> String {
-        let uri = self.conn.uri().unwrap_or_default();
-        match std::env::var_os("HOME") {
-            Some(home) if uri.contains("session") => {
-                format!(
-                    "{}/.local/share/libvirt/images/vmdesk",
-                    home.to_string_lossy()
-                )
-            }
-            _ => "/var/lib/libvirt/images/vmdesk".to_owned(),
-        }
+    fn pool_path(&self) -> Result<String, ProviderError> {
+        self.paths.pool_dir.clone().ok_or_else(|| {
+            ProviderError::Refused(format!(
+                "the host has no storage pool {name}, and vmdesk cannot tell where its \
+                 daemon keeps files; define it there (virsh pool-define-as {name} dir \
+                 --target DIR; virsh pool-build {name})",
+                name = pool_name(self.virt)
+            ))
+        })
     }
 
-    /// The catalog image on this host, uploaded from the local file if missing.
+    /// Where this connection's daemon keeps vmdesk's disks and its logs.
+    pub fn paths(&self) -> &HostPaths {
+        &self.paths
+    }
+
+    /// The catalog image on this host. If missing, the local file is
+    /// uploaded to a temporary volume, its size and SHA-256 are checked
+    /// (against the file as sent, the checksum of the import, and the volume
+    /// as read back), and only then is it copied to the image's volume: an
+    /// interrupted upload never leaves a volume that later VMs would use.
     fn image(
         &self,
         pool: &StoragePool,
         image: &OsImage,
         install_id: &str,
     ) -> Result<StorageVol, ProviderError> {
-        let name = image_volume(&image.name, install_id);
+        let name = image_volume(&image.name, install_id, &image.sha256);
         if let Ok(v) = pool.lookup_storage_vol_by_name(&name) {
             return Ok(v);
         }
         let err = |e: virt::error::Error| {
             ProviderError::Refused(format!("image {}: {}", image.name, e.message()))
         };
-        let vol =
-            StorageVol::create_xml(pool, &xml::raw_volume(&name, image.bytes), 0).map_err(err)?;
-        let upload = || -> Result<(), ProviderError> {
-            let mut file = std::fs::File::open(&image.path).map_err(|e| {
-                ProviderError::Refused(format!("image {}: {e}", image.path.display()))
-            })?;
-            let stream = Stream::new(&self.conn, 0).map_err(err)?;
-            vol.upload(&stream, 0, image.bytes, 0).map_err(err)?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| {
-                    ProviderError::Refused(format!("image {}: {e}", image.path.display()))
-                })?;
-                if n == 0 {
-                    break;
-                }
-                let mut sent = 0;
-                while sent < n {
-                    let k = stream.send(&buf[sent..n]).map_err(err)?;
-                    sent += usize::try_from(k).unwrap_or(0).max(1);
-                }
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let tmp_name = format!(
+            "{}{:x}-{nonce:x}",
+            image_upload_prefix(&image.name, install_id, &image.sha256),
+            std::process::id()
+        );
+        let tmp = StorageVol::create_xml(pool, &xml::raw_volume(&tmp_name, image.bytes), 0)
+            .map_err(err)?;
+        let adopted = self.upload_checked(&tmp, image).and_then(|()| {
+            // The copy keeps the format the host probed in the upload (a
+            // raw copy of a qcow2 would be converted to a raw disk).
+            let format = tmp
+                .xml_desc(0)
+                .ok()
+                .and_then(|x| xml::volume_format(&x))
+                .unwrap_or_else(|| "raw".to_owned());
+            let copy = xml::copy_volume(&name, image.bytes, &format);
+            match StorageVol::create_xml_from(pool, &copy, &tmp, 0) {
+                Ok(v) => Ok(v),
+                // Another process adopted its own upload first.
+                Err(e) => pool.lookup_storage_vol_by_name(&name).map_err(|_| err(e)),
             }
-            stream.finish().map_err(err)?;
-            Ok(())
+        });
+        let _ = tmp.delete(0);
+        adopted
+    }
+
+    /// Uploads the image's local file to `vol` and checks it there.
+    fn upload_checked(&self, vol: &StorageVol, image: &OsImage) -> Result<(), ProviderError> {
+        use sha2::{Digest, Sha256};
+        let err = |e: virt::error::Error| {
+            ProviderError::Refused(format!("image {}: {}", image.name, e.message()))
         };
-        if let Err(e) = upload() {
-            let _ = vol.delete(0);
-            return Err(e);
+        let file_err = |e: std::io::Error| {
+            ProviderError::Refused(format!("image {}: {e}", image.path.display()))
+        };
+        let mut file = std::fs::File::open(&image.path).map_err(file_err)?;
+        let stream = Stream::new(&self.conn, 0).map_err(err)?;
+        vol.upload(&stream, 0, image.bytes, 0).map_err(err)?;
+        let mut sent_hash = Sha256::new();
+        let mut sent_bytes = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf).map_err(file_err)?;
+            if n == 0 {
+                break;
+            }
+            sent_hash.update(&buf[..n]);
+            sent_bytes += n as u64;
+            let mut sent = 0;
+            while sent < n {
+                let k = stream.send(&buf[sent..n]).map_err(err)?;
+                sent += usize::try_from(k).unwrap_or(0).max(1);
+            }
         }
-        pool.lookup_storage_vol_by_name(&name).map_err(err)
+        stream.finish().map_err(err)?;
+        let sent = hex(&sent_hash.finalize());
+        if sent_bytes != image.bytes || sent != image.sha256 {
+            return Err(ProviderError::Refused(format!(
+                "image {}: the file {} changed since it was imported ({sent_bytes} bytes, \
+                 SHA-256 {sent}; the catalog says {} bytes, {})",
+                image.name,
+                image.path.display(),
+                image.bytes,
+                image.sha256
+            )));
+        }
+        // Read back what the host stored.
+        let stream = Stream::new(&self.conn, 0).map_err(err)?;
+        vol.download(&stream, 0, image.bytes, 0).map_err(err)?;
+        let mut got_hash = Sha256::new();
+        let mut got_bytes = 0u64;
+        loop {
+            let k = stream.recv(&mut buf).map_err(err)?;
+            let Ok(k) = usize::try_from(k) else { break };
+            if k == 0 {
+                break;
+            }
+            got_hash.update(&buf[..k]);
+            got_bytes += k as u64;
+        }
+        stream.finish().map_err(err)?;
+        let got = hex(&got_hash.finalize());
+        if got_bytes != image.bytes || got != image.sha256 {
+            return Err(ProviderError::Refused(format!(
+                "image {}: the host stored {got_bytes} bytes with SHA-256 {got}, not the {} \
+                 bytes sent",
+                image.name, image.bytes
+            )));
+        }
+        Ok(())
     }
 
     fn domain(&self, machine: &str) -> Result<Domain, ProviderError> {
@@ -217,6 +303,101 @@ impl LibvirtProvider {
             .lookup_domain_by_name(machine)
             .map_err(|e| map_err(machine, e))
     }
+}
+
+/// The user this process runs as, for the paths of a per-user daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalUser {
+    /// Whether it is root (whose session URIs reach the system daemon).
+    pub root: bool,
+    /// `$HOME`.
+    pub home: Option<String>,
+    /// `$XDG_DATA_HOME`.
+    pub data_home: Option<String>,
+    /// `$XDG_CACHE_HOME`.
+    pub cache_home: Option<String>,
+}
+
+impl LocalUser {
+    /// The user of this process, from its environment.
+    pub fn current() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| v.starts_with('/') && !v.chars().any(char::is_control))
+        };
+        Self {
+            root: std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+            home: var("HOME"),
+            data_home: var("XDG_DATA_HOME"),
+            cache_home: var("XDG_CACHE_HOME"),
+        }
+    }
+}
+
+/// Where a host's daemon keeps vmdesk's storage pool and its domains' logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostPaths {
+    /// The directory of the `vmdesk` storage pool (none: unknown, the pool
+    /// must exist already).
+    pub pool_dir: Option<String>,
+    /// The directory of the domains' logs (none: serial consoles are not logged).
+    pub log_dir: Option<String>,
+    /// Whether the daemon runs on this machine (as this user, for a session).
+    pub local: bool,
+}
+
+impl HostPaths {
+    /// The paths of the daemon a URI reaches: a system daemon's fixed ones; a
+    /// session daemon of this user (a local `/session` URI, not as root) keeps
+    /// them under the user's XDG dirs, as libvirt does; a session daemon on
+    /// another machine keeps them where this process cannot tell.
+    pub fn of(uri: &str, user: &LocalUser) -> Self {
+        let (rest, remote) = match uri.split_once("://") {
+            Some((_, rest)) => (rest, !rest.starts_with('/')),
+            None => ("", false),
+        };
+        let system = Self {
+            pool_dir: Some("/var/lib/libvirt/images/vmdesk".to_owned()),
+            log_dir: Some(xml::SYSTEM_LOG_DIR.to_owned()),
+            local: !remote,
+        };
+        let path = rest
+            .find('/')
+            .map(|i| &rest[i..])
+            .unwrap_or("")
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("");
+        if path != "/session" {
+            return system;
+        }
+        if remote {
+            return Self::default();
+        }
+        if user.root {
+            return system;
+        }
+        let home = user.home.as_deref();
+        let data = user
+            .data_home
+            .clone()
+            .or_else(|| home.map(|h| format!("{h}/.local/share")));
+        let cache = user
+            .cache_home
+            .clone()
+            .or_else(|| home.map(|h| format!("{h}/.cache")));
+        Self {
+            pool_dir: data.map(|d| format!("{d}/libvirt/images/vmdesk")),
+            log_dir: cache.map(|c| format!("{c}/libvirt/qemu/log")),
+            local: true,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether domains can use KVM: libvirt offers it and the host CPU has VT-x or
@@ -330,10 +511,17 @@ impl Provider for LibvirtProvider {
             pool: pool_name(self.virt),
             volume: &volume,
         });
-        let xml = match &uuid {
-            Some(uuid) => xml::redefinition(spec, self.virt, disk.as_ref(), uuid),
-            None => xml::domain(spec, self.virt, disk.as_ref()),
-        };
+        if let (true, Some(dir)) = (self.paths.local, &self.paths.log_dir) {
+            // A fresh machine (or user) may lack it; virtlogd does not create it.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let xml = xml::domain_on(
+            spec,
+            self.virt,
+            disk.as_ref(),
+            uuid.as_deref(),
+            self.paths.log_dir.as_deref(),
+        );
         self.conn
             .define_domain_xml(&xml)
             .map(|_| ())
@@ -459,11 +647,27 @@ impl Provider for LibvirtProvider {
     }
 }
 
-/// Makes libvirt providers, one cached connection per URI, reopened when it dies.
-#[derive(Default)]
+/// One URI's place in the cache: its connection once made. Its lock is held
+/// while connecting, so one connect per URI runs at a time.
+type Slot = Arc<Mutex<Option<Arc<LibvirtProvider>>>>;
+
+/// Makes libvirt providers, one cached connection per URI, reopened when it
+/// dies. A connect that hangs (an ssh host that never answers) holds up only
+/// the callers of its own URI.
 pub struct LibvirtFactory {
-    cache: Mutex<HashMap<String, Arc<LibvirtProvider>>>,
+    cache: Mutex<HashMap<String, Slot>>,
     events: Option<Mutex<std::sync::mpsc::Sender<events::LifecycleEvent>>>,
+    policy: validate::UriPolicy,
+}
+
+impl Default for LibvirtFactory {
+    fn default() -> Self {
+        Self {
+            cache: Mutex::default(),
+            events: None,
+            policy: validate::UriPolicy::from_env(),
+        }
+    }
 }
 
 impl LibvirtFactory {
@@ -476,21 +680,47 @@ impl LibvirtFactory {
     /// `tx` (start the event loop first: [`events::start_event_loop`]).
     pub fn watching(tx: std::sync::mpsc::Sender<events::LifecycleEvent>) -> Self {
         Self {
-            cache: Mutex::default(),
             events: Some(Mutex::new(tx)),
+            ..Self::default()
         }
     }
 
-    /// Whether a live connection to `uri` is cached (none: the next use reconnects).
-    pub fn is_connected(&self, uri: &str) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(uri).is_some_and(|p| p.is_alive())
+    /// The same factory under another URI policy (e.g. allowing `tcp`).
+    pub fn with_policy(mut self, policy: validate::UriPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
-    /// The provider of a URI.
-    pub fn provider(&self, uri: &str) -> Result<Arc<LibvirtProvider>, ProviderError> {
+    fn slot(&self, uri: &str) -> Slot {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(uri).filter(|p| p.is_alive()) {
+        Arc::clone(cache.entry(uri.to_owned()).or_default())
+    }
+
+    /// Whether a live connection to `uri` is cached (none: the next use
+    /// reconnects). A connect under way counts as not connected.
+    pub fn is_connected(&self, uri: &str) -> bool {
+        let slot = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get(uri) {
+                Some(s) => Arc::clone(s),
+                None => return false,
+            }
+        };
+        let guard = match slot.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        guard.as_ref().is_some_and(|p| p.is_alive())
+    }
+
+    /// The provider of a URI, connecting if no live connection is cached.
+    /// The URI must pass [`validate::uri_with`] under this factory's policy.
+    pub fn provider(&self, uri: &str) -> Result<Arc<LibvirtProvider>, ProviderError> {
+        validate::uri_with(uri, self.policy).map_err(|e| ProviderError::Refused(e.to_string()))?;
+        let slot = self.slot(uri);
+        let mut cached = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = cached.as_ref().filter(|p| p.is_alive()) {
             return Ok(Arc::clone(p));
         }
         let tx = self
@@ -501,7 +731,7 @@ impl LibvirtFactory {
             Some(tx) => LibvirtProvider::open_watched(uri, tx)?,
             None => LibvirtProvider::open(uri)?,
         });
-        cache.insert(uri.to_owned(), Arc::clone(&p));
+        *cached = Some(Arc::clone(&p));
         Ok(p)
     }
 }

@@ -51,18 +51,29 @@ pub struct DiskRef<'a> {
 /// serial console, and vmdesk's marker (install id, VM id and name) in its
 /// metadata.
 pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) -> String {
-    domain_with_uuid(spec, virt, disk, None)
+    domain_with_uuid(spec, virt, disk, None, Some(SYSTEM_LOG_DIR))
 }
 
-/// The XML of [`domain`] for a domain that exists already under `uuid` (a
+/// Where a system daemon (`qemu:///system`) keeps its domains' logs.
+pub const SYSTEM_LOG_DIR: &str = "/var/log/libvirt/qemu";
+
+/// The file a domain's serial console is logged to, in a host's log directory.
+pub fn serial_log(log_dir: &str, machine: &str) -> String {
+    format!("{log_dir}/{machine}-serial.log")
+}
+
+/// The XML of [`domain`] for a host that keeps logs in `log_dir` (none: the
+/// serial console is not logged, e.g. a session daemon on another machine);
+/// with the `uuid` of the domain it redefines, if it exists already (a
 /// definition with the same name and another UUID is refused).
-pub fn redefinition(
+pub fn domain_on(
     spec: &MachineSpec,
     virt: VirtType,
     disk: Option<&DiskRef<'_>>,
-    uuid: &str,
+    uuid: Option<&str>,
+    log_dir: Option<&str>,
 ) -> String {
-    domain_with_uuid(spec, virt, disk, Some(uuid))
+    domain_with_uuid(spec, virt, disk, uuid, log_dir)
 }
 
 fn domain_with_uuid(
@@ -70,6 +81,7 @@ fn domain_with_uuid(
     virt: VirtType,
     disk: Option<&DiskRef<'_>>,
     uuid: Option<&str>,
+    log_dir: Option<&str>,
 ) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
     let memory_kib = (spec.ram_mb * 1024).to_string();
@@ -136,16 +148,23 @@ fn domain_with_uuid(
                                 Ok(())
                             })?;
                     }
-                    // The serial console is also logged by virtlogd, for tests and support.
-                    let log = format!("/var/log/libvirt/qemu/{}-serial.log", spec.machine_name);
-                    w.create_element("serial")
-                        .with_attribute(("type", "pty"))
-                        .write_inner_content(|w| {
-                            w.create_element("log")
-                                .with_attributes([("file", log.as_str()), ("append", "off")])
-                                .write_empty()?;
-                            Ok(())
-                        })?;
+                    // The serial console is also logged by virtlogd, for tests
+                    // and support, where the host keeps its logs.
+                    let serial = w.create_element("serial").with_attribute(("type", "pty"));
+                    match log_dir {
+                        Some(dir) => {
+                            let log = serial_log(dir, &spec.machine_name);
+                            serial.write_inner_content(|w| {
+                                w.create_element("log")
+                                    .with_attributes([("file", log.as_str()), ("append", "off")])
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                        }
+                        None => {
+                            serial.write_empty()?;
+                        }
+                    }
                     w.create_element("console")
                         .with_attribute(("type", "pty"))
                         .write_empty()?;
@@ -222,6 +241,47 @@ fn volume_xml(
     String::from_utf8(w.into_inner()).unwrap_or_default()
 }
 
+/// The format of a volume (`raw`, `qcow2`, ...) from its XML, as the host
+/// probed it: its `<target><format type=...>`.
+pub fn volume_format(volume_xml: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(volume_xml);
+    let mut depth_in_target = None::<usize>;
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Eof => return None,
+            Event::Start(e) => {
+                depth += 1;
+                if e.local_name().into_inner() == "target" && depth == 2 {
+                    depth_in_target = Some(depth);
+                }
+            }
+            Event::End(e) => {
+                if e.local_name().into_inner() == "target" && depth_in_target == Some(depth) {
+                    depth_in_target = None;
+                }
+                depth = depth.saturating_sub(1);
+            }
+            Event::Empty(e)
+                if depth_in_target.is_some() && e.local_name().into_inner() == "format" =>
+            {
+                return e
+                    .attributes()
+                    .flatten()
+                    .find(|a| a.key.local_name().into_inner() == "type")
+                    .map(|a| a.value.into_owned());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The XML of a volume of `bytes` bytes in `format`, a copy's target.
+pub fn copy_volume(name: &str, bytes: u64, format: &str) -> String {
+    volume_xml(name, (&bytes.to_string(), "bytes"), format, None)
+}
+
 /// The XML of a directory storage pool.
 pub fn dir_pool(name: &str, path: &str) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
@@ -254,6 +314,39 @@ mod tests {
             os_type: "blank".into(),
             image: None,
         }
+    }
+
+    #[test]
+    fn the_serial_console_is_logged_in_the_hosts_log_dir() {
+        let xml = domain_on(
+            &spec("a"),
+            VirtType::Qemu,
+            None,
+            None,
+            Some("/home/u/.cache/libvirt/qemu/log"),
+        );
+        assert!(
+            xml.contains(
+                r#"<log file="/home/u/.cache/libvirt/qemu/log/vmdesk-a-12345678-serial.log""#
+            ),
+            "{xml}"
+        );
+        assert!(!xml.contains("/var/log"), "{xml}");
+    }
+
+    #[test]
+    fn without_a_log_dir_the_serial_console_is_not_logged() {
+        let xml = domain_on(&spec("a"), VirtType::Qemu, None, None, None);
+        assert!(xml.contains(r#"<serial type="pty"/>"#), "{xml}");
+        assert!(!xml.contains("<log "), "{xml}");
+    }
+
+    #[test]
+    fn a_volumes_format_is_read_from_its_target() {
+        let xml = "<volume type='file'><name>a</name><source></source>\
+                   <target><path>/p/a</path><format type='qcow2'/></target>\
+                   <backingStore><format type='raw'/></backingStore></volume>";
+        assert_eq!(volume_format(xml).as_deref(), Some("qcow2"));
     }
 
     #[test]
@@ -327,7 +420,7 @@ mod tests {
     #[test]
     fn a_redefinition_keeps_the_domains_uuid() {
         let uuid = "0b5b8a4e-6f1c-4a3e-9d5e-1c2b3a4d5e6f";
-        let xml = redefinition(&spec("a"), VirtType::Qemu, None, uuid);
+        let xml = domain_on(&spec("a"), VirtType::Qemu, None, Some(uuid), None);
         assert!(xml.contains(&format!("<uuid>{uuid}</uuid>")), "{xml}");
         assert!(!domain(&spec("a"), VirtType::Qemu, None).contains("<uuid>"));
     }

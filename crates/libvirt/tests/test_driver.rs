@@ -68,7 +68,8 @@ fn an_unknown_machine_is_not_found() {
 
 #[test]
 fn an_unreachable_uri_is_reported_as_unreachable() {
-    let factory = LibvirtFactory::new();
+    let factory =
+        LibvirtFactory::new().with_policy(vmdesk_core::validate::UriPolicy { allow_tcp: true });
     assert!(matches!(
         factory.provider("qemu+tcp://127.0.0.1:1/system"),
         Err(ProviderError::Unreachable(_))
