@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmdesk_tests::bin;
+use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
+use vmdesk_tests::{bin, KillOnDrop};
 
 /// The throw-away user the tests run as (created if missing).
 const USER: &str = "vmdesk-session-test";
@@ -250,4 +251,66 @@ fn a_session_vm_logs_its_serial_console_under_the_users_cache_dir() {
         "no shell in {}: {console}",
         log.display()
     );
+}
+
+#[test]
+fn a_session_vms_console_opens_through_the_bridge() {
+    use std::io::{BufRead, BufReader};
+    let Some(u) = SessionUser::new() else { return };
+    add_session_host(&u);
+    let vm = u.json(&[
+        "vm",
+        "create",
+        "box",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    assert_eq!(vm["status"], "RUNNING", "{vm}");
+    let data = u.home().join("data");
+    let mut child = u
+        .command(
+            &bin(),
+            &[
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+                "--json",
+                "console",
+                "open",
+                "box",
+                "--origin",
+                TEST_ORIGIN,
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("console open");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let _bridge = KillOnDrop(child);
+    let mut text = String::new();
+    let console = loop {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "no console: {text}"
+        );
+        text.push_str(&line);
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            break v;
+        }
+    };
+    let url = console["url"].as_str().expect("url").to_owned();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let ws = connect(&url, TEST_ORIGIN).await.expect("accepted");
+            let mut rfb = Rfb::new(ws);
+            let init = rfb.handshake().await;
+            assert!(init.width > 0 && init.height > 0, "{init:?}");
+            let mut ws = rfb.into_inner();
+            let _ = ws.close(None).await;
+        });
 }
