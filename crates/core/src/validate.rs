@@ -134,7 +134,7 @@ pub fn uri(value: &str) -> Result<()> {
 pub fn uri_with(value: &str, policy: UriPolicy) -> Result<()> {
     let bad = |why: &str| {
         Error::invalid(format!(
-            "{value:?} is not an allowed host URI ({why}); use one such as qemu:///system, qemu+ssh://user@host/system or qemu+tls://host/system"
+            "{value:?} is not a connection URI vmdesk accepts ({why}); use one such as qemu:///system, qemu+ssh://user@host/system or qemu+tls://host/system"
         ))
     };
     if value.is_empty() || value.len() > 1024 || value.chars().any(|c| c.is_control() || c == ' ') {
