@@ -554,6 +554,17 @@ impl Core {
         };
         let machine = self.machine_spec(&vm).machine_name;
         let timeout = self.opts.shutdown_timeout;
+        // The deadline is committed before the guest is asked to shut down,
+        // so that every window sees when it will be forced off.
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE vms SET status = 'STOPPING', updated_at = ?2,
+                        metadata = json_set(metadata, '$.force_off_at', ?3)
+                 WHERE id = ?1 AND status IN ('RUNNING', 'STOPPING', 'STARTING', 'UNKNOWN')",
+                params![vm.id, now(), crate::vms::force_off_at(timeout)],
+            )?;
+            Ok(())
+        })?;
         let stopped = self.provider(&vm.host).and_then(|p| {
             power_off(p.as_ref(), &machine, timeout).map_err(|source| Error::Provider {
                 host: vm.host.clone(),
@@ -568,7 +579,8 @@ impl Core {
                     params![id, end, ts],
                 )?;
                 tx.execute(
-                    "UPDATE vms SET status = 'STOPPED', last_stopped = ?2, updated_at = ?2 WHERE id = ?1",
+                    "UPDATE vms SET status = 'STOPPED', last_stopped = ?2, updated_at = ?2,
+                            metadata = json_remove(metadata, '$.force_off_at') WHERE id = ?1",
                     params![vm.id, ts],
                 )?;
                 events::record(
@@ -585,6 +597,10 @@ impl Core {
                 // Left TERMINATING and unclaimed: a later worker tries again.
                 self.write(|tx| {
                     tx.execute("UPDATE sessions SET worker = NULL, error = ?2 WHERE id = ?1", params![id, err.one_line()])?;
+                    tx.execute(
+                        "UPDATE vms SET metadata = json_remove(metadata, '$.force_off_at') WHERE id = ?1",
+                        [vm.id],
+                    )?;
                     events::record(
                         tx,
                         NewEvent::info(EventType::Session, "session.close_failed", actor,

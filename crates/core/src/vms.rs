@@ -340,9 +340,14 @@ impl Core {
     /// [`Core::vm_action`] for an actor already resolved (a user, or the
     /// system itself: see [`crate::core::system_actor`]).
     pub(crate) fn vm_action_by(&self, a: &User, vm: &str, action: VmAction) -> Result<Vm> {
-        let out = self.vm_action_in(a, vm, action);
+        let mut in_transition = false;
+        let out = self.vm_action_in(a, vm, action, &mut in_transition);
         if let Err(e) = &out {
-            self.record_failure(a, vm, &format!("vm.{}.failed", action_name(action)), e);
+            // A second click on a VM already stopping is no failure: the
+            // first one is under way.
+            if !in_transition {
+                self.record_failure(a, vm, &format!("vm.{}.failed", action_name(action)), e);
+            }
         }
         out
     }
@@ -368,7 +373,13 @@ impl Core {
         }
     }
 
-    fn vm_action_in(&self, a: &User, vm: &str, action: VmAction) -> Result<Vm> {
+    fn vm_action_in(
+        &self,
+        a: &User,
+        vm: &str,
+        action: VmAction,
+        in_transition: &mut bool,
+    ) -> Result<Vm> {
         let a = a.clone();
         let v = self.vm_show_in(&self.db(), &a, vm)?;
         may_act(&a, &v)?;
@@ -388,6 +399,19 @@ impl Core {
                     v.name, v.status
                 )));
             }
+            if v.status == VmStatus::Stopping {
+                *in_transition = true;
+                let when = v
+                    .metadata
+                    .get(FORCE_OFF_AT)
+                    .and_then(|t| t.as_str())
+                    .map(|t| format!(" (forced off at {t} if the guest does not stop)"))
+                    .unwrap_or_default();
+                return Err(Error::invalid(format!(
+                    "VM {} is already stopping{when}; wait until it is stopped",
+                    v.name
+                )));
+            }
             if action == VmAction::Destroy {
                 // Out of every pool's free list while its machine goes.
                 tx.execute(
@@ -395,14 +419,29 @@ impl Core {
                     params![v.id, now()],
                 )?;
             }
+            if matches!(action, VmAction::Stop | VmAction::Restart)
+                && matches!(
+                    v.status,
+                    VmStatus::Running | VmStatus::Starting | VmStatus::Unknown
+                )
+            {
+                // Committed before the guest is asked to shut down, so that
+                // every window and process sees the stop and its deadline.
+                tx.execute(
+                    "UPDATE vms SET status = 'STOPPING', updated_at = ?2,
+                            metadata = json_set(metadata, '$.force_off_at', ?3) WHERE id = ?1",
+                    params![v.id, now(), force_off_at(self.opts.shutdown_timeout)],
+                )?;
+            }
             Ok(v)
         })?;
         let acted = self.act_on_machine(&a, &v, action);
-        if acted.is_err() && action == VmAction::Destroy {
+        if acted.is_err() {
             // The machine stays: so does its state as it was.
             self.write(|tx| {
                 tx.execute(
-                    "UPDATE vms SET status = ?2 WHERE id = ?1 AND status = 'STOPPING'",
+                    "UPDATE vms SET status = ?2, metadata = json_remove(metadata, '$.force_off_at')
+                     WHERE id = ?1 AND status = 'STOPPING'",
                     params![v.id, v.status],
                 )?;
                 Ok(())
@@ -466,7 +505,8 @@ impl Core {
             let ts = now();
             tx.execute(
                 "UPDATE vms SET status = ?2, updated_at = ?3,
-                        last_stopped = CASE WHEN ?2 IN ('STOPPED', 'DESTROYED') THEN ?3 ELSE last_stopped END
+                        last_stopped = CASE WHEN ?2 IN ('STOPPED', 'DESTROYED') THEN ?3 ELSE last_stopped END,
+                        metadata = json_remove(metadata, '$.force_off_at')
                  WHERE id = ?1",
                 params![v.id, status, ts],
             )?;
@@ -749,6 +789,12 @@ impl Core {
             let a = user(tx, actor)?;
             let v = self.vm_show_in(tx, &a, vm)?;
             may_act(&a, &v)?;
+            if v.status == VmStatus::Destroyed {
+                return Err(Error::invalid(format!(
+                    "VM {} is destroyed: its metadata can no longer change",
+                    v.name
+                )));
+            }
             tx.execute(
                 "UPDATE vms SET metadata = json_patch(metadata, ?2), updated_at = ?3 WHERE id = ?1",
                 params![
@@ -770,6 +816,19 @@ impl Core {
             vm_by_id(tx, v.id)
         })
     }
+}
+
+/// The metadata key of a stopping VM's deadline: when it is forced off if
+/// the guest has not shut down by then (RFC 3339, UTC).
+pub const FORCE_OFF_AT: &str = "force_off_at";
+
+/// The deadline of a shutdown that starts now.
+pub(crate) fn force_off_at(timeout: Duration) -> String {
+    let d = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    chrono::Utc::now()
+        .checked_add_signed(d)
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 fn action_name(a: VmAction) -> &'static str {
