@@ -194,7 +194,16 @@ pub enum CreditsCmd {
 #[derive(Subcommand, Debug)]
 pub enum OsCmd {
     /// Add a qcow2 disk image to the catalog (admin only)
-    Import { name: String, file: PathBuf },
+    Import {
+        name: String,
+        file: PathBuf,
+        /// The least memory (MB) the OS boots with; smaller VMs are refused
+        #[arg(long)]
+        min_ram_mb: Option<i64>,
+        /// The least disk (GB) the OS needs; smaller VMs are refused
+        #[arg(long)]
+        min_disk_gb: Option<i64>,
+    },
     /// List the catalog
     List,
 }
@@ -808,19 +817,42 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 )
             })
         }
-        Command::Os(OsCmd::Import { name, file }) => {
-            let os = core.os_import(a, &name, &file)?;
+        Command::Os(OsCmd::Import {
+            name,
+            file,
+            min_ram_mb,
+            min_disk_gb,
+        }) => {
+            let os = core.os_import_with(a, &name, &file, min_ram_mb, min_disk_gb)?;
             emit(g, &os, || {
-                format!("imported OS {} ({} bytes)", os.name, os.bytes)
+                format!(
+                    "imported OS {} ({} bytes; at least {} MB of memory and {} GB of disk)",
+                    os.name, os.bytes, os.min_ram_mb, os.min_disk_gb
+                )
             })
         }
         Command::Os(OsCmd::List) => {
             let list = core.os_list()?;
             emit(g, &list, || {
                 table(
-                    &["NAME", "KIND", "BYTES"],
-                    list.iter()
-                        .map(|o| vec![o.name.clone(), o.kind.clone(), o.bytes.to_string()]),
+                    &[
+                        "NAME",
+                        "KIND",
+                        "BYTES",
+                        "MIN RAM MB",
+                        "MIN DISK GB",
+                        "BOOTS",
+                    ],
+                    list.iter().map(|o| {
+                        vec![
+                            o.name.clone(),
+                            o.kind.clone(),
+                            o.bytes.to_string(),
+                            o.min_ram_mb.to_string(),
+                            o.min_disk_gb.to_string(),
+                            if o.boots { "yes" } else { "firmware only" }.into(),
+                        ]
+                    }),
                 )
             })
         }

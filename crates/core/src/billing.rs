@@ -263,7 +263,7 @@ impl Core {
                 mark_billed(0)?;
                 return Ok(None);
             };
-            let hourly_milli = ledger::quote(ram, disk, cpus)?.cost * cfg.hourly_percent * 10;
+            let hourly_milli = ledger::hourly_milli(ledger::quote(ram, disk, cpus)?.cost, cfg.hourly_percent);
             let milli = carry + seconds * hourly_milli / 3600;
             let due = milli / 1000;
             let balance: i64 = tx.query_row("SELECT balance FROM users WHERE id = ?1", [uid], |r| r.get(0))?;

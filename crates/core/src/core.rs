@@ -879,6 +879,7 @@ impl Core {
         validate::name("VM type", &spec.vm_type)?;
         crate::vms::os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
+        crate::vms::check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = self.worker_id()?.to_owned();
         // The intent is durable before the host is touched.
         let vm = self.write(|tx| {

@@ -23,6 +23,12 @@ pub fn quote(ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<Quote> {
     })
 }
 
+/// Thousandths of a credit per hour of running a VM whose price is `cost`,
+/// at `hourly_percent` percent of the price per hour (billing's one formula).
+pub fn hourly_milli(cost: i64, hourly_percent: i64) -> i64 {
+    cost.saturating_mul(hourly_percent).saturating_mul(10)
+}
+
 /// A ledger line about to be written.
 pub struct Entry<'a> {
     pub user_id: i64,

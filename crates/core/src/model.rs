@@ -527,6 +527,24 @@ pub struct OsEntry {
     pub kind: String,
     /// The image's size in bytes (0 for a built-in).
     pub bytes: i64,
+    /// The least memory it boots with, in MB; a creation below it is refused.
+    pub min_ram_mb: i64,
+    /// The least disk it needs, in GB; a creation below it is refused.
+    pub min_disk_gb: i64,
+    /// Whether it boots an operating system (`blank` boots to firmware only).
+    pub boots: bool,
+}
+
+/// What a creation costs now, and what the VM costs to run: the core's
+/// answer to the launch form, so the window never repeats a formula.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct Price {
+    /// Credits charged at creation.
+    pub cost: i64,
+    /// Thousandths of a credit charged per hour of running
+    /// (`billing.hourly_percent` of `cost`).
+    pub hourly_milli: i64,
 }
 
 /// A machine kept stopped because it carries this data directory's mark but

@@ -231,6 +231,12 @@ CREATE TABLE quarantine (
 ALTER TABLE os_images ADD COLUMN sha256 TEXT;
 UPDATE os_images SET file = substr(file, 4) WHERE file LIKE 'os/%';
 "#,
+    r#"
+-- The least memory (MB) and disk (GB) an imported OS boots with (NULL: not
+-- said at import; the general minimum of a VM applies).
+ALTER TABLE os_images ADD COLUMN min_ram_mb INTEGER;
+ALTER TABLE os_images ADD COLUMN min_disk_gb INTEGER;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

@@ -61,20 +61,58 @@ fn os_list(conn: &Connection) -> Result<Vec<OsEntry>> {
             name: (*n).to_owned(),
             kind: "builtin".into(),
             bytes: 0,
+            min_ram_mb: validate::RAM_MB.0,
+            min_disk_gb: validate::DISK_GB.0,
+            boots: false,
         })
         .collect();
-    let mut stmt = conn.prepare_cached("SELECT name, bytes FROM os_images ORDER BY name")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, bytes, min_ram_mb, min_disk_gb FROM os_images ORDER BY name",
+    )?;
     let rows = stmt.query_map([], |r| {
         Ok(OsEntry {
             name: r.get(0)?,
             kind: "image".into(),
             bytes: r.get(1)?,
+            min_ram_mb: r.get::<_, Option<i64>>(2)?.unwrap_or(validate::RAM_MB.0),
+            min_disk_gb: r.get::<_, Option<i64>>(3)?.unwrap_or(validate::DISK_GB.0),
+            boots: true,
         })
     })?;
     for row in rows {
         out.push(row?);
     }
     Ok(out)
+}
+
+/// Refuses a size below what OS `os` boots with (an unknown OS is refused
+/// too). Called before anything is charged or defined.
+pub(crate) fn check_os_minimum(
+    conn: &Connection,
+    os: &str,
+    ram_mb: i64,
+    disk_gb: i64,
+) -> Result<()> {
+    let Some(entry) = os_list(conn)?.into_iter().find(|o| o.name == os) else {
+        let catalog: Vec<String> = os_list(conn)?.into_iter().map(|o| o.name).collect();
+        return Err(Error::invalid(format!(
+            "unknown OS {os:?}; the catalog has: {}",
+            catalog.join(", ")
+        )));
+    };
+    if ram_mb < entry.min_ram_mb {
+        return Err(Error::invalid(format!(
+            "{os} needs at least {} MB of memory to boot; {ram_mb} MB is too little",
+            entry.min_ram_mb
+        )));
+    }
+    if disk_gb < entry.min_disk_gb {
+        return Err(Error::invalid(format!(
+            "{os} needs a disk of at least {} GB; {disk_gb} GB is too small",
+            entry.min_disk_gb
+        )));
+    }
+    Ok(())
 }
 
 /// Receives the progress of a creation.
@@ -105,6 +143,7 @@ impl Core {
         validate::vm_name(&spec.name)?;
         os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
         let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
+        check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
@@ -718,10 +757,41 @@ impl Core {
         os_list(&self.db())
     }
 
+    /// The price of creating a VM of this OS and size, and its hourly running
+    /// cost at this core's billing rate; refuses what `vm_create` would
+    /// refuse for the OS or the size (the launch form asks as you type).
+    pub fn price(&self, os: &str, ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<Price> {
+        let cost = ledger::quote(ram_mb, disk_gb, cpus)?.cost;
+        check_os_minimum(&self.db(), os, ram_mb, disk_gb)?;
+        Ok(Price {
+            cost,
+            hourly_milli: ledger::hourly_milli(cost, self.opts.billing.hourly_percent),
+        })
+    }
+
     /// Adds a qcow2 disk image to the OS catalog as `name` (admin only). The
     /// file is copied into the data directory; hosts get it on first use.
     pub fn os_import(&self, actor: &str, name: &str, file: &Path) -> Result<OsEntry> {
+        self.os_import_with(actor, name, file, None, None)
+    }
+
+    /// [`Core::os_import`], recording the least memory (MB) and disk (GB)
+    /// the image boots with; `None` leaves the general minimum of a VM.
+    pub fn os_import_with(
+        &self,
+        actor: &str,
+        name: &str,
+        file: &Path,
+        min_ram_mb: Option<i64>,
+        min_disk_gb: Option<i64>,
+    ) -> Result<OsEntry> {
         validate::name("OS", name)?;
+        validate::size(
+            min_ram_mb.unwrap_or(validate::RAM_MB.0),
+            min_disk_gb.unwrap_or(validate::DISK_GB.0),
+            validate::CPUS.0,
+        )
+        .map_err(|e| Error::invalid(format!("the OS minimum is out of range: {}", e)))?;
         crate::core::admin(&self.db(), actor, "import OS images")?;
         if OS_BUILTIN.contains(&name) || os_image(&self.db(), &self.opts.data_dir, name).is_ok() {
             return Err(Error::AlreadyExists {
@@ -738,14 +808,16 @@ impl Core {
         let bytes = img.bytes;
         let added = self.write(|tx| {
             tx.execute(
-                "INSERT INTO os_images (name, file, bytes, sha256, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO os_images (name, file, bytes, sha256, created_at, min_ram_mb, min_disk_gb)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     name,
                     img.file,
                     i64::try_from(bytes).unwrap_or(i64::MAX),
                     img.sha256,
-                    now()
+                    now(),
+                    min_ram_mb,
+                    min_disk_gb
                 ],
             )
             .map_err(crate::core::already_exists("OS", name))?;
@@ -755,13 +827,17 @@ impl Core {
                     EventType::Admin,
                     "os.import",
                     actor,
-                    json!({"os": name, "bytes": bytes, "sha256": img.sha256}),
+                    json!({"os": name, "bytes": bytes, "sha256": img.sha256,
+                           "min_ram_mb": min_ram_mb, "min_disk_gb": min_disk_gb}),
                 ),
             )?;
             Ok(OsEntry {
                 name: name.to_owned(),
                 kind: "image".into(),
                 bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                min_ram_mb: min_ram_mb.unwrap_or(validate::RAM_MB.0),
+                min_disk_gb: min_disk_gb.unwrap_or(validate::DISK_GB.0),
+                boots: true,
             })
         });
         if added.is_err() {

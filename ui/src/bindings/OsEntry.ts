@@ -15,4 +15,16 @@ kind: string,
 /**
  * The image's size in bytes (0 for a built-in).
  */
-bytes: number, };
+bytes: number, 
+/**
+ * The least memory it boots with, in MB; a creation below it is refused.
+ */
+min_ram_mb: number, 
+/**
+ * The least disk it needs, in GB; a creation below it is refused.
+ */
+min_disk_gb: number, 
+/**
+ * Whether it boots an operating system (`blank` boots to firmware only).
+ */
+boots: boolean, };
