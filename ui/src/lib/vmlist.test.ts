@@ -55,4 +55,11 @@ describe("the VM list", () => {
     expect(choices(many, ownerOf)).toEqual(["ann", "pool:lab"]);
     expect(choices(many, (v) => v.host)).toEqual(["east", "west"]);
   });
+
+  it("hides destroyed VMs unless asked, or filtered by that state", () => {
+    const vms = [vm("a", { status: "RUNNING" }), vm("b", { status: "DESTROYED" })];
+    expect(filterVms(vms, { ...NO_FILTER, destroyed: false }).map((v) => v.name)).toEqual(["a"]);
+    expect(filterVms(vms, { ...NO_FILTER, destroyed: true }).map((v) => v.name)).toEqual(["a", "b"]);
+    expect(filterVms(vms, { ...NO_FILTER, destroyed: false, status: "DESTROYED" }).map((v) => v.name)).toEqual(["b"]);
+  });
 });

@@ -14,6 +14,9 @@ export interface VmFilter {
   owner: string;
   /** Only this host (empty: any). */
   host: string;
+  /** Whether DESTROYED VMs are listed (they are kept for their history);
+   *  filtering by the DESTROYED state lists them anyway. */
+  destroyed?: boolean;
 }
 
 export const NO_FILTER: VmFilter = { search: "", status: "", owner: "", host: "" };
@@ -32,6 +35,7 @@ export function filterVms(vms: readonly Vm[], f: VmFilter): Vm[] {
   const words = f.search.toLowerCase().split(/\s+/).filter((w) => w.length > 0);
   return vms.filter((vm) => {
     if (f.status && vm.status !== f.status) return false;
+    if (vm.status === "DESTROYED" && f.destroyed === false && f.status !== "DESTROYED") return false;
     if (f.owner && ownerOf(vm) !== f.owner) return false;
     if (f.host && vm.host !== f.host) return false;
     if (words.length === 0) return true;
