@@ -177,16 +177,77 @@ async fn settings_get(ctx: State<'_, Ctx>) -> Result<SettingsView, ApiError> {
     settings_view(&ctx)
 }
 
+/// A refused settings save: the code, a sentence, and each field that
+/// cannot be used with why (the window shows each beside its field).
+#[derive(Debug, Serialize)]
+struct SettingsError {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    fields: Vec<vmdesk_core::settings::FieldError>,
+}
+
+impl From<ApiError> for SettingsError {
+    fn from(e: ApiError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message,
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl From<vmdesk_core::Error> for SettingsError {
+    fn from(e: vmdesk_core::Error) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+/// The values of `settings` that cannot be used, each with its field, without
+/// saving anything (the window checks as the person types).
+#[tauri::command]
+async fn settings_check(
+    settings: vmdesk_core::Settings,
+) -> Result<Vec<vmdesk_core::settings::FieldError>, ApiError> {
+    Ok(settings.problems())
+}
+
 /// Checks and writes the settings file, then restarts status sync on it.
+/// A user who is not an admin changes only their own part (`desktop`); the
+/// rest of the file stays as it is.
 #[tauri::command]
 async fn settings_save(
     ctx: State<'_, Ctx>,
     settings: vmdesk_core::Settings,
-) -> Result<SettingsView, ApiError> {
+) -> Result<SettingsView, SettingsError> {
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    let admin = ctx.core.user(&ctx.actor)?.role == Role::Admin;
+    let settings = if admin {
+        settings
+    } else {
+        let mut kept = vmdesk_core::Settings::load(&path)?;
+        kept.desktop = settings.desktop;
+        kept
+    };
+    let fields = settings.problems();
+    if let Some(first) = fields.first() {
+        let message = if fields.len() == 1 {
+            first.message.clone()
+        } else {
+            format!(
+                "{} settings cannot be used; see the marked fields.",
+                fields.len()
+            )
+        };
+        return Err(SettingsError {
+            code: "invalid_setting",
+            message,
+            fields,
+        });
+    }
     settings.save(&path)?;
     restart_watcher(&ctx, &settings)?;
-    settings_view(&ctx)
+    Ok(settings_view(&ctx)?)
 }
 
 /// Keeps an Azure service principal: the secret goes to the OS keyring after
@@ -861,6 +922,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             stats_watch,
             app_info,
             sync_health,
+            settings_check,
             doctor,
             ready,
             app_quit

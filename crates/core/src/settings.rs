@@ -174,6 +174,41 @@ impl Default for ConsoleSettings {
     }
 }
 
+/// What the person at the desktop chooses for themself: kept in the same
+/// file, and the only part a user who is not an admin may change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct DesktopSettings {
+    /// `system` (follow the desktop), `light` or `dark`.
+    pub theme: String,
+    /// Desktop notifications when a VM fails, a session is ended or credits run low.
+    pub notifications: bool,
+    /// Whether a console's *Paste clipboard* may read the clipboard.
+    pub clipboard: bool,
+}
+
+impl Default for DesktopSettings {
+    fn default() -> Self {
+        Self {
+            theme: "system".into(),
+            notifications: true,
+            clipboard: true,
+        }
+    }
+}
+
+/// A value of the settings that cannot be used: which one, and why, in a
+/// sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[ts(export)]
+pub struct FieldError {
+    /// The field, `section.key` as in the file (`console.port_start`).
+    pub field: String,
+    /// What is wrong and what would do.
+    pub message: String,
+}
+
 /// Everything the settings file holds.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, TS)]
 #[serde(default, deny_unknown_fields)]
@@ -187,6 +222,8 @@ pub struct Settings {
     pub azure: AzureSettings,
     /// In-app consoles.
     pub console: ConsoleSettings,
+    /// The person's own choices: appearance, notifications, clipboard.
+    pub desktop: DesktopSettings,
 }
 
 impl Settings {
@@ -204,74 +241,160 @@ impl Settings {
         };
         let s: Settings = toml::from_str(&text)
             .map_err(|e| Error::invalid(format!("{}: {}", path.display(), e.message().trim())))?;
-        s.check()?;
+        s.check()
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
         Ok(s)
     }
 
-    fn check(&self) -> Result<()> {
+    /// Every value that cannot be used, each with the field it is about
+    /// (`section.key`, as in the file) and a sentence for a person.
+    pub fn problems(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        let mut bad = |field: &'static str, message: String| {
+            out.push(FieldError {
+                field: field.into(),
+                message,
+            })
+        };
         let s = &self.sync;
-        if s.fast_interval_secs == 0
-            || s.full_interval_secs == 0
-            || s.timeout_secs == 0
-            || s.batch_size == 0
-        {
-            return Err(Error::invalid(
-                "sync intervals, timeout and batch size must be above 0",
-            ));
+        for (field, what, v) in [
+            (
+                "sync.fast_interval_secs",
+                "The fast pass interval",
+                s.fast_interval_secs,
+            ),
+            (
+                "sync.full_interval_secs",
+                "The full pass interval",
+                s.full_interval_secs,
+            ),
+            ("sync.timeout_secs", "The call timeout", s.timeout_secs),
+            (
+                "sync.batch_size",
+                "The number of calls at once",
+                u64::from(s.batch_size),
+            ),
+        ] {
+            if v == 0 {
+                bad(field, format!("{what} must be at least 1."));
+            }
         }
         let a = &self.azure;
-        for (what, url) in [
-            ("azure.endpoint", &a.endpoint),
-            ("azure.authority_host", &a.authority_host),
+        for (field, what, url) in [
+            (
+                "azure.endpoint",
+                "The Resource Manager endpoint",
+                &a.endpoint,
+            ),
+            (
+                "azure.authority_host",
+                "The authority host",
+                &a.authority_host,
+            ),
         ] {
             let http = url.starts_with("http://");
             if !(url.starts_with("https://") || http) {
-                return Err(Error::invalid(format!(
-                    "{what} must be an https URL, not {url:?}"
-                )));
+                bad(
+                    field,
+                    format!("{what} must be an https URL (https://…), not {url:?}."),
+                );
+            } else if http && !a.allow_insecure_endpoints {
+                bad(
+                    field,
+                    format!(
+                        "{what} must be an https URL, not {url:?}: over http the Azure credentials \
+                         would travel in clear (allow_insecure_endpoints = true in [azure] allows it, \
+                         for test servers only)."
+                    ),
+                );
             }
-            if http && !a.allow_insecure_endpoints {
-                return Err(Error::invalid(format!(
-                    "{what} must be an https URL, not {url:?}: over http the Azure credentials \
-                     would travel in clear (allow_insecure_endpoints = true in [azure] allows it, \
-                     for test servers only)"
-                )));
-            }
+        }
+        if a.poll_interval_ms == 0 {
+            bad(
+                "azure.poll_interval_ms",
+                "The poll interval must be at least 1 ms.".into(),
+            );
         }
         let l = &a.limits;
-        if [
-            l.vm_reads_per_min,
-            l.vm_reads_burst,
-            l.subscription_reads_per_min,
-            l.subscription_reads_burst,
-            l.lists_per_min,
-            l.lists_burst,
-            l.vm_writes_per_min,
-            l.vm_writes_burst,
-        ]
-        .contains(&0)
-            || a.poll_interval_ms == 0
-        {
-            return Err(Error::invalid(
-                "azure limits and poll interval must be above 0",
-            ));
+        for (field, v) in [
+            ("azure.limits.vm_reads_per_min", l.vm_reads_per_min),
+            ("azure.limits.vm_reads_burst", l.vm_reads_burst),
+            (
+                "azure.limits.subscription_reads_per_min",
+                l.subscription_reads_per_min,
+            ),
+            (
+                "azure.limits.subscription_reads_burst",
+                l.subscription_reads_burst,
+            ),
+            ("azure.limits.lists_per_min", l.lists_per_min),
+            ("azure.limits.lists_burst", l.lists_burst),
+            ("azure.limits.vm_writes_per_min", l.vm_writes_per_min),
+            ("azure.limits.vm_writes_burst", l.vm_writes_burst),
+        ] {
+            if v == 0 {
+                bad(field, format!("{field} must be at least 1."));
+            }
         }
         let c = &self.console;
-        if c.port_start == 0
-            || c.port_start > c.port_end
-            || c.token_ttl_secs == 0
-            || c.idle_timeout_secs == 0
-        {
-            return Err(Error::invalid(
-                "console ports must be a range from 1 (port_start <= port_end), and its timeouts above 0",
-            ));
+        if c.port_start == 0 {
+            bad(
+                "console.port_start",
+                "The first console port must be at least 1.".into(),
+            );
+        } else if c.port_start > c.port_end {
+            bad(
+                "console.port_start",
+                format!(
+                    "The first console port ({}) must not be above the last one ({}).",
+                    c.port_start, c.port_end
+                ),
+            );
         }
-        if !(0..=10_000).contains(&self.billing.hourly_percent) || self.billing.warn_seconds < 0 {
-            return Err(Error::invalid(
-                "billing.hourly_percent must be 0 to 10000 and warn_seconds not negative",
-            ));
+        if c.token_ttl_secs == 0 {
+            bad(
+                "console.token_ttl_secs",
+                "A console token must stay valid at least 1 second.".into(),
+            );
         }
-        Ok(())
+        if c.idle_timeout_secs == 0 {
+            bad(
+                "console.idle_timeout_secs",
+                "The idle timeout must be at least 1 second.".into(),
+            );
+        }
+        if !(0..=10_000).contains(&self.billing.hourly_percent) {
+            bad(
+                "billing.hourly_percent",
+                format!(
+                    "The hourly rate must be 0 to 10000 % of the VM's price, not {}.",
+                    self.billing.hourly_percent
+                ),
+            );
+        }
+        if self.billing.warn_seconds < 0 {
+            bad(
+                "billing.warn_seconds",
+                "The low-credit warning time cannot be negative.".into(),
+            );
+        }
+        if !["system", "light", "dark"].contains(&self.desktop.theme.as_str()) {
+            bad(
+                "desktop.theme",
+                format!(
+                    "The appearance must be system, light or dark, not {:?}.",
+                    self.desktop.theme
+                ),
+            );
+        }
+        out
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.problems().into_iter().next() {
+            None => Ok(()),
+            Some(p) => Err(Error::invalid(format!("{}: {}", p.field, p.message))),
+        }
     }
 
     /// Writes the settings file (checked first; the directory is made).
@@ -389,6 +512,46 @@ mod tests {
         )
         .expect("parse");
         assert!(s.check().is_ok());
+    }
+
+    #[test]
+    fn a_port_range_backwards_names_the_first_port_in_words() {
+        let mut s = Settings::default();
+        s.console.port_start = 7000;
+        s.console.port_end = 6999;
+        let p = s.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "console.port_start");
+        assert_eq!(
+            p[0].message,
+            "The first console port (7000) must not be above the last one (6999)."
+        );
+        assert!(!p[0].message.contains("<="));
+        s.console.port_start = 6100;
+        assert!(s.problems().is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_field() {
+        let mut s = Settings::default();
+        s.sync.fast_interval_secs = 0;
+        s.billing.warn_seconds = -1;
+        s.desktop.theme = "pink".into();
+        let fields: Vec<_> = s.problems().into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "sync.fast_interval_secs",
+                "billing.warn_seconds",
+                "desktop.theme"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_without_the_desktop_section_keeps_its_defaults() {
+        let s: Settings = toml::from_str("[sync]\nenabled = false\n").expect("parse");
+        assert_eq!(s.desktop, DesktopSettings::default());
     }
 
     #[test]

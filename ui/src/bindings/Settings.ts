@@ -2,6 +2,7 @@
 import type { AzureSettings } from "./AzureSettings";
 import type { BillingSettings } from "./BillingSettings";
 import type { ConsoleSettings } from "./ConsoleSettings";
+import type { DesktopSettings } from "./DesktopSettings";
 import type { SyncSettings } from "./SyncSettings";
 
 /**
@@ -23,4 +24,8 @@ azure: AzureSettings,
 /**
  * In-app consoles.
  */
-console: ConsoleSettings, };
+console: ConsoleSettings, 
+/**
+ * The person's own choices: appearance, notifications, clipboard.
+ */
+desktop: DesktopSettings, };

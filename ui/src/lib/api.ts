@@ -26,15 +26,19 @@ import type { SyncHealth } from "../bindings/SyncHealth";
 import type { Check } from "../bindings/Check";
 
 /** An error from the core: act on `code`, show `message`. */
+import type { FieldError } from "../bindings/FieldError";
 export interface ApiError {
   code: string;
   message: string;
 }
 
+  /** Values that cannot be used, each with its field (`console.port_start`): shown beside the field. */
+  fields?: FieldError[];
 /** Turns whatever a command rejected with into an ApiError. */
 export function toApiError(e: unknown): ApiError {
   if (e && typeof e === "object" && "code" in e && "message" in e) {
-    return { code: String(e.code), message: String(e.message) };
+    const fields = "fields" in e && Array.isArray(e.fields) ? (e.fields as FieldError[]) : undefined;
+    return fields ? { code: String(e.code), message: String(e.message), fields } : { code: String(e.code), message: String(e.message) };
   }
   return { code: "internal", message: String(e) };
 }
@@ -67,7 +71,10 @@ export const api = {
     call<SettingsView>("host_add", { name, uri, subscription, resourceGroups }),
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
   consoleOpen: (vm: string) => call<OpenConsole>("console_open", { vm }),
+  /** Writes the settings; a refusal carries `fields` (each value that cannot be used). */
   consoleClose: (port: number) => call<void>("console_close", { port }),
+  /** The values that cannot be used, each with its field; nothing is saved. */
+  settingsCheck: (settings: Settings) => call<FieldError[]>("settings_check", { settings }),
   /** The acting user. */
   me: () => call<User>("me"),
   vmShow: (vm: string) => call<Vm>("vm_show", { vm }),

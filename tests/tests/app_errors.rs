@@ -1,0 +1,177 @@
+//! Errors where the person looks: a Settings value that cannot be used shows
+//! its error under its field, in words, without moving the Save button or the
+//! fields; fixed, the error goes before anything is saved; saved, the result
+//! shows beside Save. A user who is not an admin sees only their own
+//! settings. Real app under Xvfb through WebDriver, screenshots in
+//! target/artifacts/.
+#![allow(missing_docs)]
+
+use vmdesk_tests::{e2e, Vmdesk};
+
+const START: &str = r#"[data-testid="field-console.port_start"]"#;
+const START_ERROR: &str = r#"[data-testid="error-console.port_start"]"#;
+const SAVE: &str = r#"[data-testid="settings-save"]"#;
+const RESULT: &str = r#"[data-testid="settings-result"]"#;
+
+/// Where `css` is in the window (viewport coordinates): x, y, width, height.
+async fn place(app: &e2e::App, css: &str) -> [f64; 4] {
+    app.find(css).await;
+    let v = app
+        .c
+        .execute(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();
+             return [r.x, r.y, r.width, r.height];",
+            vec![css.into()],
+        )
+        .await
+        .expect("getBoundingClientRect");
+    let n: Vec<f64> = serde_json::from_value(v).expect("four numbers");
+    [n[0], n[1], n[2], n[3]]
+}
+
+fn same_place(a: [f64; 4], b: [f64; 4], what: &str) {
+    assert!(
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1.0),
+        "{what} moved: {a:?} -> {b:?}"
+    );
+}
+
+#[test]
+fn an_error_sits_at_its_field_and_clears_when_fixed() {
+    let v = Vmdesk::new();
+    v.write_settings("[sync]\nenabled = false\n");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let app = e2e::open(&v, &[], 0, "errors").await;
+        app.nav("settings").await;
+        app.find(START).await;
+        // Bring the console ports into view, as a person scrolling to them.
+        app.c
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'center'});",
+                vec![START.into()],
+            )
+            .await
+            .expect("scroll");
+        app.shot("settings").await;
+        let save = place(&app, SAVE).await;
+        let start = place(&app, START).await;
+        let end = place(&app, r#"[data-testid="field-console.port_end"]"#).await;
+        let ttl = place(&app, r#"[data-testid="field-console.token_ttl_secs"]"#).await;
+
+        // The first port above the last (6999): refused, at the field.
+        app.fill(START, "7000").await;
+        app.click(SAVE).await;
+        let error = app
+            .wait_text(START_ERROR, "the field's error", |t| !t.is_empty())
+            .await;
+        assert_eq!(
+            error,
+            "The first console port (7000) must not be above the last one (6999)."
+        );
+        let invalid = app
+            .find(START)
+            .await
+            .attr("aria-invalid")
+            .await
+            .expect("aria-invalid");
+        assert_eq!(invalid.as_deref(), Some("true"));
+        let result = app.text(RESULT).await;
+        assert!(result.starts_with("Not saved"), "{result:?}");
+        assert!(!result.contains("<="), "{result:?}");
+        assert_eq!(
+            app.text(r#"[data-testid="page-error"]"#).await,
+            "",
+            "no page-wide error for a field's value"
+        );
+        // The error is right under its field, in the field's column.
+        let at = place(&app, START_ERROR).await;
+        let start_now = place(&app, START).await;
+        assert!(
+            (at[0] - start_now[0]).abs() < 2.0
+                && at[1] > start_now[1]
+                && at[1] < start_now[1] + 80.0,
+            "the error {at:?} is under its field {start_now:?}"
+        );
+        // Nothing moved: Save, the field and its neighbours.
+        same_place(save, place(&app, SAVE).await, "Save");
+        same_place(start, start_now, "the first port");
+        same_place(
+            end,
+            place(&app, r#"[data-testid="field-console.port_end"]"#).await,
+            "the last port",
+        );
+        same_place(
+            ttl,
+            place(&app, r#"[data-testid="field-console.token_ttl_secs"]"#).await,
+            "the token field",
+        );
+        app.shot("error-at-field").await;
+        let untouched = std::fs::read_to_string(v.settings_path()).expect("settings");
+        assert!(!untouched.contains("7000"), "nothing saved: {untouched}");
+
+        // Fixed: the error goes as the value is typed, before any save.
+        app.fill(START, "6200").await;
+        app.wait_text(START_ERROR, "the error gone", str::is_empty)
+            .await;
+        let invalid = app
+            .find(START)
+            .await
+            .attr("aria-invalid")
+            .await
+            .expect("aria-invalid");
+        assert_eq!(invalid, None);
+        same_place(save, place(&app, SAVE).await, "Save");
+        app.shot("fixed").await;
+
+        // Saved: the result beside Save, and in the file.
+        app.click(SAVE).await;
+        app.wait_text(RESULT, "saved", |t| t.starts_with("Settings saved"))
+            .await;
+        let saved = std::fs::read_to_string(v.settings_path()).expect("settings");
+        assert!(saved.contains("port_start = 6200"), "{saved}");
+        app.shot("saved").await;
+        app.close().await;
+    });
+}
+
+#[test]
+fn a_regular_user_sees_only_their_own_settings() {
+    let v = Vmdesk::new();
+    v.write_settings("[sync]\nenabled = false\n[billing]\nhourly_percent = 25\n");
+    v.json(&["user", "add", "ann", "--credits", "50"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let app = e2e::open(&v, &["--as", "ann"], 1, "errors-user").await;
+        app.nav("settings").await;
+        app.find(r#"[data-testid="settings-user"]"#).await;
+        for admin_only in [
+            r#"[data-testid="settings-admin"]"#,
+            r#"[data-testid="settings-hosts"]"#,
+            r#"[data-testid="field-billing.hourly_percent"]"#,
+            r#"[data-testid="field-console.port_start"]"#,
+        ] {
+            assert!(
+                app.c
+                    .find(fantoccini::Locator::Css(admin_only))
+                    .await
+                    .is_err(),
+                "{admin_only} is not for a regular user"
+            );
+        }
+        let page = app.text(".settings").await;
+        assert!(!page.contains("Per hour"), "no billing rate: {page}");
+        app.shot("user-settings").await;
+
+        // Their own part saves, and the admin's part of the file stays.
+        app.select("#f-desktop\\.theme", "dark").await;
+        app.click(SAVE).await;
+        app.wait_text(RESULT, "saved", |t| t.starts_with("Settings saved"))
+            .await;
+        let saved = std::fs::read_to_string(v.settings_path()).expect("settings");
+        assert!(saved.contains("theme = \"dark\""), "{saved}");
+        assert!(saved.contains("hourly_percent = 25"), "{saved}");
+        app.shot("user-saved-dark").await;
+        app.close().await;
+    });
+}
