@@ -381,12 +381,28 @@ async fn quote(ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<vmdesk_core::Quot
     Ok(vmdesk_core::quote(ram_mb, disk_gb, cpus)?)
 }
 
+/// The launch form's price: checks the OS's minimum and the size, and gives
+/// the creation's cost and the hourly running cost (the core's billing rate).
 #[tauri::command]
-async fn os_catalog(ctx: State<'_, Ctx>) -> Result<Vec<String>, ApiError> {
-    blocking(&ctx, |core, _| {
-        Ok(core.os_list()?.into_iter().map(|o| o.name).collect())
-    })
-    .await
+async fn price(
+    ctx: State<'_, Ctx>,
+    os: String,
+    ram_mb: i64,
+    disk_gb: i64,
+    cpus: i64,
+) -> Result<vmdesk_core::Price, ApiError> {
+    blocking(&ctx, move |core, _| core.price(&os, ram_mb, disk_gb, cpus)).await
+}
+
+/// Checks a VM name with the core's rule (the launch form, as you type).
+#[tauri::command]
+async fn validate_vm_name(name: String) -> Result<(), ApiError> {
+    Ok(vmdesk_core::validate::vm_name(&name)?)
+}
+
+#[tauri::command]
+async fn os_catalog(ctx: State<'_, Ctx>) -> Result<Vec<vmdesk_core::OsEntry>, ApiError> {
+    blocking(&ctx, |core, _| core.os_list()).await
 }
 
 #[tauri::command]
@@ -896,6 +912,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             open_session,
             close_session,
             quote,
+            price,
+            validate_vm_name,
             os_catalog,
             my_vms,
             create_vm,

@@ -59,7 +59,7 @@ pub struct Global {
         global = true,
         env = "VMDESK_VIEW",
         value_name = "VIEW",
-        value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings"]
+        value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles"]
     )]
     pub view: Option<String>,
 }

@@ -7,6 +7,8 @@ import type { Session } from "../bindings/Session";
 import type { SessionRequest } from "../bindings/SessionRequest";
 import type { Progress } from "../bindings/Progress";
 import type { Quote } from "../bindings/Quote";
+import type { Price } from "../bindings/Price";
+import type { OsEntry } from "../bindings/OsEntry";
 import type { Vm } from "../bindings/Vm";
 import type { Event } from "../bindings/Event";
 import type { VmAction } from "../bindings/VmAction";
@@ -24,16 +26,16 @@ import type { StatsUpdate } from "../bindings/StatsUpdate";
 import type { AppInfo } from "../bindings/AppInfo";
 import type { SyncHealth } from "../bindings/SyncHealth";
 import type { Check } from "../bindings/Check";
+import type { FieldError } from "../bindings/FieldError";
 
 /** An error from the core: act on `code`, show `message`. */
-import type { FieldError } from "../bindings/FieldError";
 export interface ApiError {
   code: string;
   message: string;
-}
-
   /** Values that cannot be used, each with its field (`console.port_start`): shown beside the field. */
   fields?: FieldError[];
+}
+
 /** Turns whatever a command rejected with into an ApiError. */
 export function toApiError(e: unknown): ApiError {
   if (e && typeof e === "object" && "code" in e && "message" in e) {
@@ -57,24 +59,29 @@ export const api = {
   closeSession: (id: number) => call<Session>("close_session", { id }),
   quote: (ramMb: number, diskGb: number, cpus: number) =>
     call<Quote>("quote", { ramMb, diskGb, cpus }),
-  osCatalog: () => call<string[]>("os_catalog"),
+  /** The creation's price and hourly running cost; refuses a size below the OS's minimum. */
+  price: (os: string, ramMb: number, diskGb: number, cpus: number) =>
+    call<Price>("price", { os, ramMb, diskGb, cpus }),
+  /** Resolves when the core accepts `name` as a VM name; rejects with its sentence. */
+  validateVmName: (name: string) => call<null>("validate_vm_name", { name }),
+  osCatalog: () => call<OsEntry[]>("os_catalog"),
   myVms: () => call<Vm[]>("my_vms"),
   createVm: (spec: VmCreate) => call<Vm>("create_vm", { spec }),
   vmAction: (vm: string, action: VmAction) => call<Vm>("vm_action", { vm, action }),
   vmEvents: (vm: string) => call<Event[]>("vm_events", { vm }),
   vmMeta: (vm: string, key: string, value: string) => call<Vm>("vm_meta", { vm, key, value }),
   settingsGet: () => call<SettingsView>("settings_get"),
+  /** Writes the settings; a refusal carries `fields` (each value that cannot be used). */
   settingsSave: (settings: Settings) => call<SettingsView>("settings_save", { settings }),
+  /** The values that cannot be used, each with its field; nothing is saved. */
+  settingsCheck: (settings: Settings) => call<FieldError[]>("settings_check", { settings }),
   azureLogin: (tenant: string, clientId: string, secret: string) =>
     call<SettingsView>("azure_login", { tenant, clientId, secret }),
   hostAdd: (name: string, uri: string | null, subscription: string | null, resourceGroups: string[]) =>
     call<SettingsView>("host_add", { name, uri, subscription, resourceGroups }),
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
   consoleOpen: (vm: string) => call<OpenConsole>("console_open", { vm }),
-  /** Writes the settings; a refusal carries `fields` (each value that cannot be used). */
   consoleClose: (port: number) => call<void>("console_close", { port }),
-  /** The values that cannot be used, each with its field; nothing is saved. */
-  settingsCheck: (settings: Settings) => call<FieldError[]>("settings_check", { settings }),
   /** The acting user. */
   me: () => call<User>("me"),
   vmShow: (vm: string) => call<Vm>("vm_show", { vm }),

@@ -27,35 +27,62 @@ afterEach(() => cleanup());
 
 describe("the launch form", () => {
   it("shows the core's sentence for a bad size and cannot be submitted", async () => {
-    api.quote.mockImplementation(async (ram: number) => {
-      if (ram < 64) throw { code: "invalid_input", message: "memory must be at least 64 MB, not 1" };
-      return { cost: 34 };
+    api.price.mockImplementation(async (_os: string, ram: number) => {
+      if (ram < 128) throw { code: "invalid_input", message: "tiny-linux needs at least 128 MB of memory to boot; 64 MB is too little" };
+      return { cost: 8, hourly_milli: 800 };
     });
     render(Launch, { balance: 100, onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    // A bootable OS at the least size it boots with, priced with its hourly cost.
+    await waitFor(() => expect((screen.getByTestId("launch-os") as HTMLSelectElement).value).toBe("tiny-linux"));
+    expect((screen.getByTestId("launch-ram") as HTMLInputElement).value).toBe("128");
+    await waitFor(() => expect(screen.getByTestId("launch-hourly").textContent).toBe("then 0.8 credits an hour while it runs"));
+    expect(screen.getByTestId("launch-after").textContent).toBe("Balance after: 92 of 100 credits");
+    expect(screen.getByTestId("launch-why").textContent).toBe("Give the VM a name.");
     const name = screen.getByTestId("launch-name") as HTMLInputElement;
     await fireEvent.input(name, { target: { value: "web-1" } });
     await waitFor(() => expect((screen.getByTestId("launch-submit") as HTMLButtonElement).disabled).toBe(false));
 
-    await fireEvent.input(screen.getByTestId("launch-ram"), { target: { value: "1" } });
-    await waitFor(() => expect(screen.getByTestId("launch-error").textContent).toBe("memory must be at least 64 MB, not 1"));
+    await fireEvent.input(screen.getByTestId("launch-ram"), { target: { value: "64" } });
+    await waitFor(() => expect(screen.getByTestId("launch-error").textContent).toMatch(/needs at least 128 MB/));
     expect(screen.getByTestId("launch-error").getAttribute("role")).toBe("alert");
     const submit = screen.getByTestId("launch-submit") as HTMLButtonElement;
     expect(submit.disabled).toBe(true);
     await fireEvent.click(submit);
     expect(api.createVm).not.toHaveBeenCalled();
+    // The choices are kept for the next visit.
+    cleanup();
+    render(Launch, { balance: 100, onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    expect((screen.getByTestId("launch-name") as HTMLInputElement).value).toBe("web-1");
+    expect((screen.getByTestId("launch-ram") as HTMLInputElement).value).toBe("64");
+  });
+
+  it("checks the name as you type and says why an unaffordable VM cannot be created", async () => {
+    api.price.mockResolvedValue({ cost: 68, hourly_milli: 6800 });
+    api.validateVmName.mockImplementation(async (n: string) => {
+      if (n.includes("!")) throw { code: "invalid_input", message: 'the VM name "x!" may hold only letters' };
+      return null;
+    });
+    render(Launch, { balance: 50, onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "x!" } });
+    await waitFor(() => expect(screen.getByTestId("launch-name-error").textContent).toMatch(/may hold only letters/));
+    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "x1" } });
+    await waitFor(() => expect(screen.getByTestId("launch-name-error").textContent).toBe(""));
+    await waitFor(() => expect(screen.getByTestId("launch-why").textContent).toMatch(/costs 68 credits and you have 50/));
+    expect((screen.getByTestId("launch-submit") as HTMLButtonElement).disabled).toBe(true);
   });
 
   it("passes a refused creation's error on, code and sentence", async () => {
-    api.quote.mockResolvedValue({ cost: 34 });
-    const refusal = { code: "invalid_input", message: 'the VM name "bad name!" may hold only letters' };
+    api.price.mockResolvedValue({ cost: 34, hourly_milli: 3400 });
+    const refusal = { code: "invalid_input", message: "there is no host yet" };
     api.createVm.mockRejectedValue(refusal);
     const onerror = vi.fn();
     render(Launch, { balance: 100, onerror, onconsole: vi.fn(), ondetail: vi.fn() });
-    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "bad name!" } });
+    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "web-2" } });
+    await fireEvent.input(screen.getByTestId("launch-ram"), { target: { value: "128" } });
     await waitFor(() => expect((screen.getByTestId("launch-submit") as HTMLButtonElement).disabled).toBe(false));
     await fireEvent.click(screen.getByTestId("launch-submit"));
     await waitFor(() => expect(onerror).toHaveBeenCalledWith(refusal));
-    expect(api.createVm).toHaveBeenCalledWith(expect.objectContaining({ name: "bad name!", ram_mb: 1024 }));
+    expect(api.createVm).toHaveBeenCalledWith(expect.objectContaining({ name: "web-2", ram_mb: 128, os_type: "tiny-linux" }));
   });
 });
 

@@ -8,7 +8,8 @@ describe("shortcuts", () => {
     expect(shortcut(k("1", { altKey: true }))).toEqual({ kind: "view", view: "dashboard" });
     expect(shortcut(k("2", { altKey: true }))).toEqual({ kind: "view", view: "vms" });
     expect(shortcut(k("8", { altKey: true }))).toEqual({ kind: "view", view: "settings" });
-    expect(shortcut(k("9", { altKey: true }))).toBeNull();
+    expect(shortcut(k("9", { altKey: true }))).toEqual({ kind: "view", view: "consoles" });
+    expect(shortcut(k("0", { altKey: true }))).toBeNull();
   });
 
   it("Ctrl shortcuts work even while typing", () => {

@@ -2,7 +2,10 @@
 // turns the action into a view change or a focus.
 
 /** The views, in the order of the navigation (Alt+1 is the first). */
-export const VIEWS = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings"] as const;
+// Consoles are a view of their own (Alt+9), not a strip above every view: an
+// open console then never pushes another view down or takes its wheel, and it
+// stays connected (kept mounted, hidden) while another view is shown.
+export const VIEWS = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles"] as const;
 export type View = (typeof VIEWS)[number];
 
 export const VIEW_LABELS: Record<View, string> = {
@@ -14,6 +17,7 @@ export const VIEW_LABELS: Record<View, string> = {
   credits: "Credits",
   admin: "Admin",
   settings: "Settings",
+  consoles: "Consoles",
 };
 
 export type Action =
@@ -41,7 +45,7 @@ export function isView(v: string | null | undefined): v is View {
 /** The action of a key press, or null. */
 export function shortcut(k: Key): Action | null {
   const ctrl = k.ctrlKey || k.metaKey;
-  if (k.altKey && !ctrl && /^[1-8]$/.test(k.key)) {
+  if (k.altKey && !ctrl && /^[1-9]$/.test(k.key)) {
     return { kind: "view", view: VIEWS[Number(k.key) - 1] };
   }
   if (ctrl && !k.altKey) {

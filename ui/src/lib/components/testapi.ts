@@ -11,7 +11,12 @@ export function on(event: string, f: (...args: never[]) => void): Promise<() => 
 
 export const api = {
   quote: vi.fn(),
-  osCatalog: vi.fn(async () => ["blank"]),
+  price: vi.fn(),
+  validateVmName: vi.fn(async (_name: string): Promise<null> => null),
+  osCatalog: vi.fn(async () => [
+    { name: "blank", kind: "builtin", bytes: 0, min_ram_mb: 64, min_disk_gb: 1, boots: false },
+    { name: "tiny-linux", kind: "image", bytes: 9, min_ram_mb: 128, min_disk_gb: 1, boots: true },
+  ]),
   myVms: vi.fn(async () => []),
   createVm: vi.fn(),
   vmAction: vi.fn(),
