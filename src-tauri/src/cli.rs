@@ -62,6 +62,10 @@ pub struct Global {
         value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles"]
     )]
     pub view: Option<String>,
+    /// Do not ask before destroying a VM or closing a session (only a
+    /// terminal is ever asked; scripts never are)
+    #[arg(long, short = 'y', global = true, env = "VMDESK_YES")]
+    pub yes: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -745,7 +749,16 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Vm(VmCmd::Start { vm }) => vm_action(g, &core, &vm, VmAction::Start),
         Command::Vm(VmCmd::Stop { vm }) => vm_action(g, &core, &vm, VmAction::Stop),
         Command::Vm(VmCmd::Restart { vm }) => vm_action(g, &core, &vm, VmAction::Restart),
-        Command::Vm(VmCmd::Destroy { vm }) => vm_action(g, &core, &vm, VmAction::Destroy),
+        Command::Vm(VmCmd::Destroy { vm }) => {
+            confirm(
+                g,
+                &format!(
+                    "Destroy VM {vm}? It is powered off and its disk is deleted: everything on it is lost, \
+                     and the credits paid for it are not refunded."
+                ),
+            )?;
+            vm_action(g, &core, &vm, VmAction::Destroy)
+        }
         Command::Vm(VmCmd::Meta { vm, pairs }) => {
             let pairs = pairs
                 .iter()
@@ -791,6 +804,14 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Session(SessionCmd::Close { session, no_wait }) => {
+            confirm(
+                g,
+                &format!(
+                    "Close session {session}? Its guest is shut down (forced off after {} s) \
+                     and unsaved work in it is lost.",
+                    g.shutdown_timeout
+                ),
+            )?;
             let s = core.session_close(a, session, !no_wait)?;
             if !no_wait {
                 core.drive_pending()?;
@@ -996,6 +1017,31 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// Asks `question` on a terminal before something that deletes data or ends
+/// a session; without a terminal on stdin (a script), or with `--yes`, goes
+/// ahead without asking, as before.
+fn confirm(g: &Global, question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if g.yes || !std::io::stdin().is_terminal() {
+        return Ok(());
+    }
+    let mut err = std::io::stderr().lock();
+    write!(err, "{question} [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if yes_answer(&answer) {
+        Ok(())
+    } else {
+        anyhow::bail!("cancelled: nothing was changed (--yes skips this question)")
+    }
+}
+
+/// Whether a typed answer says yes.
+fn yes_answer(answer: &str) -> bool {
+    matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 fn vm_action(g: &Global, core: &Core, vm: &str, action: VmAction) -> anyhow::Result<()> {
