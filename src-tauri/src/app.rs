@@ -757,13 +757,75 @@ fn on_tray_action(app: &AppHandle, action: TrayAction) {
             show_window(app);
             let _ = app.emit(OPEN_CONSOLE, vm);
         }
-        TrayAction::Stop(vm) => run(Box::new(move || {
-            core.vm_action(&actor, &vm, VmAction::Stop).map(|_| ())
-        })),
-        TrayAction::CloseSession(id) => run(Box::new(move || {
-            core.session_close(&actor, id, false).map(|_| ())
-        })),
+        TrayAction::Stop(vm) => {
+            let app = app.clone();
+            run(Box::new(move || {
+                announce_stopping(&app, &core, &actor, &vm, None, Duration::from_secs(3));
+                let v = core.vm_action(&actor, &vm, VmAction::Stop)?;
+                let n = tray::stopped_notice(&v);
+                notify(&app, &n.title, &n.body);
+                Ok(())
+            }))
+        }
+        TrayAction::CloseSession(id) => {
+            let app = app.clone();
+            run(Box::new(move || {
+                let s = core.session_close(&actor, id, false)?;
+                // The worker shuts the guest down: say when it will be forced
+                // off once it has started (the end is a session.ended notice).
+                announce_stopping(
+                    &app,
+                    &core,
+                    &actor,
+                    &s.vm_name,
+                    Some(id),
+                    Duration::from_secs(10),
+                );
+                Ok(())
+            }))
+        }
     }
+}
+
+/// Watches (on its own thread, for up to `within`) for `vm` to be STOPPING
+/// and then notifies what happens next and when it is forced off: the
+/// tray's feedback for a stop or a session close.
+fn announce_stopping(
+    app: &AppHandle,
+    core: &Arc<Core>,
+    actor: &str,
+    vm: &str,
+    session: Option<i64>,
+    within: Duration,
+) {
+    let (app, core, actor, vm) = (
+        app.clone(),
+        Arc::clone(core),
+        actor.to_owned(),
+        vm.to_owned(),
+    );
+    std::thread::spawn(move || {
+        let end = std::time::Instant::now() + within;
+        while std::time::Instant::now() < end {
+            match core.vm_show(&actor, &vm) {
+                Ok(v) => {
+                    let deadline_known = v.metadata.get("force_off_at").is_some();
+                    if let (true, Some(n)) = (
+                        deadline_known || session.is_none(),
+                        tray::stopping_notice(&v, session, chrono::Utc::now()),
+                    ) {
+                        notify(&app, &n.title, &n.body);
+                        return;
+                    }
+                    if v.status == vmdesk_core::VmStatus::Stopped {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
 }
 
 fn notify(app: &AppHandle, title: &str, body: &str) {
@@ -922,6 +984,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             vm_meta,
             settings_get,
             settings_save,
+            settings_check,
             azure_login,
             host_add,
             host_import,
@@ -940,7 +1003,6 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             stats_watch,
             app_info,
             sync_health,
-            settings_check,
             doctor,
             ready,
             app_quit

@@ -222,6 +222,17 @@ pub fn notices(
                 title: format!("Session {} was ended", e.session_id.unwrap_or_default()),
                 body: format!("{}: {}", name(e), text(e, "reason")),
             }),
+            "session.ended" if mine(e) => Some(Notice {
+                title: format!("Session {} is closed", e.session_id.unwrap_or_default()),
+                body: if e.details.get("forced_off") == Some(&serde_json::Value::Bool(true)) {
+                    format!(
+                        "{} was forced off: the guest did not shut down in time",
+                        name(e)
+                    )
+                } else {
+                    format!("{} is off", name(e))
+                },
+            }),
             "credits.low" if mine(e) => Some(Notice {
                 title: "Credits are running low".into(),
                 body: format!(
@@ -285,6 +296,63 @@ pub fn icon_rgba(rgba: &[u8], width: u32, look: Look) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The notification of a shutdown asked for from the tray, once the backend
+/// says the VM is STOPPING: what happens next and when, from its deadline
+/// (`force_off_at`). `session` is the session being closed, if any. `None`
+/// while the VM is not stopping.
+pub fn stopping_notice(
+    vm: &Vm,
+    session: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Notice> {
+    if vm.status != VmStatus::Stopping {
+        return None;
+    }
+    let left = vm
+        .metadata
+        .get("force_off_at")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|d| {
+            (d.with_timezone(&chrono::Utc) - now)
+                .num_milliseconds()
+                .max(0)
+        });
+    let next = match left {
+        Some(ms) if ms > 0 => format!(
+            "the guest was asked to shut down; it is forced off in {} s if it does not stop",
+            (ms + 999) / 1000
+        ),
+        Some(_) => "the guest is being forced off".to_owned(),
+        None => "the guest was asked to shut down".to_owned(),
+    };
+    Some(match session {
+        Some(id) => Notice {
+            title: format!("Closing session {id}"),
+            body: format!("{}: {next}", vm.name),
+        },
+        None => Notice {
+            title: format!("Stopping {}", vm.name),
+            body: capitalised(&next),
+        },
+    })
+}
+
+/// The notification when a stop asked for from the tray is done.
+pub fn stopped_notice(vm: &Vm) -> Notice {
+    Notice {
+        title: format!("{} is {}", vm.name, vm.status.as_str().to_lowercase()),
+        body: "Stopped from the tray".into(),
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -508,6 +576,45 @@ mod tests {
                     body: "12 credits left, about 30 min of running time".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_tray_stop_says_when_the_vm_is_forced_off() {
+        let now = chrono::Utc::now();
+        let mut v = vm("w1", VmStatus::Running);
+        assert_eq!(stopping_notice(&v, None, now), None);
+        v.status = VmStatus::Stopping;
+        v.metadata = json!({"force_off_at": (now + chrono::Duration::seconds(45)).to_rfc3339()});
+        let n = stopping_notice(&v, None, now).expect("a notice");
+        assert_eq!(n.title, "Stopping w1");
+        assert!(n.body.contains("forced off in 45 s"), "{}", n.body);
+        assert!(n.body.starts_with("The guest"), "{}", n.body);
+        let n = stopping_notice(&v, Some(3), now).expect("a notice");
+        assert_eq!(n.title, "Closing session 3");
+        assert!(n.body.starts_with("w1: the guest"), "{}", n.body);
+        v.metadata = json!({});
+        assert!(stopping_notice(&v, None, now)
+            .expect("a notice")
+            .body
+            .contains("asked to shut down"));
+        v.status = VmStatus::Stopped;
+        assert_eq!(stopped_notice(&v).title, "w1 is stopped");
+    }
+
+    #[test]
+    fn a_closed_session_of_the_user_notifies() {
+        let events = [
+            event("session.ended", json!({"user": "ann", "forced_off": true})),
+            event("session.ended", json!({"user": "bob", "forced_off": false})),
+        ];
+        let n = notices("ann", &events, |_| Some("lab-3".to_owned()));
+        assert_eq!(n.len(), 1, "{n:?}");
+        assert_eq!(n[0].title, "Session 9 is closed");
+        assert!(
+            n[0].body.starts_with("lab-3 was forced off"),
+            "{}",
+            n[0].body
         );
     }
 
