@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { backoff, ctrlAltF, failureMessage, KEY, MAX_ATTEMPTS, typeable } from "./consoles";
+import { backoff, ctrlAltF, failureMessage, KEY, MAX_ATTEMPTS, offMessage, typeable } from "./consoles";
 
 describe("backoff", () => {
   it("doubles from half a second and stops at eight", () => {
@@ -34,5 +34,11 @@ describe("failureMessage", () => {
     expect(failureMessage("console_unavailable", 'VM "a" is STOPPED, not RUNNING')).toContain("STOPPED");
     expect(failureMessage("console_refused", "the token has expired")).toContain("expired");
     expect(failureMessage("disconnected")).toContain("bridge is gone");
+  });
+});
+
+describe("a tab whose VM is off", () => {
+  it("says so in plain words and points to Start", () => {
+    expect(offMessage("web-1")).toBe("web-1 is not running, so there is no screen to show. Start it to see its console.");
   });
 });

@@ -59,3 +59,8 @@ export function failureMessage(kind: string, detail = ""): string {
       return detail || "The console failed.";
   }
 }
+
+/** What a tab says when its VM is off (the tab offers Start beside it). */
+export function offMessage(vm: string): string {
+  return `${vm} is not running, so there is no screen to show. Start it to see its console.`;
+}
