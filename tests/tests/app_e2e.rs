@@ -175,15 +175,29 @@ fn pool_session_grants_and_bad_input_in_the_window() {
         app.fill(r#"[data-testid="launch-ram"]"#, "128").await;
         app.fill(r#"[data-testid="launch-disk"]"#, "1").await;
         app.fill(r#"[data-testid="launch-cpus"]"#, "1").await;
-        app.click(r#"[data-testid="launch-submit"]"#).await;
-        let banner = app.find(r#"div.error[role="alert"]"#).await;
-        assert_eq!(
-            banner.attr("data-code").await.ok().flatten().as_deref(),
-            Some("invalid_input")
-        );
-        let text = banner.text().await.expect("text");
+        // The core's sentence beside the name as it is typed; Create stays disabled.
+        let text = app
+            .wait_text(
+                r#"[data-testid="launch-name-error"]"#,
+                "the name's error",
+                |s| !s.is_empty(),
+            )
+            .await;
         assert!(text.contains("bad name!"), "the core's sentence: {text}");
+        let submit = app.find(r#"[data-testid="launch-submit"]"#).await;
+        assert!(
+            !submit.is_enabled().await.expect("enabled?"),
+            "submit stays disabled on a bad name"
+        );
         app.shot("bad-name").await;
+        app.fill(r#"[data-testid="launch-name"]"#, "good-name")
+            .await;
+        app.wait_text(
+            r#"[data-testid="launch-name-error"]"#,
+            "the error cleared",
+            |s| s.is_empty(),
+        )
+        .await;
         // A size the core refuses: its sentence under the form, no submit.
         app.fill(r#"[data-testid="launch-ram"]"#, "1").await;
         app.wait_text(r#"[data-testid="launch-error"]"#, "a size error", |s| {
