@@ -119,6 +119,8 @@ fn pool_session_grants_and_bad_input_in_the_window() {
         app.shot("session-active").await;
         app.click(&format!(r#"button[aria-label="Close session {id}"]"#))
             .await;
+        // Closing asks first (the guest is shut down).
+        app.click(r#"[data-testid="confirm-yes"]"#).await;
         app.wait_text(
             &format!(r#"[data-testid="past-status-{id}"]"#),
             "COMPLETED",
