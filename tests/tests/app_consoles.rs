@@ -58,8 +58,13 @@ fn consoles_do_not_cover_other_views() {
         );
         app.shot("console-in-its-view").await;
 
-        // Another view is at the top of the page, the console out of the way.
+        // Another view is at the top of the page, the console out of the way
+        // (the navigation says one is open).
         app.nav("dashboard").await;
+        assert_eq!(
+            app.text(r#"[data-testid="consoles-count"]"#).await.trim(),
+            "(1 open)"
+        );
         let (top, _) = rect(&app, "#dash-h").await;
         assert!(
             top < 120.0,
