@@ -179,6 +179,7 @@ fn destroy_and_close_ask_and_cancelling_changes_nothing() {
         "--no-start",
     ]);
     let _machine = Machine(vm["provider_id"].as_str().expect("machine").to_owned());
+    v.json(&["user", "add", "ann"]);
     let s = v.json(&["session", "open", "--project", "lab"]);
     let id = s["id"].as_i64().expect("a session");
     assert_eq!(s["status"], "ACTIVE", "{s}");
@@ -338,6 +339,15 @@ fn destroy_and_close_ask_and_cancelling_changes_nothing() {
         assert_eq!(v.snapshot(), before, "a cancelled close changed something");
         assert_eq!(v.json(&["session", "list"])[0]["status"], "ACTIVE");
         app.shot("close-cancelled").await;
+        // What the session costs while it runs, priced by the core.
+        let rate = app
+            .wait_text(
+                &format!(r#"[data-testid="session-rate-{id}"]"#),
+                "a price per hour",
+                |s| s.ends_with("credits/h"),
+            )
+            .await;
+        assert!(rate.starts_with(|c: char| c.is_ascii_digit()), "{rate}");
 
         // Yes: TERMINATING, with when the guest is forced off, then COMPLETED.
         app.click(&format!(r#"button[aria-label="Close session {id}"]"#))
@@ -359,6 +369,37 @@ fn destroy_and_close_ask_and_cancelling_changes_nothing() {
         )
         .await;
         app.shot("closed").await;
+
+        // A role change asks; Cancel puts the choice back and changes nothing.
+        app.nav("admin").await;
+        let role = r#"select[aria-label="Role of ann"]"#;
+        app.select(role, "admin").await;
+        let text = app
+            .wait_text(r#"[data-testid="confirm"]"#, "the question", |s| {
+                !s.is_empty()
+            })
+            .await;
+        assert!(text.contains("Make ann an admin?"), "{text}");
+        app.shot("role-asks").await;
+        app.click(r#"[data-testid="confirm-no"]"#).await;
+        app.wait_text(r#"[data-testid="confirm"]"#, "the dialog to go", |s| {
+            s.is_empty()
+        })
+        .await;
+        let shown = app.find(role).await.prop("value").await.ok().flatten();
+        assert_eq!(
+            shown.as_deref(),
+            Some("user"),
+            "the select kept the cancelled role"
+        );
+        let users = v.json(&["user", "list"]);
+        let ann = users
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["name"] == "ann"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(ann["role"], "user", "{users}");
+        app.shot("role-cancelled").await;
         app.close().await;
     });
 }
