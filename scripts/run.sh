@@ -28,6 +28,11 @@ TINY_MIN_RAM_MB=96
 if [ -f target/os/tiny-linux.qcow2 ] && ! $BIN --json os list | grep -q '"tiny-linux"'; then
   $BIN os import tiny-linux target/os/tiny-linux.qcow2 --min-ram-mb "$TINY_MIN_RAM_MB" --min-disk-gb 1
 fi
+# A tiny-linux imported before the catalog had minimums says 64 MB: raise it.
+tiny_min="$($BIN os list | awk '$1 == "tiny-linux" { print $4 }')"
+if [ -n "$tiny_min" ] && [ "$tiny_min" -lt "$TINY_MIN_RAM_MB" ]; then
+  $BIN os minimum tiny-linux --min-ram-mb "$TINY_MIN_RAM_MB"
+fi
 
 if [ -z "$($BIN --json host list | tr -d '[:space:]' | sed 's/^\[\]$//')" ]; then
   uri="$(local_uri)"

@@ -208,6 +208,14 @@ pub enum OsCmd {
         #[arg(long)]
         min_disk_gb: Option<i64>,
     },
+    /// Set the least memory and disk an imported OS boots with (admin only)
+    Minimum {
+        name: String,
+        #[arg(long)]
+        min_ram_mb: Option<i64>,
+        #[arg(long)]
+        min_disk_gb: Option<i64>,
+    },
     /// List the catalog
     List,
 }
@@ -849,6 +857,19 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 format!(
                     "imported OS {} ({} bytes; at least {} MB of memory and {} GB of disk)",
                     os.name, os.bytes, os.min_ram_mb, os.min_disk_gb
+                )
+            })
+        }
+        Command::Os(OsCmd::Minimum {
+            name,
+            min_ram_mb,
+            min_disk_gb,
+        }) => {
+            let os = core.os_set_minimum(a, &name, min_ram_mb, min_disk_gb)?;
+            emit(g, &os, || {
+                format!(
+                    "{} needs at least {} MB of memory and {} GB of disk",
+                    os.name, os.min_ram_mb, os.min_disk_gb
                 )
             })
         }

@@ -846,6 +846,60 @@ impl Core {
         added
     }
 
+    /// Sets the least memory (MB) and disk (GB) an imported OS boots with
+    /// (admin only); `None` keeps a value. Images imported before minimums
+    /// existed get theirs this way. Nothing is written when nothing changes.
+    pub fn os_set_minimum(
+        &self,
+        actor: &str,
+        name: &str,
+        min_ram_mb: Option<i64>,
+        min_disk_gb: Option<i64>,
+    ) -> Result<OsEntry> {
+        crate::core::admin(&self.db(), actor, "change the OS catalog")?;
+        let Some(old) = os_list(&self.db())?.into_iter().find(|o| o.name == name) else {
+            return Err(Error::invalid(format!(
+                "there is no OS {name:?} in the catalog"
+            )));
+        };
+        if old.kind != "image" {
+            return Err(Error::invalid(format!(
+                "{name} is built in; its minimum cannot be changed"
+            )));
+        }
+        let (ram, disk) = (
+            min_ram_mb.unwrap_or(old.min_ram_mb),
+            min_disk_gb.unwrap_or(old.min_disk_gb),
+        );
+        validate::size(ram, disk, validate::CPUS.0)
+            .map_err(|e| Error::invalid(format!("the OS minimum is out of range: {e}")))?;
+        if (ram, disk) == (old.min_ram_mb, old.min_disk_gb) {
+            return Ok(old);
+        }
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE os_images SET min_ram_mb = ?2, min_disk_gb = ?3 WHERE name = ?1",
+                params![name, ram, disk],
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "os.minimum",
+                    actor,
+                    json!({"os": name, "min_ram_mb": ram, "min_disk_gb": disk,
+                           "was": {"min_ram_mb": old.min_ram_mb, "min_disk_gb": old.min_disk_gb}}),
+                ),
+            )?;
+            Ok(())
+        })?;
+        Ok(OsEntry {
+            min_ram_mb: ram,
+            min_disk_gb: disk,
+            ..old
+        })
+    }
+
     /// Merges `pairs` into a VM's metadata (its owner or an admin).
     pub fn vm_meta(&self, actor: &str, vm: &str, pairs: &[(String, String)]) -> Result<Vm> {
         if pairs.is_empty() {

@@ -175,3 +175,45 @@ fn the_price_has_the_hourly_running_cost_of_the_billing_rate() {
         "invalid_input"
     );
 }
+
+#[test]
+fn an_admin_sets_an_imported_images_minimum_later() {
+    let (dir, _hosts, core) = with_pool(0);
+    core.user_add("admin", "ann", false, 50).unwrap();
+    let src = tempfile::tempdir().unwrap();
+    core.os_import("admin", "tiny", &plain(src.path(), "t.qcow2"))
+        .unwrap();
+    let e = core
+        .os_set_minimum("ann", "tiny", Some(96), None)
+        .unwrap_err();
+    assert_eq!(e.code(), "admin_only", "{e}");
+    assert_eq!(
+        core.os_set_minimum("admin", "blank", Some(96), None)
+            .unwrap_err()
+            .code(),
+        "invalid_input"
+    );
+    let os = core
+        .os_set_minimum("admin", "tiny", Some(96), None)
+        .unwrap();
+    assert_eq!((os.min_ram_mb, os.min_disk_gb), (96, 1));
+    let events = count(
+        dir.path(),
+        "SELECT count(*) FROM events WHERE action = 'os.minimum'",
+    );
+    assert_eq!(events, 1);
+    // The same values again change nothing and log nothing.
+    core.os_set_minimum("admin", "tiny", Some(96), Some(1))
+        .unwrap();
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT count(*) FROM events WHERE action = 'os.minimum'"
+        ),
+        1
+    );
+    let e = core
+        .vm_create("ann", &spec("small", "tiny", 64, 1), true, None)
+        .unwrap_err();
+    assert!(e.to_string().contains("96 MB"), "{e}");
+}
