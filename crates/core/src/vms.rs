@@ -444,7 +444,13 @@ impl Core {
                     .metadata
                     .get(FORCE_OFF_AT)
                     .and_then(|t| t.as_str())
-                    .map(|t| format!(" (forced off at {t} if the guest does not stop)"))
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| {
+                        format!(
+                            " and is forced off at {} UTC if the guest does not shut down",
+                            t.format("%H:%M:%S")
+                        )
+                    })
                     .unwrap_or_default();
                 return Err(Error::invalid(format!(
                     "VM {} is already stopping{when}; wait until it is stopped",

@@ -114,7 +114,11 @@ fn a_second_stop_restart_or_destroy_while_stopping_is_refused_without_a_second_e
         let err = other.vm_action("ann", "w1", action).unwrap_err();
         assert_eq!(err.code(), "invalid_input");
         assert!(
-            err.to_string().contains("already stopping"),
+            err.to_string()
+                .contains("already stopping and is forced off at ")
+                && err
+                    .to_string()
+                    .contains(" UTC if the guest does not shut down"),
             "{action:?}: {err}"
         );
     }
