@@ -175,3 +175,116 @@ fn a_regular_user_sees_only_their_own_settings() {
         app.close().await;
     });
 }
+
+#[test]
+fn events_read_as_sentences_and_the_frame_stays_while_a_view_scrolls() {
+    let v = Vmdesk::new();
+    v.write_settings("[sync]\nenabled = false\n");
+    v.json(&["user", "add", "ann", "--credits", "50"]);
+    for i in 0..40 {
+        v.json(&[
+            "credits",
+            "grant",
+            "ann",
+            "1",
+            "--reason",
+            &format!("grant {i}"),
+        ]);
+    }
+    v.json(&["host", "add", "local", "--uri", "test:///default"]);
+    v.json(&["project", "create", "demo"]);
+    v.json(&[
+        "vm",
+        "add",
+        "lab-3",
+        "--pool",
+        "demo",
+        "--host",
+        "local",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    // ann may not destroy a pool VM: a warning naming lab-3 (stdin is no
+    // terminal: nothing is asked).
+    let _ = v
+        .command(&["--as", "ann", "vm", "destroy", "lab-3"])
+        .output();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let app = e2e::open(&v, &[], 2, "frame").await;
+        app.find(r#"[data-testid="dash-launch"]"#).await;
+        app.find(r#"[data-testid="dash-session"]"#).await;
+        let warning = app
+            .wait_text(r#"[data-testid="dash-warning"]"#, "a warning", |t| {
+                t.contains("lab-3")
+            })
+            .await;
+        assert!(warning.contains("ann could not destroy lab-3"), "{warning}");
+        app.shot("dashboard").await;
+        // The warning's VM is a link to it.
+        app.click(r#"[data-testid="dash-warning"] button[aria-label="Details of lab-3"]"#)
+            .await;
+        app.wait_text("main", "lab-3 detail", |t| t.contains("pool demo"))
+            .await;
+        app.shot("warning-vm-detail").await;
+
+        app.nav("events").await;
+        let first = app
+            .wait_text(r#"[data-testid="event-sentence"]"#, "a sentence", |t| {
+                !t.is_empty()
+            })
+            .await;
+        assert_eq!(
+            first,
+            "ann could not destroy lab-3: user \"ann\" may not act on VM lab-3"
+        );
+        app.find(r#"table.events button[aria-label="Details of lab-3"]"#)
+            .await;
+        let all = app.text("table.events").await;
+        assert!(
+            all.contains("admin granted 1 credit to ann: grant 39"),
+            "{all}"
+        );
+        app.shot("events").await;
+
+        // Scrolled to the end, the header and the sidebar are where they were.
+        let header = place(&app, "header").await;
+        let settings = place(&app, r#"[data-testid="nav-settings"]"#).await;
+        app.c
+            .execute("window.scrollTo(0, document.body.scrollHeight);", vec![])
+            .await
+            .expect("scroll");
+        let scrolled: f64 = serde_json::from_value(
+            app.c
+                .execute("return window.scrollY;", vec![])
+                .await
+                .expect("scrollY"),
+        )
+        .expect("a number");
+        assert!(scrolled > 100.0, "the events scroll: {scrolled}");
+        same_place(header, place(&app, "header").await, "the header");
+        same_place(
+            settings,
+            place(&app, r#"[data-testid="nav-settings"]"#).await,
+            "the sidebar",
+        );
+        // No tooltip over the next item: the shortcut is in the item itself.
+        let title = app
+            .find(r#"[data-testid="nav-credits"]"#)
+            .await
+            .attr("title")
+            .await
+            .expect("title");
+        assert!(title.unwrap_or_default().is_empty(), "no tooltip");
+        app.shot("events-scrolled").await;
+        // The sidebar still answers at the bottom of a long page.
+        app.nav("credits").await;
+        app.find(r#"[data-testid="spending-chart"]"#).await;
+        app.shot("credits").await;
+        app.close().await;
+    });
+}

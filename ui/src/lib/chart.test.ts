@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import type { VmStats } from "../bindings/VmStats";
 import type { LedgerEntry } from "../bindings/LedgerEntry";
-import { HISTORY, linePath, memPercent, niceMax, pushSample, spendingByDay } from "./chart";
+import { HISTORY, linePath, memPercent, niceMax, perHour, pushSample, spendingBuckets, spendingByDay, xLabelled, yTicks } from "./chart";
 
 function sample(vm: string, at: number, over: Partial<VmStats> = {}): VmStats {
   return { vm, at_ms: at, cpu_time_ns: 0, vcpus: 1, memory_kib: 1000, used_kib: 250, cpu_percent: null, ...over };
@@ -48,5 +48,38 @@ describe("charts", () => {
     expect(
       spendingByDay([e(100, "2026-01-01T10:00:00Z"), e(-34, "2026-01-02T10:00:00Z"), e(-6, "2026-01-02T23:00:00Z"), e(-1, "2026-01-01T09:00:00Z")]),
     ).toEqual([{ day: "2026-01-01", spent: 1 }, { day: "2026-01-02", spent: 40 }]);
+  });
+
+  const entry = (amount: number, created_at: string, kind: LedgerEntry["kind"] = "runtime"): LedgerEntry => ({
+    id: 0, amount, kind, reason: "", vm_id: null, session_id: null, actor: "a", created_at,
+  });
+
+  it("draws a single day of spending as one bar among empty days", () => {
+    const now = new Date("2026-01-10T15:30:00Z");
+    const days = spendingBuckets([entry(-34, "2026-01-10T09:00:00Z"), entry(50, "2026-01-10T08:00:00Z")], "day", 7, now);
+    expect(days).toHaveLength(7);
+    expect(days[0]).toEqual({ key: "2026-01-04", label: "01-04", spent: 0 });
+    expect(days[6]).toEqual({ key: "2026-01-10", label: "01-10", spent: 34 });
+    expect(days.filter((d) => d.spent > 0)).toHaveLength(1);
+  });
+
+  it("sums spending per hour over the last hours, older ones left out", () => {
+    const now = new Date("2026-01-10T15:30:00Z");
+    const hours = spendingBuckets(
+      [entry(-2, "2026-01-10T15:05:00Z"), entry(-3, "2026-01-10T15:25:00Z"), entry(-1, "2026-01-10T13:59:59Z"), entry(-9, "2026-01-09T10:00:00Z")],
+      "hour", 3, now,
+    );
+    expect(hours).toEqual([
+      { key: "2026-01-10T13", label: "13:00", spent: 1 },
+      { key: "2026-01-10T14", label: "14:00", spent: 0 },
+      { key: "2026-01-10T15", label: "15:00", spent: 5 },
+    ]);
+    expect(perHour([entry(-6, "2026-01-10T15:00:00Z"), entry(-100, "2026-01-01T00:00:00Z")], 24, now)).toBe(0.3);
+  });
+
+  it("labels the axes: 0, half and top; about seven x labels, the newest always", () => {
+    expect(yTicks(50)).toEqual([0, 25, 50]);
+    expect([...xLabelled(30)].sort((a, b) => a - b)).toEqual([4, 9, 14, 19, 24, 29]);
+    expect([...xLabelled(1)]).toEqual([0]);
   });
 });

@@ -70,3 +70,58 @@ export function spendingByDay(entries: readonly LedgerEntry[]): { day: string; s
   }
   return [...days.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([day, spent]) => ({ day, spent }));
 }
+
+export type Unit = "day" | "hour";
+
+/** One bar of the spending chart: its UTC key, its axis label and what was spent. */
+export interface Bucket {
+  key: string;
+  label: string;
+  spent: number;
+}
+
+/**
+ * Credits spent per day or per hour (UTC) over the last `count` of them up to
+ * `now`, oldest first, with the empty ones too (one day of spending is one
+ * bar among empty days, not a bar the width of the chart).
+ */
+export function spendingBuckets(entries: readonly LedgerEntry[], unit: Unit, count: number, now: Date = new Date()): Bucket[] {
+  const step = unit === "day" ? 86_400_000 : 3_600_000;
+  const len = unit === "day" ? 10 : 13; // "2026-01-02" or "2026-01-02T10"
+  const end = Math.floor(now.getTime() / step) * step;
+  const spent = new Map<string, number>();
+  for (const e of entries) {
+    if (e.amount >= 0) continue;
+    const key = new Date(e.created_at).toISOString().slice(0, len);
+    spent.set(key, (spent.get(key) ?? 0) - e.amount);
+  }
+  const out: Bucket[] = [];
+  for (let i = count - 1; i >= 0; i--) {
+    const iso = new Date(end - i * step).toISOString();
+    const key = iso.slice(0, len);
+    const label = unit === "day" ? iso.slice(5, 10) : iso.slice(11, 13) + ":00";
+    out.push({ key, label, spent: spent.get(key) ?? 0 });
+  }
+  return out;
+}
+
+/** The y axis' labelled values: 0, half and the top. */
+export function yTicks(top: number): number[] {
+  return [0, top / 2, top];
+}
+
+/** Which of `count` bars get an x label: about `most` of them, the newest always. */
+export function xLabelled(count: number, most = 7): Set<number> {
+  const every = Math.max(1, Math.ceil(count / most));
+  const out = new Set<number>();
+  for (let i = count - 1; i >= 0; i -= every) out.add(i);
+  return out;
+}
+
+/** Credits spent per hour on average over `hours` up to `now` (one decimal). */
+export function perHour(entries: readonly LedgerEntry[], hours: number, now: Date = new Date()): number {
+  const since = now.getTime() - hours * 3_600_000;
+  let spent = 0;
+  for (const e of entries) if (e.amount < 0 && new Date(e.created_at).getTime() > since) spent -= e.amount;
+  return Math.round((spent / hours) * 10) / 10;
+}

@@ -150,3 +150,27 @@ describe("the event feed", () => {
     expect(api.events).toHaveBeenCalledTimes(2);
   });
 });
+
+describe("the event feed as sentences", () => {
+  it("tells each event as a sentence with its VM a link, and folds console open/close away", async () => {
+    const base = { type: "vm", severity: "info", actor: "ann", session_id: null, created_at: "2026-01-01T00:00:00Z" };
+    api.vmList.mockResolvedValue([vm("lab-3", { id: 3 })] as never[]);
+    api.events.mockResolvedValue([
+      { ...base, id: 3, action: "console.close", vm_id: 3, details: { port: 6100, reason: "closed" } },
+      { ...base, id: 2, action: "console.open", vm_id: 3, details: { vm: "lab-3", port: 6100 } },
+      { ...base, id: 1, type: "session", action: "session.terminated", actor: "vmdesk", severity: "warning", vm_id: 3, session_id: 7,
+        details: { user: "ann", reason: "the VM stopped under the session" } },
+    ]);
+    const ondetail = vi.fn();
+    render(Events, { onerror: vi.fn(), ondetail });
+    await waitFor(() => expect(screen.getAllByTestId("event-row")).toHaveLength(1));
+    await waitFor(() =>
+      expect(screen.getByTestId("event-sentence").textContent).toBe("ann's session 7 on lab-3 ended: the VM was found off"),
+    );
+    expect(screen.getByTestId("events-hidden").textContent).toMatch(/^2 console events/);
+    await fireEvent.click(screen.getByRole("button", { name: "Details of lab-3" }));
+    expect(ondetail).toHaveBeenCalledWith("lab-3");
+    await fireEvent.click(screen.getByTestId("events-routine"));
+    await waitFor(() => expect(screen.getAllByTestId("event-row")).toHaveLength(3));
+  });
+});

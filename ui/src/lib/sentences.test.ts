@@ -1,0 +1,76 @@
+import { describe, expect, it } from "vitest";
+import type { Event } from "../bindings/Event";
+import { isRoutine, plain, sentence } from "./sentences";
+
+function ev(action: string, details: Record<string, unknown>, over: Partial<Event> = {}): Event {
+  return {
+    id: 1, type: "vm", action, severity: "info", actor: "ann", vm_id: 3, session_id: null,
+    details: details as Event["details"], created_at: "2026-01-01T10:00:00Z", ...over,
+  };
+}
+const names = (id: number) => (id === 3 ? "lab-3" : undefined);
+
+describe("event sentences", () => {
+  it("says why status sync ended a session, naming its user and VM", () => {
+    const e = ev("session.terminated", { user: "ann", reason: "the VM stopped under the session" },
+      { type: "session", actor: "vmdesk", session_id: 7 });
+    const parts = sentence(e, names);
+    expect(plain(parts)).toBe("ann's session 7 on lab-3 ended: the VM was found off");
+    // The VM and the session are links.
+    expect(parts).toContainEqual({ vm: "lab-3" });
+    expect(parts).toContainEqual({ session: 7 });
+  });
+
+  it("words the lifecycle of a VM", () => {
+    expect(plain(sentence(ev("vm.stop", { vm: "lab-3", forced_off: true })))).toBe("ann stopped lab-3 (the guest was forced off)");
+    expect(plain(sentence(ev("vm.destroy", { vm: "web" })))).toBe("ann destroyed web");
+    expect(plain(sentence(ev("vm.create", { vm: "web", cost: 34 })))).toBe("ann created web for 34 credits");
+    expect(plain(sentence(ev("vm.start.failed", { vm: "web", reason: "Not enough credits." })))).toBe(
+      "ann could not start web: not enough credits",
+    );
+    expect(plain(sentence(ev("vm.create_failed", { reason: "no disk", refunded: false }), names))).toBe(
+      "Creating lab-3 failed: no disk (not refunded)",
+    );
+  });
+
+  it("links only a VM that exists", () => {
+    expect(sentence(ev("vm.start.failed", { vm: "nosuch", reason: "no VM named \"nosuch\"" }, { vm_id: null }))).toEqual([
+      "ann could not start ", "nosuch", ': no VM named "nosuch"',
+    ]);
+  });
+
+  it("takes the VM's name from its id when the details lack it", () => {
+    expect(plain(sentence(ev("vm.meta", {}), names))).toBe("ann changed the metadata of lab-3");
+    expect(plain(sentence(ev("vm.meta", {}, { vm_id: 9 }), names))).toBe("ann changed the metadata of VM #9");
+  });
+
+  it("words credits: a grant, a charge, running time, running out", () => {
+    expect(plain(sentence(ev("credits.charge", { user: "ann", amount: 100, reason: "welcome" }, { actor: "admin", vm_id: null }))))
+      .toBe("admin granted 100 credits to ann: welcome");
+    expect(plain(sentence(ev("credits.charge", { user: "ann", amount: -34, vm: "web" })))).toBe("ann was charged 34 credits for web");
+    expect(plain(sentence(ev("credits.grant", { user: "ann", amount: 50, reason: "opening balance" }, { actor: "admin", vm_id: null }))))
+      .toBe("admin granted 50 credits to ann: opening balance");
+    expect(plain(sentence(ev("credits.runtime", { user: "ann", vm: "web", amount: 2 }, { actor: "vmdesk" }))))
+      .toBe("ann's credits: 2 for running web");
+    expect(plain(sentence(ev("credits.exhausted", { user: "ann", vm: "web" }, { actor: "vmdesk" }))))
+      .toBe("ann's credits ran out: web was stopped");
+  });
+
+  it("folds console open and close as routine", () => {
+    expect(isRoutine(ev("console.open", { vm: "lab-3", port: 6100 }))).toBe(true);
+    expect(isRoutine(ev("console.close", { port: 6100, reason: "closed" }))).toBe(true);
+    expect(isRoutine(ev("vm.stop", {}))).toBe(false);
+    expect(plain(sentence(ev("console.open", { vm: "lab-3", port: 6100 })))).toBe("ann opened the console of lab-3");
+  });
+
+  it("falls back to the action's words for anything new", () => {
+    expect(plain(sentence(ev("recovery.quarantine", {}, { vm_id: null, actor: "vmdesk" })))).toBe("vmdesk: recovery quarantine");
+  });
+});
+
+describe("admin event sentences", () => {
+  it("words role changes and single credits", () => {
+    expect(plain(sentence(ev("user.role", { user: "ann", from: "user", to: "admin" }, { actor: "admin", vm_id: null })))).toBe("admin made ann an admin");
+    expect(plain(sentence(ev("credits.grant", { user: "ann", amount: 1, reason: "x" }, { actor: "admin", vm_id: null })))).toBe("admin granted 1 credit to ann: x");
+  });
+});
