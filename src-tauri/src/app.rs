@@ -848,6 +848,14 @@ fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i
         return after;
     };
     let newest = events.first().map_or(after, |e| e.id);
+    // The person may have turned desktop notifications off (Settings, yours).
+    let wanted = app
+        .try_state::<Ctx>()
+        .and_then(|ctx| crate::cli::settings(&ctx.global).ok())
+        .is_none_or(|s| s.desktop.notifications);
+    if !wanted {
+        return newest;
+    }
     let names = |id: i64| core.vm_show(actor, &id.to_string()).ok().map(|v| v.name);
     // Oldest first, as they happened.
     let ordered: Vec<Event> = events.into_iter().rev().collect();
