@@ -131,6 +131,51 @@ fn an_error_sits_at_its_field_and_clears_when_fixed() {
         let saved = std::fs::read_to_string(v.settings_path()).expect("settings");
         assert!(saved.contains("port_start = 6200"), "{saved}");
         app.shot("saved").await;
+
+        // An error that is no field's: in the fixed place, moving nothing, and
+        // gone with the view.
+        const ADD_HOST: &str = r#"[data-testid="settings-hosts"] form.row button[type="submit"]"#;
+        app.c
+            .execute(
+                "document.querySelector(arguments[0]).scrollIntoView({block: 'center'});",
+                vec![ADD_HOST.into()],
+            )
+            .await
+            .expect("scroll");
+        let save = place(&app, SAVE).await;
+        let start = place(&app, START).await;
+        app.fill("#host-name", "far").await;
+        app.fill("#host-uri", "ftp://example.invalid/").await;
+        app.click(ADD_HOST).await;
+        let toast = app
+            .wait_text(r#"[data-testid="page-error"]"#, "a page error", |t| {
+                !t.is_empty()
+            })
+            .await;
+        assert!(toast.contains("far"), "{toast}");
+        let at = place(&app, r#"[data-testid="page-error"]"#).await;
+        let position: String = serde_json::from_value(
+            app.c
+                .execute(
+                    "return getComputedStyle(document.querySelector('.toasts')).position;",
+                    vec![],
+                )
+                .await
+                .expect("style"),
+        )
+        .expect("a string");
+        assert_eq!(position, "fixed", "the error's place is fixed ({at:?})");
+        same_place(save, place(&app, SAVE).await, "Save");
+        same_place(start, place(&app, START).await, "the first port");
+        app.shot("page-error").await;
+        app.nav("dashboard").await;
+        app.wait_text(
+            r#"[data-testid="page-error"]"#,
+            "no page error",
+            str::is_empty,
+        )
+        .await;
+        app.shot("page-error-gone").await;
         app.close().await;
     });
 }
