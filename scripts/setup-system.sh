@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # Tauri 2 (WebKitGTK, tray), headless display and WebDriver for the end-to-end tests.
 TAURI_PKGS="build-essential pkg-config libssl-dev libwebkit2gtk-4.1-dev libgtk-3-dev
   libayatana-appindicator3-dev librsvg2-dev libsoup-3.0-dev libxdo-dev xvfb xauth
-  webkit2gtk-driver imagemagick xdotool fonts-dejavu-core dbus dbus-x11"
+  webkit2gtk-driver imagemagick xdotool x11-utils trayer fonts-dejavu-core dbus dbus-x11"
 # libvirt (daemon, client, headers) without libvirt-daemon-system, which pulls systemd.
 LIBVIRT_PKGS="libvirt-dev libvirt-clients libvirt-daemon libvirt-daemon-driver-qemu procps"
 # The OS keyring (Secret Service) the Azure secret is kept in, and a session bus for it in tests.

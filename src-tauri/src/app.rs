@@ -651,6 +651,8 @@ fn tray_icon(app: &AppHandle, look: Look) -> Option<Image<'static>> {
 
 fn tray_menu(app: &AppHandle, m: &TrayModel) -> tauri::Result<Menu<tauri::Wry>> {
     let menu = Menu::new(app)?;
+    menu.append(&MenuItem::new(app, &m.summary, false, None::<&str>)?)?;
+    menu.append(&PredefinedMenuItem::separator(app)?)?;
     for vm in &m.vms {
         let console = MenuItem::with_id(
             app,
@@ -666,16 +668,16 @@ fn tray_menu(app: &AppHandle, m: &TrayModel) -> tauri::Result<Menu<tauri::Wry>> 
             ),
             None => (TrayAction::Stop(vm.name.clone()).id(), "Stop".to_owned()),
         };
-        let stop = MenuItem::with_id(app, stop_id, stop_label, true, None::<&str>)?;
+        let stop = MenuItem::with_id(app, stop_id, stop_label, vm.stoppable(), None::<&str>)?;
         menu.append(&Submenu::with_items(
             app,
-            &vm.name,
+            vm.label(),
             true,
             &[&console, &stop],
         )?)?;
     }
     if m.more > 0 {
-        let more = MenuItem::new(app, format!("{} more running", m.more), false, None::<&str>)?;
+        let more = MenuItem::new(app, format!("{} more", m.more), false, None::<&str>)?;
         menu.append(&more)?;
     }
     if m.vms.is_empty() {
@@ -1029,6 +1031,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             let empty = TrayModel {
                 look: Look::Idle,
                 tooltip: "vmdesk".into(),
+                summary: "vmdesk".into(),
                 vms: Vec::new(),
                 more: 0,
             };

@@ -18,13 +18,32 @@ pub enum Look {
     Warning,
 }
 
-/// A running VM in the menu, with what "stop" means for it.
+/// A VM in the menu (running, or on its way up or down), with its state and
+/// what "stop" means for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrayVm {
     /// The VM's name.
     pub name: String,
-    /// The user's ACTIVE session on it: stopping closes the session.
+    /// The user's live session on it: stopping closes the session.
     pub session: Option<i64>,
+    /// Its state in words ("running", "stopping", "closing", "starting").
+    pub state: &'static str,
+}
+
+impl TrayVm {
+    /// The menu label: name and state, and the session it belongs to.
+    pub fn label(&self) -> String {
+        match self.session {
+            Some(id) => format!("{} (session {id}, {})", self.name, self.state),
+            None => format!("{} ({})", self.name, self.state),
+        }
+    }
+
+    /// Whether it can be stopped (or its session closed) now: not while it
+    /// is already on its way.
+    pub fn stoppable(&self) -> bool {
+        self.state == "running"
+    }
 }
 
 /// What the tray shows.
@@ -34,6 +53,9 @@ pub struct TrayModel {
     pub look: Look,
     /// The tooltip: counts and balance.
     pub tooltip: String,
+    /// The menu's first line, the balance and counts: an XEmbed tray (and
+    /// some StatusNotifier hosts) shows no tooltip, so the menu says it too.
+    pub summary: String,
     /// The running VMs listed, at most [`MENU_VMS`].
     pub vms: Vec<TrayVm>,
     /// Running VMs left out of the menu.
@@ -88,25 +110,46 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 /// sessions; `own` are the user's own VMs, `sessions` any sessions (others'
 /// are ignored); `warnings` counts recent warnings concerning the user.
 pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> TrayModel {
+    let mine = |s: &&Session| s.user == user.name;
     let active: Vec<&Session> = sessions
         .iter()
-        .filter(|s| s.user == user.name && s.status == SessionStatus::Active)
+        .filter(mine)
+        .filter(|s| s.status == SessionStatus::Active)
         .collect();
-    let mut vms: Vec<TrayVm> = own
+    let session_state = |s: &Session| match s.status {
+        SessionStatus::Active => Some("running"),
+        SessionStatus::Terminating => Some("closing"),
+        SessionStatus::Requested | SessionStatus::Starting => Some("starting"),
+        _ => None,
+    };
+    let mut vms: Vec<TrayVm> = sessions
         .iter()
-        .filter(|v| v.status == VmStatus::Running)
-        .map(|v| TrayVm {
-            name: v.name.clone(),
-            session: None,
+        .filter(mine)
+        .filter_map(|s| {
+            Some(TrayVm {
+                name: s.vm_name.clone(),
+                session: Some(s.id),
+                state: session_state(s)?,
+            })
         })
-        .chain(active.iter().map(|s| TrayVm {
-            name: s.vm_name.clone(),
-            session: Some(s.id),
+        .chain(own.iter().filter_map(|v| {
+            let state = match v.status {
+                VmStatus::Running => "running",
+                VmStatus::Starting => "starting",
+                VmStatus::Stopping => "stopping",
+                _ => return None,
+            };
+            Some(TrayVm {
+                name: v.name.clone(),
+                session: None,
+                state,
+            })
         }))
         .collect();
+    // A session's entry first, so that it wins over a same-named own VM.
     vms.sort_by(|a, b| a.name.cmp(&b.name));
     vms.dedup_by(|a, b| a.name == b.name);
-    let running = vms.len();
+    let running = vms.iter().filter(|v| v.state == "running").count();
     let troubled = own
         .iter()
         .filter(|v| matches!(v.status, VmStatus::Unknown | VmStatus::FailedToStart))
@@ -134,11 +177,22 @@ pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> 
             plural(warnings + troubled, "warning", "warnings")
         ));
     }
-    let more = running.saturating_sub(MENU_VMS);
+    let summary = format!(
+        "{} · {} running · {}",
+        plural(
+            usize::try_from(user.balance).unwrap_or(0),
+            "credit",
+            "credits"
+        ),
+        running,
+        plural(active.len(), "active session", "active sessions"),
+    );
+    let more = vms.len().saturating_sub(MENU_VMS);
     vms.truncate(MENU_VMS);
     TrayModel {
         look,
         tooltip,
+        summary,
         vms,
         more,
     }
@@ -465,24 +519,54 @@ mod tests {
             vec![
                 TrayVm {
                     name: "api".into(),
-                    session: None
+                    session: None,
+                    state: "running",
                 },
                 TrayVm {
                     name: "lab-1".into(),
-                    session: Some(7)
+                    session: Some(7),
+                    state: "running",
+                },
+                TrayVm {
+                    name: "lab-2".into(),
+                    session: Some(8),
+                    state: "starting",
                 },
                 TrayVm {
                     name: "web".into(),
-                    session: None
+                    session: None,
+                    state: "running",
                 },
             ]
         );
+        assert_eq!(m.summary, "120 credits · 3 running · 1 active session");
+        assert_eq!(m.vms[1].label(), "lab-1 (session 7, running)");
+        assert_eq!(m.vms[0].label(), "api (running)");
         assert_eq!(m.look, Look::Running);
         assert_eq!(
             m.tooltip,
             "vmdesk: 3 running, 1 active session, 120 credits"
         );
         assert_eq!(m.more, 0);
+    }
+
+    #[test]
+    fn a_vm_on_its_way_down_shows_its_state_and_cannot_be_stopped_again() {
+        let own = [vm("web", VmStatus::Stopping), vm("db", VmStatus::Running)];
+        let sessions = [session(4, "ann", "lab-3", SessionStatus::Terminating)];
+        let m = model(&user(7), &own, &sessions, 0);
+        let labels: Vec<String> = m.vms.iter().map(TrayVm::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "db (running)",
+                "lab-3 (session 4, closing)",
+                "web (stopping)"
+            ]
+        );
+        let stoppable: Vec<bool> = m.vms.iter().map(TrayVm::stoppable).collect();
+        assert_eq!(stoppable, [true, false, false]);
+        assert_eq!(m.summary, "7 credits · 1 running · 0 active sessions");
     }
 
     #[test]
