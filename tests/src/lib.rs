@@ -378,3 +378,60 @@ impl Drop for SessionKeyring {
         let _ = Command::new("kill").arg(self.bus_pid.to_string()).status();
     }
 }
+
+/// The tiny-linux image that `make test` builds (scripts/build-tiny-linux.sh),
+/// or `VMDESK_TEST_TINY_LINUX`.
+pub fn tiny_linux() -> PathBuf {
+    std::env::var_os("VMDESK_TEST_TINY_LINUX")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2")
+        })
+}
+
+/// Whether a guest's serial console shows tiny-linux's shell prompt.
+pub fn has_shell(serial: &str) -> bool {
+    serial.contains("/ #")
+}
+
+/// Reads a guest's serial log until its shell prompt shows or `limit`
+/// passes; returns what was read last.
+pub fn serial_until_shell(log: &Path, limit: std::time::Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let serial = std::fs::read_to_string(log).unwrap_or_default();
+        if has_shell(&serial) || std::time::Instant::now() >= deadline {
+            return serial;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+/// The volumes of vmdesk's storage pool whose names start with a prefix
+/// (a data dir's image volumes, whole or partial), removed when dropped.
+pub struct PoolVolumes(pub String);
+
+impl PoolVolumes {
+    /// Their names.
+    pub fn names(&self) -> Vec<String> {
+        virsh(&["vol-list", "--pool", "vmdesk"])
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|v| v.starts_with(&self.0))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// A volume's path on the host.
+    pub fn path(&self, volume: &str) -> String {
+        virsh(&["vol-path", "--pool", "vmdesk", volume])
+    }
+}
+
+impl Drop for PoolVolumes {
+    fn drop(&mut self) {
+        for v in self.names() {
+            virsh(&["vol-delete", "--pool", "vmdesk", &v]);
+        }
+    }
+}

@@ -6,36 +6,12 @@
 //! per step in target/artifacts/.
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vmdesk_tests::{e2e, virsh, Machine, Vmdesk};
+use vmdesk_tests::{e2e, has_shell, tiny_linux, Machine, PoolVolumes, Vmdesk};
 
 /// What make run records for tiny-linux (scripts/run.sh, TINY_MIN_RAM_MB).
 const TINY_MIN_RAM_MB: &str = "96";
-
-fn tiny_linux() -> PathBuf {
-    std::env::var_os("VMDESK_TEST_TINY_LINUX")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2")
-        })
-}
-
-/// Removes this data dir's tiny-linux volumes from the host when dropped.
-struct ImageVolumes(String);
-
-impl Drop for ImageVolumes {
-    fn drop(&mut self) {
-        for v in virsh(&["vol-list", "--pool", "vmdesk"])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|v| v.starts_with(&self.0))
-        {
-            virsh(&["vol-delete", "--pool", "vmdesk", v]);
-        }
-    }
-}
 
 /// Pixels of the console canvas that are not black.
 async fn lit_pixels(app: &e2e::App) -> u64 {
@@ -75,7 +51,7 @@ fn a_new_users_first_run_launches_a_vm_that_boots_to_a_shell() {
         "--min-disk-gb",
         "1",
     ]);
-    let _volumes = ImageVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
+    let _volumes = PoolVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let machine = rt.block_on(async {
@@ -201,12 +177,12 @@ fn a_new_users_first_run_launches_a_vm_that_boots_to_a_shell() {
         let mut serial = String::new();
         while t.elapsed() < Duration::from_secs(120) {
             serial = std::fs::read_to_string(&log).unwrap_or_default();
-            if serial.contains("/ #") {
+            if has_shell(&serial) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert!(serial.contains("/ #"), "no shell prompt on {log}: {serial}");
+        assert!(has_shell(&serial), "no shell prompt on {log}: {serial}");
 
         // Its console (in the Consoles view) shows the screen, not a blank canvas.
         app.open_console("first").await;

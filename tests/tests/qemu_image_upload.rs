@@ -2,47 +2,13 @@
 //! short leaves nothing that a later VM would use as its base.
 #![allow(missing_docs)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmdesk_tests::{virsh, Machine, Vmdesk};
-
-/// The tiny-linux image that `make test` builds (scripts/build-tiny-linux.sh).
-fn tiny_linux() -> PathBuf {
-    std::env::var_os("VMDESK_TEST_TINY_LINUX")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2")
-        })
-}
-
-/// Removes the volumes of this data dir's tiny-linux image (whole or partial)
-/// from the host when dropped.
-struct ImageVolumes(String);
-
-impl ImageVolumes {
-    fn names(&self) -> Vec<String> {
-        virsh(&["vol-list", "--pool", "vmdesk"])
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|v| v.starts_with(&self.0))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn path(&self, volume: &str) -> String {
-        virsh(&["vol-path", "--pool", "vmdesk", volume])
-    }
-}
-
-impl Drop for ImageVolumes {
-    fn drop(&mut self) {
-        for v in self.names() {
-            virsh(&["vol-delete", "--pool", "vmdesk", &v]);
-        }
-    }
-}
+use vmdesk_tests::{
+    has_shell, serial_until_shell, tiny_linux, virsh, Machine, PoolVolumes, Vmdesk,
+};
 
 /// Puts on the host a volume holding only the first MiB of the image, as a
 /// process killed after the first chunk of its upload leaves it.
@@ -96,15 +62,7 @@ fn create_and_boot(v: &Vmdesk, name: &str) -> (Machine, String) {
     let guard = Machine(machine.clone());
     assert_eq!(vm["status"], "RUNNING", "{vm}");
     let log = format!("/var/log/libvirt/qemu/{machine}-serial.log");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut console = String::new();
-    while Instant::now() < deadline {
-        console = std::fs::read_to_string(&log).unwrap_or_default();
-        if console.contains("/ #") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let console = serial_until_shell(Path::new(&log), Duration::from_secs(90));
     (guard, console)
 }
 
@@ -127,7 +85,7 @@ fn a_partial_upload_on_the_host_is_not_used_as_a_base_image() {
     let v = Vmdesk::new();
     v.qemu_and_ann(1000);
     v.json(&["os", "import", "tiny-linux", image.to_str().expect("utf-8")]);
-    let volumes = ImageVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
+    let volumes = PoolVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
     // What a process killed after the first chunk left: a volume under the
     // image's name (as versions that uploaded in place left it) and a
     // temporary upload.
@@ -136,7 +94,7 @@ fn a_partial_upload_on_the_host_is_not_used_as_a_base_image() {
 
     let (_vm, console) = create_and_boot(&v, "linux");
     assert!(
-        console.contains("/ #"),
+        has_shell(&console),
         "no shell on the serial console: {console}"
     );
 }
@@ -152,7 +110,7 @@ fn an_upload_killed_midway_leaves_no_image_volume_and_the_next_creation_boots() 
     let v = Vmdesk::new();
     v.qemu_and_ann(1000);
     v.json(&["os", "import", "tiny-linux", image.to_str().expect("utf-8")]);
-    let volumes = ImageVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
+    let volumes = PoolVolumes(format!("vmdesk-os-tiny-linux-{}", v.install_tag()));
 
     // Kill `vm create` as soon as an image volume appears on the host.
     let mut child = v
@@ -204,7 +162,7 @@ fn an_upload_killed_midway_leaves_no_image_volume_and_the_next_creation_boots() 
     }
     let (_vm, console) = create_and_boot(&v, "linux");
     assert!(
-        console.contains("/ #"),
+        has_shell(&console),
         "no shell on the serial console: {console}"
     );
 }

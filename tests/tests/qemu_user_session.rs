@@ -6,11 +6,11 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
-use vmdesk_tests::{bin, KillOnDrop};
+use vmdesk_tests::{bin, has_shell, serial_until_shell, KillOnDrop};
 
 /// The throw-away user the tests run as (created if missing).
 const USER: &str = "vmdesk-session-test";
@@ -108,7 +108,7 @@ impl SessionUser {
 
     /// A copy of the tiny-linux image the test user can read.
     fn tiny_linux(&self) -> Option<PathBuf> {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2");
+        let src = vmdesk_tests::tiny_linux();
         if !src.exists() {
             return None;
         }
@@ -237,17 +237,9 @@ fn a_session_vm_logs_its_serial_console_under_the_users_cache_dir() {
     let log = u
         .home()
         .join(format!(".cache/libvirt/qemu/log/{machine}-serial.log"));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut console = String::new();
-    while Instant::now() < deadline {
-        console = std::fs::read_to_string(&log).unwrap_or_default();
-        if console.contains("/ #") {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let console = serial_until_shell(&log, Duration::from_secs(90));
     assert!(
-        console.contains("/ #"),
+        has_shell(&console),
         "no shell in {}: {console}",
         log.display()
     );

@@ -3,7 +3,7 @@
 
 use std::process::Stdio;
 
-use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
+use vmdesk_tests::{has_shell, qemu_uri, serial_until_shell, tiny_linux, virsh, Machine, Vmdesk};
 
 #[test]
 fn create_stop_start_restart_destroy_on_qemu_charge_once() {
@@ -199,15 +199,6 @@ impl Drop for Volume {
     }
 }
 
-/// The tiny-linux image that `make test` builds (scripts/build-tiny-linux.sh).
-fn tiny_linux() -> std::path::PathBuf {
-    std::env::var_os("VMDESK_TEST_TINY_LINUX")
-        .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/os/tiny-linux.qcow2")
-        })
-}
-
 #[test]
 fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
     let image = tiny_linux();
@@ -260,17 +251,12 @@ fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
     ]);
     assert!(disk.contains("vmdesk-os-tiny-linux-"), "{disk}");
     let log = format!("/var/log/libvirt/qemu/{machine}-serial.log");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
-    let mut console = String::new();
-    while std::time::Instant::now() < deadline {
-        console = std::fs::read_to_string(&log).unwrap_or_default();
-        if console.contains("tiny-linux (vmdesk)") && console.contains("/ #") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
+    let console = serial_until_shell(
+        std::path::Path::new(&log),
+        std::time::Duration::from_secs(90),
+    );
     assert!(
-        console.contains("/ #"),
+        console.contains("tiny-linux (vmdesk)") && has_shell(&console),
         "no shell on the serial console: {console}"
     );
     v.json(&["--as", "ann", "vm", "destroy", "linux"]);
