@@ -168,13 +168,11 @@ pub fn uri_with(value: &str, policy: UriPolicy) -> Result<()> {
         Some((d, t)) => (d, Some(t)),
         None => (u.scheme(), None),
     };
-    if driver.is_empty()
-        || !driver.starts_with(|c: char| c.is_ascii_lowercase())
-        || !driver
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-    {
-        return Err(bad("its scheme must be a libvirt driver such as qemu"));
+    if !LIBVIRT_DRIVERS.contains(&driver) {
+        return Err(bad(&format!(
+            "{driver:?} is not a libvirt driver; use one of {}",
+            LIBVIRT_DRIVERS.join(", ")
+        )));
     }
     match transport {
         None | Some("ssh" | "tls") => {}
@@ -219,6 +217,9 @@ pub fn uri_with(value: &str, policy: UriPolicy) -> Result<()> {
     Ok(())
 }
 
+/// The libvirt drivers a host URI may name (the part of the scheme before any `+`).
+pub const LIBVIRT_DRIVERS: &[&str] = &["qemu", "test", "lxc", "xen", "ch", "bhyve", "vz"];
+
 /// A DNS name, an IPv4 address or a bracketed IPv6 address.
 fn host_ok(host: &str) -> bool {
     if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -245,6 +246,20 @@ fn path_ok(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scheme_that_is_no_libvirt_driver_is_refused() {
+        for uri in [
+            "ftp://example.org/",
+            "http://127.0.0.1/",
+            "file:///etc/passwd",
+        ] {
+            let err = uri_with(uri, UriPolicy::default()).expect_err("refused");
+            assert!(err.to_string().contains("is not a libvirt driver"), "{err}");
+        }
+        assert!(uri_with("qemu:///system", UriPolicy::default()).is_ok());
+        assert!(uri_with("test:///default", UriPolicy::default()).is_ok());
+    }
 
     #[test]
     fn name_accepts_letters_digits_and_separators() {

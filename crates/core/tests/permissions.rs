@@ -18,7 +18,7 @@ fn under_umask_022_the_data_dir_is_0700_and_its_files_0600() {
     let dir = parent.path().join("data");
     let hosts = MemoryFactory::default();
     let core = open(&dir, &hosts);
-    core.host_add("admin", "h", "mem:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     core.vm_add("admin", &vm("vm0", "standard")).unwrap();
     // A session registers this process as a worker (its lock file).

@@ -19,7 +19,7 @@ fn slow_stop() -> (tempfile::TempDir, MemoryFactory, Arc<vmdesk_core::Core>) {
     opts.start_timeout = Duration::from_secs(2);
     opts.shutdown_timeout = Duration::from_millis(1500);
     let core = vmdesk_core::Core::open(opts).unwrap();
-    core.host_add("admin", "h", "mem:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     core.user_add("admin", "ann", false, 500).unwrap();
     *hosts.0.ignore_shutdown.lock().unwrap() = true;

@@ -130,7 +130,7 @@ pub fn with_pool(n: usize) -> (tempfile::TempDir, MemoryFactory, Core) {
     let dir = tempfile::tempdir().unwrap();
     let hosts = MemoryFactory::default();
     let core = open(dir.path(), &hosts);
-    core.host_add("admin", "h", "mem:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     for i in 0..n {
         core.vm_add("admin", &vm(&format!("vm{i}"), "standard"))
