@@ -273,7 +273,7 @@ async fn run() {
         ))
         .unwrap(),
     );
-    core.host_add("admin", "h", "bench:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     core.vm_add(
         "admin",

@@ -145,7 +145,9 @@ fn an_error_sits_at_its_field_and_clears_when_fixed() {
         let save = place(&app, SAVE).await;
         let start = place(&app, START).await;
         app.fill("#host-name", "far").await;
-        app.fill("#host-uri", "ftp://example.invalid/").await;
+        // An allowed URI that the host then refuses (no TLS certificates here).
+        app.fill("#host-uri", "qemu+tls://example.invalid/system")
+            .await;
         app.click(ADD_HOST).await;
         let toast = app
             .wait_text(r#"[data-testid="page-error"]"#, "a page error", |t| {

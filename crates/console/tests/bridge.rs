@@ -90,7 +90,7 @@ impl ProviderFactory for Factory {
 fn core() -> (tempfile::TempDir, Arc<Core>) {
     let dir = tempfile::tempdir().unwrap();
     let core = Core::open(OpenOptions::new(dir.path(), Arc::new(Factory))).unwrap();
-    core.host_add("admin", "h", "fake:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     core.vm_add(
         "admin",

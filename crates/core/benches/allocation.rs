@@ -68,7 +68,7 @@ const POOL: usize = 6_000;
 fn setup() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let core = open(dir.path());
-    core.host_add("admin", "h", "null:///").unwrap();
+    core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     // One VM through the API; the rest copied from it in one statement, so
     // that set-up takes milliseconds and profiles show allocation only.
