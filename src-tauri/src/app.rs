@@ -221,14 +221,9 @@ async fn settings_save(
     settings: vmdesk_core::Settings,
 ) -> Result<SettingsView, SettingsError> {
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
-    let admin = ctx.core.user(&ctx.actor)?.role == Role::Admin;
-    let settings = if admin {
-        settings
-    } else {
-        let mut kept = vmdesk_core::Settings::load(&path)?;
-        kept.desktop = settings.desktop;
-        kept
-    };
+    let role = ctx.core.user(&ctx.actor)?.role;
+    let settings =
+        vmdesk_core::Settings::as_changed_by(vmdesk_core::Settings::load(&path)?, settings, role);
     let fields = settings.problems();
     if let Some(first) = fields.first() {
         let message = if fields.len() == 1 {
@@ -259,6 +254,9 @@ async fn azure_login(
     client_id: String,
     secret: String,
 ) -> Result<SettingsView, ApiError> {
+    // The service principal is the admin's part of the settings.
+    ctx.core
+        .require_admin(&ctx.actor, "keep an Azure service principal")?;
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
     let mut settings = vmdesk_core::Settings::load(&path)?;
     let mut azure = settings.azure.clone();

@@ -538,6 +538,11 @@ impl Core {
 
     // ----- users and credits -------------------------------------------------
 
+    /// The actor, if an admin; else [`Error::AdminOnly`] naming `action`.
+    pub fn require_admin(&self, actor: &str, action: &'static str) -> Result<User> {
+        admin(&self.db(), actor, action)
+    }
+
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Result<User> {
         user(&self.db(), name)

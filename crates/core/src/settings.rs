@@ -227,6 +227,19 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// What a save by someone of role `by` makes of the file's settings
+    /// `kept` when they ask for `asked`: an admin sets all of it; anybody
+    /// else only their own part (`desktop`), the rest stays as it was.
+    pub fn as_changed_by(kept: Settings, asked: Settings, by: crate::model::Role) -> Settings {
+        if by == crate::model::Role::Admin {
+            return asked;
+        }
+        Settings {
+            desktop: asked.desktop,
+            ..kept
+        }
+    }
+
     /// Reads the settings file; the defaults when it does not exist.
     pub fn load(path: &Path) -> Result<Settings> {
         let text = match std::fs::read_to_string(path) {
@@ -432,6 +445,20 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_user_changes_only_their_own_part_and_an_admin_all() {
+        let kept = Settings::default();
+        let mut asked = Settings::default();
+        asked.billing.hourly_percent = 0;
+        asked.desktop.notifications = !kept.desktop.notifications;
+        let by_user =
+            Settings::as_changed_by(kept.clone(), asked.clone(), crate::model::Role::User);
+        assert_eq!(by_user.billing, kept.billing);
+        assert_eq!(by_user.desktop, asked.desktop);
+        let by_admin = Settings::as_changed_by(kept, asked.clone(), crate::model::Role::Admin);
+        assert_eq!(by_admin, asked);
+    }
 
     #[test]
     fn an_empty_file_means_the_seeds_defaults() {
