@@ -19,6 +19,12 @@ fn running() -> (tempfile::TempDir, MemoryFactory, vmdesk_core::Core) {
     (dir, hosts, core)
 }
 
+/// The admin's console on `vm0`, from a two-port pool.
+fn reserve(core: &vmdesk_core::Core) -> vmdesk_core::ConsoleGrant {
+    core.console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
+        .unwrap()
+}
+
 #[test]
 fn nine_hundred_concurrent_reservations_take_nine_hundred_distinct_ports() {
     let (dir, hosts, _core) = running();
@@ -63,9 +69,7 @@ fn nine_hundred_concurrent_reservations_take_nine_hundred_distinct_ports() {
 #[test]
 fn a_token_opens_its_console_once() {
     let (_dir, _hosts, core) = running();
-    let g = core
-        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
-        .unwrap();
+    let g = reserve(&core);
     assert_eq!(
         core.console_redeem(g.port, "wrong").unwrap_err().code(),
         "console_refused"
@@ -122,9 +126,7 @@ fn a_user_without_a_session_may_not_open_a_pool_vms_console() {
 #[test]
 fn ports_of_a_dead_process_are_freed_by_cleanup() {
     let (dir, hosts, core) = running();
-    let g = core
-        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
-        .unwrap();
+    let g = reserve(&core);
     db(dir.path())
         .execute("UPDATE consoles SET worker = '4242-deadbeef'", [])
         .unwrap();
@@ -139,9 +141,7 @@ fn ports_of_a_dead_process_are_freed_by_cleanup() {
 #[test]
 fn recovery_reports_the_freed_ports_of_dead_processes() {
     let (dir, _hosts, core) = running();
-    let g = core
-        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
-        .unwrap();
+    let g = reserve(&core);
     db(dir.path())
         .execute("UPDATE consoles SET worker = '4242-deadbeef'", [])
         .unwrap();
@@ -159,9 +159,7 @@ fn recovery_reports_the_freed_ports_of_dead_processes() {
 #[test]
 fn a_token_redeemed_after_the_vm_stopped_is_refused_and_frees_the_port() {
     let (dir, _hosts, core) = running();
-    let g = core
-        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
-        .unwrap();
+    let g = reserve(&core);
     db(dir.path())
         .execute("UPDATE vms SET status = 'STOPPED'", [])
         .unwrap();
@@ -199,9 +197,7 @@ fn a_token_redeemed_after_the_session_ended_is_refused_and_frees_the_port() {
 #[test]
 fn a_wrong_token_keeps_the_console_for_the_right_one() {
     let (dir, _hosts, core) = running();
-    let g = core
-        .console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
-        .unwrap();
+    let g = reserve(&core);
     db(dir.path())
         .execute("UPDATE vms SET status = 'STOPPED'", [])
         .unwrap();
