@@ -752,7 +752,14 @@ fn on_tray_action(app: &AppHandle, action: TrayAction) {
     };
     match action {
         TrayAction::Show => show_window(app),
-        TrayAction::Quit => app.exit(0),
+        // Not from inside the menu's own callback: GTK is still tearing the
+        // menu down there, and exiting under it crashed the process now and
+        // then (SIGSEGV, seen in app_tray). Queued, the exit runs once the
+        // callback has returned.
+        TrayAction::Quit => {
+            let handle = app.clone();
+            let _ = app.run_on_main_thread(move || handle.exit(0));
+        }
         TrayAction::Console(vm) => {
             show_window(app);
             let _ = app.emit(OPEN_CONSOLE, vm);
