@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test setup ui build libvirt os-image lint bench package clean
+.PHONY: run test setup ui build libvirt postgres os-image lint bench package clean
 
 ## Debian packages, the libvirt user, tauri-driver (idempotent, quick when done).
 setup:
@@ -26,12 +26,17 @@ os-image: setup
 libvirt: setup
 	@bash scripts/libvirtd.sh start
 
+## A throwaway PostgreSQL for the team-store tests (own cluster on 127.0.0.1:5544,
+## in /run/vmdesk-postgres; settings in its `env` file; no systemd needed).
+postgres: setup
+	@bash scripts/postgres.sh start
+
 ## Opens the desktop window on the default data dir, with a demo pool on first run.
 run: build os-image
 	@bash scripts/run.sh
 
 ## Every test: Rust (core, libvirt, whole-system on real QEMU) and the UI's Vitest.
-test: build libvirt os-image
+test: build libvirt postgres os-image
 	cargo test --workspace
 	cd ui && npm test
 
@@ -41,7 +46,7 @@ lint: ui
 	cd ui && npm run check
 
 ## Allocation on a file database; VM creation on the real QEMU host.
-bench: build libvirt os-image
+bench: build libvirt postgres os-image
 	cargo bench -p vmdesk-core --bench allocation
 	cargo bench -p vmdesk-tests --bench create
 	cargo bench -p vmdesk-tests --bench drift

@@ -6,8 +6,10 @@
 #
 # Removes: vmdesk's libvirt domains and its storage pool `vmdesk` (with its
 # directory), the QEMU driver's state, log, cache and run directories, the
-# libvirtd.sh state directory, the tiny-linux image (target/os) and the UI
-# build (ui/dist). Stops the libvirt daemons first if they run.
+# libvirtd.sh state directory, the postgres.sh cluster directory (its data,
+# password, certificates and env file), the tiny-linux image (target/os) and
+# the UI build (ui/dist). Stops the libvirt daemons and that PostgreSQL first
+# if they run.
 # Run as root (it removes system directories); not while tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,7 @@ POOL="vmdesk"                       # crates/libvirt: pool_name
 POOL_DIR="/var/lib/libvirt/images/vmdesk"
 MARKER_NS="urn:vmdesk:machine:1"    # crates/libvirt: MARKER_NS
 STATE_DIR="${VMDESK_LIBVIRT_STATE:-/run/vmdesk-libvirt}"
+PG_DIR="${VMDESK_PG_DIR:-/run/vmdesk-postgres}"
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "fresh-check: needs root (it removes libvirt's system directories)" >&2
@@ -50,6 +53,10 @@ if pgrep -f '^(/usr/bin/)?qemu-system-' >/dev/null; then
   exit 1
 fi
 
+if [ -f scripts/postgres.sh ]; then
+  bash scripts/postgres.sh stop
+fi
+
 for path in \
   "$POOL_DIR" \
   /var/log/libvirt/qemu \
@@ -57,6 +64,7 @@ for path in \
   /var/cache/libvirt/qemu \
   /run/libvirt \
   "$STATE_DIR" \
+  "$PG_DIR" \
   target/os \
   ui/dist; do
   if [ -e "$path" ] || [ -L "$path" ]; then

@@ -24,6 +24,9 @@ if [ "${1:-}" = bench ]; then DESKTOP_BENCH_PKGS="virt-manager"; fi
 # machine's qemu-utils 10 (also from backports).
 QEMU_PKGS="qemu-system-x86 qemu-system-common qemu-system-data seabios"
 NODE_PKGS="nodejs npm"
+# PostgreSQL for the team-store tests (scripts/postgres.sh runs its own cluster)
+# and openssl for that cluster's throwaway TLS certificates.
+PG_PKGS="postgresql-15 postgresql-client-15 openssl"
 
 missing() {
   local out=()
@@ -33,7 +36,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS
@@ -48,6 +51,17 @@ if [ -n "$need_base$need_qemu$need_node" ]; then
     echo "deb ${mirror%/} ${codename}-backports main" | $SUDO tee /etc/apt/sources.list.d/vmdesk-backports.list >/dev/null
   fi
   export DEBIAN_FRONTEND=noninteractive
+  # Without systemd, a package's postinst starts its service through
+  # invoke-rc.d and the init script (postgresql-15 would start the `15/main`
+  # cluster it creates on port 5432). The project starts what it needs itself,
+  # so while installing, a policy-rc.d (unless the machine has one) says no.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# scripts/setup-system.sh: no service starts while it installs.\nexit 101\n' \
+      | $SUDO tee /usr/sbin/policy-rc.d.vmdesk >/dev/null
+    $SUDO chmod 0755 /usr/sbin/policy-rc.d.vmdesk
+    $SUDO mv /usr/sbin/policy-rc.d.vmdesk /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   $SUDO apt-get update -q
   # shellcheck disable=SC2086
   [ -z "$need_base$need_node" ] || $SUDO apt-get install -y -q --no-install-recommends $need_base $need_node
@@ -55,6 +69,7 @@ if [ -n "$need_base$need_qemu$need_node" ]; then
     # shellcheck disable=SC2086
     $SUDO apt-get install -y -q --no-install-recommends $(for p in $QEMU_PKGS; do printf '%s/%s-backports ' "$p" "$codename"; done)
   fi
+  if [ -n "$(trap -p EXIT)" ]; then $SUDO rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
 fi
 
 # The QEMU driver of libvirtd needs this user and group.
