@@ -53,6 +53,22 @@ if pgrep -f '^(/usr/bin/)?qemu-system-' >/dev/null; then
   exit 1
 fi
 
+# With the daemon down (a machine just booted), the loop above could not ask
+# it; its persistent definitions are files, and a pool left defined without
+# its directory is exactly what a fresh machine never has.
+for xml in /etc/libvirt/qemu/*.xml; do
+  if [ -f "$xml" ] && grep -q "$MARKER_NS" "$xml"; then
+    rm -f -- "$xml" "/etc/libvirt/qemu/autostart/$(basename "$xml")"
+    say "removed domain definition $xml"
+  fi
+done
+for path in /etc/libvirt/storage/"$POOL".xml /etc/libvirt/storage/autostart/"$POOL".xml; do
+  if [ -e "$path" ] || [ -L "$path" ]; then
+    rm -f -- "$path"
+    say "removed $path"
+  fi
+done
+
 if [ -f scripts/postgres.sh ]; then
   bash scripts/postgres.sh stop
 fi

@@ -163,6 +163,11 @@ impl LibvirtProvider {
             }
         };
         if !pool.is_active().map_err(err)? {
+            // A defined pool whose directory was removed (by hand, or by a
+            // clean-up while the daemon was down) cannot start; building a
+            // directory pool only makes its directory, so it is safe to
+            // repeat before every start.
+            let _ = pool.build(0);
             pool.create(0).map_err(err)?;
         }
         Ok(pool)
