@@ -1,0 +1,501 @@
+-- vmdesk team store, step 2: the functions every change goes through.
+-- Each is SECURITY DEFINER (runs as the owner, who alone writes the tables),
+-- pins its search_path, and checks session_user before it acts. A check and
+-- the change it guards are one statement or hold a row lock, so concurrent
+-- callers cannot both pass a check that only one of them may pass.
+-- Errors: 42501 forbidden, 22023 bad input, VDN01 unknown name, VDB01 not
+-- enough credits, VDA01..VDA04 no VM to allocate, VDS01 wrong state.
+
+CREATE FUNCTION vmdesk.caller() RETURNS vmdesk.users LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog AS $$
+DECLARE u vmdesk.users;
+BEGIN
+    SELECT * INTO u FROM vmdesk.users WHERE name = session_user;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the login % is not a user of this vmdesk store', session_user
+            USING ERRCODE = '42501';
+    END IF;
+    RETURN u;
+END $$;
+
+CREATE FUNCTION vmdesk.require_admin(action text) RETURNS vmdesk.users LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog AS $$
+DECLARE u vmdesk.users;
+BEGIN
+    u := vmdesk.caller();
+    IF NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not %: only an admin may', session_user, action USING ERRCODE = '42501';
+    END IF;
+    RETURN u;
+END $$;
+
+CREATE FUNCTION vmdesk.user_named(p_name text) RETURNS vmdesk.users LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog AS $$
+DECLARE u vmdesk.users;
+BEGIN
+    SELECT * INTO u FROM vmdesk.users WHERE name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no user named %', p_name USING ERRCODE = 'VDN01';
+    END IF;
+    RETURN u;
+END $$;
+
+CREATE FUNCTION vmdesk.check_name(kind text, value text) RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog AS $$
+BEGIN
+    IF value IS NULL OR value !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' THEN
+        RAISE EXCEPTION 'the % name % may hold only letters, digits, ''.'', ''_'' and ''-'', must start with a letter or digit, and is at most 63 characters',
+            kind, quote_literal(coalesce(value, '')) USING ERRCODE = '22023';
+    END IF;
+END $$;
+
+CREATE FUNCTION vmdesk.check_reason(value text) RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog AS $$
+BEGIN
+    IF value IS NULL OR btrim(value) = '' THEN
+        RAISE EXCEPTION 'the reason is empty' USING ERRCODE = '22023';
+    END IF;
+    IF char_length(value) > 500 THEN
+        RAISE EXCEPTION 'the reason is longer than 500 characters' USING ERRCODE = '22023';
+    END IF;
+    IF value ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'the reason holds control characters' USING ERRCODE = '22023';
+    END IF;
+END $$;
+
+CREATE FUNCTION vmdesk.record(p_type text, p_action text, p_severity text, p_actor text,
+    p_vm bigint, p_session bigint, p_subject bigint, p_details jsonb) RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog AS $$
+    INSERT INTO vmdesk.events (type, action, severity, actor, vm_id, session_id, subject_id, details)
+    VALUES (p_type, p_action, p_severity, p_actor, p_vm, p_session, p_subject, p_details)
+    RETURNING id
+$$;
+
+-- The price of a VM, as crates/core's ledger::quote: RAM/512*5 + disk/10*2 +
+-- CPUs*10 credits, rounded up, at least 10. Prices are the database's, so a
+-- client cannot name its own.
+CREATE FUNCTION vmdesk.price(ram_mb bigint, disk_gb bigint, cpus bigint) RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF ram_mb IS NULL OR ram_mb NOT BETWEEN 64 AND 1048576 THEN
+        RAISE EXCEPTION 'memory must be between 64 and 1048576 MB, not %', ram_mb USING ERRCODE = '22023';
+    END IF;
+    IF disk_gb IS NULL OR disk_gb NOT BETWEEN 1 AND 65536 THEN
+        RAISE EXCEPTION 'disk must be between 1 and 65536 GB, not %', disk_gb USING ERRCODE = '22023';
+    END IF;
+    IF cpus IS NULL OR cpus NOT BETWEEN 1 AND 256 THEN
+        RAISE EXCEPTION 'the number of CPUs must be between 1 and 256, not %', cpus USING ERRCODE = '22023';
+    END IF;
+    RETURN greatest(10, (ram_mb * 50 + disk_gb * 1024 + cpus * 51200 + 5119) / 5120);
+END $$;
+
+CREATE FUNCTION vmdesk.whoami() RETURNS vmdesk.users LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog AS $$ SELECT * FROM vmdesk.caller() $$;
+
+-- Users. A user is a login role of the cluster in the store's user group;
+-- an admin is also in the admin group. The password arrives as a SCRAM
+-- verifier made by the client, so no statement log ever holds it.
+CREATE FUNCTION vmdesk.user_add(p_name text, p_admin boolean, p_verifier text) RETURNS vmdesk.users
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; u vmdesk.users; r record;
+BEGIN
+    a := vmdesk.require_admin('add users');
+    PERFORM vmdesk.check_name('user', p_name);
+    IF p_name = 'vmdesk' OR p_name LIKE 'pg\_%' THEN
+        RAISE EXCEPTION 'the name % is reserved', p_name USING ERRCODE = '22023';
+    END IF;
+    IF p_verifier IS NOT NULL AND p_verifier NOT LIKE 'SCRAM-SHA-256$%' THEN
+        RAISE EXCEPTION 'the password must arrive as a SCRAM-SHA-256 verifier' USING ERRCODE = '22023';
+    END IF;
+    PERFORM 1 FROM vmdesk.users WHERE name = p_name;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the user % exists already', p_name USING ERRCODE = '23505';
+    END IF;
+    SELECT rolsuper, rolcanlogin INTO r FROM pg_roles WHERE rolname = p_name;
+    IF FOUND THEN
+        -- A login the cluster has already (made by its administrator, or a
+        -- user of another store) joins as it is; its password is its own.
+        IF r.rolsuper OR NOT r.rolcanlogin THEN
+            RAISE EXCEPTION 'the role % is not a plain login and cannot be a vmdesk user', p_name
+                USING ERRCODE = '22023';
+        END IF;
+        IF p_verifier IS NOT NULL THEN
+            RAISE EXCEPTION 'the login % exists already; add it without a password', p_name
+                USING ERRCODE = '23505';
+        END IF;
+    ELSIF p_verifier IS NULL THEN
+        EXECUTE format('CREATE ROLE %I LOGIN', p_name);
+    ELSE
+        EXECUTE format('CREATE ROLE %I LOGIN PASSWORD %L', p_name, p_verifier);
+    END IF;
+    EXECUTE format('GRANT %I TO %I', @USERS_LIT@, p_name);
+    IF p_admin THEN
+        EXECUTE format('GRANT %I TO %I', @ADMINS_LIT@, p_name);
+    END IF;
+    INSERT INTO vmdesk.users (name, role) VALUES (p_name, CASE WHEN p_admin THEN 'admin' ELSE 'user' END)
+        RETURNING * INTO u;
+    PERFORM vmdesk.record('admin', 'user.add', 'info', a.name, NULL, NULL, u.id,
+        jsonb_build_object('user', u.name, 'role', u.role));
+    RETURN u;
+END $$;
+
+CREATE FUNCTION vmdesk.user_role(p_name text, p_role text) RETURNS vmdesk.users
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; u vmdesk.users; admins bigint;
+BEGIN
+    a := vmdesk.require_admin('change roles');
+    IF p_role IS NULL OR p_role NOT IN ('admin', 'user') THEN
+        RAISE EXCEPTION 'a role is admin or user, not %', coalesce(p_role, 'nothing') USING ERRCODE = '22023';
+    END IF;
+    -- Serialises role changes, so two admins cannot demote each other at once.
+    LOCK TABLE vmdesk.users IN SHARE ROW EXCLUSIVE MODE;
+    u := vmdesk.user_named(p_name);
+    IF u.role = p_role THEN
+        RETURN u;
+    END IF;
+    IF p_role = 'user' THEN
+        SELECT count(*) INTO admins FROM vmdesk.users WHERE role = 'admin';
+        IF admins <= 1 THEN
+            RAISE EXCEPTION '% is the last admin; make another user admin first', p_name USING ERRCODE = '22023';
+        END IF;
+        EXECUTE format('REVOKE %I FROM %I', @ADMINS_LIT@, p_name);
+    ELSE
+        EXECUTE format('GRANT %I TO %I', @ADMINS_LIT@, p_name);
+    END IF;
+    UPDATE vmdesk.users SET role = p_role WHERE id = u.id RETURNING * INTO u;
+    PERFORM vmdesk.record('admin', 'user.role', 'info', a.name, NULL, NULL, u.id,
+        jsonb_build_object('user', u.name, 'role', p_role));
+    RETURN u;
+END $$;
+
+-- Credits.
+CREATE FUNCTION vmdesk.credits_grant(p_name text, p_amount bigint, p_reason text) RETURNS vmdesk.ledger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; u vmdesk.users; e vmdesk.ledger;
+BEGIN
+    a := vmdesk.require_admin('grant credits');
+    IF p_amount IS NULL OR p_amount NOT BETWEEN 1 AND 1000000000 THEN
+        RAISE EXCEPTION 'a grant must be between 1 and 1000000000 credits, not %', p_amount USING ERRCODE = '22023';
+    END IF;
+    PERFORM vmdesk.check_reason(p_reason);
+    u := vmdesk.user_named(p_name);
+    INSERT INTO vmdesk.ledger (user_id, amount, kind, reason, actor)
+        VALUES (u.id, p_amount, 'grant', p_reason, a.name) RETURNING * INTO e;
+    PERFORM vmdesk.record('billing', 'credits.grant', 'info', a.name, NULL, NULL, u.id,
+        jsonb_build_object('user', u.name, 'amount', p_amount, 'reason', p_reason));
+    RETURN e;
+END $$;
+
+-- Takes p_amount from p_user's balance if it covers it (locked row: the check
+-- and the debit are one step); refuses with VDB01 and changes nothing if not.
+CREATE FUNCTION vmdesk.debit(p_user vmdesk.users, p_amount bigint, p_kind text, p_reason text,
+    p_actor text, p_vm bigint, p_what text) RETURNS vmdesk.ledger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE have bigint; e vmdesk.ledger;
+BEGIN
+    SELECT balance INTO have FROM vmdesk.users WHERE id = p_user.id FOR UPDATE;
+    IF have < p_amount THEN
+        RAISE EXCEPTION 'not enough credits: % costs % and % has %', p_what, p_amount, p_user.name, have
+            USING ERRCODE = 'VDB01';
+    END IF;
+    INSERT INTO vmdesk.ledger (user_id, amount, kind, reason, vm_id, actor)
+        VALUES (p_user.id, -p_amount, p_kind, p_reason, p_vm, p_actor) RETURNING * INTO e;
+    RETURN e;
+END $$;
+
+CREATE FUNCTION vmdesk.charge(p_from text, p_amount bigint, p_kind text, p_reason text) RETURNS vmdesk.ledger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; u vmdesk.users; e vmdesk.ledger;
+BEGIN
+    a := vmdesk.caller();
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        RAISE EXCEPTION 'a charge must be positive, not %', p_amount USING ERRCODE = '22023';
+    END IF;
+    IF p_kind IS NULL OR p_kind NOT IN ('vm_create', 'runtime', 'adjustment') THEN
+        RAISE EXCEPTION 'a charge is of kind vm_create, runtime or adjustment, not %', coalesce(p_kind, 'nothing')
+            USING ERRCODE = '22023';
+    END IF;
+    PERFORM vmdesk.check_reason(p_reason);
+    u := vmdesk.user_named(p_from);
+    IF u.id <> a.id AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not charge the credits of %', a.name, u.name USING ERRCODE = '42501';
+    END IF;
+    e := vmdesk.debit(u, p_amount, p_kind, p_reason, a.name, NULL, p_reason);
+    PERFORM vmdesk.record('billing', 'credits.charge', 'info', a.name, NULL, NULL, u.id,
+        jsonb_build_object('user', u.name, 'amount', p_amount, 'kind', p_kind, 'reason', p_reason));
+    RETURN e;
+END $$;
+
+-- Hosts, projects, workspaces: admin's.
+CREATE FUNCTION vmdesk.host_add(p_name text, p_kind text, p_uri text) RETURNS vmdesk.hosts
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; h vmdesk.hosts;
+BEGIN
+    a := vmdesk.require_admin('add hosts');
+    PERFORM vmdesk.check_name('host', p_name);
+    IF p_kind = 'libvirt' THEN
+        IF p_uri IS NULL OR p_uri !~ '^(qemu|test|lxc|xen|ch|bhyve|vz)(\+(ssh|libssh|libssh2|tls|unix|tcp))?://[^[:space:][:cntrl:]]*$' THEN
+            RAISE EXCEPTION 'the host URI % does not name a libvirt driver', quote_literal(coalesce(p_uri, ''))
+                USING ERRCODE = '22023';
+        END IF;
+    ELSIF p_kind = 'azure' THEN
+        IF p_uri IS NULL OR p_uri !~ '^azure://[^[:space:][:cntrl:]]+$' THEN
+            RAISE EXCEPTION 'the host URI % is not an azure:// URI', quote_literal(coalesce(p_uri, ''))
+                USING ERRCODE = '22023';
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'a host is of kind libvirt or azure, not %', coalesce(p_kind, 'nothing') USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO vmdesk.hosts (name, kind, uri) VALUES (p_name, p_kind, p_uri) RETURNING * INTO h;
+    PERFORM vmdesk.record('admin', 'host.add', 'info', a.name, NULL, NULL, NULL,
+        jsonb_build_object('host', p_name, 'kind', p_kind, 'uri', p_uri));
+    RETURN h;
+END $$;
+
+CREATE FUNCTION vmdesk.project_create(p_name text) RETURNS vmdesk.projects
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; p vmdesk.projects;
+BEGIN
+    a := vmdesk.require_admin('create projects');
+    PERFORM vmdesk.check_name('project', p_name);
+    INSERT INTO vmdesk.projects (name) VALUES (p_name) RETURNING * INTO p;
+    PERFORM vmdesk.record('admin', 'project.create', 'info', a.name, NULL, NULL, NULL,
+        jsonb_build_object('project', p_name));
+    RETURN p;
+END $$;
+
+CREATE FUNCTION vmdesk.workspace_create(p_name text, p_project text) RETURNS vmdesk.workspaces
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; pid bigint; w vmdesk.workspaces;
+BEGIN
+    a := vmdesk.require_admin('create workspaces');
+    PERFORM vmdesk.check_name('workspace', p_name);
+    SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+    END IF;
+    INSERT INTO vmdesk.workspaces (project_id, name) VALUES (pid, p_name) RETURNING * INTO w;
+    PERFORM vmdesk.record('admin', 'workspace.create', 'info', a.name, NULL, NULL, NULL,
+        jsonb_build_object('workspace', p_name, 'project', p_project));
+    RETURN w;
+END $$;
+
+CREATE FUNCTION vmdesk.check_vm(p_name text, p_ram bigint, p_disk bigint, p_cpus bigint,
+    p_host text, OUT cost bigint, OUT host_id bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.check_name('VM', p_name);
+    IF p_name ~ '^[0-9]+$' THEN
+        RAISE EXCEPTION 'a VM name must not be all digits (%): a number names a VM by its id', p_name
+            USING ERRCODE = '22023';
+    END IF;
+    cost := vmdesk.price(p_ram, p_disk, p_cpus);
+    SELECT id INTO host_id FROM vmdesk.hosts WHERE name = p_host;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no host named %', p_host USING ERRCODE = 'VDN01';
+    END IF;
+END $$;
+
+-- A VM of a project's pool (admin's, not charged), CREATING until its worker
+-- has made it on the host.
+CREATE FUNCTION vmdesk.vm_add(p_name text, p_project text, p_host text, p_os text, p_ram bigint,
+    p_disk bigint, p_cpus bigint, p_vm_type text, p_worker text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; c record; pid bigint; v vmdesk.vms;
+BEGIN
+    a := vmdesk.require_admin('add VMs to pools');
+    c := vmdesk.check_vm(p_name, p_ram, p_disk, p_cpus, p_host);
+    PERFORM vmdesk.check_name('OS', p_os);
+    SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+    END IF;
+    INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
+            host_id, worker, start_after_create)
+        VALUES (p_name, p_os, p_ram, p_disk, p_cpus, coalesce(p_vm_type, 'standard'), 'CREATING', pid,
+            c.host_id, p_worker, false)
+        RETURNING * INTO v;
+    PERFORM vmdesk.record('vm', 'vm.add', 'info', a.name, v.id, NULL, NULL,
+        jsonb_build_object('name', p_name, 'project', p_project, 'host', p_host));
+    RETURN v;
+END $$;
+
+-- A VM of one's own, charged at its price in the same transaction: either it
+-- is paid for and exists, or neither.
+CREATE FUNCTION vmdesk.vm_create(p_name text, p_host text, p_os text, p_ram bigint, p_disk bigint,
+    p_cpus bigint, p_vm_type text, p_start boolean, p_worker text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; c record; v vmdesk.vms;
+BEGIN
+    a := vmdesk.caller();
+    c := vmdesk.check_vm(p_name, p_ram, p_disk, p_cpus, p_host);
+    PERFORM vmdesk.check_name('OS', p_os);
+    INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
+            host_id, worker, start_after_create)
+        VALUES (p_name, p_os, p_ram, p_disk, p_cpus, coalesce(p_vm_type, 'standard'), 'CREATING', a.id,
+            c.host_id, p_worker, coalesce(p_start, true))
+        RETURNING * INTO v;
+    PERFORM vmdesk.debit(a, c.cost, 'vm_create', 'VM ' || p_name, a.name, v.id, 'VM ' || p_name);
+    PERFORM vmdesk.record('vm', 'vm.create', 'info', a.name, v.id, NULL, a.id,
+        jsonb_build_object('name', p_name, 'host', p_host, 'cost', c.cost));
+    RETURN v;
+END $$;
+
+-- Sessions. Allocation is one statement: the least recently stopped free VM
+-- of the pool is locked (others skip it) and its session inserted; the
+-- unique index on live sessions backs it.
+CREATE FUNCTION vmdesk.session_open(p_project text, p_workspace text, p_vm_type text, p_worker text)
+RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; pid bigint; wid bigint; s vmdesk.sessions;
+    total bigint; of_type bigint; busy bigint; ready bigint;
+BEGIN
+    a := vmdesk.caller();
+    SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+    END IF;
+    IF p_workspace IS NOT NULL THEN
+        SELECT id INTO wid FROM vmdesk.workspaces WHERE project_id = pid AND name = p_workspace;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'project % has no workspace named %', p_project, p_workspace USING ERRCODE = 'VDN01';
+        END IF;
+    END IF;
+    WITH pick AS (
+        SELECT v.id FROM vmdesk.vms v
+        WHERE v.project_id = pid AND (p_vm_type IS NULL OR v.vm_type = p_vm_type)
+          AND v.live_session_id IS NULL AND v.status IN ('STOPPED', 'RUNNING')
+        ORDER BY v.last_stopped NULLS FIRST, v.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    )
+    INSERT INTO vmdesk.sessions (vm_id, user_id, project_id, workspace_id, status, worker)
+        SELECT pick.id, a.id, pid, wid, 'REQUESTED', p_worker FROM pick
+        RETURNING * INTO s;
+    IF s.id IS NULL THEN
+        SELECT count(*),
+               count(*) FILTER (WHERE p_vm_type IS NULL OR vm_type = p_vm_type),
+               count(*) FILTER (WHERE (p_vm_type IS NULL OR vm_type = p_vm_type) AND live_session_id IS NOT NULL),
+               count(*) FILTER (WHERE (p_vm_type IS NULL OR vm_type = p_vm_type) AND live_session_id IS NULL
+                                AND status IN ('STOPPED', 'RUNNING'))
+          INTO total, of_type, busy, ready
+          FROM vmdesk.vms WHERE project_id = pid;
+        IF total = 0 THEN
+            RAISE EXCEPTION 'project % has no VMs in its pool', p_project USING ERRCODE = 'VDA01';
+        ELSIF p_vm_type IS NOT NULL AND of_type = 0 THEN
+            RAISE EXCEPTION 'project % has no VM of type %', p_project, p_vm_type USING ERRCODE = 'VDA02';
+        ELSIF busy >= of_type OR ready > 0 THEN
+            -- ready > 0: free VMs that others were taking at this very moment.
+            RAISE EXCEPTION 'all % VMs of project % are in use', of_type, p_project USING ERRCODE = 'VDA03';
+        ELSE
+            RAISE EXCEPTION 'no VM of project % is ready: % in use, % neither stopped nor running',
+                p_project, busy, of_type - busy - ready USING ERRCODE = 'VDA04';
+        END IF;
+    END IF;
+    PERFORM vmdesk.record('session', 'session.open', 'info', a.name, s.vm_id, s.id, a.id,
+        jsonb_build_object('project', p_project, 'workspace', p_workspace, 'vm_type', p_vm_type,
+                           'status', 'REQUESTED'));
+    RETURN s;
+END $$;
+
+CREATE FUNCTION vmdesk.session_close(p_id bigint) RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; s vmdesk.sessions; owner text;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01';
+    END IF;
+    IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
+        -- Another user's session does not exist for this caller.
+        RAISE EXCEPTION '% may not close session %: it is not theirs', a.name, p_id USING ERRCODE = '42501';
+    END IF;
+    IF s.status NOT IN ('REQUESTED', 'STARTING', 'ACTIVE') THEN
+        RAISE EXCEPTION 'session % is %, and cannot be closed', p_id, s.status USING ERRCODE = 'VDS01';
+    END IF;
+    UPDATE vmdesk.sessions SET status = 'TERMINATING', updated_at = now() WHERE id = p_id RETURNING * INTO s;
+    SELECT name INTO owner FROM vmdesk.users WHERE id = s.user_id;
+    PERFORM vmdesk.record('session', 'session.close', 'info', a.name, s.vm_id, s.id, s.user_id,
+        jsonb_build_object('user', owner, 'status', 'TERMINATING'));
+    RETURN s;
+END $$;
+
+-- A session's next step, taken by the worker driving it (its owner's desk or
+-- an admin's serve): only forward, along the lifecycle.
+CREATE FUNCTION vmdesk.session_advance(p_id bigint, p_to text, p_error text) RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; s vmdesk.sessions;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01';
+    END IF;
+    IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not drive session %: it is not theirs', a.name, p_id USING ERRCODE = '42501';
+    END IF;
+    IF NOT ((s.status = 'REQUESTED' AND p_to IN ('STARTING', 'FAILED'))
+         OR (s.status = 'STARTING' AND p_to IN ('ACTIVE', 'FAILED'))
+         OR (s.status = 'TERMINATING' AND p_to IN ('COMPLETED', 'TERMINATED'))) THEN
+        RAISE EXCEPTION 'session % is % and cannot become %', p_id, s.status, coalesce(p_to, 'nothing')
+            USING ERRCODE = 'VDS01';
+    END IF;
+    UPDATE vmdesk.sessions
+       SET status = p_to, error = p_error, updated_at = now(),
+           started_at = CASE WHEN p_to = 'ACTIVE' THEN now() ELSE started_at END,
+           ended_at = CASE WHEN p_to IN ('COMPLETED', 'TERMINATED', 'FAILED') THEN now() ELSE ended_at END
+     WHERE id = p_id RETURNING * INTO s;
+    IF p_to IN ('COMPLETED', 'TERMINATED', 'FAILED') THEN
+        UPDATE vmdesk.vms SET last_stopped = now() WHERE id = s.vm_id;
+    END IF;
+    PERFORM vmdesk.record('session', 'session.' || lower(p_to),
+        CASE WHEN p_to = 'FAILED' THEN 'warning' ELSE 'info' END, a.name, s.vm_id, s.id, s.user_id,
+        jsonb_build_object('status', p_to, 'error', p_error));
+    RETURN s;
+END $$;
+
+-- What a VM's worker or status sync found on the host: the owner's desk for
+-- an own VM, an admin (serve) for any.
+CREATE FUNCTION vmdesk.vm_set_status(p_id bigint, p_status text, p_provider_id text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no VM %', p_id USING ERRCODE = 'VDN01';
+    END IF;
+    IF v.owner_user_id IS DISTINCT FROM a.id AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not change VM %: it is not theirs', a.name, v.name USING ERRCODE = '42501';
+    END IF;
+    IF v.status = 'DESTROYED' THEN
+        RAISE EXCEPTION 'VM % is destroyed', v.name USING ERRCODE = 'VDS01';
+    END IF;
+    IF p_status IS NULL OR p_status NOT IN ('CREATING', 'STOPPED', 'STARTING', 'RUNNING', 'STOPPING',
+            'FAILED_TO_START', 'DESTROYED', 'UNKNOWN') THEN
+        RAISE EXCEPTION 'no VM status %', coalesce(p_status, 'nothing') USING ERRCODE = '22023';
+    END IF;
+    UPDATE vmdesk.vms
+       SET status = p_status, provider_id = coalesce(p_provider_id, provider_id), updated_at = now(),
+           worker = CASE WHEN p_status = 'CREATING' THEN worker END,
+           started_at = CASE WHEN p_status = 'RUNNING' AND v.status <> 'RUNNING' THEN now() ELSE started_at END,
+           last_stopped = CASE WHEN p_status = 'STOPPED' AND v.status <> 'STOPPED' THEN now() ELSE last_stopped END
+     WHERE id = p_id RETURNING * INTO v;
+    PERFORM vmdesk.record('vm', 'vm.status', 'info', a.name, v.id, NULL, v.owner_user_id,
+        jsonb_build_object('status', p_status));
+    RETURN v;
+END $$;
+
+-- Functions are executable by PUBLIC unless told otherwise: only the store's
+-- users may call its functions, and the internal ones nobody but the owner.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.is_admin(), vmdesk.me(), vmdesk.price(bigint, bigint, bigint),
+    vmdesk.whoami(), vmdesk.user_add(text, boolean, text), vmdesk.user_role(text, text),
+    vmdesk.credits_grant(text, bigint, text), vmdesk.charge(text, bigint, text, text),
+    vmdesk.host_add(text, text, text), vmdesk.project_create(text), vmdesk.workspace_create(text, text),
+    vmdesk.vm_add(text, text, text, text, bigint, bigint, bigint, text, text),
+    vmdesk.vm_create(text, text, text, bigint, bigint, bigint, text, boolean, text),
+    vmdesk.session_open(text, text, text, text), vmdesk.session_close(bigint),
+    vmdesk.session_advance(bigint, text, text), vmdesk.vm_set_status(bigint, text, text)
+    TO @USERS@;
