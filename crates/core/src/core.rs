@@ -35,6 +35,9 @@ pub struct OpenOptions {
     pub reboot_grace: Duration,
     /// How long a write waits for another process's write lock.
     pub lock_wait: Duration,
+    /// The shared store to work on instead of the data directory's own
+    /// (team mode); the data directory then keeps only this desk's things.
+    pub team: Option<Arc<dyn crate::team::TeamStore>>,
 }
 
 impl OpenOptions {
@@ -49,6 +52,7 @@ impl OpenOptions {
             billing: Default::default(),
             reboot_grace: crate::sync::REBOOT_GRACE,
             lock_wait: store::LOCK_WAIT,
+            team: None,
         }
     }
 }
@@ -451,6 +455,10 @@ impl Core {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
+        // Every change of the shared data goes to the team store in team
+        // mode; one that is not offered there yet must not land in the
+        // desk's own file.
+        self.embedded_only("this change")?;
         let out = store::write(&mut self.db(), f)?;
         if let Some(notify) = &self.opts.on_change {
             notify();
@@ -540,11 +548,21 @@ impl Core {
 
     /// The actor, if an admin; else [`Error::AdminOnly`] naming `action`.
     pub fn require_admin(&self, actor: &str, action: &'static str) -> Result<User> {
+        if let Some(t) = self.team_as(actor)? {
+            let u = t.whoami()?;
+            return match u.role {
+                Role::Admin => Ok(u),
+                Role::User => Err(Error::AdminOnly(action)),
+            };
+        }
         admin(&self.db(), actor, action)
     }
 
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Result<User> {
+        if let Some(t) = self.team() {
+            return t.user(name);
+        }
         user(&self.db(), name)
     }
 
@@ -556,6 +574,21 @@ impl Core {
         admin_role: bool,
         credits: i64,
     ) -> Result<User> {
+        self.user_add_login(actor, name, admin_role, credits, None)
+    }
+
+    /// [`Core::user_add`], with the password of the user's login on a team
+    /// store (None: a login without one, for certificate authentication or
+    /// one the cluster has already). The embedded store has no logins and
+    /// ignores it.
+    pub fn user_add_login(
+        &self,
+        actor: &str,
+        name: &str,
+        admin_role: bool,
+        credits: i64,
+        password: Option<&str>,
+    ) -> Result<User> {
         validate::name("user", name)?;
         if name == SYSTEM {
             return Err(Error::invalid(format!(
@@ -564,6 +597,14 @@ impl Core {
         }
         if credits != 0 {
             validate::grant_amount(credits)?;
+        }
+        if let Some(t) = self.team_as(actor)? {
+            let u = t.user_add(name, admin_role, password)?;
+            if credits > 0 {
+                t.credits_grant(name, credits, "opening balance")?;
+                return t.user(name);
+            }
+            return Ok(u);
         }
         self.write(|tx| {
             let a = admin(tx, actor, "add users")?;
@@ -592,6 +633,9 @@ impl Core {
 
     /// Every user (admin only).
     pub fn user_list(&self, actor: &str) -> Result<Vec<User>> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.user_list();
+        }
         let conn = self.db();
         admin(&conn, actor, "list users")?;
         let mut stmt =
@@ -610,6 +654,9 @@ impl Core {
     ) -> Result<CreditStatement> {
         validate::grant_amount(amount)?;
         validate::reason(reason)?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.credits_grant(to, amount, reason);
+        }
         self.write(|tx| {
             let a = admin(tx, actor, "grant credits")?;
             let u = user(tx, to)?;
@@ -634,6 +681,9 @@ impl Core {
             )));
         }
         validate::reason(reason)?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.charge(from, amount, kind, reason);
+        }
         self.write(|tx| {
             let a = user(tx, actor)?;
             let u = user(tx, from)?;
@@ -671,6 +721,9 @@ impl Core {
 
     /// A user's balance and ledger; another user's only for an admin.
     pub fn credits_show(&self, actor: &str, of: Option<&str>) -> Result<CreditStatement> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.credits_show(of.unwrap_or(actor));
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         let u = match of {
@@ -691,7 +744,7 @@ impl Core {
     pub fn host_add(&self, actor: &str, name: &str, uri: &str) -> Result<Host> {
         validate::name("host", name)?;
         validate::uri(uri)?;
-        admin(&self.db(), actor, "add hosts")?;
+        self.require_admin(actor, "add hosts")?;
         let kind = HostKind::of_uri(uri);
         self.opts
             .providers
@@ -700,6 +753,9 @@ impl Core {
                 host: name.to_owned(),
                 source,
             })?;
+        if let Some(t) = self.team() {
+            return t.host_add(name, kind, uri);
+        }
         self.write(|tx| {
             let a = admin(tx, actor, "add hosts")?;
             tx.execute(
@@ -806,6 +862,9 @@ impl Core {
 
     /// Every host.
     pub fn host_list(&self, actor: &str) -> Result<Vec<Host>> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.host_list();
+        }
         let conn = self.db();
         user(&conn, actor)?;
         let mut stmt = conn.prepare("SELECT name FROM hosts ORDER BY name")?;
@@ -818,6 +877,9 @@ impl Core {
     /// Creates a project (admin only).
     pub fn project_create(&self, actor: &str, name: &str) -> Result<Project> {
         validate::name("project", name)?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.project_create(name);
+        }
         self.write(|tx| {
             let a = admin(tx, actor, "create projects")?;
             let created_at = now();
@@ -847,6 +909,9 @@ impl Core {
     /// Creates a workspace in a project (admin only).
     pub fn workspace_create(&self, actor: &str, name: &str, project: &str) -> Result<Workspace> {
         validate::name("workspace", name)?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.workspace_create(name, project);
+        }
         self.write(|tx| {
             let a = admin(tx, actor, "create workspaces")?;
             let pid = project_id(tx, project)?;
@@ -971,6 +1036,9 @@ impl Core {
     /// The VMs the actor can see: pool VMs and their own; with `all`, every
     /// user's (admin only).
     pub fn vm_list(&self, actor: &str, all: bool) -> Result<Vec<Vm>> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.vm_list(all);
+        }
         let conn = self.db();
         let a = if all {
             admin(&conn, actor, "list every user's VMs")?
@@ -987,6 +1055,7 @@ impl Core {
 
     /// The actor's own VMs (not pool VMs), by name.
     pub fn vm_list_own(&self, actor: &str) -> Result<Vec<Vm>> {
+        self.embedded_only("your VMs on this desk")?;
         let conn = self.db();
         let a = user(&conn, actor)?;
         let mut stmt = conn.prepare_cached(concat!(
@@ -999,6 +1068,7 @@ impl Core {
 
     /// One VM, by name or id, if the actor may see it.
     pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
+        self.embedded_only("showing a VM")?;
         let conn = self.db();
         let a = user(&conn, actor)?;
         self.vm_show_in(&conn, &a, vm)
@@ -1019,6 +1089,9 @@ impl Core {
 
     /// The newest events the actor may see (see [`Core::events_query`]).
     pub fn events(&self, actor: &str, limit: i64) -> Result<Vec<Event>> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.events(limit);
+        }
         self.events_query(
             actor,
             &crate::desk::EventQuery {
@@ -1030,6 +1103,7 @@ impl Core {
 
     /// What the desktop window shows to the actor.
     pub fn overview(&self, actor: &str) -> Result<Overview> {
+        self.embedded_only("the overview")?;
         let conn = self.db();
         let a = user(&conn, actor)?;
         let mut stmt =

@@ -90,6 +90,7 @@ impl Core {
     /// event; a user sees those they did and those about their VMs and
     /// sessions (a sync ending their session, a billing pass charging them).
     pub fn events_query(&self, actor: &str, q: &EventQuery) -> Result<Vec<Event>> {
+        self.embedded_only("filtering events")?;
         if !(1..=10_000).contains(&q.limit) {
             return Err(Error::invalid(format!(
                 "the limit must be between 1 and 10000, not {}",
@@ -121,6 +122,9 @@ impl Core {
     /// Makes a user an admin or a plain user (admin only). The last admin
     /// cannot be made a plain user: nobody could grant credits any more.
     pub fn user_role(&self, actor: &str, name: &str, role: Role) -> Result<User> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.user_role(name, role);
+        }
         self.write(|tx| {
             let a = admin(tx, actor, "change roles")?;
             let u = user(tx, name)?;
@@ -158,6 +162,7 @@ impl Core {
     /// A running VM's counters now, with its CPU use since `prev` (a sample
     /// the caller kept; none for the first). Who may: whoever may see the VM.
     pub fn vm_stats(&self, actor: &str, vm: &str, prev: Option<&VmStats>) -> Result<VmStats> {
+        self.embedded_only("VM statistics")?;
         let v = {
             let conn = self.db();
             let a = user(&conn, actor)?;

@@ -130,6 +130,10 @@ pub enum Error {
         /// How long this writer waited.
         secs: f64,
     },
+    /// {0} is not available on a team store yet
+    NotOnTeamStore(&'static str),
+    /// the team store failed: {0}
+    Store(String),
     /// cannot use the data directory {path}
     DataDir {
         /// The directory.
@@ -169,6 +173,8 @@ impl Error {
             Error::DataDir { .. } => "data_dir",
             Error::DatabaseTooNew { .. } => "database_too_new",
             Error::Busy { .. } => "busy",
+            Error::NotOnTeamStore(_) => "not_on_team_store",
+            Error::Store(_) => "database",
         }
     }
 

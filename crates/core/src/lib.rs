@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod provider;
 pub mod settings;
+pub mod team;
 pub mod validate;
 
 mod billing;
@@ -35,4 +36,5 @@ pub use crate::model::*;
 pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
 pub use crate::store::ago;
 pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
+pub use crate::team::TeamStore;
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

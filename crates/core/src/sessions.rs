@@ -238,6 +238,14 @@ impl Core {
         if let Some(t) = &req.vm_type {
             validate::name("VM type", t)?;
         }
+        if let Some(t) = self.team_as(actor)? {
+            if wait {
+                return Err(Error::NotOnTeamStore(
+                    "starting a session's VM from this desk",
+                ));
+            }
+            return t.session_open(req, None);
+        }
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
@@ -339,6 +347,14 @@ impl Core {
     /// timeout) and the session COMPLETED. Without `wait`, returns it
     /// TERMINATING and leaves the shutdown to a worker.
     pub fn session_close(&self, actor: &str, id: i64, wait: bool) -> Result<Session> {
+        if let Some(t) = self.team_as(actor)? {
+            if wait {
+                return Err(Error::NotOnTeamStore(
+                    "shutting a session's VM down from this desk",
+                ));
+            }
+            return t.session_close(id);
+        }
         self.session_close_by(crate::core::Who::User(actor), id, wait)
     }
 
@@ -420,6 +436,9 @@ impl Core {
 
     /// The actor's sessions, newest first; with `all`, every user's (admin only).
     pub fn session_list(&self, actor: &str, all: bool) -> Result<Vec<Session>> {
+        if let Some(t) = self.team_as(actor)? {
+            return t.session_list(all);
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         if all && a.role != Role::Admin {

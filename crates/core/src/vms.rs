@@ -752,6 +752,7 @@ impl Core {
 
     /// The events of a VM the actor may see, newest first.
     pub fn vm_events(&self, actor: &str, vm: &str, limit: i64) -> Result<Vec<Event>> {
+        self.embedded_only("a VM's events")?;
         let conn = self.db();
         let a = user(&conn, actor)?;
         let v = self.vm_show_in(&conn, &a, vm)?;

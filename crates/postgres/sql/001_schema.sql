@@ -207,6 +207,12 @@ CREATE TABLE vmdesk.quarantine (
     PRIMARY KEY (host_id, machine)
 );
 
+-- Times as the embedded store writes them: RFC 3339, UTC, milliseconds.
+CREATE FUNCTION vmdesk.ts(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
 -- Who calls: the login of the connection. Inside a SECURITY DEFINER function
 -- current_user is the owner, so identity is always session_user.
 CREATE FUNCTION vmdesk.is_admin() RETURNS boolean LANGUAGE sql STABLE

@@ -24,7 +24,8 @@ DECLARE u vmdesk.users;
 BEGIN
     u := vmdesk.caller();
     IF NOT vmdesk.is_admin() THEN
-        RAISE EXCEPTION '% may not %: only an admin may', session_user, action USING ERRCODE = '42501';
+        RAISE EXCEPTION '% may not %: only an admin may', session_user, action USING ERRCODE = '42501',
+            DETAIL = json_build_object('admin_only', action)::text;
     END IF;
     RETURN u;
 END $$;
@@ -35,7 +36,8 @@ DECLARE u vmdesk.users;
 BEGIN
     SELECT * INTO u FROM vmdesk.users WHERE name = p_name;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no user named %', p_name USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no user named %', p_name USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('user', p_name)::text;
     END IF;
     RETURN u;
 END $$;
@@ -109,7 +111,8 @@ BEGIN
     END IF;
     PERFORM 1 FROM vmdesk.users WHERE name = p_name;
     IF FOUND THEN
-        RAISE EXCEPTION 'the user % exists already', p_name USING ERRCODE = '23505';
+        RAISE EXCEPTION 'the user % exists already', p_name USING ERRCODE = '23505',
+            DETAIL = json_build_object('kind', 'user', 'name', p_name)::text;
     END IF;
     SELECT rolsuper, rolcanlogin INTO r FROM pg_roles WHERE rolname = p_name;
     IF FOUND THEN
@@ -196,7 +199,8 @@ BEGIN
     SELECT balance INTO have FROM vmdesk.users WHERE id = p_user.id FOR UPDATE;
     IF have < p_amount THEN
         RAISE EXCEPTION 'not enough credits: % costs % and % has %', p_what, p_amount, p_user.name, have
-            USING ERRCODE = 'VDB01';
+            USING ERRCODE = 'VDB01',
+            DETAIL = json_build_object('user', p_user.name, 'cost', p_amount, 'balance', have)::text;
     END IF;
     INSERT INTO vmdesk.ledger (user_id, amount, kind, reason, vm_id, actor)
         VALUES (p_user.id, -p_amount, p_kind, p_reason, p_vm, p_actor) RETURNING * INTO e;
@@ -218,7 +222,8 @@ BEGIN
     PERFORM vmdesk.check_reason(p_reason);
     u := vmdesk.user_named(p_from);
     IF u.id <> a.id AND NOT vmdesk.is_admin() THEN
-        RAISE EXCEPTION '% may not charge the credits of %', a.name, u.name USING ERRCODE = '42501';
+        RAISE EXCEPTION '% may not charge the credits of %', a.name, u.name USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'charge the credits of ' || u.name)::text;
     END IF;
     e := vmdesk.debit(u, p_amount, p_kind, p_reason, a.name, NULL, p_reason);
     PERFORM vmdesk.record('billing', 'credits.charge', 'info', a.name, NULL, NULL, u.id,
@@ -272,7 +277,8 @@ BEGIN
     PERFORM vmdesk.check_name('workspace', p_name);
     SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('project', p_project)::text;
     END IF;
     INSERT INTO vmdesk.workspaces (project_id, name) VALUES (pid, p_name) RETURNING * INTO w;
     PERFORM vmdesk.record('admin', 'workspace.create', 'info', a.name, NULL, NULL, NULL,
@@ -292,7 +298,8 @@ BEGIN
     cost := vmdesk.price(p_ram, p_disk, p_cpus);
     SELECT id INTO host_id FROM vmdesk.hosts WHERE name = p_host;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no host named %', p_host USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no host named %', p_host USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('host', p_host)::text;
     END IF;
 END $$;
 
@@ -308,7 +315,8 @@ BEGIN
     PERFORM vmdesk.check_name('OS', p_os);
     SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('project', p_project)::text;
     END IF;
     INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
             host_id, worker, start_after_create)
@@ -353,12 +361,14 @@ BEGIN
     a := vmdesk.caller();
     SELECT id INTO pid FROM vmdesk.projects WHERE name = p_project;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('project', p_project)::text;
     END IF;
     IF p_workspace IS NOT NULL THEN
         SELECT id INTO wid FROM vmdesk.workspaces WHERE project_id = pid AND name = p_workspace;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'project % has no workspace named %', p_project, p_workspace USING ERRCODE = 'VDN01';
+            RAISE EXCEPTION 'project % has no workspace named %', p_project, p_workspace USING ERRCODE = 'VDN01',
+                DETAIL = json_build_object('project', p_project, 'workspace', p_workspace)::text;
         END IF;
     END IF;
     WITH pick AS (
@@ -381,15 +391,19 @@ BEGIN
           INTO total, of_type, busy, ready
           FROM vmdesk.vms WHERE project_id = pid;
         IF total = 0 THEN
-            RAISE EXCEPTION 'project % has no VMs in its pool', p_project USING ERRCODE = 'VDA01';
+            RAISE EXCEPTION 'project % has no VMs in its pool', p_project USING ERRCODE = 'VDA01',
+                DETAIL = json_build_object('project', p_project)::text;
         ELSIF p_vm_type IS NOT NULL AND of_type = 0 THEN
-            RAISE EXCEPTION 'project % has no VM of type %', p_project, p_vm_type USING ERRCODE = 'VDA02';
+            RAISE EXCEPTION 'project % has no VM of type %', p_project, p_vm_type USING ERRCODE = 'VDA02',
+                DETAIL = json_build_object('project', p_project, 'vm_type', p_vm_type)::text;
         ELSIF busy >= of_type OR ready > 0 THEN
             -- ready > 0: free VMs that others were taking at this very moment.
-            RAISE EXCEPTION 'all % VMs of project % are in use', of_type, p_project USING ERRCODE = 'VDA03';
+            RAISE EXCEPTION 'all % VMs of project % are in use', of_type, p_project USING ERRCODE = 'VDA03',
+                DETAIL = json_build_object('project', p_project, 'total', of_type)::text;
         ELSE
             RAISE EXCEPTION 'no VM of project % is ready: % in use, % neither stopped nor running',
-                p_project, busy, of_type - busy - ready USING ERRCODE = 'VDA04';
+                p_project, busy, of_type - busy - ready USING ERRCODE = 'VDA04',
+                DETAIL = json_build_object('project', p_project, 'busy', busy, 'not_ready', of_type - busy - ready)::text;
         END IF;
     END IF;
     PERFORM vmdesk.record('session', 'session.open', 'info', a.name, s.vm_id, s.id, a.id,
@@ -400,24 +414,34 @@ END $$;
 
 CREATE FUNCTION vmdesk.session_close(p_id bigint) RETURNS vmdesk.sessions
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE a vmdesk.users; s vmdesk.sessions; owner text;
+DECLARE a vmdesk.users; s vmdesk.sessions; was text;
 BEGIN
     a := vmdesk.caller();
     SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('session', p_id)::text;
     END IF;
     IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
-        -- Another user's session does not exist for this caller.
-        RAISE EXCEPTION '% may not close session %: it is not theirs', a.name, p_id USING ERRCODE = '42501';
+        RAISE EXCEPTION '% may not close session %: it is not theirs', a.name, p_id USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'close session ' || p_id || ' of another user')::text;
     END IF;
-    IF s.status NOT IN ('REQUESTED', 'STARTING', 'ACTIVE') THEN
-        RAISE EXCEPTION 'session % is %, and cannot be closed', p_id, s.status USING ERRCODE = 'VDS01';
+    was := s.status;
+    IF s.status = 'REQUESTED' AND s.worker IS NULL THEN
+        -- Nothing was started for it: cancelled.
+        UPDATE vmdesk.sessions SET status = 'COMPLETED', updated_at = now(), ended_at = now()
+         WHERE id = p_id RETURNING * INTO s;
+        PERFORM vmdesk.record('session', 'session.cancel', 'info', a.name, s.vm_id, s.id, s.user_id,
+            jsonb_build_object('was', was, 'now', 'COMPLETED'));
+    ELSIF s.status = 'ACTIVE' THEN
+        UPDATE vmdesk.sessions SET status = 'TERMINATING', updated_at = now() WHERE id = p_id RETURNING * INTO s;
+        UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now() WHERE id = s.vm_id AND status = 'RUNNING';
+        PERFORM vmdesk.record('session', 'session.close', 'info', a.name, s.vm_id, s.id, s.user_id,
+            jsonb_build_object('was', was, 'now', 'TERMINATING'));
+    ELSIF s.status <> 'TERMINATING' THEN
+        RAISE EXCEPTION 'session % is %, and cannot be closed', p_id, s.status USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'closed')::text;
     END IF;
-    UPDATE vmdesk.sessions SET status = 'TERMINATING', updated_at = now() WHERE id = p_id RETURNING * INTO s;
-    SELECT name INTO owner FROM vmdesk.users WHERE id = s.user_id;
-    PERFORM vmdesk.record('session', 'session.close', 'info', a.name, s.vm_id, s.id, s.user_id,
-        jsonb_build_object('user', owner, 'status', 'TERMINATING'));
     RETURN s;
 END $$;
 
@@ -430,10 +454,12 @@ BEGIN
     a := vmdesk.caller();
     SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('session', p_id)::text;
     END IF;
     IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
-        RAISE EXCEPTION '% may not drive session %: it is not theirs', a.name, p_id USING ERRCODE = '42501';
+        RAISE EXCEPTION '% may not drive session %: it is not theirs', a.name, p_id USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'drive session ' || p_id || ' of another user')::text;
     END IF;
     IF NOT ((s.status = 'REQUESTED' AND p_to IN ('STARTING', 'FAILED'))
          OR (s.status = 'STARTING' AND p_to IN ('ACTIVE', 'FAILED'))
@@ -464,10 +490,12 @@ BEGIN
     a := vmdesk.caller();
     SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no VM %', p_id USING ERRCODE = 'VDN01';
+        RAISE EXCEPTION 'no VM %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_id::text)::text;
     END IF;
     IF v.owner_user_id IS DISTINCT FROM a.id AND NOT vmdesk.is_admin() THEN
-        RAISE EXCEPTION '% may not change VM %: it is not theirs', a.name, v.name USING ERRCODE = '42501';
+        RAISE EXCEPTION '% may not change VM %: it is not theirs', a.name, v.name USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'change VM ' || v.name)::text;
     END IF;
     IF v.status = 'DESTROYED' THEN
         RAISE EXCEPTION 'VM % is destroyed', v.name USING ERRCODE = 'VDS01';
@@ -490,7 +518,7 @@ END $$;
 -- Functions are executable by PUBLIC unless told otherwise: only the store's
 -- users may call its functions, and the internal ones nobody but the owner.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vmdesk.is_admin(), vmdesk.me(), vmdesk.price(bigint, bigint, bigint),
+GRANT EXECUTE ON FUNCTION vmdesk.is_admin(), vmdesk.me(), vmdesk.ts(timestamptz), vmdesk.price(bigint, bigint, bigint),
     vmdesk.whoami(), vmdesk.user_add(text, boolean, text), vmdesk.user_role(text, text),
     vmdesk.credits_grant(text, bigint, text), vmdesk.charge(text, bigint, text, text),
     vmdesk.host_add(text, text, text), vmdesk.project_create(text), vmdesk.workspace_create(text, text),

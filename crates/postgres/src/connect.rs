@@ -108,6 +108,18 @@ impl Target {
         self.config.get_dbname().unwrap_or("vmdesk")
     }
 
+    /// Where the store is, for people: "host:port/db" (never the password).
+    pub fn describe(&self) -> String {
+        use postgres::config::Host;
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}/{}", self.dbname())
+    }
+
     /// Whether the URL carries a password.
     pub fn has_password(&self) -> bool {
         self.config.get_password().is_some()

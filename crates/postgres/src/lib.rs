@@ -7,9 +7,12 @@
 
 mod connect;
 mod schema;
+mod store;
+pub mod testing;
 
 pub use connect::{Target, TlsMode};
 pub use schema::{init, roles, schema_version, scram_verifier, InitReport, Roles, STEPS};
+pub use store::{generate_password, PgStore};
 
 /// What can go wrong talking to the team store.
 #[derive(Debug, thiserror::Error)]

@@ -319,9 +319,23 @@ fn the_ledger_is_append_only_even_for_its_owner() {
 fn a_user_does_what_is_theirs_and_the_balance_follows_the_ledger() {
     let w = world();
     let mut b = w.s.connect(&w.bob.0, &w.bob.1);
-    // Their own session: closed, then settled by their own desk's worker.
-    b.execute("SELECT vmdesk.session_close($1)", &[&w.bob_session])
+    // Their own session: started and settled by their own desk's worker,
+    // closed by them.
+    for to in ["STARTING", "ACTIVE"] {
+        b.execute(
+            "SELECT vmdesk.session_advance($1, $2, NULL)",
+            &[&w.bob_session, &to],
+        )
         .unwrap();
+    }
+    let status: String = b
+        .query_one(
+            "SELECT status FROM vmdesk.session_close($1)",
+            &[&w.bob_session],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "TERMINATING");
     b.execute(
         "SELECT vmdesk.session_advance($1, 'COMPLETED', NULL)",
         &[&w.bob_session],

@@ -1,0 +1,570 @@
+//! [`PgStore`]: the team store as [`vmdesk_core::TeamStore`]. Every change
+//! is one call of a `vmdesk.*` function (the database checks who may);
+//! reads go through row-level security. The server's refusals come back as
+//! core's own errors, built from the structured DETAIL the functions send.
+
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use postgres::types::ToSql;
+use postgres::{Client, Row};
+use rand::distr::{Alphanumeric, SampleString};
+use serde_json::Value;
+use vmdesk_core::model::*;
+use vmdesk_core::{Error as CoreError, Result as CoreResult, TeamStore};
+
+use crate::{schema_version, scram_verifier, Error, Target, STEPS};
+
+/// A desk's connection to the team store, as one login.
+pub struct PgStore {
+    target: Target,
+    login: String,
+    client: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("login", &self.login)
+            .finish()
+    }
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name, s.status, s.error,
+        vmdesk.ts(s.created_at), vmdesk.ts(s.updated_at), vmdesk.ts(s.started_at), vmdesk.ts(s.ended_at)
+    FROM vmdesk.sessions s
+    JOIN vmdesk.vms v ON v.id = s.vm_id
+    JOIN vmdesk.users u ON u.id = s.user_id
+    JOIN vmdesk.projects p ON p.id = s.project_id
+    LEFT JOIN vmdesk.workspaces w ON w.id = s.workspace_id ";
+
+const VM_SELECT: &str = "SELECT v.id, v.name, v.os_type, v.ram_mb::bigint, v.disk_gb::bigint,
+        v.cpu_cores::bigint, v.vm_type, v.status, v.ip_address, v.ssh_port::bigint,
+        CASE WHEN v.status = 'RUNNING' AND v.started_at IS NOT NULL
+             THEN extract(epoch FROM now() - v.started_at)::bigint
+             ELSE v.uptime_seconds END,
+        v.metadata::text, u.name, p.name, h.name, v.provider_id, v.live_session_id,
+        vmdesk.ts(v.last_stopped), vmdesk.ts(v.created_at), vmdesk.ts(v.updated_at),
+        vmdesk.ts(v.synced_at), v.synced_by
+    FROM vmdesk.vms v
+    LEFT JOIN vmdesk.users u ON u.id = v.owner_user_id
+    LEFT JOIN vmdesk.projects p ON p.id = v.project_id
+    JOIN vmdesk.hosts h ON h.id = v.host_id ";
+
+const USER_COLS: &str = "id, name, role, balance, vmdesk.ts(created_at)";
+
+impl PgStore {
+    /// Connects as the target's login and checks that the store is set up
+    /// for this vmdesk and that the login is one of its users.
+    pub fn connect(target: Target) -> Result<PgStore, Error> {
+        let mut client = target.connect()?;
+        let at = schema_version(&mut client)?;
+        let known = STEPS.len() as i32;
+        if at > known {
+            return Err(Error::TooNew { found: at, known });
+        }
+        if at < known {
+            return Err(Error::Url(format!(
+                "the database {} is not a vmdesk team store (or an older one): an admin sets it up with `vmdesk store init`",
+                target.dbname()
+            )));
+        }
+        let login: String = client
+            .query_one("SELECT name FROM vmdesk.whoami()", &[])?
+            .get(0);
+        Ok(PgStore {
+            target,
+            login,
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// Runs `f` on the connection, connecting again first if the last one
+    /// was lost (the server restarted, the network dropped).
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> CoreResult<T> {
+        let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(
+                self.target
+                    .connect()
+                    .map_err(|e| CoreError::Store(e.to_string()))?,
+            );
+        }
+        let client = slot.as_mut().expect("connected above");
+        let out = f(client);
+        if client.is_closed() {
+            *slot = None;
+        }
+        out.map_err(|e| to_core(&self.login, e))
+    }
+
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        row: impl Fn(&Row) -> CoreResult<T>,
+    ) -> CoreResult<Vec<T>> {
+        let rows = self.with(|c| c.query(sql, params))?;
+        rows.iter().map(row).collect()
+    }
+
+    fn one<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        row: impl Fn(&Row) -> CoreResult<T>,
+    ) -> CoreResult<T> {
+        let r = self.with(|c| c.query_one(sql, params))?;
+        row(&r)
+    }
+
+    /// Refuses a non-admin before a read that only admins may make (the
+    /// rows would be filtered anyway; this says why instead of "nothing").
+    fn require_admin(&self, action: &'static str) -> CoreResult<()> {
+        match self.whoami()?.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(CoreError::AdminOnly(action)),
+        }
+    }
+
+    fn session(&self, id: i64) -> CoreResult<Session> {
+        self.query(
+            &format!("{SESSION_SELECT} WHERE s.id = $1"),
+            &[&id],
+            session_row,
+        )?
+        .pop()
+        .ok_or(CoreError::UnknownSession(id))
+    }
+
+    fn statement(&self, name: &str) -> CoreResult<CreditStatement> {
+        let u = self.user(name)?;
+        let entries = self.query(
+            "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
+             FROM vmdesk.ledger WHERE user_id = $1 ORDER BY id",
+            &[&u.id],
+            |r| {
+                Ok(LedgerEntry {
+                    id: r.get(0),
+                    amount: r.get(1),
+                    kind: parse(r.get(2))?,
+                    reason: r.get(3),
+                    vm_id: r.get(4),
+                    session_id: r.get(5),
+                    actor: r.get(6),
+                    created_at: r.get(7),
+                })
+            },
+        )?;
+        Ok(CreditStatement {
+            user: u.name,
+            balance: u.balance,
+            entries,
+        })
+    }
+}
+
+fn parse<T: FromStr<Err = String>>(s: &str) -> CoreResult<T> {
+    s.parse().map_err(CoreError::Store)
+}
+
+fn user_row(r: &Row) -> CoreResult<User> {
+    Ok(User {
+        id: r.get(0),
+        name: r.get(1),
+        role: parse(r.get(2))?,
+        balance: r.get(3),
+        created_at: r.get(4),
+    })
+}
+
+fn session_row(r: &Row) -> CoreResult<Session> {
+    Ok(Session {
+        id: r.get(0),
+        vm_id: r.get(1),
+        vm_name: r.get(2),
+        user: r.get(3),
+        project: r.get(4),
+        workspace: r.get(5),
+        status: parse(r.get(6))?,
+        error: r.get(7),
+        created_at: r.get(8),
+        updated_at: r.get(9),
+        started_at: r.get(10),
+        ended_at: r.get(11),
+    })
+}
+
+fn vm_row(r: &Row) -> CoreResult<Vm> {
+    let metadata: String = r.get(11);
+    Ok(Vm {
+        id: r.get(0),
+        name: r.get(1),
+        os_type: r.get(2),
+        ram_mb: r.get(3),
+        disk_gb: r.get(4),
+        cpu_cores: r.get(5),
+        vm_type: r.get(6),
+        status: parse(r.get(7))?,
+        ip_address: r.get(8),
+        ssh_port: r.get(9),
+        uptime_seconds: r.get(10),
+        metadata: serde_json::from_str(&metadata).unwrap_or(Value::Object(Default::default())),
+        owner: r.get(12),
+        pool: r.get(13),
+        host: r.get(14),
+        provider_id: r.get(15),
+        session_id: r.get(16),
+        last_stopped: r.get(17),
+        created_at: r.get(18),
+        updated_at: r.get(19),
+        synced_at: r.get(20),
+        synced_by: r.get(21),
+    })
+}
+
+/// What core says an admin-only refusal was about; the database names the
+/// action in words, core keeps a fixed set of them.
+fn admin_action(action: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "add users",
+        "change roles",
+        "grant credits",
+        "add hosts",
+        "create projects",
+        "create workspaces",
+        "add VMs to pools",
+        "list users",
+        "list every user's sessions",
+        "list every user's VMs",
+        "see another user's credits",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == action)
+        .copied()
+        .unwrap_or("do that")
+}
+
+/// The server's refusal as core's error: the same code and sentence as
+/// the embedded store gives for the same refusal.
+fn to_core(login: &str, e: postgres::Error) -> CoreError {
+    let Some(db) = e.as_db_error() else {
+        return CoreError::Store(Error::Db(e).to_string());
+    };
+    let detail: Value = db
+        .detail()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let s = |k: &str| detail.get(k).and_then(Value::as_str).map(str::to_owned);
+    let n = |k: &str| detail.get(k).and_then(Value::as_i64);
+    let msg = db.message().to_owned();
+    match db.code().code() {
+        "42501" => match (s("admin_only"), s("forbidden")) {
+            (Some(action), _) => CoreError::AdminOnly(admin_action(&action)),
+            (_, Some(action)) => CoreError::Forbidden {
+                user: login.to_owned(),
+                action,
+            },
+            _ => CoreError::Forbidden {
+                user: login.to_owned(),
+                action: msg,
+            },
+        },
+        "VDN01" => {
+            if let Some(w) = s("workspace") {
+                CoreError::UnknownWorkspace {
+                    project: s("project").unwrap_or_default(),
+                    workspace: w,
+                }
+            } else if let Some(p) = s("project") {
+                CoreError::UnknownProject(p)
+            } else if let Some(u) = s("user") {
+                CoreError::UnknownUser(u)
+            } else if let Some(h) = s("host") {
+                CoreError::UnknownHost(h)
+            } else if let Some(id) = n("session") {
+                CoreError::UnknownSession(id)
+            } else if let Some(v) = s("vm") {
+                CoreError::UnknownVm(v)
+            } else {
+                CoreError::Store(msg)
+            }
+        }
+        "VDB01" => CoreError::InsufficientCredits {
+            user: s("user").unwrap_or_default(),
+            cost: n("cost").unwrap_or_default(),
+            balance: n("balance").unwrap_or_default(),
+        },
+        "VDA01" => CoreError::PoolEmpty(s("project").unwrap_or_default()),
+        "VDA02" => CoreError::NoVmOfType {
+            project: s("project").unwrap_or_default(),
+            vm_type: s("vm_type").unwrap_or_default(),
+        },
+        "VDA03" => CoreError::AllInUse {
+            project: s("project").unwrap_or_default(),
+            total: n("total").unwrap_or_default() as u64,
+        },
+        "VDA04" => CoreError::NoneReady {
+            project: s("project").unwrap_or_default(),
+            busy: n("busy").unwrap_or_default() as u64,
+            not_ready: n("not_ready").unwrap_or_default() as u64,
+        },
+        "VDS01" => CoreError::SessionState {
+            id: n("session").unwrap_or_default(),
+            status: s("status").unwrap_or_default(),
+            action: "closed",
+        },
+        // A unique index refused a second row of the same name.
+        "23505" => {
+            let kind = match db.table().or(s("kind").as_deref()) {
+                Some("users" | "user") => "user",
+                Some("projects") => "project",
+                Some("workspaces") => "workspace",
+                Some("hosts") => "host",
+                Some("vms") => "VM",
+                _ => "thing",
+            };
+            CoreError::AlreadyExists {
+                kind,
+                name: s("name").unwrap_or_else(|| msg.clone()),
+            }
+        }
+        "22023" => CoreError::Invalid(msg),
+        _ => CoreError::Store(msg),
+    }
+}
+
+impl TeamStore for PgStore {
+    fn login(&self) -> &str {
+        &self.login
+    }
+
+    fn describe(&self) -> String {
+        format!("{} @ {}", self.login, self.target.describe())
+    }
+
+    fn whoami(&self) -> CoreResult<User> {
+        self.one(
+            &format!("SELECT {USER_COLS} FROM vmdesk.whoami()"),
+            &[],
+            user_row,
+        )
+    }
+
+    fn user(&self, name: &str) -> CoreResult<User> {
+        self.query(
+            &format!("SELECT {USER_COLS} FROM vmdesk.users WHERE name = $1"),
+            &[&name],
+            user_row,
+        )?
+        .pop()
+        .ok_or_else(|| CoreError::UnknownUser(name.to_owned()))
+    }
+
+    fn user_add(&self, name: &str, admin: bool, password: Option<&str>) -> CoreResult<User> {
+        let verifier = password.map(scram_verifier);
+        self.one(
+            &format!("SELECT {USER_COLS} FROM vmdesk.user_add($1, $2, $3)"),
+            &[&name, &admin, &verifier],
+            user_row,
+        )
+    }
+
+    fn user_list(&self) -> CoreResult<Vec<User>> {
+        self.require_admin("list users")?;
+        self.query(
+            &format!("SELECT {USER_COLS} FROM vmdesk.users ORDER BY name"),
+            &[],
+            user_row,
+        )
+    }
+
+    fn user_role(&self, name: &str, role: Role) -> CoreResult<User> {
+        self.one(
+            &format!("SELECT {USER_COLS} FROM vmdesk.user_role($1, $2)"),
+            &[&name, &role.as_str()],
+            user_row,
+        )
+    }
+
+    fn credits_grant(&self, to: &str, amount: i64, reason: &str) -> CoreResult<CreditStatement> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.credits_grant($1, $2, $3)",
+                &[&to, &amount, &reason],
+            )
+        })?;
+        self.statement(to)
+    }
+
+    fn charge(
+        &self,
+        from: &str,
+        amount: i64,
+        kind: LedgerKind,
+        reason: &str,
+    ) -> CoreResult<LedgerEntry> {
+        self.one(
+            "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
+             FROM vmdesk.charge($1, $2, $3, $4)",
+            &[&from, &amount, &kind.as_str(), &reason],
+            |r| {
+                Ok(LedgerEntry {
+                    id: r.get(0),
+                    amount: r.get(1),
+                    kind: parse(r.get(2))?,
+                    reason: r.get(3),
+                    vm_id: r.get(4),
+                    session_id: r.get(5),
+                    actor: r.get(6),
+                    created_at: r.get(7),
+                })
+            },
+        )
+    }
+
+    fn credits_show(&self, of: &str) -> CoreResult<CreditStatement> {
+        if of != self.login {
+            self.require_admin("see another user's credits")?;
+        }
+        self.statement(of)
+    }
+
+    fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> CoreResult<Host> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.host_add($1, $2, $3)",
+                &[&name, &kind.as_str(), &uri],
+            )
+        })?;
+        self.host(name)
+    }
+
+    fn host(&self, name: &str) -> CoreResult<Host> {
+        self.query(
+            "SELECT id, name, kind, uri, vmdesk.ts(created_at) FROM vmdesk.hosts WHERE name = $1",
+            &[&name],
+            host_row,
+        )?
+        .pop()
+        .ok_or_else(|| CoreError::UnknownHost(name.to_owned()))
+    }
+
+    fn host_list(&self) -> CoreResult<Vec<Host>> {
+        self.query(
+            "SELECT id, name, kind, uri, vmdesk.ts(created_at) FROM vmdesk.hosts ORDER BY name",
+            &[],
+            host_row,
+        )
+    }
+
+    fn project_create(&self, name: &str) -> CoreResult<Project> {
+        self.one(
+            "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.project_create($1)",
+            &[&name],
+            |r| {
+                Ok(Project {
+                    id: r.get(0),
+                    name: r.get(1),
+                    created_at: r.get(2),
+                })
+            },
+        )
+    }
+
+    fn workspace_create(&self, name: &str, project: &str) -> CoreResult<Workspace> {
+        self.one(
+            "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.workspace_create($1, $2)",
+            &[&name, &project],
+            |r| {
+                Ok(Workspace {
+                    id: r.get(0),
+                    name: r.get(1),
+                    project: project.to_owned(),
+                    created_at: r.get(2),
+                })
+            },
+        )
+    }
+
+    fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> CoreResult<Session> {
+        let id: i64 = self
+            .with(|c| {
+                c.query_one(
+                    "SELECT id FROM vmdesk.session_open($1, $2, $3, $4)",
+                    &[&req.project, &req.workspace, &req.vm_type, &worker],
+                )
+            })?
+            .get(0);
+        self.session(id)
+    }
+
+    fn session_close(&self, id: i64) -> CoreResult<Session> {
+        self.with(|c| c.execute("SELECT vmdesk.session_close($1)", &[&id]))?;
+        self.session(id)
+    }
+
+    fn session_list(&self, all: bool) -> CoreResult<Vec<Session>> {
+        if all {
+            self.require_admin("list every user's sessions")?;
+        }
+        let me = self.whoami()?;
+        self.query(
+            &format!("{SESSION_SELECT} WHERE $1 OR s.user_id = $2 ORDER BY s.id DESC LIMIT 10000"),
+            &[&all, &me.id],
+            session_row,
+        )
+    }
+
+    fn vm_list(&self, all: bool) -> CoreResult<Vec<Vm>> {
+        if all {
+            self.require_admin("list every user's VMs")?;
+        }
+        let me = self.whoami()?;
+        self.query(
+            &format!(
+                "{VM_SELECT} WHERE $1 OR v.project_id IS NOT NULL OR v.owner_user_id = $2 ORDER BY v.name"
+            ),
+            &[&all, &me.id],
+            vm_row,
+        )
+    }
+
+    fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
+        self.query(
+            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
+             FROM vmdesk.events ORDER BY id DESC LIMIT $1",
+            &[&limit],
+            |r| {
+                let details: String = r.get(7);
+                Ok(Event {
+                    id: r.get(0),
+                    event_type: parse(r.get(1))?,
+                    action: r.get(2),
+                    severity: parse(r.get(3))?,
+                    actor: r.get(4),
+                    vm_id: r.get(5),
+                    session_id: r.get(6),
+                    details: serde_json::from_str(&details).unwrap_or(Value::Null),
+                    created_at: r.get(8),
+                })
+            },
+        )
+    }
+}
+
+fn host_row(r: &Row) -> CoreResult<Host> {
+    Ok(Host {
+        id: r.get(0),
+        name: r.get(1),
+        kind: parse(r.get(2))?,
+        uri: r.get(3),
+        created_at: r.get(4),
+    })
+}
+
+/// A password for a new login: 24 letters and digits.
+pub fn generate_password() -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), 24)
+}
