@@ -48,6 +48,7 @@ lint: ui
 ## Allocation on a file database; VM creation on the real QEMU host.
 bench: build libvirt postgres os-image
 	cargo bench -p vmdesk-core --bench allocation
+	cargo bench -p vmdesk-postgres --bench allocation
 	cargo bench -p vmdesk-tests --bench create
 	cargo bench -p vmdesk-tests --bench drift
 	cargo bench -p vmdesk-tests --bench azure_sync

@@ -1,0 +1,366 @@
+//! Session allocation on the team store (PostgreSQL, the cluster of
+//! `scripts/postgres.sh` on this machine) side by side with the embedded store
+//! (SQLite in a data dir), in the same run, with 1, 8 and 64 concurrent
+//! clients: allocations per second, p50 and p99 latency of one call, and
+//! doubles (a VM in two live sessions; must be 0).
+//!
+//! PostgreSQL: each client is a thread with its own connection, logged in as
+//! one of several plain users, calling `vmdesk.session_open` as desks do; all
+//! connect before the clock starts. Embedded: `Core::session_open` on one
+//! `Core` shared by the threads (an app's threads) and on one `Core` per
+//! client (separate processes contending through SQLite's file lock).
+//!
+//! Each case runs for ALLOC_BENCH_SECS seconds (default 5) on a fresh store
+//! whose pool is big enough not to run dry. ALLOC_BENCH_ONLY=postgres:64 runs
+//! one case. Goal (at 64 clients on PostgreSQL): at least 2,000 allocations/s,
+//! p99 at most 20 ms, no double.
+//!
+//! Run: `cargo bench -p vmdesk-postgres --bench allocation` (or `make bench`;
+//! the cluster must run: `make postgres`).
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use vmdesk_core::model::{Host, HostKind};
+use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+
+/// VMs in each case's pool: more than the fastest case allocates.
+const POOL: usize = 100_000;
+/// Logins the PostgreSQL clients are spread over.
+const LOGINS: usize = 8;
+const LIVE: &str = "('REQUESTED', 'STARTING', 'ACTIVE', 'TERMINATING')";
+
+/// What each client thread brings back: the latency of each allocation, the
+/// VM it got, and whether it found the pool empty.
+type Calls = (Vec<Duration>, Vec<i64>, bool);
+
+struct Figures {
+    allocated: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    doubles: i64,
+    ran_dry: bool,
+}
+
+/// Figures from the clients' calls; `live_doubles` are VMs the store itself
+/// holds in more than one live session.
+fn figures(calls: Vec<Calls>, elapsed: Duration, live_doubles: i64) -> Figures {
+    let mut lat: Vec<Duration> = calls.iter().flat_map(|c| c.0.iter().copied()).collect();
+    let mut vms: Vec<i64> = calls.iter().flat_map(|c| c.1.iter().copied()).collect();
+    let ran_dry = calls.iter().any(|c| c.2);
+    lat.sort_unstable();
+    let allocated = vms.len();
+    vms.sort_unstable();
+    vms.dedup();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Figures {
+        allocated,
+        per_second: allocated as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        doubles: live_doubles + (allocated - vms.len()) as i64,
+        ran_dry,
+    }
+}
+
+/// Runs `clients` threads, each calling `call` in a loop until `secs` have
+/// passed since all were ready (or `call` says the pool is empty: `None`).
+/// `ready` makes a client's connection before the clock starts.
+fn drive<C, R, F>(clients: usize, secs: f64, ready: R, call: F) -> (Vec<Calls>, Duration)
+where
+    C: Send,
+    R: Fn(usize) -> C + Sync,
+    F: Fn(&mut C) -> Option<i64> + Sync,
+{
+    let barrier = Barrier::new(clients + 1);
+    let run_for = Duration::from_secs_f64(secs);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let (barrier, ready, call) = (&barrier, &ready, &call);
+                scope.spawn(move || {
+                    let mut conn = ready(i);
+                    barrier.wait();
+                    let deadline = Instant::now() + run_for;
+                    let (mut lat, mut vms) = (Vec::new(), Vec::new());
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match call(&mut conn) {
+                            Some(vm) => {
+                                lat.push(t.elapsed());
+                                vms.push(vm);
+                            }
+                            None => return (lat, vms, true),
+                        }
+                    }
+                    (lat, vms, false)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let calls = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (calls, start.elapsed())
+    })
+}
+
+// ---- PostgreSQL ---------------------------------------------------------
+
+fn postgres_run(clients: usize, secs: f64, pool: usize) -> Figures {
+    let store = common::Store::new();
+    store.big_pool("lab", pool);
+    let logins: Vec<(String, String)> = (0..clients.min(LOGINS))
+        .map(|_| store.user("bench", false))
+        .collect();
+    let (calls, elapsed) = drive(
+        clients,
+        secs,
+        |i| {
+            let (name, pw) = &logins[i % logins.len()];
+            let mut c = store.connect(name, pw);
+            // A desk prepares its statements once per connection.
+            let st = c
+                .prepare("SELECT vm_id FROM vmdesk.session_open($1, NULL, NULL, $2)")
+                .unwrap();
+            (c, st, format!("bench-{i}"))
+        },
+        |(c, st, worker)| match c.query_one(&*st, &[&"lab", &*worker]) {
+            Ok(r) => Some(r.get(0)),
+            Err(e) => {
+                let e = vmdesk_postgres::Error::from(e);
+                assert_eq!(e.code(), Some("VDA03"), "{e}");
+                None
+            }
+        },
+    );
+    let live_doubles: i64 = store
+        .superuser()
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT vm_id FROM vmdesk.sessions WHERE status IN {LIVE}
+                 GROUP BY vm_id HAVING count(*) > 1) d"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    figures(calls, elapsed, live_doubles)
+}
+
+// ---- Embedded (SQLite), set up as crates/core/benches/allocation.rs -----
+
+/// A host that accepts everything (allocation without waiting never calls it
+/// except to define the pool's machines during set-up).
+struct NullHost;
+
+impl Provider for NullHost {
+    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn start(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
+        Ok(PowerState::Stopped)
+    }
+    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+}
+
+struct NullFactory;
+
+impl ProviderFactory for NullFactory {
+    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        Ok(Arc::new(NullHost))
+    }
+}
+
+fn open_core(dir: &std::path::Path) -> Core {
+    Core::open(OpenOptions::new(dir, Arc::new(NullFactory))).unwrap()
+}
+
+/// A data dir with project `p` and a pool of `pool` VMs: one through the API,
+/// the others copied from it in one statement.
+fn embedded_setup(pool: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let core = open_core(dir.path());
+    core.host_add("admin", "h", "test:///default").unwrap();
+    core.project_create("admin", "p").unwrap();
+    core.vm_add(
+        "admin",
+        &NewVm {
+            name: "vm00000".into(),
+            pool: "p".into(),
+            host: "h".into(),
+            ram_mb: 1024,
+            disk_gb: 20,
+            cpu_cores: 2,
+            vm_type: "standard".into(),
+            os_type: "blank".into(),
+        },
+    )
+    .unwrap();
+    drop(core);
+    let conn = rusqlite::Connection::open(dir.path().join("vmdesk.db")).unwrap();
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id, host_id,
+                          provider_id, created_at, updated_at)
+         SELECT printf('vm%06d', i), os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id, host_id,
+                printf('machine-%06d', i), created_at, updated_at
+         FROM vms, n WHERE vms.name = 'vm00000'",
+        [pool as i64 - 1],
+    )
+    .unwrap();
+    dir
+}
+
+fn embedded_run(clients: usize, shared: bool, secs: f64, pool: usize) -> Figures {
+    let dir = embedded_setup(pool);
+    let req = SessionRequest {
+        project: "p".into(),
+        ..Default::default()
+    };
+    let shared_core = Arc::new(open_core(dir.path()));
+    // As the app's checkpointer does: move the log into the database off the write path.
+    let running = AtomicBool::new(true);
+    let (calls, elapsed) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while running.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                shared_core.checkpoint_if_over(1 << 20).unwrap();
+            }
+        });
+        let out = drive(
+            clients,
+            secs,
+            |_| {
+                if shared {
+                    Arc::clone(&shared_core)
+                } else {
+                    Arc::new(open_core(dir.path()))
+                }
+            },
+            |core| match core.session_open("admin", &req, false) {
+                Ok(s) => Some(s.vm_id),
+                Err(e) if e.code() == "all_in_use" => None,
+                Err(e) => panic!("{e}"),
+            },
+        );
+        running.store(false, Ordering::Relaxed);
+        out
+    });
+    let conn = rusqlite::Connection::open(dir.path().join("vmdesk.db")).unwrap();
+    let live_doubles: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM (SELECT vm_id FROM sessions WHERE status IN {LIVE}
+                 GROUP BY vm_id HAVING count(*) > 1)"
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    figures(calls, elapsed, live_doubles)
+}
+
+fn main() {
+    // `cargo test --benches` runs this without --bench: a tiny smoke pass only.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let secs: f64 = match std::env::var("ALLOC_BENCH_SECS") {
+        Ok(s) => s.parse().expect("ALLOC_BENCH_SECS is a number of seconds"),
+        Err(_) if quick => 0.2,
+        Err(_) => 5.0,
+    };
+    let pool = if quick { 2_000 } else { POOL };
+    println!(
+        "session allocation, {secs} s per case, fresh store with a pool of {pool} VMs per case"
+    );
+    let mut verdict: Vec<String> = Vec::new();
+    let mut doubles = 0;
+    let mut measured = false;
+    for store in ["postgres", "sqlite-shared", "sqlite-per-conn"] {
+        for clients in [1, 8, 64] {
+            if quick && clients > 8 {
+                continue;
+            }
+            if std::env::var("ALLOC_BENCH_ONLY")
+                .is_ok_and(|only| only != format!("{store}:{clients}"))
+            {
+                continue;
+            }
+            let f = match store {
+                "postgres" => postgres_run(clients, secs, pool),
+                "sqlite-shared" => embedded_run(clients, true, secs, pool),
+                _ => embedded_run(clients, false, secs, pool),
+            };
+            println!(
+                "{store:<16} {clients:>2} clients: {:>6.0} alloc/s, p50 {:>6.2} ms, p99 {:>6.2} ms, doubles {} ({} allocations{})",
+                f.per_second,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3,
+                f.doubles,
+                f.allocated,
+                if f.ran_dry { ", POOL RAN DRY" } else { "" }
+            );
+            doubles += f.doubles;
+            if store == "postgres" && clients == 64 {
+                measured = true;
+                let p99_ms = f.p99.as_secs_f64() * 1e3;
+                if f.per_second < 2_000.0 {
+                    verdict.push(format!("{:.0} alloc/s < 2000", f.per_second));
+                }
+                if p99_ms > 20.0 {
+                    verdict.push(format!("p99 {p99_ms:.1} ms > 20 ms"));
+                }
+                if f.ran_dry {
+                    verdict.push("the pool ran dry".into());
+                }
+            }
+        }
+    }
+    if doubles > 0 {
+        verdict.push(format!("{doubles} doubles"));
+    }
+    if !measured {
+        println!("goal (postgres, 64 clients): not measured in this run");
+    } else if verdict.is_empty() {
+        println!("goal (postgres, 64 clients: >= 2000 alloc/s, p99 <= 20 ms, 0 doubles): MET");
+    } else {
+        println!(
+            "goal (postgres, 64 clients: >= 2000 alloc/s, p99 <= 20 ms, 0 doubles): MISSED: {}",
+            verdict.join("; ")
+        );
+    }
+    assert_eq!(doubles, 0, "a VM was given to two live sessions");
+}
