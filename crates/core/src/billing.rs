@@ -143,6 +143,28 @@ impl Core {
     /// Charges up to `now`; `observed` caps each charge at the seconds the
     /// monotonic clock saw since this process's previous pass.
     fn bill_at(&self, now: DateTime<Utc>, observed: Option<i64>) -> Result<Vec<RuntimeCharge>> {
+        if let Some(t) = self.team() {
+            let mut charges = Vec::new();
+            for id in t.billable_vms()? {
+                let Some(b) = t.bill_vm(id, now, observed, self.opts.billing)? else {
+                    continue;
+                };
+                if let Some(sid) = b.end_session {
+                    // At zero the session ends gracefully (its VM is shut down by a worker).
+                    if let Err(e) = self.session_close(t.login(), sid, false) {
+                        tracing::warn!(session = sid, error = %e.one_line(), "ending a session at zero credits");
+                    }
+                }
+                if b.stop_vm {
+                    let vm = &b.charge.vm;
+                    if let Err(e) = self.vm_action(t.login(), vm, VmAction::Stop) {
+                        tracing::warn!(%vm, error = %e.one_line(), "stopping a VM at zero credits");
+                    }
+                }
+                charges.push(b.charge);
+            }
+            return Ok(charges);
+        }
         let ids: Vec<i64> = self
             .db()
             .prepare_cached(

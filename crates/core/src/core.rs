@@ -338,6 +338,13 @@ pub(crate) fn already_exists<'a>(
 /// database moved into another one) gets a new id, with an event: the
 /// machines the original marked on shared hosts stay the original's, and the
 /// copy's recovery leaves them alone.
+/// The details of a `vm.add` event.
+fn add_details(vm: &Vm, pool: &str) -> serde_json::Value {
+    json!({"vm": vm.name, "pool": pool, "host": vm.host, "machine": vm.provider_id,
+           "ram_mb": vm.ram_mb, "disk_gb": vm.disk_gb, "cpu_cores": vm.cpu_cores,
+           "vm_type": vm.vm_type, "os_type": vm.os_type})
+}
+
 fn own_install_id(db: &mut store::Db, dir: &Path) -> Result<String> {
     let here = store::dir_identity(dir).map_err(|source| Error::DataDir {
         path: dir.to_path_buf(),
@@ -402,7 +409,11 @@ impl Core {
     pub fn open(opts: OpenOptions) -> Result<Core> {
         let mut conn = store::open(&opts.data_dir)?;
         conn.set_lock_wait(opts.lock_wait);
-        let install_id = own_install_id(&mut conn, &opts.data_dir)?;
+        let mut install_id = own_install_id(&mut conn, &opts.data_dir)?;
+        if let Some(t) = &opts.team {
+            // The team's machines carry the store's mark, whichever desk made them.
+            install_id = t.install_id()?;
+        }
         let core = Core {
             conn: Mutex::new(conn),
             opts,
@@ -488,7 +499,10 @@ impl Core {
     }
 
     pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {
-        let h = host(&self.db(), host_name)?;
+        let h = match self.team() {
+            Some(t) => t.host(host_name)?,
+            None => host(&self.db(), host_name)?,
+        };
         // A row written by an older version, or by hand, is held to today's rules.
         validate::uri(&h.uri)?;
         self.opts
@@ -537,6 +551,34 @@ impl Core {
         };
         p.ensure_disk(&spec).map_err(err)?;
         p.ensure_defined(&spec).map_err(err)
+    }
+
+    /// Defines a new pool VM's machine (disk and definition) on its host;
+    /// on failure leaves nothing behind there.
+    fn define_new(&self, vm: &Vm) -> Result<()> {
+        let provider = self.provider(&vm.host);
+        let defined = provider
+            .as_ref()
+            .map_err(|e| Error::invalid(e.one_line()))
+            .and_then(|p| {
+                let spec = self.full_spec(vm)?;
+                let err = |source| Error::Provider {
+                    host: vm.host.clone(),
+                    source,
+                };
+                p.ensure_disk(&spec).map_err(err)?;
+                p.ensure_defined(&spec).map_err(err)
+            });
+        match (defined, provider) {
+            (Err(_), Err(e)) => Err(e),
+            (Err(e), Ok(p)) => {
+                let machine = self.machine_spec(vm).machine_name;
+                let _ = p.undefine(&machine);
+                let _ = p.delete_disk(&machine);
+                Err(e)
+            }
+            (Ok(()), _) => Ok(()),
+        }
     }
 
     pub(crate) fn machine_name(&self, vm_name: &str) -> String {
@@ -951,6 +993,23 @@ impl Core {
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
         crate::vms::check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = self.worker_id()?.to_owned();
+        if let Some(t) = self.team_as(actor)? {
+            let vm = t.vm_add(spec, &self.machine_name(&spec.name), &worker)?;
+            return match self.define_new(&vm) {
+                Ok(()) => {
+                    t.vm_add_done(vm.id, true, add_details(&vm, &spec.pool))?;
+                    t.vm(&vm.id.to_string())
+                }
+                Err(err) => {
+                    t.vm_add_done(
+                        vm.id,
+                        false,
+                        json!({"vm": vm.name, "host": vm.host, "reason": err.one_line()}),
+                    )?;
+                    Err(err)
+                }
+            };
+        }
         // The intent is durable before the host is touched.
         let vm = self.write(|tx| {
             admin(tx, actor, "add VMs to a pool")?;
@@ -969,31 +1028,7 @@ impl Core {
             .map_err(already_exists("VM", &spec.name))?;
             vm_by_id(tx, tx.last_insert_rowid())
         })?;
-        let provider = self.provider(&vm.host);
-        let defined = provider
-            .as_ref()
-            .map_err(|e| Error::invalid(e.one_line()))
-            .and_then(|p| {
-                let spec = self.full_spec(&vm)?;
-                let err = |source| Error::Provider {
-                    host: vm.host.clone(),
-                    source,
-                };
-                p.ensure_disk(&spec).map_err(err)?;
-                p.ensure_defined(&spec).map_err(err)
-            });
-        let defined = match (defined, provider) {
-            (Err(_), Err(e)) => Err(e),
-            (Err(e), Ok(p)) => {
-                // Leave nothing behind on the host either.
-                let machine = self.machine_spec(&vm).machine_name;
-                let _ = p.undefine(&machine);
-                let _ = p.delete_disk(&machine);
-                Err(e)
-            }
-            (Ok(()), _) => Ok(()),
-        };
-        match defined {
+        match self.define_new(&vm) {
             Ok(()) => self.write(|tx| {
                 tx.execute(
                     "UPDATE vms SET status = 'STOPPED', worker = NULL, updated_at = ?2 WHERE id = ?1",
@@ -1001,15 +1036,8 @@ impl Core {
                 )?;
                 events::record(
                     tx,
-                    NewEvent::info(
-                        EventType::Vm,
-                        "vm.add",
-                        actor,
-                        json!({"vm": vm.name, "pool": spec.pool, "host": vm.host, "machine": vm.provider_id,
-                               "ram_mb": vm.ram_mb, "disk_gb": vm.disk_gb, "cpu_cores": vm.cpu_cores,
-                               "vm_type": vm.vm_type, "os_type": vm.os_type}),
-                    )
-                    .vm(vm.id),
+                    NewEvent::info(EventType::Vm, "vm.add", actor, add_details(&vm, &spec.pool))
+                        .vm(vm.id),
                 )?;
                 vm_by_id(tx, vm.id)
             }),
@@ -1055,7 +1083,11 @@ impl Core {
 
     /// The actor's own VMs (not pool VMs), by name.
     pub fn vm_list_own(&self, actor: &str) -> Result<Vec<Vm>> {
-        self.embedded_only("your VMs on this desk")?;
+        if let Some(t) = self.team_as(actor)? {
+            let mut vms = t.vm_list(false)?;
+            vms.retain(|v| v.owner.as_deref() == Some(actor));
+            return Ok(vms);
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         let mut stmt = conn.prepare_cached(concat!(
@@ -1068,7 +1100,9 @@ impl Core {
 
     /// One VM, by name or id, if the actor may see it.
     pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
-        self.embedded_only("showing a VM")?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.vm(vm);
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         self.vm_show_in(&conn, &a, vm)
@@ -1103,7 +1137,30 @@ impl Core {
 
     /// What the desktop window shows to the actor.
     pub fn overview(&self, actor: &str) -> Result<Overview> {
-        self.embedded_only("the overview")?;
+        if let Some(t) = self.team_as(actor)? {
+            let user = t.whoami()?;
+            let vms = t.vm_list(false)?;
+            let pools = t
+                .projects()?
+                .into_iter()
+                .map(|(project, workspaces)| Pool {
+                    vms: vms
+                        .iter()
+                        .filter(|v| v.pool.as_deref() == Some(project.name.as_str()))
+                        .cloned()
+                        .collect(),
+                    project,
+                    workspaces,
+                })
+                .collect();
+            let mut sessions = t.session_list(user.role == Role::Admin)?;
+            sessions.truncate(200);
+            return Ok(Overview {
+                user,
+                pools,
+                sessions,
+            });
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         let mut stmt =

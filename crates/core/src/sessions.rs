@@ -238,19 +238,19 @@ impl Core {
         if let Some(t) = &req.vm_type {
             validate::name("VM type", t)?;
         }
-        if let Some(t) = self.team_as(actor)? {
-            if wait {
-                return Err(Error::NotOnTeamStore(
-                    "starting a session's VM from this desk",
-                ));
-            }
-            return t.session_open(req, None);
-        }
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
             None
         };
+        if let Some(t) = self.team_as(actor)? {
+            let opened = t.session_open(req, worker.as_deref())?;
+            return if wait {
+                self.drive_start(opened.id)
+            } else {
+                Ok(opened)
+            };
+        }
         let opened = self.allocate_batched(actor, req, worker)?;
         if wait {
             self.drive_start(opened.id)
@@ -348,12 +348,17 @@ impl Core {
     /// TERMINATING and leaves the shutdown to a worker.
     pub fn session_close(&self, actor: &str, id: i64, wait: bool) -> Result<Session> {
         if let Some(t) = self.team_as(actor)? {
-            if wait {
-                return Err(Error::NotOnTeamStore(
-                    "shutting a session's VM down from this desk",
-                ));
-            }
-            return t.session_close(id);
+            let worker = if wait {
+                Some(self.worker_id()?.to_owned())
+            } else {
+                None
+            };
+            let (s, drive) = t.session_close_by(id, worker.as_deref())?;
+            return if drive {
+                self.drive_close(id, SessionStatus::Completed, actor)
+            } else {
+                Ok(s)
+            };
         }
         self.session_close_by(crate::core::Who::User(actor), id, wait)
     }
@@ -450,7 +455,12 @@ impl Core {
     /// Drives a REQUESTED session that this worker holds to ACTIVE, or FAILED.
     fn drive_start(&self, id: i64) -> Result<Session> {
         let me = self.worker_id()?.to_owned();
-        let (session, vm) = self.write(|tx| {
+        let (session, vm) = if let Some(t) = self.team() {
+            let s = t.session_starting(id, &me)?;
+            let vm = t.vm(&s.vm_id.to_string())?;
+            (s, vm)
+        } else {
+            self.write(|tx| {
             let n = tx.execute(
                 "UPDATE sessions SET status = 'STARTING', updated_at = ?3
                  WHERE id = ?1 AND status = 'REQUESTED' AND worker = ?2",
@@ -472,7 +482,8 @@ impl Core {
                     .session(id),
             )?;
             Ok((s.clone(), vm_by_id(tx, s.vm_id)?))
-        })?;
+        })?
+        };
         let machine = self.machine_spec(&vm).machine_name;
         let started = self.provider(&vm.host).and_then(|p| {
             let provider_err = |source| Error::Provider {
@@ -487,7 +498,11 @@ impl Core {
             .map_err(provider_err)?;
             Ok((p, state))
         });
+        let team = self.team();
         match started {
+            Ok((_, PowerState::Running)) if team.is_some() => {
+                team.map_or_else(|| unreachable!(), |t| t.session_started(id, &machine))
+            }
             Ok((_, PowerState::Running)) => self.write(|tx| {
                 let ts = now();
                 tx.execute(
@@ -537,6 +552,9 @@ impl Core {
         observed: Option<PowerState>,
     ) -> Result<()> {
         let status = observed.map_or(VmStatus::Unknown, vm_status_of);
+        if let Some(t) = self.team() {
+            return t.session_start_failed(s.id, reason, status);
+        }
         self.write(|tx| {
             let ts = now();
             tx.execute(
@@ -565,7 +583,11 @@ impl Core {
     /// Drives a TERMINATING session that this worker holds: shut the guest
     /// down, force it off after the timeout, then end the session as `end`.
     fn drive_close(&self, id: i64, end: SessionStatus, actor: &str) -> Result<Session> {
-        let (s, vm) = {
+        let (s, vm) = if let Some(t) = self.team() {
+            let s = t.session(id)?;
+            let vm = t.vm(&s.vm_id.to_string())?;
+            (s, vm)
+        } else {
             let conn = self.db();
             let s = session_by_id(&conn, id)?;
             let vm = vm_by_id(&conn, s.vm_id)?;
@@ -573,6 +595,22 @@ impl Core {
         };
         let machine = self.machine_spec(&vm).machine_name;
         let timeout = self.opts.shutdown_timeout;
+        if let Some(t) = self.team() {
+            t.session_stopping(id, &crate::vms::force_off_at(timeout))?;
+            let stopped = self.provider(&vm.host).and_then(|p| {
+                power_off(p.as_ref(), &machine, timeout).map_err(|source| Error::Provider {
+                    host: vm.host.clone(),
+                    source,
+                })
+            });
+            return match stopped {
+                Ok(forced) => t.session_ended(id, end, forced),
+                Err(err) => {
+                    t.session_close_failed(id, &err.one_line())?;
+                    Err(err)
+                }
+            };
+        }
         // The deadline is committed before the guest is asked to shut down,
         // so that every window sees when it will be forced off.
         self.write(|tx| {

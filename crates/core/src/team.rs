@@ -53,14 +53,89 @@ pub trait TeamStore: Send + Sync {
     fn workspace_create(&self, name: &str, project: &str) -> Result<Workspace>;
     /// Allocates a session (REQUESTED) on a free VM of the pool.
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> Result<Session>;
-    /// Asks a session to end (TERMINATING).
-    fn session_close(&self, id: i64) -> Result<Session>;
+    /// Asks a session to end (TERMINATING; a REQUESTED one is cancelled).
+    fn session_close(&self, id: i64) -> Result<Session> {
+        Ok(self.session_close_by(id, None)?.0)
+    }
     /// The login's sessions; `all`: everyone's (admin).
     fn session_list(&self, all: bool) -> Result<Vec<Session>>;
     /// VMs the login may see: pools' and its own; `all`: everyone's (admin).
     fn vm_list(&self, all: bool) -> Result<Vec<Vm>>;
     /// The newest events the login may see, newest first.
     fn events(&self, limit: i64) -> Result<Vec<Event>>;
+    /// The store's install id: it marks the store's machines on hosts,
+    /// whichever desk made them.
+    fn install_id(&self) -> Result<String>;
+    /// Projects with their workspaces' names, by name.
+    fn projects(&self) -> Result<Vec<(Project, Vec<String>)>>;
+    /// A VM the login may see, by id or name.
+    fn vm(&self, reference: &str) -> Result<Vm>;
+    /// A pool VM (admin), CREATING while `worker` defines `machine` on its host.
+    fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> Result<Vm>;
+    /// Settles [`TeamStore::vm_add`]: ready (STOPPED) or gone, with the event's details.
+    fn vm_add_done(&self, id: i64, ok: bool, details: serde_json::Value) -> Result<()>;
+    /// A VM of the login's own, charged at the database's price in the
+    /// same transaction; CREATING until provisioned.
+    fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> Result<Vm>;
+    /// Claims a CREATING VM nobody provisions for `worker`; whether it did.
+    fn vm_claim(&self, id: i64, worker: &str) -> Result<bool>;
+    /// Whether a VM being created is to be started.
+    fn vm_start_after_create(&self, id: i64) -> Result<bool>;
+    /// A creation's end: the state the machine is in, or why it failed.
+    fn vm_created(&self, id: i64, outcome: std::result::Result<VmStatus, String>) -> Result<Vm>;
+    /// A session the login may see.
+    fn session(&self, id: i64) -> Result<Session>;
+    /// Closes a session (see `vmdesk.session_close`); with `worker`, the
+    /// caller drives the shutdown and the flag says whether it must.
+    fn session_close_by(&self, id: i64, worker: Option<&str>) -> Result<(Session, bool)>;
+    /// REQUESTED → STARTING, claimed by `worker` when it opened it.
+    fn session_starting(&self, id: i64, worker: &str) -> Result<Session>;
+    /// STARTING → ACTIVE: the VM runs.
+    fn session_started(&self, id: i64, machine: &str) -> Result<Session>;
+    /// The start failed: FAILED, the VM as observed.
+    fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> Result<()>;
+    /// The shutdown is under way; the guest is forced off at `force_off_at`.
+    fn session_stopping(&self, id: i64, force_off_at: &str) -> Result<()>;
+    /// TERMINATING → `end`: the VM is off.
+    fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> Result<Session>;
+    /// The shutdown failed: left TERMINATING for a later try.
+    fn session_close_failed(&self, id: i64, reason: &str) -> Result<()>;
+    /// Checks a VM action (owner or admin) and marks a stop or destroy
+    /// STOPPING; returns the VM as it was.
+    fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> Result<Vm>;
+    /// The action is done: the VM is `now`.
+    fn vm_action_done(
+        &self,
+        id: i64,
+        action: VmAction,
+        was: VmStatus,
+        now: VmStatus,
+        forced_off: bool,
+    ) -> Result<()>;
+    /// The action failed: the VM is back as it `was`.
+    fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
+    /// The VMs with running time to charge (admin).
+    fn billable_vms(&self) -> Result<Vec<i64>>;
+    /// Charges a VM's running time up to `now` (admin), in one transaction
+    /// that also moves its billed-until mark; `observed` caps the seconds.
+    fn bill_vm(
+        &self,
+        id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        observed: Option<i64>,
+        cfg: crate::BillingConfig,
+    ) -> Result<Option<Billed>>;
+}
+
+/// One VM's charge on a team store, and what is to follow at zero credits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Billed {
+    /// The charge.
+    pub charge: crate::RuntimeCharge,
+    /// The session to end (the user's credits ran out).
+    pub end_session: Option<i64>,
+    /// Whether the VM (the user's own) is to be stopped.
+    pub stop_vm: bool,
 }
 
 impl Core {

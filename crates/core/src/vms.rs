@@ -149,6 +149,14 @@ impl Core {
         } else {
             None
         };
+        if let Some(t) = self.team_as(actor)? {
+            let vm = t.vm_create(spec, &self.machine_name(&spec.name), worker.as_deref())?;
+            return if wait {
+                self.provision(vm.id, progress)
+            } else {
+                Ok(vm)
+            };
+        }
         let vm = self.write(|tx| {
             let u = user(tx, actor)?;
             let host_id: i64 = match &spec.host {
@@ -228,7 +236,9 @@ impl Core {
     /// it if asked, reporting each step. On failure the VM is FAILED_TO_START,
     /// its credits are not refunded, and an event says why.
     pub(crate) fn provision(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
-        let (vm, start): (Vm, bool) = {
+        let (vm, start): (Vm, bool) = if let Some(t) = self.team() {
+            (t.vm(&vm_id.to_string())?, t.vm_start_after_create(vm_id)?)
+        } else {
             let db = self.db();
             let start = db.query_row(
                 "SELECT start_after_create FROM vms WHERE id = ?1",
@@ -281,6 +291,20 @@ impl Core {
             }
             Ok(state)
         })();
+        if let Some(t) = self.team() {
+            return match done {
+                Ok(state) => {
+                    report(steps, "done");
+                    t.vm_created(vm_id, Ok(vm_status_of(state)))
+                }
+                Err(e) => {
+                    let reason = e.one_line();
+                    report(steps, &format!("failed: {reason}"));
+                    t.vm_created(vm_id, Err(reason))?;
+                    Err(e)
+                }
+            };
+        }
         match done {
             Ok(state) => {
                 report(steps, "done");
@@ -330,6 +354,12 @@ impl Core {
     /// yet: how the app runs a creation in the background with progress.
     pub fn provision_vm(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
         let me = self.worker_id()?.to_owned();
+        if let Some(t) = self.team() {
+            if !t.vm_claim(vm_id, &me)? {
+                return t.vm(&vm_id.to_string());
+            }
+            return self.provision(vm_id, progress);
+        }
         let claimed = self.write(|tx| {
             Ok(tx.execute(
                 "UPDATE vms SET worker = ?2 WHERE id = ?1 AND status = 'CREATING' AND worker IS NULL",
@@ -372,6 +402,17 @@ impl Core {
     /// held by a live session refuses every action but start. A refused or
     /// failed action is an event too (severity warning), with the reason.
     pub fn vm_action(&self, actor: &str, vm: &str, action: VmAction) -> Result<Vm> {
+        if let Some(t) = self.team_as(actor)? {
+            let v = t.vm(vm)?;
+            let was = t.vm_action_begin(v.id, action, &force_off_at(self.opts.shutdown_timeout))?;
+            let a = t.whoami()?;
+            let acted = self.act_on_machine(&a, &was, action);
+            if acted.is_err() {
+                // The machine stays: so does its state as it was.
+                t.vm_action_undo(v.id, was.status)?;
+            }
+            return acted;
+        }
         let a = user(&self.db(), actor)?;
         self.vm_action_by(&a, vm, action)
     }
@@ -546,6 +587,10 @@ impl Core {
                 (VmStatus::Destroyed, false)
             }
         };
+        if let Some(t) = self.team() {
+            t.vm_action_done(v.id, action, v.status, status, forced)?;
+            return t.vm(&v.id.to_string());
+        }
         self.write(|tx| {
             let ts = now();
             tx.execute(

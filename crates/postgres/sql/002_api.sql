@@ -251,6 +251,10 @@ BEGIN
     ELSE
         RAISE EXCEPTION 'a host is of kind libvirt or azure, not %', coalesce(p_kind, 'nothing') USING ERRCODE = '22023';
     END IF;
+    PERFORM 1 FROM vmdesk.hosts WHERE name = p_name;
+    IF FOUND THEN
+        PERFORM vmdesk.taken('host', p_name);
+    END IF;
     INSERT INTO vmdesk.hosts (name, kind, uri) VALUES (p_name, p_kind, p_uri) RETURNING * INTO h;
     PERFORM vmdesk.record('admin', 'host.add', 'info', a.name, NULL, NULL, NULL,
         jsonb_build_object('host', p_name, 'kind', p_kind, 'uri', p_uri));
@@ -263,6 +267,10 @@ DECLARE a vmdesk.users; p vmdesk.projects;
 BEGIN
     a := vmdesk.require_admin('create projects');
     PERFORM vmdesk.check_name('project', p_name);
+    PERFORM 1 FROM vmdesk.projects WHERE name = p_name;
+    IF FOUND THEN
+        PERFORM vmdesk.taken('project', p_name);
+    END IF;
     INSERT INTO vmdesk.projects (name) VALUES (p_name) RETURNING * INTO p;
     PERFORM vmdesk.record('admin', 'project.create', 'info', a.name, NULL, NULL, NULL,
         jsonb_build_object('project', p_name));
@@ -279,6 +287,10 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01',
             DETAIL = json_build_object('project', p_project)::text;
+    END IF;
+    PERFORM 1 FROM vmdesk.workspaces WHERE project_id = pid AND name = p_name;
+    IF FOUND THEN
+        PERFORM vmdesk.taken('workspace', p_name);
     END IF;
     INSERT INTO vmdesk.workspaces (project_id, name) VALUES (pid, p_name) RETURNING * INTO w;
     PERFORM vmdesk.record('admin', 'workspace.create', 'info', a.name, NULL, NULL, NULL,
@@ -303,10 +315,17 @@ BEGIN
     END IF;
 END $$;
 
--- A VM of a project's pool (admin's, not charged), CREATING until its worker
--- has made it on the host.
+CREATE FUNCTION vmdesk.taken(p_kind text, p_name text) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog AS $$
+BEGIN
+    RAISE EXCEPTION 'a % named % already exists', p_kind, p_name USING ERRCODE = '23505',
+        DETAIL = json_build_object('kind', p_kind, 'name', p_name)::text;
+END $$;
+
+-- A VM of a project's pool (admin's, not charged), CREATING while the
+-- admin's desk defines it on its host; vm_add_done settles it.
 CREATE FUNCTION vmdesk.vm_add(p_name text, p_project text, p_host text, p_os text, p_ram bigint,
-    p_disk bigint, p_cpus bigint, p_vm_type text, p_worker text) RETURNS vmdesk.vms
+    p_disk bigint, p_cpus bigint, p_vm_type text, p_machine text, p_worker text) RETURNS vmdesk.vms
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE a vmdesk.users; c record; pid bigint; v vmdesk.vms;
 BEGIN
@@ -318,34 +337,132 @@ BEGIN
         RAISE EXCEPTION 'no project named %', p_project USING ERRCODE = 'VDN01',
             DETAIL = json_build_object('project', p_project)::text;
     END IF;
+    PERFORM 1 FROM vmdesk.vms WHERE name = p_name;
+    IF FOUND THEN
+        PERFORM vmdesk.taken('VM', p_name);
+    END IF;
     INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
-            host_id, worker, start_after_create)
+            host_id, provider_id, worker, start_after_create)
         VALUES (p_name, p_os, p_ram, p_disk, p_cpus, coalesce(p_vm_type, 'standard'), 'CREATING', pid,
-            c.host_id, p_worker, false)
+            c.host_id, p_machine, p_worker, false)
         RETURNING * INTO v;
-    PERFORM vmdesk.record('vm', 'vm.add', 'info', a.name, v.id, NULL, NULL,
-        jsonb_build_object('name', p_name, 'project', p_project, 'host', p_host));
     RETURN v;
 END $$;
 
--- A VM of one's own, charged at its price in the same transaction: either it
--- is paid for and exists, or neither.
-CREATE FUNCTION vmdesk.vm_create(p_name text, p_host text, p_os text, p_ram bigint, p_disk bigint,
-    p_cpus bigint, p_vm_type text, p_start boolean, p_worker text) RETURNS vmdesk.vms
+-- The admin's desk has defined the pool VM on its host (STOPPED, ready for
+-- sessions) or could not (the row goes; nothing was charged).
+CREATE FUNCTION vmdesk.vm_add_done(p_id bigint, p_ok boolean, p_details jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE a vmdesk.users; c record; v vmdesk.vms;
+DECLARE a vmdesk.users; v vmdesk.vms;
+BEGIN
+    a := vmdesk.require_admin('add VMs to pools');
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id AND status = 'CREATING' AND project_id IS NOT NULL
+        FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no pool VM % being added', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_id::text)::text;
+    END IF;
+    IF p_ok THEN
+        UPDATE vmdesk.vms SET status = 'STOPPED', worker = NULL, updated_at = now() WHERE id = p_id;
+        PERFORM vmdesk.record('vm', 'vm.add', 'info', a.name, v.id, NULL, NULL, p_details);
+    ELSE
+        DELETE FROM vmdesk.vms WHERE id = p_id;
+        PERFORM vmdesk.record('vm', 'vm.add_failed', 'warning', a.name, NULL, NULL, NULL, p_details);
+    END IF;
+END $$;
+
+-- A VM of one's own, charged at its price in the same transaction: either it
+-- is paid for and exists, or neither. p_host NULL: the only host there is.
+CREATE FUNCTION vmdesk.vm_create(p_name text, p_host text, p_os text, p_ram bigint, p_disk bigint,
+    p_cpus bigint, p_start boolean, p_machine text, p_worker text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; c record; v vmdesk.vms; host text := p_host; n bigint;
 BEGIN
     a := vmdesk.caller();
-    c := vmdesk.check_vm(p_name, p_ram, p_disk, p_cpus, p_host);
+    IF host IS NULL THEN
+        SELECT count(*), min(name) INTO n, host FROM vmdesk.hosts;
+        IF n = 0 THEN
+            RAISE EXCEPTION 'there is no host yet: an admin adds one with ''vmdesk host add''' USING ERRCODE = '22023';
+        ELSIF n > 1 THEN
+            RAISE EXCEPTION 'there are several hosts: name one with --host' USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    c := vmdesk.check_vm(p_name, p_ram, p_disk, p_cpus, host);
     PERFORM vmdesk.check_name('OS', p_os);
+    PERFORM 1 FROM vmdesk.vms WHERE name = p_name;
+    IF FOUND THEN
+        PERFORM vmdesk.taken('VM', p_name);
+    END IF;
     INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
-            host_id, worker, start_after_create)
-        VALUES (p_name, p_os, p_ram, p_disk, p_cpus, coalesce(p_vm_type, 'standard'), 'CREATING', a.id,
-            c.host_id, p_worker, coalesce(p_start, true))
+            host_id, provider_id, worker, start_after_create, metadata)
+        VALUES (p_name, p_os, p_ram, p_disk, p_cpus, 'standard', 'CREATING', a.id,
+            c.host_id, p_machine, p_worker, coalesce(p_start, true), jsonb_build_object('cost', c.cost))
         RETURNING * INTO v;
-    PERFORM vmdesk.debit(a, c.cost, 'vm_create', 'VM ' || p_name, a.name, v.id, 'VM ' || p_name);
+    PERFORM vmdesk.debit(a, c.cost, 'vm_create', 'create VM ' || p_name, a.name, v.id, 'VM ' || p_name);
+    PERFORM vmdesk.record('billing', 'credits.charge', 'info', a.name, v.id, NULL, a.id,
+        jsonb_build_object('user', a.name, 'amount', c.cost, 'kind', 'vm_create', 'vm', p_name));
     PERFORM vmdesk.record('vm', 'vm.create', 'info', a.name, v.id, NULL, a.id,
-        jsonb_build_object('name', p_name, 'host', p_host, 'cost', c.cost));
+        jsonb_build_object('vm', p_name, 'ram_mb', p_ram, 'disk_gb', p_disk, 'cpu_cores', p_cpus,
+            'os_type', p_os, 'cost', c.cost, 'start', coalesce(p_start, true), 'status', 'CREATING'));
+    RETURN v;
+END $$;
+
+-- Who may drive a VM's machine: its owner, the holder of its live session,
+-- or an admin.
+CREATE FUNCTION vmdesk.may_drive(v vmdesk.vms) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog AS $$
+    SELECT v.owner_user_id IS NOT DISTINCT FROM vmdesk.me() AND v.owner_user_id IS NOT NULL
+        OR EXISTS (SELECT 1 FROM vmdesk.sessions s WHERE s.id = v.live_session_id AND s.user_id = vmdesk.me())
+        OR vmdesk.is_admin()
+$$;
+
+-- Takes a VM being created that no worker provisions, for p_worker.
+CREATE FUNCTION vmdesk.vm_claim(p_id bigint, p_worker text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.caller();
+    UPDATE vmdesk.vms v SET worker = p_worker
+     WHERE id = p_id AND status = 'CREATING' AND worker IS NULL AND vmdesk.may_drive(v);
+    RETURN FOUND;
+END $$;
+
+-- Whether a VM to be created is to be started too.
+CREATE FUNCTION vmdesk.vm_start_after_create(p_id bigint) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+    SELECT start_after_create FROM vmdesk.vms v WHERE id = p_id AND vmdesk.may_drive(v)
+$$;
+
+-- A creation's end: the machine exists (STOPPED or RUNNING) or it failed
+-- (FAILED_TO_START; the credits are not refunded).
+CREATE FUNCTION vmdesk.vm_created(p_id bigint, p_status text, p_reason text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms; who text;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR NOT vmdesk.may_drive(v) THEN
+        RAISE EXCEPTION 'no VM % of %', p_id, a.name USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_id::text)::text;
+    END IF;
+    IF v.status <> 'CREATING' THEN
+        RAISE EXCEPTION 'VM % is %, not being created', v.name, v.status USING ERRCODE = 'VDS01';
+    END IF;
+    who := coalesce((SELECT name FROM vmdesk.users WHERE id = v.owner_user_id), a.name);
+    IF p_reason IS NULL THEN
+        IF p_status NOT IN ('STOPPED', 'RUNNING') THEN
+            RAISE EXCEPTION 'a created VM is STOPPED or RUNNING, not %', p_status USING ERRCODE = '22023';
+        END IF;
+        UPDATE vmdesk.vms SET status = p_status, worker = NULL, updated_at = now(),
+               started_at = CASE WHEN p_status = 'RUNNING' THEN now() END
+         WHERE id = p_id RETURNING * INTO v;
+        PERFORM vmdesk.record('vm', 'vm.created', 'info', who, v.id, NULL, v.owner_user_id,
+            jsonb_build_object('was', 'CREATING', 'now', p_status));
+    ELSE
+        UPDATE vmdesk.vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = now()
+         WHERE id = p_id RETURNING * INTO v;
+        PERFORM vmdesk.record('vm', 'vm.create_failed', 'warning', who, v.id, NULL, v.owner_user_id,
+            jsonb_build_object('was', 'CREATING', 'now', 'FAILED_TO_START', 'reason', p_reason, 'refunded', false));
+    END IF;
     RETURN v;
 END $$;
 
@@ -412,38 +529,6 @@ BEGIN
     RETURN s;
 END $$;
 
-CREATE FUNCTION vmdesk.session_close(p_id bigint) RETURNS vmdesk.sessions
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-DECLARE a vmdesk.users; s vmdesk.sessions; was text;
-BEGIN
-    a := vmdesk.caller();
-    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01',
-            DETAIL = json_build_object('session', p_id)::text;
-    END IF;
-    IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
-        RAISE EXCEPTION '% may not close session %: it is not theirs', a.name, p_id USING ERRCODE = '42501',
-            DETAIL = json_build_object('forbidden', 'close session ' || p_id || ' of another user')::text;
-    END IF;
-    was := s.status;
-    IF s.status = 'REQUESTED' AND s.worker IS NULL THEN
-        -- Nothing was started for it: cancelled.
-        UPDATE vmdesk.sessions SET status = 'COMPLETED', updated_at = now(), ended_at = now()
-         WHERE id = p_id RETURNING * INTO s;
-        PERFORM vmdesk.record('session', 'session.cancel', 'info', a.name, s.vm_id, s.id, s.user_id,
-            jsonb_build_object('was', was, 'now', 'COMPLETED'));
-    ELSIF s.status = 'ACTIVE' THEN
-        UPDATE vmdesk.sessions SET status = 'TERMINATING', updated_at = now() WHERE id = p_id RETURNING * INTO s;
-        UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now() WHERE id = s.vm_id AND status = 'RUNNING';
-        PERFORM vmdesk.record('session', 'session.close', 'info', a.name, s.vm_id, s.id, s.user_id,
-            jsonb_build_object('was', was, 'now', 'TERMINATING'));
-    ELSIF s.status <> 'TERMINATING' THEN
-        RAISE EXCEPTION 'session % is %, and cannot be closed', p_id, s.status USING ERRCODE = 'VDS01',
-            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'closed')::text;
-    END IF;
-    RETURN s;
-END $$;
 
 -- A session's next step, taken by the worker driving it (its owner's desk or
 -- an admin's serve): only forward, along the lifecycle.
@@ -515,15 +600,181 @@ BEGIN
     RETURN v;
 END $$;
 
+-- A session's life, step by step, as the worker driving it (the owner's
+-- desk, or an admin's) goes. Each step moves the session and its VM together
+-- and writes its event.
+CREATE FUNCTION vmdesk.driven_session(p_id bigint) RETURNS vmdesk.sessions LANGUAGE plpgsql
+SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions;
+BEGIN
+    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR (s.user_id <> vmdesk.me() AND NOT vmdesk.is_admin()) THEN
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('session', p_id)::text;
+    END IF;
+    RETURN s;
+END $$;
+
+CREATE FUNCTION vmdesk.session_starting(p_id bigint, p_worker text) RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions;
+BEGIN
+    PERFORM vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    IF s.status <> 'REQUESTED' OR s.worker IS DISTINCT FROM p_worker THEN
+        RAISE EXCEPTION 'session % is % and cannot be started by this process', p_id, s.status
+            USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'started by this process')::text;
+    END IF;
+    UPDATE vmdesk.sessions SET status = 'STARTING', updated_at = now() WHERE id = p_id RETURNING * INTO s;
+    UPDATE vmdesk.vms SET status = 'STARTING', updated_at = now() WHERE id = s.vm_id AND status <> 'RUNNING';
+    PERFORM vmdesk.record('session', 'session.starting', 'info', (SELECT name FROM vmdesk.users WHERE id = s.user_id),
+        s.vm_id, s.id, s.user_id, jsonb_build_object('was', 'REQUESTED', 'now', 'STARTING'));
+    RETURN s;
+END $$;
+
+CREATE FUNCTION vmdesk.session_started(p_id bigint, p_machine text) RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions;
+BEGIN
+    PERFORM vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    IF s.status <> 'STARTING' THEN
+        RAISE EXCEPTION 'session % is %, not starting', p_id, s.status USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'started')::text;
+    END IF;
+    UPDATE vmdesk.sessions SET status = 'ACTIVE', worker = NULL, started_at = now(), updated_at = now()
+     WHERE id = p_id RETURNING * INTO s;
+    UPDATE vmdesk.vms SET status = 'RUNNING', updated_at = now(),
+           started_at = CASE WHEN status <> 'RUNNING' THEN now() ELSE started_at END
+     WHERE id = s.vm_id;
+    PERFORM vmdesk.record('session', 'session.active', 'info', (SELECT name FROM vmdesk.users WHERE id = s.user_id),
+        s.vm_id, s.id, s.user_id, jsonb_build_object('was', 'STARTING', 'now', 'ACTIVE', 'machine', p_machine));
+    RETURN s;
+END $$;
+
+CREATE FUNCTION vmdesk.session_start_failed(p_id bigint, p_reason text, p_vm_status text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions;
+BEGIN
+    PERFORM vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    IF s.status NOT IN ('REQUESTED', 'STARTING') THEN
+        RAISE EXCEPTION 'session % is %, not starting', p_id, s.status USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'failed')::text;
+    END IF;
+    UPDATE vmdesk.sessions SET status = 'FAILED', worker = NULL, error = p_reason, updated_at = now(),
+           ended_at = now() WHERE id = p_id;
+    -- Sent to the back of the queue: least recently stopped goes first.
+    UPDATE vmdesk.vms SET status = p_vm_status, last_stopped = now(), updated_at = now() WHERE id = s.vm_id;
+    PERFORM vmdesk.record('session', 'session.failed', 'warning', (SELECT name FROM vmdesk.users WHERE id = s.user_id),
+        s.vm_id, s.id, s.user_id, jsonb_build_object('was', 'STARTING', 'now', 'FAILED', 'reason', p_reason,
+        'vm_status', p_vm_status));
+END $$;
+
+-- Closing: an ACTIVE session becomes TERMINATING (claimed by p_worker when
+-- the caller drives the shutdown itself); a REQUESTED one nobody has taken
+-- is cancelled. Returns the session and whether the caller is to drive it.
+CREATE FUNCTION vmdesk.session_close(p_id bigint, p_worker text, OUT s vmdesk.sessions, OUT drive boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; was text;
+BEGIN
+    a := vmdesk.caller();
+    drive := false;
+    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no session %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('session', p_id)::text;
+    END IF;
+    IF s.user_id <> a.id AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not close session %: it is not theirs', a.name, p_id USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'close session ' || p_id || ' of another user')::text;
+    END IF;
+    was := s.status;
+    IF s.status = 'REQUESTED' AND s.worker IS NULL THEN
+        -- Nothing was started for it: cancelled.
+        UPDATE vmdesk.sessions SET status = 'COMPLETED', updated_at = now(), ended_at = now()
+         WHERE id = p_id RETURNING * INTO s;
+        PERFORM vmdesk.record('session', 'session.cancel', 'info', a.name, s.vm_id, s.id, s.user_id,
+            jsonb_build_object('was', was, 'now', 'COMPLETED'));
+    ELSIF s.status = 'ACTIVE' THEN
+        UPDATE vmdesk.sessions SET status = 'TERMINATING', worker = p_worker, updated_at = now()
+         WHERE id = p_id RETURNING * INTO s;
+        UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now() WHERE id = s.vm_id AND status = 'RUNNING';
+        PERFORM vmdesk.record('session', 'session.close', 'info', a.name, s.vm_id, s.id, s.user_id,
+            jsonb_build_object('was', was, 'now', 'TERMINATING'));
+        drive := p_worker IS NOT NULL;
+    ELSIF s.status = 'TERMINATING' THEN
+        IF p_worker IS NOT NULL AND s.worker IS NULL THEN
+            UPDATE vmdesk.sessions SET worker = p_worker WHERE id = p_id RETURNING * INTO s;
+            drive := true;
+        END IF;
+    ELSE
+        RAISE EXCEPTION 'session % is %, and cannot be closed', p_id, s.status USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'closed')::text;
+    END IF;
+END $$;
+
+-- The shutdown is under way: every desk sees when the guest is forced off.
+CREATE FUNCTION vmdesk.session_stopping(p_id bigint, p_force_off_at text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions;
+BEGIN
+    PERFORM vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now(),
+           metadata = metadata || jsonb_build_object('force_off_at', p_force_off_at)
+     WHERE id = s.vm_id AND status IN ('RUNNING', 'STOPPING', 'STARTING', 'UNKNOWN');
+END $$;
+
+CREATE FUNCTION vmdesk.session_ended(p_id bigint, p_end text, p_forced boolean) RETURNS vmdesk.sessions
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; s vmdesk.sessions;
+BEGIN
+    a := vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    IF s.status <> 'TERMINATING' OR p_end NOT IN ('COMPLETED', 'TERMINATED') THEN
+        RAISE EXCEPTION 'session % is % and cannot become %', p_id, s.status, p_end USING ERRCODE = 'VDS01',
+            DETAIL = json_build_object('session', p_id, 'status', s.status, 'action', 'ended')::text;
+    END IF;
+    UPDATE vmdesk.sessions SET status = p_end, worker = NULL, updated_at = now(), ended_at = now()
+     WHERE id = p_id RETURNING * INTO s;
+    UPDATE vmdesk.vms SET status = 'STOPPED', last_stopped = now(), updated_at = now(),
+           metadata = metadata - 'force_off_at' WHERE id = s.vm_id;
+    PERFORM vmdesk.record('session', 'session.ended', 'info', a.name, s.vm_id, s.id, s.user_id,
+        jsonb_build_object('was', 'TERMINATING', 'now', p_end,
+            'user', (SELECT name FROM vmdesk.users WHERE id = s.user_id), 'forced_off', p_forced));
+    RETURN s;
+END $$;
+
+CREATE FUNCTION vmdesk.session_close_failed(p_id bigint, p_reason text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; s vmdesk.sessions;
+BEGIN
+    a := vmdesk.caller();
+    s := vmdesk.driven_session(p_id);
+    -- Left TERMINATING and unclaimed: a later worker tries again.
+    UPDATE vmdesk.sessions SET worker = NULL, error = p_reason WHERE id = p_id;
+    UPDATE vmdesk.vms SET metadata = metadata - 'force_off_at' WHERE id = s.vm_id;
+    PERFORM vmdesk.record('session', 'session.close_failed', 'warning', a.name, s.vm_id, s.id, s.user_id,
+        jsonb_build_object('reason', p_reason));
+END $$;
+
 -- Functions are executable by PUBLIC unless told otherwise: only the store's
 -- users may call its functions, and the internal ones nobody but the owner.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vmdesk.is_admin(), vmdesk.me(), vmdesk.ts(timestamptz), vmdesk.price(bigint, bigint, bigint),
+GRANT EXECUTE ON FUNCTION vmdesk.is_admin(), vmdesk.me(), vmdesk.ts(timestamptz),
+    vmdesk.price(bigint, bigint, bigint),
     vmdesk.whoami(), vmdesk.user_add(text, boolean, text), vmdesk.user_role(text, text),
     vmdesk.credits_grant(text, bigint, text), vmdesk.charge(text, bigint, text, text),
     vmdesk.host_add(text, text, text), vmdesk.project_create(text), vmdesk.workspace_create(text, text),
-    vmdesk.vm_add(text, text, text, text, bigint, bigint, bigint, text, text),
-    vmdesk.vm_create(text, text, text, bigint, bigint, bigint, text, boolean, text),
-    vmdesk.session_open(text, text, text, text), vmdesk.session_close(bigint),
+    vmdesk.vm_add(text, text, text, text, bigint, bigint, bigint, text, text, text),
+    vmdesk.vm_add_done(bigint, boolean, jsonb),
+    vmdesk.vm_create(text, text, text, bigint, bigint, bigint, boolean, text, text),
+    vmdesk.vm_start_after_create(bigint), vmdesk.vm_created(bigint, text, text), vmdesk.vm_claim(bigint, text),
+    vmdesk.session_open(text, text, text, text), vmdesk.session_close(bigint, text),
+    vmdesk.session_starting(bigint, text), vmdesk.session_started(bigint, text),
+    vmdesk.session_start_failed(bigint, text, text), vmdesk.session_stopping(bigint, text),
+    vmdesk.session_ended(bigint, text, boolean), vmdesk.session_close_failed(bigint, text),
     vmdesk.session_advance(bigint, text, text), vmdesk.vm_set_status(bigint, text, text)
     TO @USERS@;

@@ -8,6 +8,7 @@ use crate::{Error, Result};
 pub const STEPS: &[&str] = &[
     include_str!("../sql/001_schema.sql"),
     include_str!("../sql/002_api.sql"),
+    include_str!("../sql/003_serve.sql"),
 ];
 
 /// The store's roles, named after its database so that one cluster can hold

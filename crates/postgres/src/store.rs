@@ -11,7 +11,7 @@ use postgres::{Client, Row};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
-use vmdesk_core::{Error as CoreError, Result as CoreResult, TeamStore};
+use vmdesk_core::{Billed, Error as CoreError, Result as CoreResult, RuntimeCharge, TeamStore};
 
 use crate::{schema_version, scram_verifier, Error, Target, STEPS};
 
@@ -127,7 +127,7 @@ impl PgStore {
         }
     }
 
-    fn session(&self, id: i64) -> CoreResult<Session> {
+    fn session_by_id(&self, id: i64) -> CoreResult<Session> {
         self.query(
             &format!("{SESSION_SELECT} WHERE s.id = $1"),
             &[&id],
@@ -497,12 +497,7 @@ impl TeamStore for PgStore {
                 )
             })?
             .get(0);
-        self.session(id)
-    }
-
-    fn session_close(&self, id: i64) -> CoreResult<Session> {
-        self.with(|c| c.execute("SELECT vmdesk.session_close($1)", &[&id]))?;
-        self.session(id)
+        self.session_by_id(id)
     }
 
     fn session_list(&self, all: bool) -> CoreResult<Vec<Session>> {
@@ -531,6 +526,279 @@ impl TeamStore for PgStore {
         )
     }
 
+    fn install_id(&self) -> CoreResult<String> {
+        self.one(
+            "SELECT value FROM vmdesk.settings WHERE key = 'install_id'",
+            &[],
+            |r| Ok(r.get(0)),
+        )
+    }
+
+    fn projects(&self) -> CoreResult<Vec<(Project, Vec<String>)>> {
+        self.query(
+            "SELECT p.id, p.name, vmdesk.ts(p.created_at),
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL), '{}')
+             FROM vmdesk.projects p LEFT JOIN vmdesk.workspaces w ON w.project_id = p.id
+             GROUP BY p.id ORDER BY p.name",
+            &[],
+            |r| {
+                Ok((
+                    Project {
+                        id: r.get(0),
+                        name: r.get(1),
+                        created_at: r.get(2),
+                    },
+                    r.get(3),
+                ))
+            },
+        )
+    }
+
+    fn vm(&self, reference: &str) -> CoreResult<Vm> {
+        // An id first, then a name (a VM's name is never all digits).
+        let id: Option<i64> = reference.parse().ok();
+        self.query(
+            &format!("{VM_SELECT} WHERE v.id = $1 OR ($1 IS NULL AND v.name = $2)"),
+            &[&id, &reference],
+            vm_row,
+        )?
+        .pop()
+        .ok_or_else(|| CoreError::UnknownVm(reference.to_owned()))
+    }
+
+    fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> CoreResult<Vm> {
+        let id: i64 = self
+            .with(|c| {
+                c.query_one(
+                    "SELECT id FROM vmdesk.vm_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    &[
+                        &spec.name,
+                        &spec.pool,
+                        &spec.host,
+                        &spec.os_type,
+                        &spec.ram_mb,
+                        &spec.disk_gb,
+                        &spec.cpu_cores,
+                        &spec.vm_type,
+                        &machine,
+                        &worker,
+                    ],
+                )
+            })?
+            .get(0);
+        self.vm(&id.to_string())
+    }
+
+    fn vm_add_done(&self, id: i64, ok: bool, details: Value) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.vm_add_done($1, $2, $3::text::jsonb)",
+                &[&id, &ok, &details.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> CoreResult<Vm> {
+        let id: i64 = self
+            .with(|c| {
+                c.query_one(
+                    "SELECT id FROM vmdesk.vm_create($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    &[
+                        &spec.name,
+                        &spec.host,
+                        &spec.os_type,
+                        &spec.ram_mb,
+                        &spec.disk_gb,
+                        &spec.cpu_cores,
+                        &spec.start,
+                        &machine,
+                        &worker,
+                    ],
+                )
+            })?
+            .get(0);
+        self.vm(&id.to_string())
+    }
+
+    fn vm_claim(&self, id: i64, worker: &str) -> CoreResult<bool> {
+        Ok(self
+            .with(|c| c.query_one("SELECT vmdesk.vm_claim($1, $2)", &[&id, &worker]))?
+            .get(0))
+    }
+
+    fn vm_start_after_create(&self, id: i64) -> CoreResult<bool> {
+        let start: Option<bool> = self
+            .with(|c| c.query_one("SELECT vmdesk.vm_start_after_create($1)", &[&id]))?
+            .get(0);
+        start.ok_or_else(|| CoreError::UnknownVm(id.to_string()))
+    }
+
+    fn vm_created(&self, id: i64, outcome: Result<VmStatus, String>) -> CoreResult<Vm> {
+        let (status, reason) = match &outcome {
+            Ok(s) => (Some(s.as_str()), None),
+            Err(r) => (None, Some(r.as_str())),
+        };
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.vm_created($1, $2, $3)",
+                &[&id, &status, &reason],
+            )
+        })?;
+        self.vm(&id.to_string())
+    }
+
+    fn session(&self, id: i64) -> CoreResult<Session> {
+        self.session_by_id(id)
+    }
+
+    fn session_close_by(&self, id: i64, worker: Option<&str>) -> CoreResult<(Session, bool)> {
+        let drive: bool = self
+            .with(|c| {
+                c.query_one(
+                    "SELECT drive FROM vmdesk.session_close($1, $2)",
+                    &[&id, &worker],
+                )
+            })?
+            .get(0);
+        Ok((self.session_by_id(id)?, drive))
+    }
+
+    fn session_starting(&self, id: i64, worker: &str) -> CoreResult<Session> {
+        self.with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
+        self.session_by_id(id)
+    }
+
+    fn session_started(&self, id: i64, machine: &str) -> CoreResult<Session> {
+        self.with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
+        self.session_by_id(id)
+    }
+
+    fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_start_failed($1, $2, $3)",
+                &[&id, &reason, &vm_status.as_str()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn session_stopping(&self, id: i64, force_off_at: &str) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_stopping($1, $2)",
+                &[&id, &force_off_at],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> CoreResult<Session> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_ended($1, $2, $3)",
+                &[&id, &end.as_str(), &forced_off],
+            )
+        })?;
+        self.session_by_id(id)
+    }
+
+    fn session_close_failed(&self, id: i64, reason: &str) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_close_failed($1, $2)",
+                &[&id, &reason],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> CoreResult<Vm> {
+        let name = action_name(action);
+        // The function returns the row as it was before it marked it.
+        let was: String = self
+            .with(|c| {
+                c.query_one(
+                    "SELECT (vmdesk.vm_action_begin($1, $2, $3)).status",
+                    &[&id, &name, &force_off_at],
+                )
+            })?
+            .get(0);
+        let mut v = self.vm(&id.to_string())?;
+        v.status = parse(&was)?;
+        Ok(v)
+    }
+
+    fn vm_action_done(
+        &self,
+        id: i64,
+        action: VmAction,
+        was: VmStatus,
+        now: VmStatus,
+        forced_off: bool,
+    ) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.vm_action_done($1, $2, $3, $4, $5)",
+                &[
+                    &id,
+                    &action_name(action),
+                    &was.as_str(),
+                    &now.as_str(),
+                    &forced_off,
+                ],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn vm_action_undo(&self, id: i64, was: VmStatus) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.vm_action_undo($1, $2)",
+                &[&id, &was.as_str()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn billable_vms(&self) -> CoreResult<Vec<i64>> {
+        self.query("SELECT * FROM vmdesk.billable_vms()", &[], |r| Ok(r.get(0)))
+    }
+
+    fn bill_vm(
+        &self,
+        id: i64,
+        now: chrono::DateTime<chrono::Utc>,
+        observed: Option<i64>,
+        cfg: vmdesk_core::BillingConfig,
+    ) -> CoreResult<Option<Billed>> {
+        let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT vm, payer, seconds, credits, exhausted, end_session, stop_vm
+                 FROM vmdesk.bill_vm($1, $2::text::timestamptz, $3, $4, $5)",
+                &[&id, &at, &observed, &cfg.hourly_percent, &cfg.warn_seconds],
+            )
+        })?;
+        let seconds: Option<i64> = r.get(2);
+        let (Some(seconds), Some(vm), Some(user)) = (seconds, r.get(0), r.get(1)) else {
+            return Ok(None);
+        };
+        Ok(Some(Billed {
+            charge: RuntimeCharge {
+                vm,
+                user,
+                seconds,
+                credits: r.get::<_, Option<i64>>(3).unwrap_or(0),
+                exhausted: r.get::<_, Option<bool>>(4).unwrap_or(false),
+            },
+            end_session: r.get(5),
+            stop_vm: r.get::<_, Option<bool>>(6).unwrap_or(false),
+        }))
+    }
+
     fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
         self.query(
             "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
@@ -551,6 +819,15 @@ impl TeamStore for PgStore {
                 })
             },
         )
+    }
+}
+
+fn action_name(a: VmAction) -> &'static str {
+    match a {
+        VmAction::Start => "start",
+        VmAction::Stop => "stop",
+        VmAction::Restart => "restart",
+        VmAction::Destroy => "destroy",
     }
 }
 

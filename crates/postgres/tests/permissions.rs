@@ -158,7 +158,7 @@ fn a_plain_user_with_psql_is_refused_everything_core_would_refuse() {
     refused(
         &w,
         ann,
-        &format!("SELECT vmdesk.session_close({sid})"),
+        &format!("SELECT vmdesk.session_close({sid}, NULL)"),
         "it is not theirs",
     );
     refused(
@@ -221,7 +221,7 @@ fn a_plain_user_with_psql_is_refused_everything_core_would_refuse() {
     refused(
         &w,
         ann,
-        "SELECT vmdesk.vm_add('free', 'lab', 'h-lab', 'x', 96, 1, 1, NULL, NULL)",
+        "SELECT vmdesk.vm_add('free', 'lab', 'h-lab', 'x', 96, 1, 1, NULL, NULL, NULL)",
         "only an admin may",
     );
     refused(&w, ann, "CREATE OR REPLACE FUNCTION vmdesk.price(bigint, bigint, bigint) RETURNS bigint LANGUAGE sql AS 'SELECT 0::bigint'", "permission denied for schema vmdesk");
@@ -330,7 +330,7 @@ fn a_user_does_what_is_theirs_and_the_balance_follows_the_ledger() {
     }
     let status: String = b
         .query_one(
-            "SELECT status FROM vmdesk.session_close($1)",
+            "SELECT (s).status FROM vmdesk.session_close($1, NULL)",
             &[&w.bob_session],
         )
         .unwrap()
@@ -344,7 +344,7 @@ fn a_user_does_what_is_theirs_and_the_balance_follows_the_ledger() {
     // A VM of their own, at the database's price: 96 MB, 1 GB, 1 CPU = 12.
     let host = "h-lab";
     b.execute(
-        "SELECT vmdesk.vm_create('bobs', $1, 'tiny-linux', 96, 1, 1, NULL, true, NULL)",
+        "SELECT vmdesk.vm_create('bobs', $1, 'tiny-linux', 96, 1, 1, true, NULL, NULL)",
         &[&host],
     )
     .unwrap();
@@ -362,7 +362,7 @@ fn a_user_does_what_is_theirs_and_the_balance_follows_the_ledger() {
     // Too dear: refused, nothing made, nothing charged.
     let err = b
         .execute(
-            "SELECT vmdesk.vm_create('big', $1, 'tiny-linux', 65536, 100, 8, NULL, true, NULL)",
+            "SELECT vmdesk.vm_create('big', $1, 'tiny-linux', 65536, 100, 8, true, NULL, NULL)",
             &[&host],
         )
         .expect_err("not enough credits");

@@ -14,7 +14,8 @@ mod stores;
 use std::collections::HashSet;
 
 use stores::{Desks, Kind};
-use vmdesk_core::{LedgerKind, Role, SessionRequest, SessionStatus};
+use vmdesk_core::provider::PowerState;
+use vmdesk_core::{LedgerKind, Role, SessionRequest, SessionStatus, VmAction, VmCreate, VmStatus};
 
 fn req() -> SessionRequest {
     SessionRequest {
@@ -227,6 +228,235 @@ both!(concurrent_opens_never_share_a_vm, |d: &Desks| {
     });
 });
 
+both!(
+    a_session_waited_for_runs_its_vm_and_closing_stops_it,
+    |d: &Desks| {
+        d.pool(1);
+        let ann = d.user("ann", false, 0);
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        assert_eq!(s.status, SessionStatus::Active);
+        let vm = d.with(&ann, |c, me| c.vm_show(me, &s.vm_name).unwrap());
+        assert_eq!(vm.status, VmStatus::Running);
+        let machine = vm.provider_id.clone().unwrap();
+        assert_eq!(d.host().state(&machine), Some(PowerState::Running));
+        let closed = d.with(&ann, |c, me| c.session_close(me, s.id, true).unwrap());
+        assert_eq!(closed.status, SessionStatus::Completed);
+        assert_eq!(d.host().state(&machine), Some(PowerState::Stopped));
+        let vm = d.with(&ann, |c, me| c.vm_show(me, &s.vm_name).unwrap());
+        assert_eq!(vm.status, VmStatus::Stopped);
+        assert_eq!(vm.session_id, None, "the VM is free again");
+        let actions: Vec<String> = d.with(&ann, |c, me| {
+            c.events(me, 50)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.action)
+                .collect()
+        });
+        for a in [
+            "session.open",
+            "session.starting",
+            "session.active",
+            "session.close",
+            "session.ended",
+        ] {
+            assert!(
+                actions.iter().any(|x| x == a),
+                "{a} missing from {actions:?}"
+            );
+        }
+    }
+);
+
+both!(
+    a_failed_start_fails_the_session_and_frees_the_vm,
+    |d: &Desks| {
+        d.pool(1);
+        let ann = d.user("ann", false, 0);
+        *d.host().refuse_start.lock().unwrap() = true;
+        let err = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap_err());
+        assert_eq!(err.code(), "provider", "{err}");
+        let mine = d.with(&ann, |c, me| c.session_list(me, false).unwrap());
+        assert_eq!(mine[0].status, SessionStatus::Failed);
+        assert!(
+            mine[0].error.as_deref().unwrap_or("").contains("no room"),
+            "{mine:?}"
+        );
+        *d.host().refuse_start.lock().unwrap() = false;
+        let again = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        assert_eq!(again.status, SessionStatus::Active);
+    }
+);
+
+both!(
+    an_own_vm_is_paid_for_and_made_or_refused_without_charge,
+    |d: &Desks| {
+        d.pool(0);
+        let ann = d.user("ann", false, 100);
+        let spec = |name: &str, ram_mb: i64| VmCreate {
+            name: name.into(),
+            ram_mb,
+            disk_gb: 10,
+            cpu_cores: 1,
+            os_type: "blank".into(),
+            host: None,
+            start: true,
+        };
+        let cost = vmdesk_core::quote(512, 10, 1).unwrap().cost;
+        let vm = d.with(&ann, |c, me| {
+            c.vm_create(me, &spec("mine", 512), true, None).unwrap()
+        });
+        assert_eq!(vm.status, VmStatus::Running);
+        assert_eq!(vm.owner.as_deref(), Some(ann.as_str()));
+        d.with(&ann, |c, me| {
+            assert_eq!(c.credits_show(me, None).unwrap().balance, 100 - cost);
+            let err = c
+                .vm_create(me, &spec("dear", 65536), true, None)
+                .unwrap_err();
+            assert_eq!(err.code(), "insufficient_credits", "{err}");
+            assert_eq!(c.credits_show(me, None).unwrap().balance, 100 - cost);
+            let own: Vec<String> = c
+                .vm_list_own(me)
+                .unwrap()
+                .into_iter()
+                .map(|v| v.name)
+                .collect();
+            assert_eq!(own, ["mine"]);
+            let err = c.vm_create(me, &spec("mine", 512), true, None).unwrap_err();
+            assert_eq!(err.code(), "already_exists", "{err}");
+        });
+        // Another user does not see it.
+        let bob = d.user("bob", false, 0);
+        d.with(&bob, |c, me| {
+            assert_eq!(c.vm_show(me, "mine").unwrap_err().code(), "unknown_vm");
+            assert!(c.vm_list_own(me).unwrap().is_empty());
+        });
+    }
+);
+
+both!(
+    the_overview_shows_pools_to_all_and_sessions_to_their_users,
+    |d: &Desks| {
+        d.pool(2);
+        let ann = d.user("ann", false, 0);
+        let bob = d.user("bob", false, 0);
+        d.with(&ann, |c, me| c.session_open(me, &req(), false).unwrap());
+        d.with(&bob, |c, me| {
+            let o = c.overview(me).unwrap();
+            assert_eq!(o.user.name, bob);
+            assert_eq!(o.pools.len(), 1);
+            assert_eq!(o.pools[0].vms.len(), 2);
+            assert_eq!(
+                o.pools[0]
+                    .vms
+                    .iter()
+                    .filter(|v| v.session_id.is_some())
+                    .count(),
+                1
+            );
+            assert!(o.sessions.is_empty(), "bob sees no session of ann's");
+        });
+        let a = d.admin();
+        d.with(&a, |c, me| {
+            assert_eq!(c.overview(me).unwrap().sessions.len(), 1)
+        });
+    }
+);
+
+both!(
+    own_vms_stop_start_and_go_and_pool_vms_are_the_admins,
+    |d: &Desks| {
+        d.pool(1);
+        let ann = d.user("ann", false, 100);
+        let spec = VmCreate {
+            name: "mine".into(),
+            ram_mb: 512,
+            disk_gb: 10,
+            cpu_cores: 1,
+            os_type: "blank".into(),
+            host: None,
+            start: true,
+        };
+        d.with(&ann, |c, me| {
+            let vm = c.vm_create(me, &spec, true, None).unwrap();
+            let machine = vm.provider_id.clone().unwrap();
+            let v = c.vm_action(me, "mine", VmAction::Stop).unwrap();
+            assert_eq!(v.status, VmStatus::Stopped);
+            assert_eq!(d.host().state(&machine), Some(PowerState::Stopped));
+            let v = c.vm_action(me, "mine", VmAction::Start).unwrap();
+            assert_eq!(v.status, VmStatus::Running);
+            // A pool VM is not ann's to act on.
+            let err = c.vm_action(me, "vm0", VmAction::Stop).unwrap_err();
+            assert_eq!(err.code(), "forbidden", "{err}");
+            let v = c.vm_action(me, "mine", VmAction::Destroy).unwrap();
+            assert_eq!(v.status, VmStatus::Destroyed);
+            assert_eq!(d.host().state(&machine), None, "the machine is gone");
+            let err = c.vm_action(me, "mine", VmAction::Start).unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{err}");
+        });
+        // A pool VM held by a session refuses a stop, even by an admin.
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        let a = d.admin();
+        d.with(&a, |c, me| {
+            let err = c.vm_action(me, &s.vm_name, VmAction::Stop).unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{err}");
+            assert!(err.to_string().contains("held by session"), "{err}");
+        });
+    }
+);
+
+both!(
+    running_time_is_billed_once_per_interval_to_who_uses_the_vm,
+    |d: &Desks| {
+        d.pool(1);
+        let ann = d.user("ann", false, 1000);
+        let bob = d.user("bob", false, 1000);
+        let spec = VmCreate {
+            name: "mine".into(),
+            ram_mb: 1024,
+            disk_gb: 20,
+            cpu_cores: 2,
+            os_type: "blank".into(),
+            host: None,
+            start: true,
+        };
+        d.with(&ann, |c, me| c.vm_create(me, &spec, true, None).unwrap());
+        let s = d.with(&bob, |c, me| c.session_open(me, &req(), true).unwrap());
+        let later = chrono::Utc::now() + chrono::Duration::hours(2);
+        let a = d.admin();
+        let charges = d.with(&a, |c, _| c.bill_runtime(later).unwrap());
+        // 1024 MB, 20 GB, 2 CPUs cost 34: 3.4 credits an hour at 10 %.
+        let mine = charges
+            .iter()
+            .find(|c| c.vm == "mine")
+            .expect("ann's VM billed");
+        assert_eq!(mine.user, ann);
+        assert!((7190..=7200).contains(&mine.seconds), "{mine:?}");
+        assert_eq!(mine.credits, 6);
+        let pool = charges
+            .iter()
+            .find(|c| c.vm == s.vm_name)
+            .expect("bob's session billed");
+        assert_eq!(pool.user, bob);
+        // The same interval again: nothing more.
+        let again = d.with(&a, |c, _| c.bill_runtime(later).unwrap());
+        assert!(
+            again.iter().all(|c| c.credits == 0 && c.seconds <= 0) || again.is_empty(),
+            "{again:?}"
+        );
+        d.with(&ann, |c, me| {
+            let st = c.credits_show(me, None).unwrap();
+            let runtime: i64 = st
+                .entries
+                .iter()
+                .filter(|e| e.kind == LedgerKind::Runtime)
+                .map(|e| -e.amount)
+                .sum();
+            assert_eq!(runtime, 6);
+            assert_eq!(st.entries.iter().map(|e| e.amount).sum::<i64>(), st.balance);
+        });
+    }
+);
+
 #[test]
 fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     let d = Desks::new(Kind::Team);
@@ -242,22 +472,7 @@ fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     assert!(err.to_string().contains("you are your login"), "{err}");
     // An operation the team store does not offer yet does not fall back on
     // the desk's own file.
-    let err = core
-        .vm_create(
-            &ann,
-            &vmdesk_core::VmCreate {
-                name: "mine".into(),
-                ram_mb: 96,
-                disk_gb: 1,
-                cpu_cores: 1,
-                os_type: "blank".into(),
-                host: None,
-                start: false,
-            },
-            true,
-            None,
-        )
-        .unwrap_err();
+    let err = core.vm_events(&ann, "anything", 10).unwrap_err();
     assert_eq!(err.code(), "not_on_team_store", "{err}");
     assert_eq!(core.team().unwrap().login(), ann);
 }

@@ -167,7 +167,7 @@ impl Store {
             let vm = format!("{name}-vm{i}");
             let id: i64 = a
                 .query_one(
-                    "SELECT id FROM vmdesk.vm_add($1, $2, $3, 'tiny-linux', 96, 1, 1, NULL, NULL)",
+                    "SELECT id FROM vmdesk.vm_add($1, $2, $3, 'tiny-linux', 96, 1, 1, NULL, NULL, NULL)",
                     &[&vm, &name, &host],
                 )
                 .unwrap()

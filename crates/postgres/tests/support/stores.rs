@@ -119,41 +119,23 @@ impl Desks {
         name
     }
 
-    /// A project `p` on host `h` with `n` VMs ready (STOPPED).
+    /// A project `p` on host `h` with `n` VMs ready (STOPPED), added by the
+    /// admin (on the team store, from the admin's desk).
     pub fn pool(&self, n: usize) {
         let a = self.admin();
-        match &self.team {
-            None => {
-                let c = &self.embedded.as_ref().unwrap().1;
-                c.host_add(&a, "h", "test:///default").unwrap();
-                c.project_create(&a, "p").unwrap();
-                for i in 0..n {
-                    c.vm_add(&a, &common::vm(&format!("vm{i}"), "standard"))
-                        .unwrap();
-                }
+        self.with(&a, |c, a| {
+            c.host_add(a, "h", "test:///default").unwrap();
+            c.project_create(a, "p").unwrap();
+            for i in 0..n {
+                c.vm_add(a, &common::vm(&format!("vm{i}"), "standard"))
+                    .unwrap();
             }
-            Some(s) => {
-                // Pool VMs are made by vm add, which the team store does not
-                // offer yet: the admin makes them through the functions.
-                self.with(&a, |c, a| {
-                    c.host_add(a, "h", "test:///default").unwrap();
-                    c.project_create(a, "p").unwrap();
-                });
-                let mut admin = s.admin();
-                for i in 0..n {
-                    let id: i64 = admin
-                        .query_one(
-                            "SELECT id FROM vmdesk.vm_add($1, 'p', 'h', 'blank', 512, 10, 1, 'standard', NULL)",
-                            &[&format!("vm{i}")],
-                        )
-                        .unwrap()
-                        .get(0);
-                    admin
-                        .execute("SELECT vmdesk.vm_set_status($1, 'STOPPED', NULL)", &[&id])
-                        .unwrap();
-                }
-            }
-        }
+        });
+    }
+
+    /// The test host's machines.
+    pub fn host(&self) -> &common::MemoryHost {
+        &self.hosts.0
     }
 }
 

@@ -1,0 +1,185 @@
+-- vmdesk team store, step 3: what `vmdesk serve` (an admin's always-on
+-- process) does for every desk: metered billing of running time.
+
+-- Charges a VM's running time up to p_now to who uses it (its owner, or the
+-- user of the pool VM's session), as crates/core's billing does on the
+-- embedded store. The VM's row is locked and billed_until advanced in the
+-- same transaction, so two passes (two serve processes, a leader that died
+-- mid-pass) never charge one interval twice. p_observed caps the seconds at
+-- what the caller's monotonic clock saw since its previous pass (NULL: no
+-- cap). Returns NULL seconds when there was nothing to charge;
+-- end_session/stop_vm say what is to happen at zero credits.
+CREATE FUNCTION vmdesk.bill_vm(p_id bigint, p_now timestamptz, p_observed bigint,
+    p_hourly_percent bigint, p_warn_seconds bigint,
+    OUT vm text, OUT payer text, OUT seconds bigint, OUT credits bigint, OUT exhausted boolean,
+    OUT end_session bigint, OUT stop_vm boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE
+    v vmdesk.vms; f timestamptz; u timestamptz; wall bigint; uid bigint; sid bigint;
+    hourly bigint; milli bigint; due bigint; bal bigint; taken bigint; remaining bigint; warned boolean;
+BEGIN
+    PERFORM vmdesk.require_admin('bill running time');
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR v.started_at IS NULL THEN
+        RETURN;
+    END IF;
+    vm := v.name;
+    exhausted := false;
+    stop_vm := false;
+    f := greatest(coalesce(v.billed_until, v.started_at), v.started_at);
+    u := CASE WHEN v.status = 'RUNNING' THEN p_now ELSE coalesce(v.last_stopped, f) END;
+    wall := floor(extract(epoch FROM u - f))::bigint;
+    seconds := CASE
+        -- The wall clock went back past the last charge: the VM still ran.
+        WHEN p_observed IS NOT NULL AND wall < 0 AND v.status = 'RUNNING' THEN p_observed
+        WHEN p_observed IS NOT NULL THEN least(wall, p_observed)
+        ELSE wall END;
+    IF seconds <= 0 THEN
+        seconds := NULL;
+        RETURN;
+    END IF;
+    IF v.owner_user_id IS NOT NULL THEN
+        uid := v.owner_user_id;
+    ELSE
+        sid := coalesce(v.live_session_id, (SELECT id FROM vmdesk.sessions
+            WHERE vm_id = p_id AND started_at IS NOT NULL ORDER BY id DESC LIMIT 1));
+        IF sid IS NOT NULL THEN
+            SELECT user_id INTO uid FROM vmdesk.sessions WHERE id = sid;
+        END IF;
+    END IF;
+    IF uid IS NULL THEN
+        -- A pool VM running with nobody's session is nobody's bill.
+        UPDATE vmdesk.vms SET billed_until = u, billing_milli = 0 WHERE id = p_id;
+        seconds := NULL;
+        RETURN;
+    END IF;
+    SELECT name, balance INTO payer, bal FROM vmdesk.users WHERE id = uid FOR UPDATE;
+    hourly := vmdesk.price(v.ram_mb, v.disk_gb, v.cpu_cores) * p_hourly_percent * 10;
+    milli := v.billing_milli + seconds * hourly / 3600;
+    due := milli / 1000;
+    taken := least(due, bal);
+    IF taken > 0 THEN
+        INSERT INTO vmdesk.ledger (user_id, amount, kind, reason, vm_id, session_id, actor)
+            VALUES (uid, -taken, 'runtime', seconds || ' s of running VM ' || v.name, p_id, sid, 'vmdesk');
+        PERFORM vmdesk.record('billing', 'credits.runtime', 'info', 'vmdesk', p_id, NULL, uid,
+            jsonb_build_object('user', payer, 'vm', v.name, 'seconds', seconds, 'amount', taken));
+    END IF;
+    credits := taken;
+    UPDATE vmdesk.vms SET billed_until = u, billing_milli = milli - due * 1000 WHERE id = p_id;
+    remaining := bal - taken;
+    exhausted := due > bal OR (remaining = 0 AND v.status = 'RUNNING');
+    IF exhausted THEN
+        PERFORM vmdesk.record('billing', 'credits.exhausted', 'critical', 'vmdesk', p_id, NULL, uid,
+            jsonb_build_object('user', payer, 'vm', v.name, 'due', due, 'taken', taken));
+        IF sid IS NOT NULL AND v.live_session_id IS NOT NULL THEN
+            end_session := sid;
+        ELSIF v.status = 'RUNNING' THEN
+            stop_vm := true;
+        END IF;
+    ELSIF v.status = 'RUNNING' AND hourly > 0 AND remaining * 3600000 / hourly < p_warn_seconds THEN
+        SELECT EXISTS (SELECT 1 FROM vmdesk.events WHERE action = 'credits.low' AND subject_id = uid
+            AND (details->>'at')::timestamptz > p_now - make_interval(secs => p_warn_seconds)) INTO warned;
+        IF NOT warned THEN
+            PERFORM vmdesk.record('billing', 'credits.low', 'warning', 'vmdesk', p_id, NULL, uid,
+                jsonb_build_object('user', payer, 'balance', remaining, 'at', vmdesk.ts(p_now),
+                    'seconds_left', remaining * 3600000 / hourly, 'vm', v.name));
+        END IF;
+    END IF;
+END $$;
+
+-- The VMs with running time to charge.
+CREATE FUNCTION vmdesk.billable_vms() RETURNS SETOF bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.require_admin('bill running time');
+    RETURN QUERY SELECT id FROM vmdesk.vms WHERE started_at IS NOT NULL
+        AND (status = 'RUNNING' OR last_stopped > coalesce(billed_until, started_at)) ORDER BY id;
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.bill_vm(bigint, timestamptz, bigint, bigint, bigint), vmdesk.billable_vms()
+    TO @USERS@;
+
+-- VM actions (start, stop, restart, destroy) by the VM's owner or an admin,
+-- in three steps around the desk's work on the host: begin (checked and, for
+-- a stop or a destroy, marked STOPPING in one locked step, so that no
+-- allocation takes the VM in between), done (the state the machine is in
+-- now, and the event), or undo (the machine stays as it was).
+CREATE FUNCTION vmdesk.vm_action_begin(p_id bigint, p_action text, p_force_off_at text) RETURNS vmdesk.vms
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms; at text;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR NOT (v.project_id IS NOT NULL OR v.owner_user_id = a.id OR vmdesk.is_admin()) THEN
+        RAISE EXCEPTION 'no VM named %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_id::text)::text;
+    END IF;
+    IF v.owner_user_id IS DISTINCT FROM a.id AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not act on VM %', a.name, v.name USING ERRCODE = '42501',
+            DETAIL = json_build_object('forbidden', 'act on VM ' || v.name)::text;
+    END IF;
+    IF p_action NOT IN ('start', 'stop', 'restart', 'destroy') THEN
+        RAISE EXCEPTION 'no VM action %', p_action USING ERRCODE = '22023';
+    END IF;
+    IF v.live_session_id IS NOT NULL AND p_action <> 'start' THEN
+        RAISE EXCEPTION 'VM % is held by session %; close the session first', v.name, v.live_session_id
+            USING ERRCODE = '22023';
+    END IF;
+    IF v.status IN ('CREATING', 'DESTROYED') THEN
+        RAISE EXCEPTION 'VM % is % and cannot be acted on', v.name, v.status USING ERRCODE = '22023';
+    END IF;
+    IF v.status = 'STOPPING' THEN
+        at := to_char((v.metadata->>'force_off_at')::timestamptz AT TIME ZONE 'UTC', 'HH24:MI:SS');
+        RAISE EXCEPTION 'VM % is already stopping%; wait until it is stopped', v.name,
+            coalesce(' and is forced off at ' || at || ' UTC if the guest does not shut down', '')
+            USING ERRCODE = '22023', DETAIL = json_build_object('in_transition', true)::text;
+    END IF;
+    IF p_action = 'destroy' THEN
+        UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now() WHERE id = p_id;
+    ELSIF p_action IN ('stop', 'restart') AND v.status IN ('RUNNING', 'STARTING', 'UNKNOWN') THEN
+        UPDATE vmdesk.vms SET status = 'STOPPING', updated_at = now(),
+               metadata = metadata || jsonb_build_object('force_off_at', p_force_off_at)
+         WHERE id = p_id;
+    END IF;
+    RETURN v;
+END $$;
+
+CREATE FUNCTION vmdesk.vm_action_done(p_id bigint, p_action text, p_was text, p_now text, p_forced boolean)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR (v.owner_user_id IS DISTINCT FROM a.id AND NOT vmdesk.is_admin()) THEN
+        RAISE EXCEPTION 'no VM named %', p_id USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_id::text)::text;
+    END IF;
+    UPDATE vmdesk.vms SET status = p_now, updated_at = now(),
+           last_stopped = CASE WHEN p_now IN ('STOPPED', 'DESTROYED') THEN now() ELSE last_stopped END,
+           started_at = CASE WHEN p_now = 'RUNNING' AND status <> 'RUNNING' THEN now() ELSE started_at END,
+           metadata = metadata - 'force_off_at'
+     WHERE id = p_id;
+    PERFORM vmdesk.record(CASE WHEN v.owner_user_id IS DISTINCT FROM a.id THEN 'admin' ELSE 'vm' END,
+        'vm.' || p_action, 'info', a.name, v.id, NULL, v.owner_user_id,
+        jsonb_build_object('vm', v.name, 'was', p_was, 'now', p_now, 'forced_off', p_forced));
+END $$;
+
+CREATE FUNCTION vmdesk.vm_action_undo(p_id bigint, p_was text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR (v.owner_user_id IS DISTINCT FROM a.id AND NOT vmdesk.is_admin()) THEN
+        RETURN;
+    END IF;
+    UPDATE vmdesk.vms SET status = p_was, metadata = metadata - 'force_off_at'
+     WHERE id = p_id AND status = 'STOPPING';
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.vm_action_begin(bigint, text, text),
+    vmdesk.vm_action_done(bigint, text, text, text, boolean), vmdesk.vm_action_undo(bigint, text)
+    TO @USERS@;
