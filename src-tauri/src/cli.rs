@@ -28,15 +28,24 @@ pub struct Global {
     /// Data directory (default: the XDG data dir)
     #[arg(long, global = true, env = "VMDESK_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Acting user
-    #[arg(
-        long = "as",
-        global = true,
-        env = "VMDESK_USER",
-        default_value = "admin",
-        value_name = "USER"
-    )]
+    /// Acting user, on the embedded store (default: admin); on a team store
+    /// you act as your login and this is refused
+    #[arg(long = "as", global = true, env = "VMDESK_USER", value_name = "USER")]
+    pub as_user: Option<String>,
+    /// The acting user, settled by [`resolve`]: `--as`, `admin` by default,
+    /// or the team store's login.
+    #[arg(skip)]
     pub actor: String,
+    /// A team store (PostgreSQL) for this call, instead of the settings'
+    /// `[store] url`: postgres://LOGIN@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA].
+    /// Its password: the URL's own (discouraged), PGPASSWORD, ~/.pgpass,
+    /// then the OS keyring (`vmdesk login`); client certificates are not
+    /// supported yet. An empty URL means the embedded store
+    #[arg(long, global = true, env = "VMDESK_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The team store's URL once [`resolve`]d (None: the embedded store).
+    #[arg(skip)]
+    pub team: Option<String>,
     /// Print one JSON document
     #[arg(long, global = true)]
     pub json: bool,
@@ -145,6 +154,47 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<PortsCmd>,
     },
+    /// Work on a team store (PostgreSQL) from now on: asks for the password
+    /// (no echo; one line of standard input when it is not a terminal),
+    /// checks it, keeps it in the OS keyring and the URL (without password)
+    /// in the settings. A password in the URL, PGPASSWORD or ~/.pgpass is
+    /// used instead of asking (only the URL's is kept). Client certificates
+    /// are not supported yet.
+    Login {
+        /// postgres://LOGIN@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=CA]
+        url: String,
+    },
+    /// Forget the team store and its password: back to the embedded store
+    Logout,
+    /// The team store: set one up, see where you are, copy an embedded one in
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Create (or bring up to date) a team store: its database if missing,
+    /// its schema and roles, and the first admin's login with a password
+    /// printed once. Run it with a role that may create databases and roles
+    /// (the cluster's superuser; password from the URL, PGPASSWORD or
+    /// ~/.pgpass). Idempotent
+    Init {
+        /// postgres://SUPERUSER@HOST[:PORT]/DB
+        url: String,
+        /// The first admin's login (default: your OS user name); an existing
+        /// login of the cluster keeps its password
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Which store this desk works on: the team store, your login, your
+    /// role and its schema step, or the embedded store's directory
+    Status,
+    /// Copy this desk's embedded data directory into an empty team store
+    Migrate {
+        /// postgres://LOGIN@HOST[:PORT]/DB of the team store
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +226,10 @@ pub enum UserCmd {
         admin: bool,
         #[arg(long, default_value_t = 0)]
         credits: i64,
+        /// On a team store: make the login without a password (certificate
+        /// or DBA-managed logins); otherwise one is generated and printed once
+        #[arg(long)]
+        no_password: bool,
     },
     /// List users (admin only)
     List,
@@ -408,6 +462,29 @@ pub fn settings(global: &Global) -> anyhow::Result<vmdesk_core::Settings> {
     Ok(vmdesk_core::Settings::load(&settings_path(global)?)?)
 }
 
+/// Settles the store and the acting user of `global`: the team store of
+/// `--store`/`VMDESK_STORE` or the settings, whose login is the actor (an
+/// explicit `--as`/`VMDESK_USER` is refused there); else the embedded store
+/// and `--as` (`admin` by default).
+pub fn resolve(global: &mut Global) -> anyhow::Result<()> {
+    global.actor = global.as_user.clone().unwrap_or_else(|| "admin".into());
+    global.team = None;
+    let Some(url) = crate::store::team_url(global)? else {
+        return Ok(());
+    };
+    let target = crate::store::parse(&url)?;
+    let login = target.user().to_owned();
+    if global.as_user.is_some() {
+        anyhow::bail!(
+            "--as: on a team store you act as your login {login}; log in as another user instead (`vmdesk login postgres://USER@{}`)",
+            target.describe()
+        );
+    }
+    global.actor = login;
+    global.team = Some(url);
+    Ok(())
+}
+
 /// Opens the core over the data directory of `global`, with libvirt hosts
 /// reached through `libvirt` and Azure hosts as the settings say.
 pub fn open_core(
@@ -422,6 +499,18 @@ pub fn open_core(
         azure: Arc::new(azure),
     });
     let mut opts = OpenOptions::new(data_dir(global)?, factory);
+    if let Some(url) = &global.team {
+        let store = crate::store::connect(url)?;
+        use vmdesk_core::TeamStore as _;
+        if store.login() != global.actor {
+            anyhow::bail!(
+                "the team store's login is {}, not {}: log in again with `vmdesk login`",
+                store.login(),
+                global.actor
+            );
+        }
+        opts.team = Some(Arc::new(store));
+    }
     opts.billing = settings.billing_config();
     opts.reboot_grace = settings.reboot_grace();
     opts.shutdown_timeout = Duration::from_secs(global.shutdown_timeout);
@@ -452,7 +541,13 @@ pub fn main() -> i32 {
         }
     };
     crate::logging::init();
+    let mut cli = cli;
+    cli.global.actor = cli.global.as_user.clone().unwrap_or_else(|| "admin".into());
     let Some(command) = cli.command else {
+        if let Err(e) = resolve(&mut cli.global) {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
         return match crate::app::run(&cli.global) {
             Ok(()) => 0,
             Err(e) => {
@@ -523,14 +618,6 @@ fn azure(g: &Global, cmd: AzureCmd) -> anyhow::Result<()> {
 }
 
 fn run(g: &Global, command: Command) -> anyhow::Result<()> {
-    if let Command::Sync {
-        watch: true,
-        parent_pipe,
-        ..
-    } = command
-    {
-        return crate::watch::run(g, parent_pipe);
-    }
     if let Command::Doctor = command {
         // Needs no database (it looks at a broken one without opening it).
         return crate::doctor::run(g);
@@ -539,6 +626,27 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         // Needs no data directory.
         return azure(g, cmd);
     }
+    match command {
+        Command::Login { url } => return crate::store::login(g, &url),
+        Command::Logout => return crate::store::logout(g),
+        Command::Store(StoreCmd::Init { url, admin }) => return crate::store::init(g, &url, admin),
+        Command::Store(StoreCmd::Migrate { to }) => return crate::store::migrate(g, &to),
+        _ => {}
+    }
+    let mut resolved = g.clone();
+    resolve(&mut resolved)?;
+    let g = &resolved;
+    if let Command::Store(StoreCmd::Status) = command {
+        return crate::store::status(g);
+    }
+    if let Command::Sync {
+        watch: true,
+        parent_pipe,
+        ..
+    } = command
+    {
+        return crate::watch::run(g, parent_pipe);
+    }
     let core = open_core(g, Arc::new(LibvirtFactory::new()), None)?;
     let a = g.actor.as_str();
     match command {
@@ -546,10 +654,33 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             name,
             admin,
             credits,
+            no_password,
         }) => {
-            let u = core.user_add(a, &name, admin, credits)?;
-            emit(g, &u, || {
-                format!("added user {} ({}, {} credits)", u.name, u.role, u.balance)
+            if core.team().is_none() {
+                let u = core.user_add(a, &name, admin, credits)?;
+                return emit(g, &u, || {
+                    format!("added user {} ({}, {} credits)", u.name, u.role, u.balance)
+                });
+            }
+            // On a team store the user is a login too.
+            let password = (!no_password).then(vmdesk_postgres::generate_password);
+            let u = core.user_add_login(a, &name, admin, credits, password.as_deref())?;
+            let mut doc = serde_json::to_value(&u)?;
+            doc["password"] = serde_json::json!(password);
+            let url = crate::store::login_hint(g, &u.name).unwrap_or_default();
+            emit(g, &doc, || {
+                let mut s = format!("added user {} ({}, {} credits)", u.name, u.role, u.balance);
+                match &password {
+                    Some(pw) => s.push_str(&format!(
+                        "\nlogin {}, password: {pw} — printed once, pass it on safely; `vmdesk login {url}` to use it",
+                        u.name
+                    )),
+                    None => s.push_str(&format!(
+                        "\nlogin {} has no password: it authenticates as the cluster's administrator arranges",
+                        u.name
+                    )),
+                }
+                s
             })
         }
         Command::User(UserCmd::List) => {
@@ -920,7 +1051,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 }
             })
         }
-        Command::Azure(_) | Command::Doctor => {
+        Command::Azure(_)
+        | Command::Doctor
+        | Command::Login { .. }
+        | Command::Logout
+        | Command::Store(_) => {
             unreachable!("handled before the core is opened")
         }
         Command::Console(ConsoleCmd::Open { vm, origins }) => {
@@ -1070,7 +1205,11 @@ fn vm_action(g: &Global, core: &Core, vm: &str, action: VmAction) -> anyhow::Res
     emit(g, &v, || format!("VM {}: {}", v.name, v.status))
 }
 
-fn emit<T: Serialize>(g: &Global, value: &T, human: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub fn emit<T: Serialize>(
+    g: &Global,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
     if g.json {
         out(&serde_json::to_string_pretty(value)?)?;
     } else {

@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod doctor;
 mod logging;
+mod store;
 mod supervise;
 mod tray;
 mod watch;

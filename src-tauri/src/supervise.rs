@@ -305,7 +305,12 @@ fn in_future(d: Duration) -> String {
 fn spawn(global: &Global) -> anyhow::Result<Child> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("--data-dir").arg(crate::cli::data_dir(global)?);
-    cmd.arg("--as").arg(&global.actor);
+    if let Some(actor) = &global.as_user {
+        cmd.arg("--as").arg(actor);
+    }
+    if let Some(store) = &global.store {
+        cmd.arg("--store").arg(store);
+    }
     if let Some(config) = &global.config {
         cmd.arg("--config").arg(config);
     }

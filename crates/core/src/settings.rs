@@ -198,6 +198,67 @@ impl Default for DesktopSettings {
     }
 }
 
+/// Where the data is: the embedded store (the data directory's own file) or
+/// a team store, a PostgreSQL database shared by many desks. Its password is
+/// never here: `vmdesk login` keeps it in the OS keyring (or libpq's
+/// `PGPASSWORD` / `~/.pgpass` supply it).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct StoreSettings {
+    /// `postgres://LOGIN@HOST:PORT/DB[?sslmode=…&sslrootcert=…]`, without a
+    /// password; empty: the embedded store.
+    pub url: String,
+}
+
+impl StoreSettings {
+    /// The team store's URL, when there is one.
+    pub fn team_url(&self) -> Option<&str> {
+        let u = self.url.trim();
+        (!u.is_empty()).then_some(u)
+    }
+}
+
+/// What is wrong with a team store URL for the settings file, in a sentence.
+pub fn store_url_problem(url: &str) -> Option<String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return None;
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some(format!(
+            "The team store must be a postgres:// URL (postgres://LOGIN@HOST/DB), not {url:?}."
+        ));
+    };
+    if !matches!(scheme, "postgres" | "postgresql") {
+        return Some(format!(
+            "The team store must be a postgres:// or postgresql:// URL, not {scheme}://."
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if userinfo.contains(':') {
+            return Some(
+                "The team store's URL must not hold a password: the settings file is no place \
+                 for it. `vmdesk login URL` keeps it in the OS keyring (or use PGPASSWORD or ~/.pgpass)."
+                    .into(),
+            );
+        }
+    }
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    if query
+        .split('&')
+        .any(|kv| kv.split('=').next() == Some("password"))
+    {
+        return Some(
+            "The team store's URL must not hold a password (password=…): `vmdesk login URL` keeps \
+             it in the OS keyring (or use PGPASSWORD or ~/.pgpass)."
+                .into(),
+        );
+    }
+    None
+}
+
 /// A value of the settings that cannot be used: which one, and why, in a
 /// sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
@@ -224,15 +285,21 @@ pub struct Settings {
     pub console: ConsoleSettings,
     /// The person's own choices: appearance, notifications, clipboard.
     pub desktop: DesktopSettings,
+    /// The store this desk works on (set by `vmdesk login` and `logout`).
+    pub store: StoreSettings,
 }
 
 impl Settings {
     /// What a save by someone of role `by` makes of the file's settings
     /// `kept` when they ask for `asked`: an admin sets all of it; anybody
-    /// else only their own part (`desktop`), the rest stays as it was.
+    /// else only their own part (`desktop`), the rest stays as it was. The
+    /// store is nobody's to change here: `vmdesk login` and `logout` set it.
     pub fn as_changed_by(kept: Settings, asked: Settings, by: crate::model::Role) -> Settings {
         if by == crate::model::Role::Admin {
-            return asked;
+            return Settings {
+                store: kept.store,
+                ..asked
+            };
         }
         Settings {
             desktop: asked.desktop,
@@ -399,6 +466,9 @@ impl Settings {
                     self.desktop.theme
                 ),
             );
+        }
+        if let Some(m) = store_url_problem(&self.store.url) {
+            bad("store.url", m);
         }
         out
     }
@@ -579,6 +649,43 @@ mod tests {
     fn a_file_without_the_desktop_section_keeps_its_defaults() {
         let s: Settings = toml::from_str("[sync]\nenabled = false\n").expect("parse");
         assert_eq!(s.desktop, DesktopSettings::default());
+    }
+
+    #[test]
+    fn a_store_url_is_postgres_and_holds_no_password() {
+        let mut s = Settings::default();
+        assert_eq!(s.store.team_url(), None);
+        s.store.url = "postgres://ann@db.example:5432/vmdesk?sslmode=verify-full".into();
+        assert!(s.problems().is_empty());
+        assert_eq!(
+            s.store.team_url(),
+            Some("postgres://ann@db.example:5432/vmdesk?sslmode=verify-full")
+        );
+        s.store.url = "postgresql://ann@db.example/vmdesk".into();
+        assert!(s.problems().is_empty());
+        s.store.url = "postgres://ann:hunter2@db.example/vmdesk".into();
+        let p = s.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "store.url");
+        assert!(p[0].message.contains("keyring"), "{}", p[0].message);
+        assert!(!p[0].message.contains("hunter2"));
+        s.store.url = "postgres://ann@db.example/vmdesk?password=hunter2".into();
+        assert_eq!(s.problems()[0].field, "store.url");
+        s.store.url = "mysql://ann@db.example/vmdesk".into();
+        assert!(s.problems()[0].message.contains("postgres://"));
+        s.store.url = "db.example".into();
+        assert_eq!(s.problems()[0].field, "store.url");
+    }
+
+    #[test]
+    fn a_settings_save_never_changes_the_store() {
+        let mut kept = Settings::default();
+        kept.store.url = "postgres://ann@db/vmdesk".into();
+        let asked = Settings::default();
+        for by in [crate::model::Role::Admin, crate::model::Role::User] {
+            let s = Settings::as_changed_by(kept.clone(), asked.clone(), by);
+            assert_eq!(s.store, kept.store);
+        }
     }
 
     #[test]

@@ -120,6 +120,28 @@ impl Target {
         format!("{host}:{port}/{}", self.dbname())
     }
 
+    /// The first host as libpq names it: a name or address, or a Unix
+    /// socket's directory ("" when the URL names none).
+    pub fn host(&self) -> String {
+        use postgres::config::Host;
+        match self.config.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(p)) => p.display().to_string(),
+            None => String::new(),
+        }
+    }
+
+    /// The first port (5432 when the URL names none).
+    pub fn port(&self) -> u16 {
+        self.config.get_ports().first().copied().unwrap_or(5432)
+    }
+
+    /// The password for this target in libpq's password file (`PGPASSFILE`
+    /// or `~/.pgpass`), and a warning when that file was ignored.
+    pub fn pgpass(&self) -> crate::pgpass::Lookup {
+        crate::pgpass::lookup(&self.host(), self.port(), self.dbname(), self.user())
+    }
+
     /// Whether the URL carries a password.
     pub fn has_password(&self) -> bool {
         self.config.get_password().is_some()

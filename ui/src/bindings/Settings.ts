@@ -3,6 +3,7 @@ import type { AzureSettings } from "./AzureSettings";
 import type { BillingSettings } from "./BillingSettings";
 import type { ConsoleSettings } from "./ConsoleSettings";
 import type { DesktopSettings } from "./DesktopSettings";
+import type { StoreSettings } from "./StoreSettings";
 import type { SyncSettings } from "./SyncSettings";
 
 /**
@@ -28,4 +29,8 @@ console: ConsoleSettings,
 /**
  * The person's own choices: appearance, notifications, clipboard.
  */
-desktop: DesktopSettings, };
+desktop: DesktopSettings, 
+/**
+ * The store this desk works on (set by `vmdesk login` and `logout`).
+ */
+store: StoreSettings, };
