@@ -934,11 +934,20 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             }
         })
     };
+    let team_notify: Arc<dyn Fn() + Send + Sync> = notify.clone();
     let core = Arc::new(open_core(
         global,
         Arc::new(vmdesk_libvirt::LibvirtFactory::new()),
         Some(notify),
     )?);
+    // Team mode: other desks' changes are pushed by the database (kept for
+    // the app's life: `run` below returns when the app ends).
+    let _team_watch = match &global.team {
+        Some(url) => {
+            crate::team_watch::start(&core, crate::store::with_password(url)?.0, team_notify)
+        }
+        None => None,
+    };
     // Status sync runs in a child process: libvirt's event loop takes GLib's
     // default main context, which GTK needs in this one. Its changes reach
     // the window through the database (data_version), like the CLI's.

@@ -7,6 +7,7 @@ mod doctor;
 mod logging;
 mod store;
 mod supervise;
+mod team_watch;
 mod tray;
 mod watch;
 

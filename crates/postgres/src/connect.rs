@@ -176,6 +176,12 @@ impl Target {
         self
     }
 
+    /// The client's settings, for this crate's own connections (e.g. the
+    /// listener's application name and keepalives).
+    pub(crate) fn config_mut(&mut self) -> &mut Config {
+        &mut self.config
+    }
+
     /// Connects (blocking). Call it off any async runtime's worker threads:
     /// the client runs a runtime of its own.
     pub fn connect(&self) -> Result<Client> {

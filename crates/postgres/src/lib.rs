@@ -6,6 +6,7 @@
 //! `sql/001_schema.sql` and `sql/002_api.sql`.
 
 mod connect;
+pub mod listen;
 pub mod pgpass;
 mod schema;
 mod store;
