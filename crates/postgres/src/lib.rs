@@ -7,6 +7,7 @@
 
 mod connect;
 pub mod listen;
+pub mod migrate;
 pub mod pgpass;
 mod schema;
 mod store;
