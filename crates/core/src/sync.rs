@@ -80,7 +80,22 @@ impl Core {
     }
 
     fn sync_where(&self, filter: &str, all: bool, source: &str) -> Result<Vec<SyncChange>> {
-        let vms: Vec<Vm> = {
+        let vms: Vec<Vm> = if let Some(t) = self.team() {
+            let mut vms = t.vm_list(true)?;
+            if all {
+                vms.retain(|v| !matches!(v.status, VmStatus::Creating | VmStatus::Destroyed));
+            } else {
+                let active: std::collections::HashSet<i64> = t
+                    .session_list(true)?
+                    .into_iter()
+                    .filter(|s| s.status == SessionStatus::Active)
+                    .map(|s| s.id)
+                    .collect();
+                vms.retain(|v| v.session_id.is_some_and(|s| active.contains(&s)));
+            }
+            vms.sort_by(|a, b| a.host.cmp(&b.host).then(a.id.cmp(&b.id)));
+            vms
+        } else {
             let db = self.db();
             let ids: Vec<i64> = db
                 .prepare_cached(&format!(
@@ -131,7 +146,18 @@ impl Core {
         source: &str,
         grace_over: bool,
     ) -> Result<Reconciled> {
-        let vm: Option<Vm> = {
+        let vm: Option<Vm> = if let Some(t) = self.team() {
+            let host: Option<String> = t
+                .host_list()?
+                .into_iter()
+                .find(|h| h.uri == uri)
+                .map(|h| h.name);
+            t.vm_list(true)?.into_iter().find(|v| {
+                v.provider_id.as_deref() == Some(machine)
+                    && Some(&v.host) == host.as_ref()
+                    && v.status != VmStatus::Destroyed
+            })
+        } else {
             let db = self.db();
             let id: Option<i64> = db
                 .prepare_cached(
@@ -162,6 +188,14 @@ impl Core {
 
     /// The URIs of the libvirt hosts.
     pub fn libvirt_uris(&self) -> Result<Vec<String>> {
+        if let Some(t) = self.team() {
+            return Ok(t
+                .host_list()?
+                .into_iter()
+                .filter(|h| h.kind == HostKind::Libvirt)
+                .map(|h| h.uri)
+                .collect());
+        }
         let db = self.db();
         let mut stmt =
             db.prepare_cached("SELECT uri FROM hosts WHERE kind = 'libvirt' ORDER BY name")?;
@@ -207,6 +241,9 @@ impl Core {
         observed: Observed,
         source: &str,
     ) -> Result<Option<SyncChange>> {
+        if let Some(t) = self.team() {
+            return team_reconcile(t, vm_id, &observed, source);
+        }
         self.write(|tx| reconcile_in(tx, vm_id, observed, source))
     }
 
@@ -214,6 +251,13 @@ impl Core {
     /// full pass of a large subscription writes in a few commits, not one
     /// per VM).
     fn reconcile_all(&self, seen: Vec<(i64, Observed)>, source: &str) -> Result<Vec<SyncChange>> {
+        if let Some(t) = self.team() {
+            let mut changes = Vec::new();
+            for (vm_id, observed) in seen {
+                changes.extend(team_reconcile(t, vm_id, &observed, source)?);
+            }
+            return Ok(changes);
+        }
         let mut changes = Vec::new();
         let mut seen = seen.into_iter().peekable();
         while seen.peek().is_some() {
@@ -228,6 +272,23 @@ impl Core {
         }
         Ok(changes)
     }
+}
+
+/// [`reconcile_in`] on a team store: one locked function call per VM.
+fn team_reconcile(
+    t: &dyn crate::team::TeamStore,
+    vm_id: i64,
+    observed: &Observed,
+    source: &str,
+) -> Result<Option<SyncChange>> {
+    let (state, error) = match observed {
+        Ok(PowerState::Running) => ("running", None),
+        Ok(s) if s.is_off() => ("off", None),
+        Ok(_) => ("between", None),
+        Err(ProviderError::NotFound(_)) => ("not_found", None),
+        Err(e) => ("error", Some(e.to_string())),
+    };
+    t.vm_synced(vm_id, state, error.as_deref(), source)
 }
 
 /// Writes what the host said of one VM inside a transaction.

@@ -114,6 +114,15 @@ pub trait TeamStore: Send + Sync {
     ) -> Result<()>;
     /// The action failed: the VM is back as it `was`.
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
+    /// Writes what a host said of a VM's machine (admin): `state` is
+    /// running, off, between, not_found or error (with `error`).
+    fn vm_synced(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+        source: &str,
+    ) -> Result<Option<crate::SyncChange>>;
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
     /// Charges a VM's running time up to `now` (admin), in one transaction

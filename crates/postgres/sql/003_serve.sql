@@ -183,3 +183,72 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.vm_action_begin(bigint, text, text),
     vmdesk.vm_action_done(bigint, text, text, text, boolean), vmdesk.vm_action_undo(bigint, text)
     TO @USERS@;
+
+-- Status sync: what a host said of a VM's machine (p_state: running, off,
+-- between (starting or stopping: look again later), not_found, error),
+-- written as crates/core's sync does on the embedded store. A VM in a
+-- transition, or held by a session that is not ACTIVE, is left alone. A VM
+-- seen off under an ACTIVE session ends it (TERMINATED).
+CREATE FUNCTION vmdesk.vm_synced(p_id bigint, p_state text, p_error text, p_source text,
+    OUT vm text, OUT was text, OUT now_status text, OUT terminated_session bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE v vmdesk.vms; s vmdesk.sessions; reason text; ends boolean;
+BEGIN
+    PERFORM vmdesk.require_admin('reconcile VMs with their hosts');
+    SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF v.live_session_id IS NOT NULL THEN
+        SELECT * INTO s FROM vmdesk.sessions WHERE id = v.live_session_id FOR UPDATE;
+    END IF;
+    -- The host answered: remember when, and what asked.
+    IF p_state <> 'error' THEN
+        UPDATE vmdesk.vms SET synced_at = now(), synced_by = p_source WHERE id = p_id;
+    END IF;
+    IF v.worker IS NOT NULL OR v.status IN ('CREATING', 'STARTING', 'STOPPING', 'DESTROYED')
+       OR (s.id IS NOT NULL AND s.status <> 'ACTIVE') THEN
+        RETURN;
+    END IF;
+    IF p_state = 'running' THEN
+        now_status := 'RUNNING';
+    ELSIF p_state = 'off' THEN
+        now_status := 'STOPPED';
+    ELSIF p_state = 'not_found' THEN
+        now_status := 'UNKNOWN';
+        reason := 'the host no longer knows this VM';
+    ELSIF p_state = 'error' THEN
+        now_status := 'UNKNOWN';
+        reason := 'the host cannot be reached';
+    ELSE
+        RETURN;
+    END IF;
+    ends := now_status = 'STOPPED' AND s.id IS NOT NULL;
+    IF now_status = v.status AND NOT ends THEN
+        now_status := NULL;
+        RETURN;
+    END IF;
+    UPDATE vmdesk.vms SET status = now_status, updated_at = now(),
+           last_stopped = CASE WHEN now_status = 'STOPPED' THEN now() ELSE last_stopped END,
+           started_at = CASE WHEN now_status = 'RUNNING' AND v.status <> 'RUNNING' THEN now() ELSE started_at END
+     WHERE id = p_id;
+    PERFORM vmdesk.record('vm', 'sync.status', CASE WHEN now_status = 'UNKNOWN' THEN 'warning' ELSE 'info' END,
+        'vmdesk', p_id, NULL, v.owner_user_id,
+        jsonb_build_object('vm', v.name, 'was', v.status, 'now', now_status, 'source', p_source,
+            'reason', reason, 'error', p_error));
+    IF ends THEN
+        UPDATE vmdesk.sessions SET status = 'TERMINATED', worker = NULL, updated_at = now(), ended_at = now(),
+               error = 'the VM stopped under the session'
+         WHERE id = s.id AND status = 'ACTIVE';
+        PERFORM vmdesk.record('session', 'session.terminated', 'warning', 'vmdesk', p_id, s.id, s.user_id,
+            jsonb_build_object('was', 'ACTIVE', 'now', 'TERMINATED',
+                'user', (SELECT name FROM vmdesk.users WHERE id = s.user_id),
+                'reason', 'the VM stopped under the session', 'source', p_source));
+        terminated_session := s.id;
+    END IF;
+    vm := v.name;
+    was := v.status;
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.vm_synced(bigint, text, text, text) TO @USERS@;

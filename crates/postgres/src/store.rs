@@ -11,7 +11,9 @@ use postgres::{Client, Row};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
-use vmdesk_core::{Billed, Error as CoreError, Result as CoreResult, RuntimeCharge, TeamStore};
+use vmdesk_core::{
+    Billed, Error as CoreError, Result as CoreResult, RuntimeCharge, SyncChange, TeamStore,
+};
 
 use crate::{schema_version, scram_verifier, Error, Target, STEPS};
 
@@ -761,6 +763,35 @@ impl TeamStore for PgStore {
             )
         })?;
         Ok(())
+    }
+
+    fn vm_synced(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+        source: &str,
+    ) -> CoreResult<Option<SyncChange>> {
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT vm, was, now_status, terminated_session FROM vmdesk.vm_synced($1, $2, $3, $4)",
+                &[&id, &state, &error, &source],
+            )
+        })?;
+        let (Some(vm), Some(was), Some(now)) = (
+            r.get::<_, Option<String>>(0),
+            r.get::<_, Option<String>>(1),
+            r.get::<_, Option<String>>(2),
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(SyncChange {
+            vm,
+            was: parse(&was)?,
+            now: parse(&now)?,
+            terminated_session: r.get(3),
+            source: source.to_owned(),
+        }))
     }
 
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {

@@ -457,6 +457,50 @@ both!(
     }
 );
 
+both!(
+    status_sync_follows_the_host_and_ends_a_session_whose_vm_stopped,
+    |d: &Desks| {
+        d.pool(2);
+        let ann = d.user("ann", false, 0);
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        let held = d.with(&ann, |c, me| c.vm_show(me, &s.vm_name).unwrap());
+        let free = d.with(&ann, |c, me| {
+            c.vm_list(me, false)
+                .unwrap()
+                .into_iter()
+                .find(|v| v.id != held.id)
+                .unwrap()
+        });
+        // Behind vmdesk's back: the session's VM goes off, the free one runs.
+        let host = d.host();
+        host.machines
+            .lock()
+            .unwrap()
+            .insert(held.provider_id.clone().unwrap(), PowerState::Stopped);
+        host.machines
+            .lock()
+            .unwrap()
+            .insert(free.provider_id.clone().unwrap(), PowerState::Running);
+        let a = d.admin();
+        let changes = d.with(&a, |c, _| c.sync_once("poll").unwrap());
+        let by_vm = |name: &str| changes.iter().find(|c| c.vm == name).cloned();
+        let ended = by_vm(&held.name).expect("the held VM changed");
+        assert_eq!(
+            (ended.was, ended.now),
+            (VmStatus::Running, VmStatus::Stopped)
+        );
+        assert_eq!(ended.terminated_session, Some(s.id));
+        let ran = by_vm(&free.name).expect("the free VM changed");
+        assert_eq!(ran.now, VmStatus::Running);
+        d.with(&ann, |c, me| {
+            let mine = c.session_list(me, false).unwrap();
+            assert_eq!(mine[0].status, SessionStatus::Terminated);
+        });
+        // Nothing changed since: the next pass writes nothing.
+        assert!(d.with(&a, |c, _| c.sync_once("poll").unwrap()).is_empty());
+    }
+);
+
 #[test]
 fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     let d = Desks::new(Kind::Team);

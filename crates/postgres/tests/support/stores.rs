@@ -80,6 +80,9 @@ impl Desks {
                     let store = PgStore::connect(s.target(user, pw)).expect("desk connects");
                     let dir = tempfile::tempdir().unwrap();
                     let mut opts = OpenOptions::new(dir.path(), Arc::new(self.hosts.clone()));
+                    // As common::open sets them for the embedded store.
+                    opts.start_timeout = std::time::Duration::from_secs(2);
+                    opts.shutdown_timeout = std::time::Duration::from_millis(300);
                     opts.team = Some(Arc::new(store));
                     *desk = Some(Arc::new((dir, Core::open(opts).unwrap())));
                 }
