@@ -491,11 +491,8 @@ pub fn status(g: &Global) -> anyhow::Result<()> {
 pub fn migrate(g: &Global, to: &str) -> anyhow::Result<()> {
     let (target, _) = with_password(to)?;
     let dir = data_dir(g)?;
-    // STUB until crates/postgres exports `migrate` (another change):
-    // let report = vmdesk_postgres::migrate::from_embedded(&dir, &target)?;
-    // emit(g, &report, || report.to_string())
-    let _ = (g, dir, target);
-    bail!("store migrate is not in this build yet")
+    let report = vmdesk_postgres::migrate::from_embedded(&dir, &target)?;
+    emit(g, &report, || report.to_string())
 }
 
 /// What `vmdesk user add` says of a login's password on a team store.
