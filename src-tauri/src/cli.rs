@@ -169,6 +169,14 @@ pub enum Command {
     /// The team store: set one up, see where you are, copy an embedded one in
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Run the team store's always-on work (status sync, billing) as an
+    /// admin: one serve leads at a time, others wait and take over. Detaches
+    /// (logging to serve.log in the data dir) unless --foreground
+    Serve {
+        /// Stay attached and log to stderr (systemd units, containers)
+        #[arg(long)]
+        foreground: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -639,6 +647,9 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
     if let Command::Store(StoreCmd::Status) = command {
         return crate::store::status(g);
     }
+    if let Command::Serve { foreground } = command {
+        return crate::serve::run(g, foreground);
+    }
     if let Command::Sync {
         watch: true,
         parent_pipe,
@@ -1055,6 +1066,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         | Command::Doctor
         | Command::Login { .. }
         | Command::Logout
+        | Command::Serve { .. }
         | Command::Store(_) => {
             unreachable!("handled before the core is opened")
         }

@@ -5,6 +5,7 @@ mod app;
 mod cli;
 mod doctor;
 mod logging;
+mod serve;
 mod store;
 mod supervise;
 mod team_watch;

@@ -95,6 +95,7 @@ pub fn run(g: &Global, parent_pipe: bool) -> anyhow::Result<()> {
             changes: &changes,
             pass: &pass,
         },
+        &|| true,
     );
     Ok(())
 }
@@ -111,8 +112,8 @@ pub struct Reports<'a> {
 /// a connection that died is reopened (and followed by a full pass); a full
 /// pass runs at the start and every `full_every`, a pass over the active
 /// sessions' VMs every `fast_every`, each followed by billing; the
-/// write-ahead log is checkpointed past [`WAL_LIMIT`]. Runs until the
-/// process ends.
+/// write-ahead log is checkpointed past [`WAL_LIMIT`]. Runs while
+/// `keep_going` says so (`vmdesk serve`: while it leads).
 pub fn watch(
     core: &Core,
     factory: &LibvirtFactory,
@@ -120,6 +121,7 @@ pub fn watch(
     rx: &std::sync::mpsc::Receiver<vmdesk_libvirt::events::LifecycleEvent>,
     (fast_every, full_every): (Duration, Duration),
     reports: &Reports<'_>,
+    keep_going: &dyn Fn() -> bool,
 ) {
     let report = reports.changes;
     let mut last_full = Instant::now();
@@ -131,7 +133,7 @@ pub fn watch(
     // Machines seen off under a session, to look at again once the reboot
     // grace is over.
     let mut again: Vec<(Instant, String, String)> = Vec::new();
-    loop {
+    while keep_going() {
         // Writers never checkpoint (see vmdesk_core::store); a headless
         // watcher is the one long-lived process, so it keeps the log short.
         if last_checkpoint.elapsed() >= CHECKPOINT_EVERY {

@@ -252,3 +252,18 @@ END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.vm_synced(bigint, text, text, text) TO @USERS@;
+
+-- What `vmdesk serve` tells of itself (an admin): it leads, it stopped leading.
+CREATE FUNCTION vmdesk.serve_note(p_action text, p_details jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users;
+BEGIN
+    a := vmdesk.require_admin('run vmdesk serve');
+    IF p_action NOT IN ('serve.lead', 'serve.stop') THEN
+        RAISE EXCEPTION 'no serve note %', p_action USING ERRCODE = '22023';
+    END IF;
+    PERFORM vmdesk.record('system', p_action, 'info', a.name, NULL, NULL, NULL, p_details);
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.serve_note(text, jsonb) TO @USERS@;

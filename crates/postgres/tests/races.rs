@@ -108,3 +108,59 @@ fn fifty_concurrent_charges_on_a_balance_for_ten_take_exactly_ten() {
     assert_eq!(balance, 0);
     assert_eq!(sum, balance);
 }
+
+#[test]
+fn eight_concurrent_billing_passes_charge_an_interval_once() {
+    let s = Store::new();
+    let (ann, _) = s.user("ann", false);
+    let mut a = s.admin();
+    a.execute("SELECT vmdesk.credits_grant($1, 100000, 'lab')", &[&ann])
+        .unwrap();
+    a.execute(
+        "SELECT vmdesk.host_add('h', 'libvirt', 'test:///default')",
+        &[],
+    )
+    .unwrap();
+    // Ran for ten hours: 34 credits' VM at 10 % an hour = 34 credits.
+    s.superuser()
+        .execute(
+            "INSERT INTO vmdesk.vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
+                                     host_id, provider_id, started_at)
+             SELECT 'web', 'blank', 1024, 20, 2, 'standard', 'RUNNING', u.id, h.id, 'm',
+                    '2026-01-01T00:00:00Z'::timestamptz
+             FROM vmdesk.users u, vmdesk.hosts h WHERE u.name = $1 AND h.name = 'h'",
+            &[&ann],
+        )
+        .unwrap();
+    let id: i64 = a
+        .query_one("SELECT id FROM vmdesk.vms WHERE name = 'web'", &[])
+        .unwrap()
+        .get(0);
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let target = s.target(&s.admin, &s.admin_pw);
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = target.connect().expect("connect");
+                barrier.wait();
+                c.query_one(
+                    "SELECT credits FROM vmdesk.bill_vm($1, '2026-01-01T10:00:00Z', NULL, 10, 3600)",
+                    &[&id],
+                )
+                .unwrap()
+                .get::<_, Option<i64>>(0)
+                .unwrap_or(0)
+            })
+        })
+        .collect();
+    let taken: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(taken.iter().sum::<i64>(), 34, "{taken:?}");
+    assert_eq!(taken.iter().filter(|t| **t > 0).count(), 1, "{taken:?}");
+    let balance: i64 = s
+        .superuser()
+        .query_one("SELECT balance FROM vmdesk.users WHERE name = $1", &[&ann])
+        .unwrap()
+        .get(0);
+    assert_eq!(balance, 100000 - 34);
+}
