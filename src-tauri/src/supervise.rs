@@ -34,6 +34,9 @@ pub enum SyncState {
     Running,
     /// The child is gone; it is started again at `retry_at`.
     Down,
+    /// On a team store: the team's `vmdesk serve` follows the hosts and
+    /// bills, for every desk; this desk runs no child.
+    Team,
 }
 
 /// The health of status sync, as the status bar and the tray show it.
@@ -145,6 +148,12 @@ impl Supervisor {
         enabled: bool,
         notify: Box<dyn Fn(&SyncHealth) + Send + Sync>,
     ) -> anyhow::Result<Arc<Self>> {
+        let team = global.team.is_some();
+        let enabled = enabled && !team;
+        let mut health = SyncHealth::new(enabled);
+        if team {
+            health.state = SyncState::Team;
+        }
         let s = Arc::new(Self {
             global,
             state: Mutex::new(State {
@@ -153,7 +162,7 @@ impl Supervisor {
                 generation: 0,
                 backoff: BACKOFF_MIN,
                 due: enabled.then(Instant::now),
-                health: SyncHealth::new(enabled),
+                health,
             }),
             notify,
         });
@@ -179,6 +188,9 @@ impl Supervisor {
     /// Stops the child and, if `enabled`, starts a new one at once (the
     /// settings changed); not counted as a restart.
     pub fn restart(self: &Arc<Self>, enabled: bool) {
+        if self.global.team.is_some() {
+            return;
+        }
         let old = {
             let mut st = self.lock();
             st.enabled = enabled;

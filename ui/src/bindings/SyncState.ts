@@ -3,4 +3,4 @@
 /**
  * Whether status sync runs.
  */
-export type SyncState = "disabled" | "running" | "down";
+export type SyncState = "disabled" | "running" | "down" | "team";

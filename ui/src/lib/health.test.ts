@@ -45,6 +45,12 @@ describe("syncLook", () => {
   it("says when it is turned off", () => {
     expect(syncLook(health({ state: "disabled", pid: null })).state).toBe("off");
   });
+
+  it("says that the team's serve does it on a team store", () => {
+    const look = syncLook(health({ state: "team", pid: null }));
+    expect(look.state).toBe("ok");
+    expect(look.text).toContain("vmdesk serve");
+  });
 });
 
 describe("worst", () => {
