@@ -1,7 +1,8 @@
 //! `vmdesk serve`: the team store's always-on worker. Run by an admin login
 //! on any always-on machine, it does what must not depend on a desk being
 //! open: status sync (libvirt lifecycle events and periodic passes, Azure),
-//! metered billing, and the checkpoints of its own data directory. Several
+//! metered billing, the sessions and creations desks left to a worker, and
+//! the recovery of work whose desk died. Several
 //! may run: one leads at a time, holding a PostgreSQL advisory lock on a
 //! connection of its own; the others wait on it and take over within about a
 //! second of the leader's connection ending (the server releases the lock
@@ -26,6 +27,8 @@ use crate::cli::{data_dir, open_core, settings, Global};
 const LEADER_KEY: (i32, i32) = (7_283_461, 2);
 /// How often a waiting serve tries the lock, and a leader checks it holds it.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often a leader looks for pending work and for work of dead workers.
+const WORK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs `vmdesk serve`. Without `foreground`, starts itself again detached
 /// (its own process group, output to `serve.log` in the data directory) and
@@ -123,18 +126,39 @@ pub fn run(g: &Global, foreground: bool) -> anyhow::Result<()> {
                 eprintln!("serve: pass failed: {e}");
             }
         };
-        crate::watch::watch(
-            &core,
-            &factory,
-            &g.actor,
-            &rx,
-            every,
-            &crate::watch::Reports {
-                changes: &changes,
-                pass: &pass,
-            },
-            &keep_going,
-        );
+        let leading = AtomicBool::new(true);
+        std::thread::scope(|scope| {
+            // Work desks left to a worker, and the work of desks that died.
+            scope.spawn(|| {
+                while leading.load(Ordering::SeqCst) {
+                    if let Err(e) = core.recover() {
+                        eprintln!("serve: recovery: {}", e.one_line());
+                    }
+                    if let Err(e) = core.drive_pending() {
+                        eprintln!("serve: pending work: {}", e.one_line());
+                    }
+                    for _ in 0..10 {
+                        if !leading.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        std::thread::sleep(WORK_EVERY / 10);
+                    }
+                }
+            });
+            crate::watch::watch(
+                &core,
+                &factory,
+                &g.actor,
+                &rx,
+                every,
+                &crate::watch::Reports {
+                    changes: &changes,
+                    pass: &pass,
+                },
+                &keep_going,
+            );
+            leading.store(false, Ordering::SeqCst);
+        });
         eprintln!(
             "serve: lost the lead after {:.0} s (the store's connection ended); waiting to lead again",
             since.elapsed().as_secs_f64()

@@ -491,11 +491,24 @@ impl Core {
             return Ok(w.id());
         }
         let w = Worker::register(&self.opts.data_dir)?;
-        Ok(self.worker.get_or_init(|| w).id())
+        let id = self.worker.get_or_init(|| w).id();
+        if let Some(t) = self.team() {
+            // Other desks (and serve) tell it alive by the store, not by files.
+            t.register_worker(id)?;
+        }
+        Ok(id)
     }
 
     pub(crate) fn worker_alive(&self, id: &str) -> bool {
-        self.worker.get().is_some_and(|w| w.id() == id) || worker::is_alive(&self.opts.data_dir, id)
+        if self.worker.get().is_some_and(|w| w.id() == id) {
+            return true;
+        }
+        match self.team() {
+            // When the store cannot say, the worker is taken for alive:
+            // its work is left alone rather than taken from it.
+            Some(t) => t.worker_alive(id).unwrap_or(true),
+            None => worker::is_alive(&self.opts.data_dir, id),
+        }
     }
 
     pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {

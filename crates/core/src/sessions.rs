@@ -676,6 +676,9 @@ impl Core {
     /// Drives every VM creation and session that waits for a worker (made
     /// with `--no-wait`) on. Returns how many were driven.
     pub fn drive_pending(&self) -> Result<usize> {
+        if let Some(t) = self.team() {
+            return self.drive_pending_team(t);
+        }
         let me = self.worker_id()?.to_owned();
         let mut driven = self.provision_pending()?;
         loop {
@@ -721,6 +724,9 @@ impl Core {
     /// FAILED otherwise; sessions left TERMINATING are finished. Each repair is
     /// an event. Returns how many rows were repaired.
     pub fn recover(&self) -> Result<usize> {
+        if let Some(t) = self.team() {
+            return self.recover_team(t);
+        }
         let (vms, sessions): (Vec<Claimed>, Vec<Claimed>) = {
             let conn = self.db();
             let vms = conn
@@ -863,6 +869,88 @@ impl Core {
                         .session(sid),
                 )
             })?;
+        }
+        Ok(repaired)
+    }
+}
+
+impl Core {
+    /// [`Core::drive_pending`] on a team store: what desks left to a
+    /// worker is an admin's to drive (`vmdesk serve`); a plain login's desk
+    /// drives nothing it did not start itself.
+    fn drive_pending_team(&self, t: &dyn crate::team::TeamStore) -> Result<usize> {
+        if t.whoami()?.role != Role::Admin {
+            return Ok(0);
+        }
+        let me = self.worker_id()?.to_owned();
+        let mut driven = 0;
+        while let Some((kind, id, status)) = t.claim_pending(&me)? {
+            driven += 1;
+            let outcome = match (kind.as_str(), status.as_str()) {
+                ("vm", _) => self.provision(id, None).map(|_| ()),
+                (_, "REQUESTED") => self.drive_start(id).map(|_| ()),
+                _ => self
+                    .drive_close(id, SessionStatus::Completed, t.login())
+                    .map(|_| ()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(%kind, id, error = %e.one_line(), "pending work not driven");
+                if status == "TERMINATING" {
+                    // It stays pending; do not spin on a host that is down.
+                    return Ok(driven);
+                }
+            }
+        }
+        Ok(driven)
+    }
+
+    /// [`Core::recover`] on a team store (an admin: `vmdesk serve`): the
+    /// work of workers that died, on any desk, is settled as on one desk.
+    fn recover_team(&self, t: &dyn crate::team::TeamStore) -> Result<usize> {
+        if t.whoami()?.role != Role::Admin {
+            return Ok(0);
+        }
+        let me = self.worker_id()?.to_owned();
+        let mut repaired = 0;
+        for (kind, id, dead) in t.claimed_work()? {
+            if self.worker_alive(&dead) || !t.reclaim(&kind, id, &dead, &me)? {
+                continue;
+            }
+            repaired += 1;
+            if kind == "vm" {
+                let vm = t.vm(&id.to_string())?;
+                let machine = self.machine_spec(&vm).machine_name;
+                let on_host = match self.provider(&vm.host) {
+                    Ok(p) => match p.power_state(&machine) {
+                        Ok(state) if !state.is_off() => match p.force_off(&machine) {
+                            Ok(()) => "forced off",
+                            Err(_) => "running; could not be forced off",
+                        },
+                        Ok(_) => "defined, off",
+                        Err(crate::provider::ProviderError::NotFound(_)) => "not defined",
+                        Err(_) => "unknown (host unreachable)",
+                    },
+                    Err(_) => "unknown (host unreachable)",
+                };
+                t.recovered_vm(id, &me, &dead, on_host)?;
+                continue;
+            }
+            let s = t.session(id)?;
+            if s.status == SessionStatus::Terminating {
+                t.recovered_session(id, &me, &dead, VmStatus::Stopping)?;
+                if let Err(e) = self.drive_close(id, SessionStatus::Completed, t.login()) {
+                    tracing::warn!(session = id, error = %e.one_line(), "recovered termination not finished");
+                }
+                continue;
+            }
+            let vm = t.vm(&s.vm_id.to_string())?;
+            let machine = self.machine_spec(&vm).machine_name;
+            let observed = self
+                .provider(&vm.host)
+                .ok()
+                .and_then(|p| p.power_state(&machine).ok());
+            let vm_status = observed.map_or(VmStatus::Unknown, vm_status_of);
+            t.recovered_session(id, &me, &dead, vm_status)?;
         }
         Ok(repaired)
     }

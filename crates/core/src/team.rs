@@ -123,6 +123,22 @@ pub trait TeamStore: Send + Sync {
         error: Option<&str>,
         source: &str,
     ) -> Result<Option<crate::SyncChange>>;
+    /// Marks this process's `worker` alive for every desk while its
+    /// connection lives (and again after a reconnection).
+    fn register_worker(&self, worker: &str) -> Result<()>;
+    /// Whether another process's worker lives (on any desk).
+    fn worker_alive(&self, worker: &str) -> Result<bool>;
+    /// Claims the oldest creation or session waiting for a worker (admin):
+    /// its kind ("vm" or "session"), id and status.
+    fn claim_pending(&self, worker: &str) -> Result<Option<(String, i64, String)>>;
+    /// Work claimed and not finished (admin): kind, id, worker.
+    fn claimed_work(&self) -> Result<Vec<(String, i64, String)>>;
+    /// Takes over a dead worker's work for `me` (admin); whether it did.
+    fn reclaim(&self, kind: &str, id: i64, dead: &str, me: &str) -> Result<bool>;
+    /// A creation whose creator died is FAILED_TO_START (admin).
+    fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> Result<()>;
+    /// A session whose worker died is settled by its VM's state (admin).
+    fn recovered_session(&self, id: i64, me: &str, dead: &str, vm_status: VmStatus) -> Result<()>;
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
     /// Charges a VM's running time up to `now` (admin), in one transaction

@@ -267,3 +267,126 @@ END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.serve_note(text, jsonb) TO @USERS@;
+
+-- Pending and crashed work. A desk's worker (one per vmdesk process) holds
+-- the session-level advisory lock (7283462, hashtext(worker id)) on its
+-- connection while it lives; the server drops it when the connection ends,
+-- a crash included. So any admin (serve) can tell a live worker from a
+-- dead one, on any machine.
+CREATE FUNCTION vmdesk.worker_alive(p_worker text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF pg_try_advisory_lock(7283462, hashtext(p_worker)) THEN
+        PERFORM pg_advisory_unlock(7283462, hashtext(p_worker));
+        RETURN false;
+    END IF;
+    RETURN true;
+END $$;
+
+-- The oldest creation or session waiting for a worker that nobody drives,
+-- claimed for p_worker (admin: serve drives what desks left to a worker).
+CREATE FUNCTION vmdesk.claim_pending(p_worker text, OUT o_kind text, OUT o_id bigint, OUT o_status text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.require_admin('drive pending work');
+    SELECT v.id INTO o_id FROM vmdesk.vms v WHERE v.status = 'CREATING' AND v.worker IS NULL
+        ORDER BY v.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        UPDATE vmdesk.vms SET worker = p_worker WHERE id = o_id;
+        o_kind := 'vm';
+        o_status := 'CREATING';
+        RETURN;
+    END IF;
+    SELECT s.id, s.status INTO o_id, o_status FROM vmdesk.sessions s
+     WHERE s.status IN ('REQUESTED', 'TERMINATING') AND s.worker IS NULL
+     ORDER BY s.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        UPDATE vmdesk.sessions SET worker = p_worker WHERE id = o_id;
+        o_kind := 'session';
+    END IF;
+END $$;
+
+-- Work a worker has claimed and not finished (admin).
+CREATE FUNCTION vmdesk.claimed_work() RETURNS TABLE (o_kind text, o_id bigint, o_worker text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.require_admin('run recovery');
+    RETURN QUERY
+        SELECT 'vm'::text, v.id, v.worker FROM vmdesk.vms v WHERE v.status = 'CREATING' AND v.worker IS NOT NULL
+        UNION ALL
+        SELECT 'session'::text, s.id, s.worker FROM vmdesk.sessions s
+         WHERE s.status IN ('REQUESTED', 'STARTING', 'TERMINATING') AND s.worker IS NOT NULL
+        ORDER BY 2;
+END $$;
+
+-- Takes over the work of a dead worker, for p_me; whether it did (one
+-- process settles it).
+CREATE FUNCTION vmdesk.reclaim(p_kind text, p_id bigint, p_dead text, p_me text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.require_admin('run recovery');
+    IF vmdesk.worker_alive(p_dead) THEN
+        RETURN false;
+    END IF;
+    IF p_kind = 'vm' THEN
+        UPDATE vmdesk.vms SET worker = p_me WHERE id = p_id AND status = 'CREATING' AND worker = p_dead;
+    ELSE
+        UPDATE vmdesk.sessions SET worker = p_me WHERE id = p_id AND worker = p_dead;
+    END IF;
+    RETURN FOUND;
+END $$;
+
+-- A creation whose creator died: FAILED_TO_START (its machine was powered
+-- off by the caller; its disk and definition stay for vm start or destroy).
+CREATE FUNCTION vmdesk.recovered_vm(p_id bigint, p_me text, p_dead text, p_machine text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.require_admin('run recovery');
+    UPDATE vmdesk.vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = now()
+     WHERE id = p_id AND status = 'CREATING' AND worker = p_me;
+    IF FOUND THEN
+        PERFORM vmdesk.record('system', 'recovery.vm', 'warning', 'vmdesk', p_id, NULL,
+            (SELECT owner_user_id FROM vmdesk.vms WHERE id = p_id),
+            jsonb_build_object('was', 'CREATING', 'now', 'FAILED_TO_START',
+                'reason', 'its creator stopped before it finished', 'worker', p_dead, 'machine', p_machine));
+    END IF;
+END $$;
+
+-- A session whose worker died: one being started is ACTIVE if its VM runs
+-- (p_vm_status RUNNING), else FAILED; one being closed only gets its event
+-- (the caller drives the shutdown on).
+CREATE FUNCTION vmdesk.recovered_session(p_id bigint, p_me text, p_dead text, p_vm_status text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE s vmdesk.sessions; now_status text;
+BEGIN
+    PERFORM vmdesk.require_admin('run recovery');
+    SELECT * INTO s FROM vmdesk.sessions WHERE id = p_id AND worker = p_me FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF s.status = 'TERMINATING' THEN
+        PERFORM vmdesk.record('system', 'recovery.session', 'warning', 'vmdesk', s.vm_id, s.id, s.user_id,
+            jsonb_build_object('was', s.status, 'worker', p_dead,
+                'reason', 'its worker stopped before it finished'));
+        RETURN;
+    END IF;
+    now_status := CASE WHEN p_vm_status = 'RUNNING' THEN 'ACTIVE' ELSE 'FAILED' END;
+    UPDATE vmdesk.sessions SET status = now_status, worker = NULL, updated_at = now(),
+           started_at = CASE WHEN now_status = 'ACTIVE' THEN now() ELSE started_at END,
+           ended_at = CASE WHEN now_status = 'FAILED' THEN now() ELSE ended_at END,
+           error = CASE WHEN now_status = 'FAILED' THEN 'its worker stopped before the VM was started' ELSE error END
+     WHERE id = p_id;
+    UPDATE vmdesk.vms SET status = p_vm_status, updated_at = now(),
+           last_stopped = CASE WHEN p_vm_status = 'STOPPED' THEN now() ELSE last_stopped END,
+           started_at = CASE WHEN p_vm_status = 'RUNNING' AND status <> 'RUNNING' THEN now() ELSE started_at END
+     WHERE id = s.vm_id;
+    PERFORM vmdesk.record('system', 'recovery.session', 'warning', 'vmdesk', s.vm_id, s.id, s.user_id,
+        jsonb_build_object('was', s.status, 'now', now_status, 'vm_status', p_vm_status, 'worker', p_dead,
+            'reason', 'its worker stopped before it finished'));
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.worker_alive(text), vmdesk.claim_pending(text), vmdesk.claimed_work(),
+    vmdesk.reclaim(text, bigint, text, text), vmdesk.recovered_vm(bigint, text, text, text),
+    vmdesk.recovered_session(bigint, text, text, text)
+    TO @USERS@;

@@ -22,7 +22,13 @@ pub struct PgStore {
     target: Target,
     login: String,
     client: Mutex<Option<Client>>,
+    /// This process's workers: their liveness locks are taken again on
+    /// every new connection.
+    workers: Mutex<Vec<String>>,
 }
+
+/// The advisory lock a live worker holds (see `vmdesk.worker_alive`).
+const WORKER_LOCK: &str = "SELECT pg_advisory_lock(7283462, hashtext($1))";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,6 +84,7 @@ impl PgStore {
             target,
             login,
             client: Mutex::new(Some(client)),
+            workers: Mutex::new(Vec::new()),
         })
     }
 
@@ -86,11 +93,20 @@ impl PgStore {
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> CoreResult<T> {
         let mut slot = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(
-                self.target
-                    .connect()
-                    .map_err(|e| CoreError::Store(e.to_string()))?,
-            );
+            let mut c = self
+                .target
+                .connect()
+                .map_err(|e| CoreError::Store(e.to_string()))?;
+            for w in self
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                c.execute(WORKER_LOCK, &[w])
+                    .map_err(|e| to_core(&self.login, e))?;
+            }
+            *slot = Some(c);
         }
         let client = slot.as_mut().expect("connected above");
         let out = f(client);
@@ -792,6 +808,79 @@ impl TeamStore for PgStore {
             terminated_session: r.get(3),
             source: source.to_owned(),
         }))
+    }
+
+    fn register_worker(&self, worker: &str) -> CoreResult<()> {
+        self.with(|c| c.execute(WORKER_LOCK, &[&worker]))?;
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(worker.to_owned());
+        Ok(())
+    }
+
+    fn worker_alive(&self, worker: &str) -> CoreResult<bool> {
+        Ok(self
+            .with(|c| c.query_one("SELECT vmdesk.worker_alive($1)", &[&worker]))?
+            .get(0))
+    }
+
+    fn claim_pending(&self, worker: &str) -> CoreResult<Option<(String, i64, String)>> {
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT o_kind, o_id, o_status FROM vmdesk.claim_pending($1)",
+                &[&worker],
+            )
+        })?;
+        Ok(match (r.get(0), r.get(1), r.get(2)) {
+            (Some(kind), Some(id), Some(status)) => Some((kind, id, status)),
+            _ => None,
+        })
+    }
+
+    fn claimed_work(&self) -> CoreResult<Vec<(String, i64, String)>> {
+        self.query(
+            "SELECT o_kind, o_id, o_worker FROM vmdesk.claimed_work()",
+            &[],
+            |r| Ok((r.get(0), r.get(1), r.get(2))),
+        )
+    }
+
+    fn reclaim(&self, kind: &str, id: i64, dead: &str, me: &str) -> CoreResult<bool> {
+        Ok(self
+            .with(|c| {
+                c.query_one(
+                    "SELECT vmdesk.reclaim($1, $2, $3, $4)",
+                    &[&kind, &id, &dead, &me],
+                )
+            })?
+            .get(0))
+    }
+
+    fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.recovered_vm($1, $2, $3, $4)",
+                &[&id, &me, &dead, &machine],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn recovered_session(
+        &self,
+        id: i64,
+        me: &str,
+        dead: &str,
+        vm_status: VmStatus,
+    ) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.recovered_session($1, $2, $3, $4)",
+                &[&id, &me, &dead, &vm_status.as_str()],
+            )
+        })?;
+        Ok(())
     }
 
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {

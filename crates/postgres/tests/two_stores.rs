@@ -501,6 +501,60 @@ both!(
     }
 );
 
+both!(
+    work_left_to_a_worker_is_driven_by_an_admins_process,
+    |d: &Desks| {
+        d.pool(1);
+        let ann = d.user("ann", false, 0);
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), false).unwrap());
+        assert_eq!(s.status, SessionStatus::Requested);
+        let a = d.admin();
+        let driven = d.with(&a, |c, _| c.drive_pending().unwrap());
+        assert_eq!(driven, 1);
+        let now = d.with(&ann, |c, me| c.session_list(me, false).unwrap());
+        assert_eq!(now[0].status, SessionStatus::Active);
+        // Nothing is left.
+        assert_eq!(d.with(&a, |c, _| c.drive_pending().unwrap()), 0);
+    }
+);
+
+#[test]
+fn a_session_whose_desk_died_mid_start_is_settled_by_an_admins_recovery() {
+    use vmdesk_core::TeamStore as _;
+    let d = Desks::new(Kind::Team);
+    d.pool(2);
+    let ann = d.user("ann", false, 0);
+    let pw = d.password(&ann);
+    let store = d.team_store();
+    // Ann's desk opens a session and starts it, then dies: its worker's
+    // liveness lock goes with its connection.
+    let dead = vmdesk_postgres::PgStore::connect(store.target(&ann, &pw)).unwrap();
+    dead.register_worker("ann-desk-1234").unwrap();
+    let s = dead.session_open(&req(), Some("ann-desk-1234")).unwrap();
+    dead.session_starting(s.id, "ann-desk-1234").unwrap();
+    let alive = d.with(&d.admin(), |c, _| {
+        c.team().unwrap().worker_alive("ann-desk-1234").unwrap()
+    });
+    assert!(alive, "the worker lives while its connection does");
+    drop(dead);
+    let a = d.admin();
+    // Its machine never started: the session fails and its VM is freed.
+    let repaired = d.with(&a, |c, _| c.recover().unwrap());
+    assert_eq!(repaired, 1);
+    let mine = d.with(&ann, |c, me| c.session_list(me, false).unwrap());
+    assert_eq!(mine[0].status, SessionStatus::Failed);
+    let vm = d.with(&ann, |c, me| c.vm_show(me, &s.vm_name).unwrap());
+    assert_eq!(vm.session_id, None);
+    assert_ne!(vm.status, VmStatus::Starting);
+    // A live desk's work is left alone.
+    let live = vmdesk_postgres::PgStore::connect(store.target(&ann, &pw)).unwrap();
+    live.register_worker("ann-desk-5678").unwrap();
+    let s2 = live.session_open(&req(), Some("ann-desk-5678")).unwrap();
+    live.session_starting(s2.id, "ann-desk-5678").unwrap();
+    assert_eq!(d.with(&a, |c, _| c.recover().unwrap()), 0);
+    assert_eq!(live.session(s2.id).unwrap().status, SessionStatus::Starting);
+}
+
 #[test]
 fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     let d = Desks::new(Kind::Team);

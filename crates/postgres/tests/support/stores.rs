@@ -136,6 +136,16 @@ impl Desks {
         });
     }
 
+    /// The password of `user`'s login (team store).
+    pub fn password(&self, user: &str) -> String {
+        self.desks.lock().unwrap()[user].0.clone()
+    }
+
+    /// The team store's test harness.
+    pub fn team_store(&self) -> &Store {
+        self.team.as_ref().expect("a team store")
+    }
+
     /// The test host's machines.
     pub fn host(&self) -> &common::MemoryHost {
         &self.hosts.0
