@@ -150,6 +150,26 @@ impl Core {
     ) -> Result<ConsoleGrant> {
         let worker = self.worker_id()?.to_owned();
         let token = new_token();
+        if let Some(t) = self.team_as(actor)? {
+            let expires_at = expiry(ttl);
+            let (port, v) = t.console_reserve(
+                &self.desk,
+                vm,
+                (start, end),
+                skip,
+                &worker,
+                &hash(&token),
+                &expires_at,
+            )?;
+            return Ok(ConsoleGrant {
+                port,
+                token,
+                vm: v.name.clone(),
+                machine: self.machine_spec(&v).machine_name,
+                host: v.host.clone(),
+                expires_at,
+            });
+        }
         let grant = self.write(|tx| {
             let a = user(tx, actor)?;
             let v = vm_by_ref(tx, vm)?;
@@ -213,6 +233,23 @@ impl Core {
     /// longer holds, the console is closed and its port freed, and the error
     /// says why. Returns the VM the console shows.
     pub fn console_redeem(&self, port: u16, token: &str) -> Result<Vm> {
+        if let Some(t) = self.team() {
+            let hashed = if token.is_empty() {
+                String::new()
+            } else {
+                hash(token)
+            };
+            return match t.console_redeem(&self.desk, port, &hashed)? {
+                (v, None) => Ok(v),
+                (_, Some(why)) if why.contains("not RUNNING") => {
+                    Err(Error::ConsoleUnavailable(why))
+                }
+                (_, Some(why)) => Err(Error::Forbidden {
+                    user: t.login().to_owned(),
+                    action: why,
+                }),
+            };
+        }
         self.write(|tx| {
             let row: Option<(i64, String, String, String, bool)> = tx
                 .query_row(
@@ -264,6 +301,9 @@ impl Core {
 
     /// Returns a console's port to the pool (nothing if it is free already).
     pub fn console_release(&self, port: u16, reason: &str) -> Result<bool> {
+        if let Some(t) = self.team() {
+            return t.console_release(&self.desk, port, reason);
+        }
         self.write(|tx| {
             let vm: Option<i64> = tx
                 .query_row("SELECT vm_id FROM consoles WHERE port = ?1", [port], |r| {
@@ -288,6 +328,21 @@ impl Core {
 
     /// Frees the ports of consoles whose process is gone (a crash); returns them.
     pub fn console_cleanup(&self) -> Result<Vec<u16>> {
+        if let Some(t) = self.team() {
+            let mut freed = Vec::new();
+            for (port, _, _, _, worker) in t.consoles(&self.desk)? {
+                if !self.worker_alive(&worker)
+                    && t.console_release(
+                        &self.desk,
+                        port,
+                        "the process serving the console is gone",
+                    )?
+                {
+                    freed.push(port);
+                }
+            }
+            return Ok(freed);
+        }
         let rows: Vec<(u16, String)> = self
             .db()
             .prepare("SELECT port, worker FROM consoles ORDER BY port")?
@@ -323,8 +378,19 @@ impl Core {
     /// The pool's statistics and its open consoles.
     pub fn console_stats(&self, (start, end): (u16, u16)) -> Result<PortStats> {
         let conn = self.db();
-        let consoles: Vec<ConsoleInfo> = conn
-            .prepare(
+        let consoles: Vec<ConsoleInfo> = if let Some(t) = self.team() {
+            t.consoles(&self.desk)?
+                .into_iter()
+                .filter(|(port, ..)| (start..=end).contains(port))
+                .map(|(port, vm, user, since, _)| ConsoleInfo {
+                    port,
+                    vm,
+                    user,
+                    since,
+                })
+                .collect()
+        } else {
+            conn.prepare(
                 "SELECT c.port, v.name, u.name, c.created_at FROM consoles c
                  JOIN vms v ON v.id = c.vm_id JOIN users u ON u.id = c.user_id
                  WHERE c.port BETWEEN ?1 AND ?2 ORDER BY c.port",
@@ -337,7 +403,8 @@ impl Core {
                     since: r.get(3)?,
                 })
             })?
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()?
+        };
         let total = u32::from(end.saturating_sub(start)) + 1;
         let allocated = consoles.len() as u32;
         let utilization_percent = (f64::from(allocated) * 1000.0 / f64::from(total)).round() / 10.0;

@@ -62,6 +62,9 @@ pub struct Core {
     pub(crate) conn: Mutex<store::Db>,
     pub(crate) opts: OpenOptions,
     pub(crate) install_id: String,
+    /// This desk (its data directory's own install id): on a team store it
+    /// keys the desk's console ports.
+    pub(crate) desk: String,
     worker: OnceLock<Worker>,
     pub(crate) alloc: crate::sessions::AllocQueue,
     /// The wall and monotonic clocks at this process's last billing pass.
@@ -409,15 +412,17 @@ impl Core {
     pub fn open(opts: OpenOptions) -> Result<Core> {
         let mut conn = store::open(&opts.data_dir)?;
         conn.set_lock_wait(opts.lock_wait);
-        let mut install_id = own_install_id(&mut conn, &opts.data_dir)?;
-        if let Some(t) = &opts.team {
+        let desk = own_install_id(&mut conn, &opts.data_dir)?;
+        let install_id = match &opts.team {
             // The team's machines carry the store's mark, whichever desk made them.
-            install_id = t.install_id()?;
-        }
+            Some(t) => t.install_id()?,
+            None => desk.clone(),
+        };
         let core = Core {
             conn: Mutex::new(conn),
             opts,
             install_id,
+            desk,
             worker: OnceLock::new(),
             alloc: Default::default(),
             last_bill: Mutex::new(None),

@@ -139,6 +139,31 @@ pub trait TeamStore: Send + Sync {
     fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> Result<()>;
     /// A session whose worker died is settled by its VM's state (admin).
     fn recovered_session(&self, id: i64, me: &str, dead: &str, vm_status: VmStatus) -> Result<()>;
+    /// Reserves a port of `desk`'s console pool for a VM the login may see
+    /// running, with its token's hash; the port and the VM.
+    #[allow(clippy::too_many_arguments)]
+    fn console_reserve(
+        &self,
+        desk: &str,
+        vm: &str,
+        range: (u16, u16),
+        skip: &[u16],
+        worker: &str,
+        token_hash: &str,
+        expires_at: &str,
+    ) -> Result<(u16, Vm)>;
+    /// Spends a console's token; the VM, and why the console closed if its
+    /// opener may no longer see it running.
+    fn console_redeem(
+        &self,
+        desk: &str,
+        port: u16,
+        token_hash: &str,
+    ) -> Result<(Vm, Option<String>)>;
+    /// Returns a port to `desk`'s pool; whether it was taken.
+    fn console_release(&self, desk: &str, port: u16, reason: &str) -> Result<bool>;
+    /// `desk`'s open consoles the login may see: port, VM, user, since, worker.
+    fn consoles(&self, desk: &str) -> Result<Vec<(u16, String, String, String, String)>>;
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
     /// Charges a VM's running time up to `now` (admin), in one transaction

@@ -390,3 +390,125 @@ GRANT EXECUTE ON FUNCTION vmdesk.worker_alive(text), vmdesk.claim_pending(text),
     vmdesk.reclaim(text, bigint, text, text), vmdesk.recovered_vm(bigint, text, text, text),
     vmdesk.recovered_session(bigint, text, text, text)
     TO @USERS@;
+
+-- Consoles. A console's port is one of its desk's own pool (each desk has
+-- its own 127.0.0.1): ports are keyed by desk. Who may open one: an admin,
+-- the VM's owner, or the user of its ACTIVE session; the VM must run.
+CREATE FUNCTION vmdesk.may_show(p_user vmdesk.users, v vmdesk.vms, p_asked text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    -- coalesce: a pool VM has no owner, and NULL must not let anyone in.
+    IF NOT (pg_has_role(p_user.name, @ADMINS_LIT@, 'MEMBER')
+            OR coalesce(v.owner_user_id = p_user.id, false)
+            OR EXISTS (SELECT 1 FROM vmdesk.sessions s
+                       WHERE s.vm_id = v.id AND s.user_id = p_user.id AND s.status = 'ACTIVE')) THEN
+        IF v.project_id IS NOT NULL OR v.owner_user_id IS NULL THEN
+            RAISE EXCEPTION '% may not open the console of VM % without a session on it', p_user.name, v.name
+                USING ERRCODE = '42501',
+                DETAIL = json_build_object('forbidden',
+                    'open the console of VM "' || v.name || '" without a session on it')::text;
+        END IF;
+        RAISE EXCEPTION 'no VM named %', p_asked USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_asked)::text;
+    END IF;
+    IF v.status <> 'RUNNING' THEN
+        RAISE EXCEPTION 'VM "%" is %, not RUNNING', v.name, v.status USING ERRCODE = 'VDC01',
+            DETAIL = json_build_object('unavailable', format('VM "%s" is %s, not RUNNING', v.name, v.status))::text;
+    END IF;
+END $$;
+
+CREATE FUNCTION vmdesk.console_reserve(p_desk text, p_vm text, p_start int, p_end int, p_skip int[],
+    p_worker text, p_token_hash text, p_expires timestamptz)
+RETURNS TABLE (o_port int, o_vm_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms; port int;
+BEGIN
+    a := vmdesk.caller();
+    SELECT * INTO v FROM vmdesk.vms WHERE (id::text = p_vm OR name = p_vm) AND status <> 'DESTROYED'
+        ORDER BY (id::text = p_vm) DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no VM named %', p_vm USING ERRCODE = 'VDN01',
+            DETAIL = json_build_object('vm', p_vm)::text;
+    END IF;
+    PERFORM vmdesk.may_show(a, v, p_vm);
+    -- One desk's reservations at a time (its pool is its own).
+    PERFORM pg_advisory_xact_lock(7283463, hashtext(p_desk));
+    SELECT p INTO port FROM generate_series(p_start, p_end) AS p
+     WHERE p NOT IN (SELECT c.port FROM vmdesk.consoles c WHERE c.desk = p_desk)
+       AND p <> ALL (coalesce(p_skip, '{}'))
+     ORDER BY p LIMIT 1;
+    IF port IS NULL THEN
+        RAISE EXCEPTION 'the console port pool %-% is exhausted', p_start, p_end USING ERRCODE = 'VDC03',
+            DETAIL = json_build_object('start', p_start, 'end', p_end, 'total', p_end - p_start + 1)::text;
+    END IF;
+    INSERT INTO vmdesk.consoles (desk, port, vm_id, user_id, worker, token_hash, token_expires)
+        VALUES (p_desk, port, v.id, a.id, p_worker, p_token_hash, p_expires);
+    PERFORM vmdesk.record('vm', 'console.open', 'info', a.name, v.id, NULL, a.id,
+        jsonb_build_object('vm', v.name, 'port', port));
+    o_port := port;
+    o_vm_id := v.id;
+    RETURN NEXT;
+END $$;
+
+-- Spends a console's token (the one issued, unused, not expired), then
+-- checks again that its opener may see the VM and that it runs; if not, the
+-- console is closed and the error says why.
+CREATE FUNCTION vmdesk.console_redeem(p_desk text, p_port int, p_token_hash text,
+    OUT o_vm_id bigint, OUT o_error text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE c vmdesk.consoles; v vmdesk.vms; u vmdesk.users; why text;
+BEGIN
+    PERFORM vmdesk.caller();
+    SELECT * INTO c FROM vmdesk.consoles WHERE desk = p_desk AND port = p_port FOR UPDATE;
+    IF NOT FOUND THEN
+        why := format('no console is open on port %s', p_port);
+    ELSIF c.user_id <> vmdesk.me() THEN
+        -- The desk's process serves its own user's consoles only.
+        why := 'the console is another user''s';
+    ELSIF p_token_hash IS NULL OR p_token_hash = '' THEN
+        why := 'no token was given';
+    ELSIF c.token_hash <> p_token_hash THEN
+        why := 'the token is wrong';
+    ELSIF c.token_used THEN
+        why := 'the token was already used';
+    ELSIF c.token_expires <= now() THEN
+        why := 'the token has expired';
+    END IF;
+    IF why IS NOT NULL THEN
+        RAISE EXCEPTION 'the console refused the connection: %', why USING ERRCODE = 'VDC02',
+            DETAIL = json_build_object('refused', why)::text;
+    END IF;
+    UPDATE vmdesk.consoles SET token_used = true WHERE desk = p_desk AND port = p_port;
+    SELECT * INTO v FROM vmdesk.vms WHERE id = c.vm_id;
+    SELECT * INTO u FROM vmdesk.users WHERE id = c.user_id;
+    o_vm_id := v.id;
+    BEGIN
+        PERFORM vmdesk.may_show(u, v, v.name);
+    EXCEPTION WHEN OTHERS THEN
+        -- No longer: the console closes, and the caller is told why.
+        o_error := SQLERRM;
+        DELETE FROM vmdesk.consoles WHERE desk = p_desk AND port = p_port;
+        PERFORM vmdesk.record('vm', 'console.close', 'info', 'vmdesk', v.id, NULL, u.id,
+            jsonb_build_object('port', p_port, 'reason', o_error));
+    END;
+END $$;
+
+CREATE FUNCTION vmdesk.console_release(p_desk text, p_port int, p_reason text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE c vmdesk.consoles;
+BEGIN
+    PERFORM vmdesk.caller();
+    DELETE FROM vmdesk.consoles WHERE desk = p_desk AND port = p_port
+        AND (user_id = vmdesk.me() OR vmdesk.is_admin()) RETURNING * INTO c;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM vmdesk.record('vm', 'console.close', 'info', 'vmdesk', c.vm_id, NULL, c.user_id,
+        jsonb_build_object('port', p_port, 'reason', p_reason));
+    RETURN true;
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.console_reserve(text, text, int, int, int[], text, text, timestamptz),
+    vmdesk.console_redeem(text, int, text), vmdesk.console_release(text, int, text)
+    TO @USERS@;

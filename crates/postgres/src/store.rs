@@ -349,6 +349,13 @@ fn to_core(login: &str, e: postgres::Error) -> CoreError {
             }
         }
         "22023" => CoreError::Invalid(msg),
+        "VDC01" => CoreError::ConsoleUnavailable(s("unavailable").unwrap_or(msg)),
+        "VDC02" => CoreError::ConsoleRefused(s("refused").unwrap_or(msg)),
+        "VDC03" => CoreError::PortPoolExhausted {
+            start: n("start").unwrap_or_default() as u16,
+            end: n("end").unwrap_or_default() as u16,
+            total: n("total").unwrap_or_default() as u32,
+        },
         _ => CoreError::Store(msg),
     }
 }
@@ -881,6 +888,78 @@ impl TeamStore for PgStore {
             )
         })?;
         Ok(())
+    }
+
+    fn console_reserve(
+        &self,
+        desk: &str,
+        vm: &str,
+        (start, end): (u16, u16),
+        skip: &[u16],
+        worker: &str,
+        token_hash: &str,
+        expires_at: &str,
+    ) -> CoreResult<(u16, Vm)> {
+        let skip: Vec<i32> = skip.iter().map(|p| i32::from(*p)).collect();
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT o_port, o_vm_id FROM vmdesk.console_reserve($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz)",
+                &[
+                    &desk,
+                    &vm,
+                    &i32::from(start),
+                    &i32::from(end),
+                    &skip,
+                    &worker,
+                    &token_hash,
+                    &expires_at,
+                ],
+            )
+        })?;
+        let port: i32 = r.get(0);
+        let vm_id: i64 = r.get(1);
+        Ok((port as u16, self.vm(&vm_id.to_string())?))
+    }
+
+    fn console_redeem(
+        &self,
+        desk: &str,
+        port: u16,
+        token_hash: &str,
+    ) -> CoreResult<(Vm, Option<String>)> {
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT o_vm_id, o_error FROM vmdesk.console_redeem($1, $2, $3)",
+                &[&desk, &i32::from(port), &token_hash],
+            )
+        })?;
+        let vm_id: i64 = r.get(0);
+        Ok((self.vm(&vm_id.to_string())?, r.get(1)))
+    }
+
+    fn console_release(&self, desk: &str, port: u16, reason: &str) -> CoreResult<bool> {
+        Ok(self
+            .with(|c| {
+                c.query_one(
+                    "SELECT vmdesk.console_release($1, $2, $3)",
+                    &[&desk, &i32::from(port), &reason],
+                )
+            })?
+            .get(0))
+    }
+
+    fn consoles(&self, desk: &str) -> CoreResult<Vec<(u16, String, String, String, String)>> {
+        self.query(
+            "SELECT c.port, v.name, u.name, vmdesk.ts(c.created_at), c.worker
+             FROM vmdesk.consoles c JOIN vmdesk.vms v ON v.id = c.vm_id
+             JOIN vmdesk.users u ON u.id = c.user_id
+             WHERE c.desk = $1 ORDER BY c.port",
+            &[&desk],
+            |r| {
+                let port: i32 = r.get(0);
+                Ok((port as u16, r.get(1), r.get(2), r.get(3), r.get(4)))
+            },
+        )
     }
 
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {

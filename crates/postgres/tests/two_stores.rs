@@ -555,6 +555,73 @@ fn a_session_whose_desk_died_mid_start_is_settled_by_an_admins_recovery() {
     assert_eq!(live.session(s2.id).unwrap().status, SessionStatus::Starting);
 }
 
+both!(
+    a_console_is_for_who_may_see_the_running_vm_and_its_token_works_once,
+    |d: &Desks| {
+        d.pool(2);
+        let ann = d.user("ann", false, 0);
+        let bob = d.user("bob", false, 0);
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        let ttl = std::time::Duration::from_secs(60);
+        d.with(&bob, |c, me| {
+            let err = c
+                .console_reserve(me, &s.vm_name, (6100, 6101), &[], ttl)
+                .unwrap_err();
+            assert_eq!(err.code(), "forbidden", "{err}");
+        });
+        d.with(&ann, |c, me| {
+            let g = c
+                .console_reserve(me, &s.vm_name, (6100, 6101), &[], ttl)
+                .unwrap();
+            assert_eq!(g.port, 6100);
+            assert_eq!(g.vm, s.vm_name);
+            let g2 = c
+                .console_reserve(me, &s.vm_name, (6100, 6101), &[], ttl)
+                .unwrap();
+            assert_eq!(g2.port, 6101);
+            let err = c
+                .console_reserve(me, &s.vm_name, (6100, 6101), &[], ttl)
+                .unwrap_err();
+            assert_eq!(err.code(), "port_pool_exhausted", "{err}");
+            assert_eq!(c.console_stats((6100, 6101)).unwrap().allocated, 2);
+            let err = c.console_redeem(g.port, "not-the-token").unwrap_err();
+            assert_eq!(err.code(), "console_refused", "{err}");
+            assert_eq!(c.console_redeem(g.port, &g.token).unwrap().name, s.vm_name);
+            let err = c.console_redeem(g.port, &g.token).unwrap_err();
+            assert_eq!(err.code(), "console_refused", "{err}");
+            assert!(err.to_string().contains("already used"), "{err}");
+            assert!(c.console_release(g.port, "closed").unwrap());
+            assert!(!c.console_release(g.port, "closed").unwrap());
+            assert!(c.console_release(g2.port, "closed").unwrap());
+            // A stopped VM shows no console.
+            c.session_close(me, s.id, true).unwrap();
+            let err = c
+                .console_reserve(me, &s.vm_name, (6100, 6101), &[], ttl)
+                .unwrap_err();
+            assert_eq!(err.code(), "forbidden", "{err}");
+        });
+    }
+);
+
+#[test]
+fn console_ports_are_each_desks_own() {
+    let d = Desks::new(Kind::Team);
+    d.pool(2);
+    let ann = d.user("ann", false, 0);
+    let bob = d.user("bob", false, 0);
+    let ttl = std::time::Duration::from_secs(60);
+    let mut ports = Vec::new();
+    for u in [&ann, &bob] {
+        let s = d.with(u, |c, me| c.session_open(me, &req(), true).unwrap());
+        let g = d.with(u, |c, me| {
+            c.console_reserve(me, &s.vm_name, (6100, 6100), &[], ttl)
+                .unwrap()
+        });
+        ports.push(g.port);
+    }
+    assert_eq!(ports, [6100, 6100], "two desks both use 6100");
+}
+
 #[test]
 fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     let d = Desks::new(Kind::Team);
