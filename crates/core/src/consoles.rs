@@ -330,15 +330,10 @@ impl Core {
     pub fn console_cleanup(&self) -> Result<Vec<u16>> {
         if let Some(t) = self.team() {
             let mut freed = Vec::new();
-            for (port, _, _, _, worker) in t.consoles(&self.desk)? {
-                if !self.worker_alive(&worker)
-                    && t.console_release(
-                        &self.desk,
-                        port,
-                        "the process serving the console is gone",
-                    )?
-                {
-                    freed.push(port);
+            for c in t.consoles(&self.desk)? {
+                let gone = "the process serving the console is gone";
+                if !self.worker_alive(&c.worker) && t.console_release(&self.desk, c.port, gone)? {
+                    freed.push(c.port);
                 }
             }
             return Ok(freed);
@@ -381,12 +376,12 @@ impl Core {
         let consoles: Vec<ConsoleInfo> = if let Some(t) = self.team() {
             t.consoles(&self.desk)?
                 .into_iter()
-                .filter(|(port, ..)| (start..=end).contains(port))
-                .map(|(port, vm, user, since, _)| ConsoleInfo {
-                    port,
-                    vm,
-                    user,
-                    since,
+                .filter(|c| (start..=end).contains(&c.port))
+                .map(|c| ConsoleInfo {
+                    port: c.port,
+                    vm: c.vm,
+                    user: c.user,
+                    since: c.since,
                 })
                 .collect()
         } else {

@@ -162,8 +162,8 @@ pub trait TeamStore: Send + Sync {
     ) -> Result<(Vm, Option<String>)>;
     /// Returns a port to `desk`'s pool; whether it was taken.
     fn console_release(&self, desk: &str, port: u16, reason: &str) -> Result<bool>;
-    /// `desk`'s open consoles the login may see: port, VM, user, since, worker.
-    fn consoles(&self, desk: &str) -> Result<Vec<(u16, String, String, String, String)>>;
+    /// `desk`'s open consoles the login may see.
+    fn consoles(&self, desk: &str) -> Result<Vec<OpenConsole>>;
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
     /// Charges a VM's running time up to `now` (admin), in one transaction
@@ -175,6 +175,21 @@ pub trait TeamStore: Send + Sync {
         observed: Option<i64>,
         cfg: crate::BillingConfig,
     ) -> Result<Option<Billed>>;
+}
+
+/// An open console of a desk on a team store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenConsole {
+    /// Its port on the desk.
+    pub port: u16,
+    /// The VM it shows.
+    pub vm: String,
+    /// Who opened it.
+    pub user: String,
+    /// Since when.
+    pub since: String,
+    /// The desk process serving it.
+    pub worker: String,
 }
 
 /// One VM's charge on a team store, and what is to follow at zero credits.

@@ -12,7 +12,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
 use vmdesk_core::{
-    Billed, Error as CoreError, Result as CoreResult, RuntimeCharge, SyncChange, TeamStore,
+    Billed, Error as CoreError, OpenConsole, Result as CoreResult, RuntimeCharge, SyncChange,
+    TeamStore,
 };
 
 use crate::{schema_version, scram_verifier, Error, Target, STEPS};
@@ -948,7 +949,7 @@ impl TeamStore for PgStore {
             .get(0))
     }
 
-    fn consoles(&self, desk: &str) -> CoreResult<Vec<(u16, String, String, String, String)>> {
+    fn consoles(&self, desk: &str) -> CoreResult<Vec<OpenConsole>> {
         self.query(
             "SELECT c.port, v.name, u.name, vmdesk.ts(c.created_at), c.worker
              FROM vmdesk.consoles c JOIN vmdesk.vms v ON v.id = c.vm_id
@@ -957,7 +958,13 @@ impl TeamStore for PgStore {
             &[&desk],
             |r| {
                 let port: i32 = r.get(0);
-                Ok((port as u16, r.get(1), r.get(2), r.get(3), r.get(4)))
+                Ok(OpenConsole {
+                    port: port as u16,
+                    vm: r.get(1),
+                    user: r.get(2),
+                    since: r.get(3),
+                    worker: r.get(4),
+                })
             },
         )
     }
