@@ -65,13 +65,18 @@ BEGIN
     END IF;
 END $$;
 
+-- (PL/pgSQL rather than SQL: its plan is cached per session; a SQL function
+-- with SET is planned at every call.)
 CREATE FUNCTION vmdesk.record(p_type text, p_action text, p_severity text, p_actor text,
     p_vm bigint, p_session bigint, p_subject bigint, p_details jsonb) RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+DECLARE id bigint;
+BEGIN
     INSERT INTO vmdesk.events (type, action, severity, actor, vm_id, session_id, subject_id, details)
     VALUES (p_type, p_action, p_severity, p_actor, p_vm, p_session, p_subject, p_details)
-    RETURNING id
-$$;
+    RETURNING events.id INTO id;
+    RETURN id;
+END $$;
 
 -- The price of a VM, as crates/core's ledger::quote: RAM/512*5 + disk/10*2 +
 -- CPUs*10 credits, rounded up, at least 10. Prices are the database's, so a
