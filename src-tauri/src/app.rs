@@ -58,6 +58,49 @@ struct AppInfo {
     settings_path: String,
     /// The view to open on (`--view`), if given.
     start_view: Option<String>,
+    /// Which store the desk works on, and as whom.
+    store: StoreInfo,
+}
+
+/// The store the window works on: the desk's own file, or a team store
+/// (PostgreSQL) as its login.
+#[derive(Debug, Clone, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct StoreInfo {
+    /// Whether it is a team store.
+    team: bool,
+    /// "ann @ db.example:5432/vmdesk" on a team store (login @ place);
+    /// the data directory on the embedded store.
+    place: String,
+    /// Who acts: the team store's login, or the embedded store's user.
+    login: String,
+    /// The team store's URL, without its password.
+    url: Option<String>,
+}
+
+/// The store of `ctx`, as the header and the settings page show it.
+fn store_info(ctx: &Ctx) -> Result<StoreInfo, ApiError> {
+    Ok(match ctx.core.team() {
+        Some(t) => StoreInfo {
+            team: true,
+            place: t.describe(),
+            login: t.login().to_owned(),
+            url: ctx
+                .global
+                .team
+                .as_deref()
+                .and_then(|u| crate::store::without_password(u).ok()),
+        },
+        None => StoreInfo {
+            team: false,
+            place: crate::cli::data_dir(&ctx.global)
+                .map_err(internal)?
+                .display()
+                .to_string(),
+            login: ctx.actor.clone(),
+            url: None,
+        },
+    })
 }
 
 /// One sample of the watched VM's counters, or why there is none.
@@ -101,8 +144,22 @@ fn provider_error(e: vmdesk_core::provider::ProviderError) -> ApiError {
     })
 }
 
-fn settings_view(ctx: &Ctx) -> Result<SettingsView, ApiError> {
-    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+/// The settings page's data. The core's calls block (a team store's
+/// client runs a tokio runtime of its own, which panics inside another):
+/// they run on a blocking thread, never on the async command's.
+async fn settings_view(ctx: &Ctx) -> Result<SettingsView, ApiError> {
+    let (core, actor, global) = (Arc::clone(&ctx.core), ctx.actor.clone(), ctx.global.clone());
+    tauri::async_runtime::spawn_blocking(move || settings_view_blocking(&core, &actor, &global))
+        .await
+        .map_err(internal)?
+}
+
+fn settings_view_blocking(
+    core: &Core,
+    actor: &str,
+    global: &Global,
+) -> Result<SettingsView, ApiError> {
+    let path = crate::cli::settings_path(global).map_err(internal)?;
     let settings = vmdesk_core::Settings::load(&path)?;
     let a = &settings.azure;
     let azure_secret_kept = !a.tenant_id.is_empty()
@@ -115,7 +172,7 @@ fn settings_view(ctx: &Ctx) -> Result<SettingsView, ApiError> {
         path: path.display().to_string(),
         settings,
         azure_secret_kept,
-        hosts: ctx.core.host_list(&ctx.actor)?,
+        hosts: core.host_list(actor)?,
     })
 }
 
@@ -149,6 +206,13 @@ async fn console_open(
     ctx: State<'_, Ctx>,
     vm: String,
 ) -> Result<vmdesk_console::OpenConsole, ApiError> {
+    // The console port pool is the desk's own file's; a team store's VMs
+    // are not in it: say so rather than fail on an unknown VM.
+    if ctx.core.team().is_some() {
+        return Err(ApiError::from(vmdesk_core::Error::NotOnTeamStore(
+            "a console",
+        )));
+    }
     let handle = ctx.consoles.open(&ctx.actor, &vm).await?;
     let console = handle.console.clone();
     let port = console.grant.port;
@@ -174,7 +238,7 @@ async fn console_close(ctx: State<'_, Ctx>, port: u16) -> Result<(), ApiError> {
 
 #[tauri::command]
 async fn settings_get(ctx: State<'_, Ctx>) -> Result<SettingsView, ApiError> {
-    settings_view(&ctx)
+    settings_view(&ctx).await
 }
 
 /// A refused settings save: the code, a sentence, and each field that
@@ -221,7 +285,7 @@ async fn settings_save(
     settings: vmdesk_core::Settings,
 ) -> Result<SettingsView, SettingsError> {
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
-    let role = ctx.core.user(&ctx.actor)?.role;
+    let role = blocking(&ctx, |core, actor| core.user(actor)).await?.role;
     let settings =
         vmdesk_core::Settings::as_changed_by(vmdesk_core::Settings::load(&path)?, settings, role);
     let fields = settings.problems();
@@ -242,7 +306,7 @@ async fn settings_save(
     }
     settings.save(&path)?;
     restart_watcher(&ctx, &settings)?;
-    Ok(settings_view(&ctx)?)
+    Ok(settings_view(&ctx).await?)
 }
 
 /// Keeps an Azure service principal: the secret goes to the OS keyring after
@@ -255,8 +319,10 @@ async fn azure_login(
     secret: String,
 ) -> Result<SettingsView, ApiError> {
     // The service principal is the admin's part of the settings.
-    ctx.core
-        .require_admin(&ctx.actor, "keep an Azure service principal")?;
+    blocking(&ctx, |core, actor| {
+        core.require_admin(actor, "keep an Azure service principal")
+    })
+    .await?;
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
     let mut settings = vmdesk_core::Settings::load(&path)?;
     let mut azure = settings.azure.clone();
@@ -269,7 +335,7 @@ async fn azure_login(
     .map_err(provider_error)?;
     settings.save(&path)?;
     restart_watcher(&ctx, &settings)?;
-    settings_view(&ctx)
+    settings_view(&ctx).await
 }
 
 /// Adds a host: a libvirt URI, or an Azure subscription (and resource groups).
@@ -298,7 +364,7 @@ async fn host_add(
         &ctx,
         &vmdesk_core::Settings::load(&crate::cli::settings_path(&ctx.global).map_err(internal)?)?,
     )?;
-    settings_view(&ctx)
+    settings_view(&ctx).await
 }
 
 /// Adopts a host's unknown VMs into a project's pool.
@@ -432,7 +498,20 @@ async fn create_vm(app: AppHandle, ctx: State<'_, Ctx>, spec: VmCreate) -> Resul
 
 #[tauri::command]
 async fn vm_events(ctx: State<'_, Ctx>, vm: String) -> Result<Vec<Event>, ApiError> {
-    blocking(&ctx, move |core, actor| core.vm_events(actor, &vm, 100)).await
+    blocking(&ctx, move |core, actor| {
+        if core.team().is_none() {
+            return core.vm_events(actor, &vm, 100);
+        }
+        // A team store has no per-VM query yet: the newest events, filtered.
+        let id = core.vm_show(actor, &vm)?.id;
+        Ok(core
+            .events(actor, TEAM_EVENTS)?
+            .into_iter()
+            .filter(|e| e.vm_id == Some(id))
+            .take(100)
+            .collect())
+    })
+    .await
 }
 
 #[tauri::command]
@@ -474,7 +553,40 @@ async fn vm_list(ctx: State<'_, Ctx>, all: bool) -> Result<Vec<Vm>, ApiError> {
 /// The event feed, filtered.
 #[tauri::command]
 async fn events_query(ctx: State<'_, Ctx>, query: EventQuery) -> Result<Vec<Event>, ApiError> {
-    blocking(&ctx, move |core, actor| core.events_query(actor, &query)).await
+    blocking(&ctx, move |core, actor| query_events(core, actor, &query)).await
+}
+
+/// How many of the newest events a team store is asked for when the
+/// window filters them itself.
+const TEAM_EVENTS: i64 = 1000;
+
+/// The event feed, filtered: the core's query on the embedded store; on a
+/// team store (which has no filtered query yet) the newest events the
+/// login may see, filtered here.
+fn query_events(core: &Core, actor: &str, q: &EventQuery) -> vmdesk_core::Result<Vec<Event>> {
+    if core.team().is_none() {
+        return core.events_query(actor, q);
+    }
+    let limit = usize::try_from(q.limit.clamp(1, 10_000)).unwrap_or(100);
+    Ok(core
+        .events(actor, TEAM_EVENTS.max(q.limit))?
+        .into_iter()
+        .filter(|e| q.after.is_none_or(|a| e.id > a))
+        .filter(|e| q.types.is_empty() || q.types.contains(&e.event_type))
+        .filter(|e| q.severities.is_empty() || q.severities.contains(&e.severity))
+        .take(limit)
+        .collect())
+}
+
+/// The newest event's id the actor may see (0: none).
+fn newest_event_id(core: &Core, actor: &str) -> i64 {
+    if core.team().is_none() {
+        return core.last_event_id().unwrap_or(0);
+    }
+    core.events(actor, 1)
+        .ok()
+        .and_then(|e| e.first().map(|e| e.id))
+        .unwrap_or(0)
 }
 
 /// A user's balance and ledger (the actor's own without `user`).
@@ -492,16 +604,40 @@ async fn users(ctx: State<'_, Ctx>) -> Result<Vec<User>, ApiError> {
     blocking(&ctx, |core, actor| core.user_list(actor)).await
 }
 
-/// Adds a user (admin only).
+/// A user just added; on a team store, with its login's password (shown
+/// once, never kept) and the URL to log in with.
+#[derive(Debug, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct UserAdded {
+    /// The user.
+    user: User,
+    /// The generated password of the user's login (team store only).
+    password: Option<String>,
+    /// `vmdesk login` this URL to use it (team store only).
+    login_url: Option<String>,
+}
+
+/// Adds a user (admin only); on a team store its login too, with a
+/// generated password returned once.
 #[tauri::command]
 async fn user_add(
     ctx: State<'_, Ctx>,
     name: String,
     admin: bool,
     credits: i64,
-) -> Result<User, ApiError> {
+) -> Result<UserAdded, ApiError> {
+    let global = ctx.global.clone();
     blocking(&ctx, move |core, actor| {
-        core.user_add(actor, &name, admin, credits)
+        let password = core.team().map(|_| vmdesk_postgres::generate_password());
+        let user = core.user_add_login(actor, &name, admin, credits, password.as_deref())?;
+        let login_url = password
+            .as_ref()
+            .and_then(|_| crate::store::login_hint(&global, &user.name));
+        Ok(UserAdded {
+            user,
+            password,
+            login_url,
+        })
     })
     .await
 }
@@ -554,6 +690,7 @@ async fn app_info(ctx: State<'_, Ctx>) -> Result<AppInfo, ApiError> {
             .display()
             .to_string(),
         start_view: ctx.global.view.clone(),
+        store: store_info(&ctx)?,
     })
 }
 
@@ -616,7 +753,8 @@ const RECENT: Duration = Duration::from_secs(15 * 60);
 /// The warnings concerning the actor in the last [`RECENT`].
 fn recent_warnings(core: &Core, actor: &str) -> usize {
     let since = vmdesk_core::ago(RECENT);
-    core.events_query(
+    query_events(
+        core,
         actor,
         &EventQuery {
             severities: vec![Severity::Warning, Severity::Critical],
@@ -844,7 +982,8 @@ fn notify(app: &AppHandle, title: &str, body: &str) {
 /// Notifies the user of the events since `after` that call for it; returns
 /// the newest event id seen.
 fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i64 {
-    let Ok(events) = core.events_query(
+    let Ok(events) = query_events(
+        core,
         actor,
         &EventQuery {
             after: Some(after),
@@ -882,13 +1021,20 @@ fn worker(
     wake: mpsc::Receiver<()>,
 ) {
     let mut seen = core.data_version().unwrap_or(0);
-    let mut last_event = core.last_event_id().unwrap_or(0);
+    let mut last_event = newest_event_id(&core, &actor);
+    let team = core.team().is_some();
     let mut tray: Option<TrayModel> = None;
     refresh_tray(&app, &core, &actor, &sync.health(), &mut tray);
     loop {
-        match wake.recv_timeout(TICK) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+        let woken = match wake.recv_timeout(TICK) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout) => false,
             Err(RecvTimeoutError::Disconnected) => return,
+        };
+        // On a team store other desks' changes wake this (team_watch): the
+        // events they bring are notified as the desk's own are.
+        if team && woken {
+            last_event = notify_new_events(&app, &core, &actor, last_event);
         }
         if let Err(e) = core.drive_pending() {
             tracing::warn!(error = %e.one_line(), "driving pending sessions");
@@ -934,7 +1080,16 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             }
         })
     };
-    let team_notify: Arc<dyn Fn() + Send + Sync> = notify.clone();
+    let (wake_tx, wake_rx) = mpsc::channel();
+    // On a team store a change pushed by the database also wakes the worker
+    // (notifications of other desks' events).
+    let team_notify: Arc<dyn Fn() + Send + Sync> = {
+        let (notify, wake) = (notify.clone(), Mutex::new(wake_tx.clone()));
+        Arc::new(move || {
+            notify();
+            let _ = wake.lock().map(|w| w.send(()));
+        })
+    };
     let core = Arc::new(open_core(
         global,
         Arc::new(vmdesk_libvirt::LibvirtFactory::new()),
@@ -966,7 +1121,6 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
     )?;
     core.user(&global.actor)?;
     let actor = global.actor.clone();
-    let (wake_tx, wake_rx) = mpsc::channel();
 
     let stats_vm = Arc::new(Mutex::new(None));
     tauri::Builder::default()

@@ -20,6 +20,7 @@ import type { OpenConsole } from "../bindings/OpenConsole";
 import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
 import type { User } from "../bindings/User";
+import type { UserAdded } from "../bindings/UserAdded";
 import type { Role } from "../bindings/Role";
 import type { PortStats } from "../bindings/PortStats";
 import type { StatsUpdate } from "../bindings/StatsUpdate";
@@ -92,8 +93,9 @@ export const api = {
   /** A balance and ledger: the user's own, or `user`'s (admin). */
   credits: (user: string | null = null) => call<CreditStatement>("credits", { user }),
   users: () => call<User[]>("users"),
+  /** Adds a user; on a team store its login too, with a password shown once. */
   userAdd: (name: string, admin: boolean, credits: number) =>
-    call<User>("user_add", { name, admin, credits }),
+    call<UserAdded>("user_add", { name, admin, credits }),
   userRole: (name: string, role: Role) => call<User>("user_role", { name, role }),
   creditsGrant: (user: string, amount: number, reason: string) =>
     call<CreditStatement>("credits_grant", { user, amount, reason }),

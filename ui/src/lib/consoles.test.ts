@@ -30,6 +30,11 @@ describe("typeable", () => {
 });
 
 describe("failureMessage", () => {
+  it("says plainly that a team store has no consoles yet", () => {
+    expect(failureMessage("not_on_team_store", "a console is not available on a team store yet")).toBe(
+      "Consoles are not available on a team store yet: this desk cannot show a team VM's screen.",
+    );
+  });
   it("names each failure", () => {
     expect(failureMessage("console_unavailable", 'VM "a" is STOPPED, not RUNNING')).toContain("STOPPED");
     expect(failureMessage("console_refused", "the token has expired")).toContain("expired");

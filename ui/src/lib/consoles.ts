@@ -55,6 +55,8 @@ export function failureMessage(kind: string, detail = ""): string {
       return "Every console port is in use; close a console and try again.";
     case "disconnected":
       return "The console bridge is gone (the VM stopped, or the link dropped).";
+    case "not_on_team_store":
+      return "Consoles are not available on a team store yet: this desk cannot show a team VM's screen.";
     default:
       return detail || "The console failed.";
   }
