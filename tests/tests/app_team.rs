@@ -10,8 +10,8 @@
 //! - the admin grants ann credits in the admin's window: ann's header
 //!   balance follows by itself within a second;
 //! - the admin adds a user: the login's password is shown once and works;
-//! - a console on a team store is refused plainly; the settings page shows
-//!   the store's URL without its password.
+//! - the settings page shows the store's URL without its password.
+//! (A console on a team store: app_team_console, on the real QEMU host.)
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -285,20 +285,10 @@ fn two_desks_on_one_team_store_see_each_others_changes_pushed() {
         a.click(r#"[data-testid="new-password"] button"#).await;
         assert!(!present(&a, r#"[data-testid="new-password"]"#).await);
 
-        // 6. ann's session is ACTIVE (her desk started its machine): its
-        // Console button says plainly that a team store has no consoles yet.
+        // 6. ann's session is ACTIVE (her desk started its machine).
         b.nav("pools").await;
         b.wait_text(r#"[data-testid^="session-status-"]"#, "ACTIVE", |s| s == "ACTIVE")
             .await;
-        b.click(r#"button[aria-label="Open the console of lab-vm0"]"#).await;
-        b.wait_text(r#"[data-testid="console-state"]"#, "not available", |s| {
-            s == "not available" || s == "connected"
-        })
-        .await;
-        let said = b.text(r#".console-bar [role="status"]"#).await;
-        assert!(said.contains("not available on a team store"), "{said}");
-        println!("console on a team store: {said}");
-        b.shot("console-refused").await;
 
         a.close().await;
         b.close().await;

@@ -475,6 +475,15 @@ impl Core {
         // mode; one that is not offered there yet must not land in the
         // desk's own file.
         self.embedded_only("this change")?;
+        self.write_local(f)
+    }
+
+    /// A write to the data directory's own file in either mode: what belongs
+    /// to this desk alone (its OS catalog).
+    pub(crate) fn write_local<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let out = store::write(&mut self.db(), f)?;
         if let Some(notify) = &self.opts.on_change {
             notify();

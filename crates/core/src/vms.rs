@@ -844,7 +844,7 @@ impl Core {
             validate::CPUS.0,
         )
         .map_err(|e| Error::invalid(format!("the OS minimum is out of range: {}", e)))?;
-        crate::core::admin(&self.db(), actor, "import OS images")?;
+        self.catalog_keeper(actor, "import OS images")?;
         if OS_BUILTIN.contains(&name) || os_image(&self.db(), &self.opts.data_dir, name).is_ok() {
             return Err(Error::AlreadyExists {
                 kind: "OS",
@@ -858,7 +858,7 @@ impl Core {
             .join(crate::images::OS_DIR)
             .join(&img.file);
         let bytes = img.bytes;
-        let added = self.write(|tx| {
+        let added = self.write_local(|tx| {
             tx.execute(
                 "INSERT INTO os_images (name, file, bytes, sha256, created_at, min_ram_mb, min_disk_gb)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -898,6 +898,16 @@ impl Core {
         added
     }
 
+    /// Who may change this desk's OS catalog: an admin on the embedded
+    /// store; on a team store the catalog is the desk's own files, so its
+    /// user (the login).
+    fn catalog_keeper(&self, actor: &str, action: &'static str) -> Result<()> {
+        match self.team_as(actor)? {
+            Some(_) => Ok(()),
+            None => crate::core::admin(&self.db(), actor, action).map(|_| ()),
+        }
+    }
+
     /// Sets the least memory (MB) and disk (GB) an imported OS boots with
     /// (admin only); `None` keeps a value. Images imported before minimums
     /// existed get theirs this way. Nothing is written when nothing changes.
@@ -908,7 +918,7 @@ impl Core {
         min_ram_mb: Option<i64>,
         min_disk_gb: Option<i64>,
     ) -> Result<OsEntry> {
-        crate::core::admin(&self.db(), actor, "change the OS catalog")?;
+        self.catalog_keeper(actor, "change the OS catalog")?;
         let Some(old) = os_list(&self.db())?.into_iter().find(|o| o.name == name) else {
             return Err(Error::invalid(format!(
                 "there is no OS {name:?} in the catalog"
@@ -928,7 +938,7 @@ impl Core {
         if (ram, disk) == (old.min_ram_mb, old.min_disk_gb) {
             return Ok(old);
         }
-        self.write(|tx| {
+        self.write_local(|tx| {
             tx.execute(
                 "UPDATE os_images SET min_ram_mb = ?2, min_disk_gb = ?3 WHERE name = ?1",
                 params![name, ram, disk],
