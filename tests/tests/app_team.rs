@@ -11,7 +11,8 @@
 //!   balance follows by itself within a second;
 //! - the admin adds a user: the login's password is shown once and works;
 //! - the settings page shows the store's URL without its password.
-//! (A console on a team store: app_team_console, on the real QEMU host.)
+//!
+//! A console on a team store: app_team_console, on the real QEMU host.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
