@@ -159,3 +159,41 @@ fn init_as_a_plain_user_is_refused_and_makes_nothing() {
         .unwrap();
     assert!(made.is_none());
 }
+
+#[test]
+fn a_desk_whose_connection_was_cut_reconnects_and_its_worker_stays_alive() {
+    use vmdesk_core::TeamStore as _;
+    let s = Store::new();
+    let (ann, pw) = s.user("ann", false);
+    let desk = vmdesk_postgres::PgStore::connect(s.target(&ann, &pw)).unwrap();
+    desk.register_worker("ann-desk-1").unwrap();
+    let admin = vmdesk_postgres::PgStore::connect(s.target(&s.admin, &s.admin_pw)).unwrap();
+    assert!(admin.worker_alive("ann-desk-1").unwrap());
+    // The server ends the desk's session (a restart, a dropped network).
+    let cut: i64 = s
+        .superuser()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+            &[&ann],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(cut, 1);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !admin.worker_alive("ann-desk-1").unwrap(),
+        "its lock went with its session"
+    );
+    // At most the call that meets the cut fails; the next reconnects, and
+    // the worker's lock is taken again with the new session.
+    let first = desk.whoami();
+    let me = match first {
+        Ok(u) => u,
+        Err(e) => {
+            assert_eq!(e.code(), "database", "{e}");
+            desk.whoami().expect("reconnected")
+        }
+    };
+    assert_eq!(me.name, ann);
+    assert!(admin.worker_alive("ann-desk-1").unwrap());
+}
