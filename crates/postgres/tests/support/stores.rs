@@ -3,6 +3,8 @@
 //! team store (a fresh PostgreSQL database; each user a login with a
 //! [`Core`] of its own on its own desk), and tests written against it run on
 //! both. See tests/two_stores.rs.
+// Each test file uses some of these helpers.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,8 @@ pub type Desk = Arc<(tempfile::TempDir, Core)>;
 
 pub struct Desks {
     hosts: MemoryFactory,
+    /// How long a guest is given to shut down before it is forced off.
+    shutdown_timeout: std::time::Duration,
     embedded: Option<(tempfile::TempDir, Core)>,
     team: Option<Store>,
     /// Team mode: each login's password and desk.
@@ -32,9 +36,16 @@ pub struct Desks {
 
 impl Desks {
     pub fn new(kind: Kind) -> Desks {
+        Desks::with_shutdown_timeout(kind, std::time::Duration::from_millis(300))
+    }
+
+    /// Desks whose guests are given `shutdown_timeout` to shut down before
+    /// they are forced off (300 ms in [`Desks::new`]).
+    pub fn with_shutdown_timeout(kind: Kind, shutdown_timeout: std::time::Duration) -> Desks {
         let hosts = MemoryFactory::default();
         let mut d = Desks {
             hosts,
+            shutdown_timeout,
             embedded: None,
             team: None,
             desks: Mutex::new(HashMap::new()),
@@ -42,7 +53,7 @@ impl Desks {
         match kind {
             Kind::Embedded => {
                 let dir = tempfile::tempdir().unwrap();
-                let core = common::open(dir.path(), &d.hosts);
+                let core = Core::open(d.options(dir.path())).unwrap();
                 d.embedded = Some((dir, core));
             }
             Kind::Team => {
@@ -76,19 +87,67 @@ impl Desks {
                     .get_mut(user)
                     .unwrap_or_else(|| panic!("{user} has no login here"));
                 if desk.is_none() {
-                    let s = self.team.as_ref().unwrap();
-                    let store = PgStore::connect(s.target(user, pw)).expect("desk connects");
-                    let dir = tempfile::tempdir().unwrap();
-                    let mut opts = OpenOptions::new(dir.path(), Arc::new(self.hosts.clone()));
-                    // As common::open sets them for the embedded store.
-                    opts.start_timeout = std::time::Duration::from_secs(2);
-                    opts.shutdown_timeout = std::time::Duration::from_millis(300);
-                    opts.team = Some(Arc::new(store));
-                    *desk = Some(Arc::new((dir, Core::open(opts).unwrap())));
+                    let pw = pw.clone();
+                    *desk = Some(self.new_desk(user, &pw));
                 }
                 Arc::clone(desk.as_ref().unwrap())
             }
         }
+    }
+
+    /// A core's options on `dir`, as common::open sets them.
+    fn options(&self, dir: &std::path::Path) -> OpenOptions {
+        let mut opts = OpenOptions::new(dir, Arc::new(self.hosts.clone()));
+        opts.start_timeout = std::time::Duration::from_secs(2);
+        opts.shutdown_timeout = self.shutdown_timeout;
+        opts
+    }
+
+    /// A new desk of `user`'s on the team store, with its own connection.
+    fn new_desk(&self, user: &str, pw: &str) -> Desk {
+        let s = self.team.as_ref().unwrap();
+        let store = PgStore::connect(s.target(user, pw)).expect("desk connects");
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = self.options(dir.path());
+        opts.team = Some(Arc::new(store));
+        Arc::new((dir, Core::open(opts).unwrap()))
+    }
+
+    /// Runs `f` as `user` through a core of its own, as another process
+    /// would: on the embedded store a second core on the same data dir (its
+    /// own SQLite connection), on the team store a new desk of `user`'s (its
+    /// own PostgreSQL connection).
+    pub fn with_another<T>(&self, user: &str, f: impl FnOnce(&Core, &str) -> T) -> T {
+        match &self.embedded {
+            Some((dir, _)) => f(&Core::open(self.options(dir.path())).unwrap(), user),
+            None => {
+                let pw = self.password(user);
+                let desk = self.new_desk(user, &pw);
+                f(&desk.1, user)
+            }
+        }
+    }
+
+    /// The action names of the newest `limit` events the admin sees, newest first.
+    pub fn actions(&self, limit: i64) -> Vec<String> {
+        self.events(limit).into_iter().map(|e| e.action).collect()
+    }
+
+    /// The newest `limit` events the admin sees, newest first.
+    pub fn events(&self, limit: i64) -> Vec<vmdesk_core::model::Event> {
+        let a = self.admin();
+        self.with(&a, |c, a| c.events(a, limit).unwrap())
+    }
+
+    /// The admin's events named `action`, oldest first.
+    pub fn events_named(&self, action: &str) -> Vec<vmdesk_core::model::Event> {
+        let mut v: Vec<_> = self
+            .events(10_000)
+            .into_iter()
+            .filter(|e| e.action == action)
+            .collect();
+        v.reverse();
+        v
     }
 
     /// Runs `f` with the core `user` works through and `user` as the actor.
@@ -169,6 +228,25 @@ macro_rules! both {
             fn team() {
                 let f: fn(&$crate::stores::Desks) = $body;
                 f(&$crate::stores::Desks::new($crate::stores::Kind::Team));
+            }
+        }
+    };
+    // Desks made by `$new(kind)` (e.g. with another shutdown timeout).
+    ($name:ident, new = $new:expr, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn embedded() {
+                let n: fn($crate::stores::Kind) -> $crate::stores::Desks = $new;
+                let f: fn(&$crate::stores::Desks) = $body;
+                f(&n($crate::stores::Kind::Embedded));
+            }
+            #[test]
+            fn team() {
+                let n: fn($crate::stores::Kind) -> $crate::stores::Desks = $new;
+                let f: fn(&$crate::stores::Desks) = $body;
+                f(&n($crate::stores::Kind::Team));
             }
         }
     };
