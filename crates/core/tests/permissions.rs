@@ -1,4 +1,9 @@
 //! The data directory is private: 0700, its files 0600, whatever the umask.
+//!
+//! Embedded-store only: this file's one test is about the embedded store's
+//! data dir, its SQLite files (db, WAL, shm), lock and worker files; a team
+//! store keeps none of them (who may do what on it is the database's:
+//! crates/postgres/tests/permissions.rs, and the rules in core_*.rs there).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
