@@ -68,6 +68,11 @@ impl Desks {
         d
     }
 
+    /// Whether these desks work on a team store.
+    pub fn is_team(&self) -> bool {
+        self.team.is_some()
+    }
+
     /// The first admin's name.
     pub fn admin(&self) -> String {
         match &self.team {
