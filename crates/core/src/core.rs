@@ -856,6 +856,7 @@ impl Core {
         pool: &str,
         vm_type: Option<&str>,
     ) -> Result<ImportReport> {
+        self.embedded_only("host import")?;
         if let Some(t) = vm_type {
             validate::name("VM type", t)?;
         }

@@ -63,6 +63,9 @@ pub trait TeamStore: Send + Sync {
     fn vm_list(&self, all: bool) -> Result<Vec<Vm>>;
     /// The newest events the login may see, newest first.
     fn events(&self, limit: i64) -> Result<Vec<Event>>;
+    /// Events the login may see, filtered (`q`) and, with `vm`, of one VM;
+    /// newest first.
+    fn events_query(&self, q: &crate::EventQuery, vm: Option<i64>) -> Result<Vec<Event>>;
     /// The store's install id: it marks the store's machines on hosts,
     /// whichever desk made them.
     fn install_id(&self) -> Result<String>;

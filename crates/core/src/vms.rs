@@ -618,6 +618,7 @@ impl Core {
     /// admin purges it (see [`Core::purge_quarantine`]); each is an event.
     /// Returns the machines newly quarantined.
     pub fn sweep_host(&self, host: &str) -> Result<Vec<String>> {
+        self.embedded_only("the sweep of a host's machines")?;
         let p = self.provider(host)?;
         let err = |source| Error::Provider {
             host: host.to_owned(),
@@ -705,6 +706,7 @@ impl Core {
 
     /// The quarantined machines (admin only), oldest first.
     pub fn quarantined(&self, actor: &str) -> Result<Vec<Quarantined>> {
+        self.embedded_only("the quarantine")?;
         let conn = self.db();
         crate::core::admin(&conn, actor, "list quarantined machines")?;
         let rows = conn
@@ -727,6 +729,7 @@ impl Core {
     /// `grace` ago that still have no VM row (admin only); each is an event.
     /// Returns the machines deleted.
     pub fn purge_quarantine(&self, actor: &str, grace: Duration) -> Result<Vec<Quarantined>> {
+        self.embedded_only("the quarantine")?;
         let a = crate::core::admin(&self.db(), actor, "purge quarantined machines")?;
         let due: Vec<Quarantined> = self
             .quarantined(actor)?
@@ -776,6 +779,7 @@ impl Core {
     /// into quarantine (see [`Core::sweep_host`]); admin only. Returns what
     /// was done, as events.
     pub fn recover_all(&self, actor: &str) -> Result<Vec<Event>> {
+        self.embedded_only("recover (the quarantine of a host's unknown machines)")?;
         crate::core::admin(&self.db(), actor, "run recovery")?;
         let before: i64 =
             self.db()
@@ -797,7 +801,14 @@ impl Core {
 
     /// The events of a VM the actor may see, newest first.
     pub fn vm_events(&self, actor: &str, vm: &str, limit: i64) -> Result<Vec<Event>> {
-        self.embedded_only("a VM's events")?;
+        if let Some(t) = self.team_as(actor)? {
+            let v = t.vm(vm)?;
+            let q = crate::EventQuery {
+                limit: limit.clamp(1, 10_000),
+                ..Default::default()
+            };
+            return t.events_query(&q, Some(v.id));
+        }
         let conn = self.db();
         let a = user(&conn, actor)?;
         let v = self.vm_show_in(&conn, &a, vm)?;

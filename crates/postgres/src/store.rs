@@ -1005,25 +1005,27 @@ impl TeamStore for PgStore {
         }))
     }
 
+    fn events_query(&self, q: &vmdesk_core::EventQuery, vm: Option<i64>) -> CoreResult<Vec<Event>> {
+        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+        let severities: Vec<&str> = q.severities.iter().map(|s| s.as_str()).collect();
+        self.query(
+            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
+             FROM vmdesk.events
+             WHERE (cardinality($1::text[]) = 0 OR type = ANY($1))
+               AND (cardinality($2::text[]) = 0 OR severity = ANY($2))
+               AND id > $3 AND ($4::bigint IS NULL OR vm_id = $4)
+             ORDER BY id DESC LIMIT $5",
+            &[&types, &severities, &q.after.unwrap_or(0), &vm, &q.limit],
+            event_row,
+        )
+    }
+
     fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
         self.query(
             "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
              FROM vmdesk.events ORDER BY id DESC LIMIT $1",
             &[&limit],
-            |r| {
-                let details: String = r.get(7);
-                Ok(Event {
-                    id: r.get(0),
-                    event_type: parse(r.get(1))?,
-                    action: r.get(2),
-                    severity: parse(r.get(3))?,
-                    actor: r.get(4),
-                    vm_id: r.get(5),
-                    session_id: r.get(6),
-                    details: serde_json::from_str(&details).unwrap_or(Value::Null),
-                    created_at: r.get(8),
-                })
-            },
+            event_row,
         )
     }
 }
@@ -1035,6 +1037,21 @@ fn action_name(a: VmAction) -> &'static str {
         VmAction::Restart => "restart",
         VmAction::Destroy => "destroy",
     }
+}
+
+fn event_row(r: &Row) -> CoreResult<Event> {
+    let details: String = r.get(7);
+    Ok(Event {
+        id: r.get(0),
+        event_type: parse(r.get(1))?,
+        action: r.get(2),
+        severity: parse(r.get(3))?,
+        actor: r.get(4),
+        vm_id: r.get(5),
+        session_id: r.get(6),
+        details: serde_json::from_str(&details).unwrap_or(Value::Null),
+        created_at: r.get(8),
+    })
 }
 
 fn host_row(r: &Row) -> CoreResult<Host> {

@@ -622,6 +622,51 @@ fn console_ports_are_each_desks_own() {
     assert_eq!(ports, [6100, 6100], "two desks both use 6100");
 }
 
+both!(
+    events_are_filtered_by_type_severity_vm_and_id,
+    |d: &Desks| {
+        d.pool(2);
+        let ann = d.user("ann", false, 10);
+        let s = d.with(&ann, |c, me| c.session_open(me, &req(), true).unwrap());
+        d.with(&ann, |c, me| {
+            let q =
+                |types: Vec<vmdesk_core::EventType>, after: Option<i64>| vmdesk_core::EventQuery {
+                    types,
+                    severities: vec![],
+                    after,
+                    limit: 100,
+                };
+            let sessions = c
+                .events_query(me, &q(vec![vmdesk_core::EventType::Session], None))
+                .unwrap();
+            assert!(!sessions.is_empty());
+            assert!(sessions
+                .iter()
+                .all(|e| e.event_type == vmdesk_core::EventType::Session));
+            let newest = sessions[0].id;
+            assert!(c
+                .events_query(me, &q(vec![], Some(newest)))
+                .unwrap()
+                .iter()
+                .all(|e| e.id > newest));
+            let of_vm = c.vm_events(me, &s.vm_name, 100).unwrap();
+            assert!(!of_vm.is_empty());
+            assert!(of_vm.iter().all(|e| e.vm_id == Some(s.vm_id)), "{of_vm:?}");
+            assert!(of_vm.iter().any(|e| e.action == "session.active"));
+            let err = c
+                .events_query(
+                    me,
+                    &vmdesk_core::EventQuery {
+                        limit: 0,
+                        ..q(vec![], None)
+                    },
+                )
+                .unwrap_err();
+            assert_eq!(err.code(), "invalid_input", "{err}");
+        });
+    }
+);
+
 #[test]
 fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     let d = Desks::new(Kind::Team);
@@ -637,7 +682,7 @@ fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
     assert!(err.to_string().contains("you are your login"), "{err}");
     // An operation the team store does not offer yet does not fall back on
     // the desk's own file.
-    let err = core.vm_events(&ann, "anything", 10).unwrap_err();
+    let err = core.quarantined(&ann).unwrap_err();
     assert_eq!(err.code(), "not_on_team_store", "{err}");
     assert_eq!(core.team().unwrap().login(), ann);
 }
