@@ -133,6 +133,26 @@ impl Desks {
         }
     }
 
+    /// Runs `f` as `user` through another process of `user`'s own desk: on
+    /// the embedded store a second core on the same data dir, on the team
+    /// store a second core on the data dir of `user`'s desk (the same desk,
+    /// so the same console port pool) with its own connection. The core is
+    /// gone (its process dead) when `f` returns.
+    pub fn with_another_process<T>(&self, user: &str, f: impl FnOnce(&Core, &str) -> T) -> T {
+        match &self.embedded {
+            Some(_) => self.with_another(user, f),
+            None => {
+                let desk = self.core(user);
+                let s = self.team.as_ref().unwrap();
+                let store =
+                    PgStore::connect(s.target(user, &self.password(user))).expect("desk connects");
+                let mut opts = self.options(desk.0.path());
+                opts.team = Some(Arc::new(store));
+                f(&Core::open(opts).unwrap(), user)
+            }
+        }
+    }
+
     /// The action names of the newest `limit` events the admin sees, newest first.
     pub fn actions(&self, limit: i64) -> Vec<String> {
         self.events(limit).into_iter().map(|e| e.action).collect()
