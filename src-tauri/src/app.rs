@@ -279,8 +279,12 @@ async fn settings_save(
 ) -> Result<SettingsView, SettingsError> {
     let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
     let role = blocking(&ctx, |core, actor| core.user(actor)).await?.role;
-    let settings =
-        vmdesk_core::Settings::as_changed_by(vmdesk_core::Settings::load(&path)?, settings, role);
+    let on_disk = vmdesk_core::Settings::load(&path)?;
+    // The team store is changed only by a login or logout (this page's
+    // Store section, or the CLI's), never by a save of a page loaded before.
+    let store = on_disk.store.clone();
+    let mut settings = vmdesk_core::Settings::as_changed_by(on_disk, settings, role);
+    settings.store = store;
     let fields = settings.problems();
     if let Some(first) = fields.first() {
         let message = if fields.len() == 1 {
@@ -300,6 +304,143 @@ async fn settings_save(
     settings.save(&path)?;
     restart_watcher(&ctx, &settings)?;
     Ok(settings_view(&ctx).await?)
+}
+
+/// A change of the store the desk starts on, from the Settings page (a
+/// login to a team store or a logout): what to tell the person. The
+/// running app keeps its open store until it starts again.
+#[derive(Debug, Serialize, ts_rs::TS)]
+#[ts(export)]
+struct StoreChange {
+    /// The sentence the page shows, ending with what to do: restart.
+    message: String,
+    /// Whether the next start is on a team store.
+    team: bool,
+}
+
+impl From<crate::store::LoginError> for SettingsError {
+    fn from(e: crate::store::LoginError) -> Self {
+        Self {
+            code: if e.field.is_some() {
+                "login_refused"
+            } else {
+                "login_failed"
+            },
+            fields: e
+                .field
+                .map(|f| vmdesk_core::settings::FieldError {
+                    field: f.into(),
+                    message: e.message.clone(),
+                })
+                .into_iter()
+                .collect(),
+            message: e.message,
+        }
+    }
+}
+
+/// Logs this desk in to a team store, as `vmdesk login` does (the same
+/// code): the URL checked, the password checked by the server, kept in the
+/// OS keyring, and the URL without it written as `[store] url`. The URL
+/// must not carry the password (the settings refuse it). A refusal names
+/// its field (`store.url`, `store.password`); nothing is saved then. The
+/// desk's own settings and the OS user's keyring: no admin check. The
+/// password goes nowhere else (never logged, never returned).
+#[tauri::command]
+async fn store_login(
+    ctx: State<'_, Ctx>,
+    url: String,
+    password: String,
+) -> Result<StoreChange, SettingsError> {
+    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    // Connecting blocks on the PostgreSQL client's own runtime: off this one.
+    let done = tauri::async_runtime::spawn_blocking(
+        move || -> Result<crate::store::LoggedIn, crate::store::LoginError> {
+            let raw = url.trim();
+            if let Some(m) = vmdesk_core::settings::store_url_problem(raw) {
+                return Err(crate::store::LoginError {
+                    field: Some("store.url"),
+                    message: m,
+                });
+            }
+            let (account, target) = crate::store::login_target(raw)?;
+            if password.is_empty() {
+                return Err(crate::store::LoginError {
+                    field: Some("store.password"),
+                    message: format!(
+                        "Enter the password of {} on {}.",
+                        target.user(),
+                        target.describe()
+                    ),
+                });
+            }
+            crate::store::log_in(
+                &path,
+                &account,
+                target,
+                &password,
+                crate::store::Source::None,
+            )
+        },
+    )
+    .await
+    .map_err(internal)??;
+    tracing::info!(store = %done.place, login = %done.login, "logged in to a team store from the window");
+    Ok(StoreChange {
+        message: format!(
+            "Logged in to {} as {}. Restart vmdesk to work on the team store.",
+            done.place, done.login
+        ),
+        team: true,
+    })
+}
+
+/// Logs this desk out of its team store, as `vmdesk logout` does: the
+/// password leaves the OS keyring and `[store] url` the settings; the next
+/// start is on the desk's own embedded store (the team store keeps
+/// everything).
+#[tauri::command]
+async fn store_logout(ctx: State<'_, Ctx>) -> Result<StoreChange, ApiError> {
+    let path = crate::cli::settings_path(&ctx.global).map_err(internal)?;
+    let out = tauri::async_runtime::spawn_blocking(move || crate::store::log_out(&path))
+        .await
+        .map_err(internal)?
+        .map_err(|e| ApiError {
+            code: "logout_failed",
+            message: format!("{e:#}"),
+        })?;
+    let Some(out) = out else {
+        if ctx.core.team().is_some() {
+            return Err(ApiError {
+                code: "not_logged_in",
+                message: "The settings file names no team store: this run's was given with --store \
+                          or VMDESK_STORE. Start vmdesk without it to work on this desk's own store."
+                    .into(),
+            });
+        }
+        return Ok(StoreChange {
+            message: "Not logged in to a team store: this desk works on its own store.".into(),
+            team: false,
+        });
+    };
+    tracing::info!(store = %out.place, "logged out of a team store from the window");
+    let mut message = format!(
+        "Logged out of {}. Restart vmdesk to work on this desk's own store.",
+        out.place
+    );
+    if let Some(w) = out.warning {
+        message = format!("{message} ({w}.)");
+    }
+    Ok(StoreChange {
+        message,
+        team: false,
+    })
+}
+
+/// Starts vmdesk again (after a login or logout, to open the new store).
+#[tauri::command]
+fn app_restart(app: AppHandle) {
+    app.restart();
 }
 
 /// Keeps an Azure service principal: the secret goes to the OS keyring after
@@ -1157,6 +1298,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             settings_save,
             settings_check,
             azure_login,
+            store_login,
+            store_logout,
+            app_restart,
             host_add,
             host_import,
             console_open,

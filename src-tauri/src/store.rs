@@ -230,14 +230,151 @@ fn read_password(prompt: &str) -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
+/// A refused login: the field at fault (`store.url`, `store.password`;
+/// none: the keyring or the settings file) and a sentence. Nothing was
+/// saved.
+#[derive(Debug)]
+pub struct LoginError {
+    /// The field at fault, if one is.
+    pub field: Option<&'static str>,
+    /// What went wrong, in one line.
+    pub message: String,
+}
+
+impl LoginError {
+    fn url(message: impl Into<String>) -> Self {
+        Self {
+            field: Some("store.url"),
+            message: message.into(),
+        }
+    }
+
+    fn password(message: impl Into<String>) -> Self {
+        Self {
+            field: Some("store.password"),
+            message: message.into(),
+        }
+    }
+
+    fn other(message: impl std::fmt::Display) -> Self {
+        Self {
+            field: None,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for LoginError {}
+
+/// A login done: where, as whom, and where its password is.
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    /// `HOST:PORT/DB`.
+    pub place: String,
+    /// The URL the settings file now holds (no password).
+    pub url: String,
+    /// The database login.
+    pub login: String,
+    /// Where the password is found from now on.
+    pub password_from: Source,
+}
+
+/// The first step of a login: `raw` checked as the settings file would
+/// take it (its password aside) and parsed; its account (the URL without
+/// a password) and its target.
+pub fn login_target(raw: &str) -> Result<(String, Target), LoginError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(LoginError::url(
+            "Enter the team store's URL: postgres://LOGIN@HOST[:PORT]/DB.",
+        ));
+    }
+    let account = without_password(raw).map_err(|e| LoginError::url(e.to_string()))?;
+    if let Some(m) = vmdesk_core::settings::store_url_problem(&account) {
+        return Err(LoginError::url(m));
+    }
+    let mut target = parse(raw).map_err(|e| LoginError::url(e.to_string()))?;
+    target.connect_timeout(CONNECT_TIMEOUT);
+    Ok((account, target))
+}
+
+/// Logs in to the team store of `target` with `password`, as `vmdesk
+/// login` and the window's Settings page both do: connects and lets the
+/// server check the password, keeps it in the OS keyring (`keep`: else
+/// `source`, PGPASSWORD or the password file, keeps supplying it), and
+/// writes `account` (the URL without a password) as `[store] url` in the
+/// settings file at `settings_path`. Nothing is saved on an error.
+pub fn log_in(
+    settings_path: &std::path::Path,
+    account: &str,
+    mut target: Target,
+    password: &str,
+    source: Source,
+) -> Result<LoggedIn, LoginError> {
+    target.password(password);
+    let place = target.describe();
+    // The settings must take the URL before anything is kept.
+    let mut settings =
+        vmdesk_core::Settings::load(settings_path).map_err(|e| LoginError::other(e.one_line()))?;
+    settings.store.url = account.to_owned();
+    if let Some(p) = settings.problems().into_iter().next() {
+        return Err(if p.field == "store.url" {
+            LoginError::url(p.message)
+        } else {
+            LoginError::other(format!(
+                "{}: {} (in {}); nothing was saved",
+                p.field,
+                p.message,
+                settings_path.display()
+            ))
+        });
+    }
+    let login = off_runtime(|| {
+        let store = PgStore::connect(target.clone())?;
+        use vmdesk_core::TeamStore as _;
+        Ok::<_, vmdesk_postgres::Error>(store.login().to_owned())
+    })
+    .map_err(|e| {
+        if auth_failed(&e) || password_missing(&e) {
+            LoginError::password(e.to_string())
+        } else if e.code().is_some() {
+            LoginError::url(e.to_string())
+        } else {
+            LoginError::url(format!("cannot log in to {place}: {e}"))
+        }
+    })?;
+    // Typed or in the URL: kept in the keyring. PGPASSWORD and the
+    // password file keep supplying theirs.
+    let keep = matches!(source, Source::None | Source::Url);
+    if keep {
+        keyring_set(account, password).map_err(LoginError::other)?;
+    }
+    if let Err(e) = settings.save(settings_path) {
+        if keep {
+            let _ = keyring_delete(account);
+        }
+        return Err(LoginError::other(format!(
+            "{}; nothing was saved",
+            e.one_line()
+        )));
+    }
+    Ok(LoggedIn {
+        place,
+        url: account.to_owned(),
+        login,
+        password_from: if keep { Source::Keyring } else { source },
+    })
+}
+
 /// `vmdesk login URL`.
 pub fn login(g: &Global, raw: &str) -> anyhow::Result<()> {
-    let account = without_password(raw)?;
-    if let Some(m) = vmdesk_core::settings::store_url_problem(&account) {
-        bail!("{m}");
-    }
-    let mut target = parse(raw)?;
-    target.connect_timeout(CONNECT_TIMEOUT);
+    let (account, target) = login_target(raw)?;
     // A password kept earlier in the keyring is not the one to check: ask.
     let (found, source) = find_password(raw, &target, false)?;
     let password = match found {
@@ -254,34 +391,16 @@ pub fn login(g: &Global, raw: &str) -> anyhow::Result<()> {
             pw
         }
     };
-    target.password(&password);
-    let place = target.describe();
-    let store = PgStore::connect(target.clone()).map_err(|e| {
-        if e.code().is_some() {
-            anyhow!("{e}")
-        } else {
-            anyhow!("cannot log in to {place}: {e}")
-        }
-    })?;
-    use vmdesk_core::TeamStore as _;
-    let login = store.login().to_owned();
-    // Typed or in the URL: kept in the keyring. PGPASSWORD and the
-    // password file keep supplying theirs.
-    let kept = matches!(source, Source::None | Source::Url);
-    if kept {
-        keyring_set(&account, &password)?;
-    }
-    let path = settings_path(g)?;
-    let mut settings = vmdesk_core::Settings::load(&path)?;
-    settings.store.url = account.clone();
-    settings.save(&path)?;
+    let done = log_in(&settings_path(g)?, &account, target, &password, source)?;
     let report = serde_json::json!({
-        "store": place,
-        "url": account,
-        "login": login,
-        "password_from": if kept { Source::Keyring.name() } else { source.name() },
+        "store": done.place,
+        "url": done.url,
+        "login": done.login,
+        "password_from": done.password_from.name(),
     });
-    emit(g, &report, || format!("logged in to {place} as {login}"))
+    emit(g, &report, || {
+        format!("logged in to {} as {}", done.place, done.login)
+    })
 }
 
 /// `%XX` escapes undone (a URL's password).
@@ -306,12 +425,45 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A logout done.
+#[derive(Debug, Clone)]
+pub struct LoggedOut {
+    /// The team store left, `HOST:PORT/DB`.
+    pub place: String,
+    /// Whether the keyring held its password (now gone).
+    pub forgot: bool,
+    /// Why the keyring could not be cleared, if it could not.
+    pub warning: Option<String>,
+}
+
+/// Logs out of the team store the settings file at `settings_path` names,
+/// as `vmdesk logout` and the window's Settings page both do: its password
+/// leaves the OS keyring and `[store] url` the settings. `None`: the
+/// settings name no team store.
+pub fn log_out(settings_path: &std::path::Path) -> anyhow::Result<Option<LoggedOut>> {
+    let mut settings = vmdesk_core::Settings::load(settings_path)?;
+    let Some(url) = settings.store.team_url().map(str::to_owned) else {
+        return Ok(None);
+    };
+    let place = parse(&url).map(|t| t.describe()).unwrap_or(url.clone());
+    let (forgot, warning) = match keyring_delete(&url) {
+        Ok(had) => (had, None),
+        Err(e) => (false, Some(format!("{e}; the password may still be there"))),
+    };
+    settings.store.url.clear();
+    settings.save(settings_path)?;
+    Ok(Some(LoggedOut {
+        place,
+        forgot,
+        warning,
+    }))
+}
+
 /// `vmdesk logout`.
 pub fn logout(g: &Global) -> anyhow::Result<()> {
     let path = settings_path(g)?;
-    let mut settings = vmdesk_core::Settings::load(&path)?;
     let dir = data_dir(g)?;
-    let Some(url) = settings.store.team_url().map(str::to_owned) else {
+    let Some(out) = log_out(&path)? else {
         return emit(
             g,
             &serde_json::json!({"store": "embedded", "data_dir": dir}),
@@ -323,16 +475,10 @@ pub fn logout(g: &Global) -> anyhow::Result<()> {
             },
         );
     };
-    let place = parse(&url).map(|t| t.describe()).unwrap_or(url.clone());
-    let forgot = match keyring_delete(&url) {
-        Ok(had) => had,
-        Err(e) => {
-            eprintln!("warning: {e}; the password may still be there");
-            false
-        }
-    };
-    settings.store.url.clear();
-    settings.save(&path)?;
+    if let Some(w) = &out.warning {
+        eprintln!("warning: {w}");
+    }
+    let (place, forgot) = (out.place, out.forgot);
     emit(
         g,
         &serde_json::json!({"logged_out_of": place, "password_forgotten": forgot, "store": "embedded", "data_dir": dir}),

@@ -32,7 +32,8 @@ pub struct App {
     _x: KillOnDrop,
 }
 
-/// Starts the app on `v`'s data directory with `args` added, as the
+/// Starts the app on `v`'s data directory with `args` added (and `v.env`
+/// in its environment, e.g. a [`crate::SessionKeyring`]'s), as the
 /// `slot`-th app of this test process (each slot has its own display and
 /// ports). `name` prefixes the screenshots.
 pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
@@ -49,6 +50,8 @@ pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
                 &native.to_string(),
             ])
             .env("DISPLAY", &display)
+            // WebKitWebDriver and the app it starts inherit it.
+            .envs(v.env.iter().map(|(k, val)| (k, val)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -28,6 +28,7 @@ import type { AppInfo } from "../bindings/AppInfo";
 import type { SyncHealth } from "../bindings/SyncHealth";
 import type { Check } from "../bindings/Check";
 import type { FieldError } from "../bindings/FieldError";
+import type { StoreChange } from "../bindings/StoreChange";
 
 /** An error from the core: act on `code`, show `message`. */
 export interface ApiError {
@@ -78,6 +79,12 @@ export const api = {
   settingsCheck: (settings: Settings) => call<FieldError[]>("settings_check", { settings }),
   azureLogin: (tenant: string, clientId: string, secret: string) =>
     call<SettingsView>("azure_login", { tenant, clientId, secret }),
+  /** Logs this desk in to a team store, as `vmdesk login`; a refusal carries `fields` (store.url, store.password). */
+  storeLogin: (url: string, password: string) => call<StoreChange>("store_login", { url, password }),
+  /** Logs this desk out of its team store, as `vmdesk logout`. */
+  storeLogout: () => call<StoreChange>("store_logout"),
+  /** Starts vmdesk again (a login or logout applies at the next start). */
+  restart: () => call<void>("app_restart"),
   hostAdd: (name: string, uri: string | null, subscription: string | null, resourceGroups: string[]) =>
     call<SettingsView>("host_add", { name, uri, subscription, resourceGroups }),
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
