@@ -1147,6 +1147,10 @@ fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i
 
 /// Drives pending sessions and tells the window about changes, including those
 /// committed by other processes (the CLI) on the same data directory.
+/// On a team store, how long the worker goes without asking the store when
+/// nothing was pushed.
+const TEAM_IDLE: Duration = Duration::from_secs(15);
+
 fn worker(
     app: AppHandle,
     core: Arc<Core>,
@@ -1157,6 +1161,7 @@ fn worker(
     let mut seen = core.data_version().unwrap_or(0);
     let mut last_event = newest_event_id(&core, &actor);
     let team = core.team().is_some();
+    let mut last_team_look = std::time::Instant::now();
     let mut tray: Option<TrayModel> = None;
     refresh_tray(&app, &core, &actor, &sync.health(), &mut tray);
     loop {
@@ -1166,9 +1171,17 @@ fn worker(
             Err(RecvTimeoutError::Disconnected) => return,
         };
         // On a team store other desks' changes wake this (team_watch): the
-        // events they bring are notified as the desk's own are.
-        if team && woken {
-            last_event = notify_new_events(&app, &core, &actor, last_event);
+        // events they bring are notified as the desk's own are. The store
+        // pushes its changes, so it is not asked every tick: only when
+        // woken, and now and then for what time alone changes (countdowns).
+        if team {
+            if !woken && last_team_look.elapsed() < TEAM_IDLE {
+                continue;
+            }
+            last_team_look = std::time::Instant::now();
+            if woken {
+                last_event = notify_new_events(&app, &core, &actor, last_event);
+            }
         }
         if let Err(e) = core.drive_pending() {
             tracing::warn!(error = %e.one_line(), "driving pending sessions");
