@@ -2,8 +2,7 @@
 //!
 //! Embedded-store only: recovery_reports_the_freed_ports_of_dead_processes
 //! runs recover_all, which the team store does not offer yet (it answers
-//! not_on_team_store); ports_of_a_dead_process_are_freed_by_cleanup differs
-//! on the team store (below). The pool's other rules run on both stores in
+//! not_on_team_store). The pool's other rules run on both stores in
 //! crates/postgres/tests/core_consoles.rs.
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -28,26 +27,6 @@ fn running() -> (tempfile::TempDir, MemoryFactory, vmdesk_core::Core) {
 fn reserve(core: &vmdesk_core::Core) -> vmdesk_core::ConsoleGrant {
     core.console_reserve("admin", "vm0", (6100, 6101), &[], TTL)
         .unwrap()
-}
-
-// Differs on the team store: a dead process's port is freed there too (by
-// console_cleanup, through console_release), but the event recorded is
-// "console.close" (reason "the process serving the console is gone"), not
-// "recovery.console" as here. (On both stores, with the port reserved by a
-// second core of the desk that is then dropped.)
-#[test]
-fn ports_of_a_dead_process_are_freed_by_cleanup() {
-    let (dir, hosts, core) = running();
-    let g = reserve(&core);
-    db(dir.path())
-        .execute("UPDATE consoles SET worker = '4242-deadbeef'", [])
-        .unwrap();
-    drop(core);
-    let core = open(dir.path(), &hosts);
-    assert_eq!(core.console_cleanup().unwrap(), [g.port]);
-    assert_eq!(core.console_stats((6100, 6101)).unwrap().allocated, 0);
-    let e = &core.events("admin", 1).unwrap()[0];
-    assert_eq!(e.action, "recovery.console");
 }
 
 #[test]

@@ -3,9 +3,6 @@
 //! and a team store on PostgreSQL. A VM's start is taken as the instant its
 //! creation (or session) returned: billing a few milliseconds more than the
 //! hours given changes no whole credit.
-//!
-//! Three billing tests stay in crates/core/tests/billing.rs: they differ
-//! on the team store (see there).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[path = "../../core/tests/common/mod.rs"]
@@ -202,3 +199,91 @@ both!(
         assert_eq!(sessions(d, &bob), [SessionStatus::Terminating]);
     }
 );
+
+both!(
+    at_zero_a_vm_is_stopped_even_when_no_user_is_named_admin_any_more,
+    |d: &Desks| {
+        d.pool(0);
+        let ann = d.user("ann", false, 36);
+        let boss = boss_alone(d);
+        let t0 = running(d, &ann, "w1");
+        d.with(&boss, |c, _| {
+            c.bill_runtime(t0 + Duration::hours(1)).unwrap()
+        });
+        d.with(&ann, |c, me| {
+            assert_eq!(c.vm_show(me, "w1").unwrap().status, VmStatus::Stopped)
+        });
+        let stop = d.with(&boss, |c, me| {
+            c.events(me, 10_000)
+                .unwrap()
+                .into_iter()
+                .find(|e| e.action == "vm.stop")
+                .expect("a vm.stop event")
+        });
+        assert_eq!(stop.actor, "vmdesk", "the system acted, not a user");
+    }
+);
+
+fn pass(wall: DateTime<Utc>, mono: std::time::Instant) -> vmdesk_core::Pass {
+    vmdesk_core::Pass { wall, mono }
+}
+
+/// Bills a pass from the admin's core (the same core each time, which
+/// remembers its previous pass).
+fn bill_pass(
+    d: &Desks,
+    wall: DateTime<Utc>,
+    mono: std::time::Instant,
+) -> Vec<vmdesk_core::RuntimeCharge> {
+    d.with(&d.admin(), |c, _| c.bill_pass(pass(wall, mono)).unwrap())
+}
+
+both!(
+    a_wall_clock_jumping_forward_bills_only_the_time_observed,
+    |d: &Desks| {
+        d.pool(0);
+        let ann = d.user("ann", false, 100);
+        let t0 = running(d, &ann, "w1");
+        let m0 = std::time::Instant::now();
+        bill_pass(d, t0, m0);
+        // The wall clock leaps 10 hours while one real hour passes.
+        let charges = bill_pass(
+            d,
+            t0 + Duration::hours(11),
+            m0 + std::time::Duration::from_secs(3600),
+        );
+        assert_eq!(charges[0].seconds, 3600);
+        assert_eq!(runtime_total(d, &ann), 3, "one hour at 3.4");
+        assert_eq!(d.events_named("clock.jump").len(), 1);
+    }
+);
+
+both!(a_wall_clock_jumping_back_gives_no_free_time, |d: &Desks| {
+    d.pool(0);
+    let ann = d.user("ann", false, 100);
+    // The VM has run for an hour at the first pass.
+    let t0 = running(d, &ann, "w1") + Duration::hours(1);
+    let m0 = std::time::Instant::now();
+    bill_pass(d, t0, m0);
+    let before = runtime_total(d, &ann);
+    // The wall clock goes back 5 hours while 2 real hours pass.
+    let charges = bill_pass(
+        d,
+        t0 - Duration::hours(3),
+        m0 + std::time::Duration::from_secs(7200),
+    );
+    assert_eq!(charges[0].seconds, 7200);
+    assert_eq!(
+        runtime_total(d, &ann) - before,
+        7,
+        "two hours at 3.4 plus 0.4 carried"
+    );
+    assert_eq!(d.events_named("clock.jump").len(), 1);
+    // And the next pass goes on from the corrected clock.
+    let next = bill_pass(
+        d,
+        t0 - Duration::hours(2),
+        m0 + std::time::Duration::from_secs(10_800),
+    );
+    assert_eq!(next[0].seconds, 3600);
+});

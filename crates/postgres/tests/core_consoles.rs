@@ -1,6 +1,6 @@
 //! The console port pool (moved from crates/core/tests/consoles.rs), on
 //! both stores: the embedded SQLite file and a team store on PostgreSQL,
-//! where each desk has a pool of its own. Two console tests stay in
+//! where each desk has a pool of its own. One console test stays in
 //! crates/core/tests/consoles.rs (see there why).
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -246,3 +246,20 @@ both!(
         });
     }
 );
+
+both!(ports_of_a_dead_process_are_freed_by_cleanup, |d: &Desks| {
+    running(d);
+    let a = d.admin();
+    // Reserved by another process of the desk, gone when this returns.
+    let g = d.with_another_process(&a, |c, me| {
+        c.console_reserve(me, "vm0", (6100, 6101), &[], TTL)
+            .unwrap()
+    });
+    assert_eq!(allocated(d, &a), 1);
+    d.with(&a, |c, _| {
+        assert_eq!(c.console_cleanup().unwrap(), [g.port])
+    });
+    assert_eq!(allocated(d, &a), 0);
+    let e = d.events(1).remove(0);
+    assert_eq!(e.action, "recovery.console");
+});

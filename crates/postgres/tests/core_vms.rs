@@ -1,6 +1,6 @@
 //! A user's own VMs: creation for credits, actions (moved from
 //! crates/core/tests/vms.rs), on both stores: the embedded SQLite file and a
-//! team store on PostgreSQL. Seven VM tests stay in crates/core/tests/vms.rs
+//! team store on PostgreSQL. Three VM tests stay in crates/core/tests/vms.rs
 //! (see there why).
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -324,5 +324,101 @@ both!(
                 "no session was opened on it"
             )
         });
+    }
+);
+
+both!(concurrent_creations_never_overdraw, |d: &Desks| {
+    let ann = with_user(d, 340);
+    // Each its own process (50 on the embedded store; 30 on the team store,
+    // where each is a desk with a connection of its own): the balance
+    // covers 10.
+    let n = if d.is_team() { 30 } else { 50 };
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let ann = &ann;
+                s.spawn(move || {
+                    d.with_another(ann, |c, me| {
+                        c.vm_create(
+                            me,
+                            &VmCreate {
+                                start: false,
+                                ..spec(&format!("c{i}"))
+                            },
+                            true,
+                            None,
+                        )
+                    })
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(e.code(), "insufficient_credits", "{}", e.one_line());
+    }
+    assert_eq!(own(d, &ann).len(), 10);
+    let credits = d.with(&ann, |c, me| c.credits_show(me, None).unwrap());
+    assert_eq!(credits.balance, 0);
+    assert_eq!(credits.entries.iter().map(|e| e.amount).sum::<i64>(), 0);
+});
+
+both!(
+    a_refused_action_leaves_a_warning_event_with_the_reason,
+    |d: &Desks| {
+        d.pool(1);
+        let a = d.admin();
+        let err = d.with(&a, |c, me| {
+            c.session_open(me, &req(), true).unwrap();
+            c.vm_action(me, "vm0", VmAction::Stop).unwrap_err()
+        });
+        let events = d.events_named("vm.stop.failed");
+        assert_eq!(events.len(), 1);
+        let e = &events[0];
+        assert_eq!(
+            (e.severity.as_str(), e.actor.as_str()),
+            ("warning", a.as_str())
+        );
+        assert_eq!(e.details["code"], err.code());
+        assert!(e.details["reason"]
+            .as_str()
+            .unwrap()
+            .contains("held by session"));
+    }
+);
+
+both!(a_forbidden_destroy_leaves_a_warning_event, |d: &Desks| {
+    let ann = with_user(d, 100);
+    d.with(&ann, |c, me| {
+        c.vm_create(me, &spec("w1"), true, None).unwrap()
+    });
+    let eve = d.user("eve", false, 0);
+    // ann's VM is not eve's to see: refused as unknown, and recorded.
+    d.with(&eve, |c, me| {
+        assert!(c.vm_action(me, "w1", VmAction::Destroy).is_err())
+    });
+    let events = d.events_named("vm.destroy.failed");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, eve);
+    d.with(&ann, |c, me| {
+        assert_eq!(c.vm_show(me, "w1").unwrap().status, VmStatus::Running)
+    });
+});
+
+both!(
+    a_creation_refused_for_credits_leaves_a_warning_event,
+    |d: &Desks| {
+        let ann = with_user(d, 5);
+        let err = d.with(&ann, |c, me| {
+            c.vm_create(me, &spec("w1"), true, None).unwrap_err()
+        });
+        assert_eq!(err.code(), "insufficient_credits");
+        let events = d.events_named("vm.create.refused");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].details["code"], "insufficient_credits");
+        assert!(own(d, &ann).is_empty());
+        let all = d.with(&d.admin(), |c, me| c.vm_list(me, true).unwrap());
+        assert!(all.is_empty(), "{all:?}");
     }
 );
