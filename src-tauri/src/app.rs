@@ -1161,7 +1161,10 @@ fn worker(
     let mut seen = core.data_version().unwrap_or(0);
     let mut last_event = newest_event_id(&core, &actor);
     let team = core.team().is_some();
-    let mut last_team_look = std::time::Instant::now();
+    // The first tick looks at once (which serve leads, for the status bar).
+    let mut last_team_look = std::time::Instant::now()
+        .checked_sub(TEAM_IDLE)
+        .unwrap_or_else(std::time::Instant::now);
     let mut tray: Option<TrayModel> = None;
     refresh_tray(&app, &core, &actor, &sync.health(), &mut tray);
     loop {
@@ -1181,6 +1184,12 @@ fn worker(
             last_team_look = std::time::Instant::now();
             if woken {
                 last_event = notify_new_events(&app, &core, &actor, last_event);
+            }
+            if let Some(leader) = core.team().map(|t| t.serve_leader()) {
+                match leader {
+                    Ok(l) => sync.team_serve(l),
+                    Err(e) => tracing::warn!(error = %e.one_line(), "asking which serve leads"),
+                }
             }
         }
         if let Err(e) = core.drive_pending() {

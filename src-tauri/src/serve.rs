@@ -96,7 +96,7 @@ pub fn run(g: &Global, foreground: bool) -> anyhow::Result<()> {
         let since = Instant::now();
         eprintln!("serve: leading");
         let _ = lock.execute(
-            "SELECT vmdesk.serve_note('serve.lead', $1::text::jsonb)",
+            "SELECT vmdesk.system_note('serve.lead', 'info', $1::text::jsonb)",
             &[&json!({"host": host, "pid": pid}).to_string()],
         );
         // Leads while the lock's connection answers; looked at every half second.

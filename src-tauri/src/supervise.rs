@@ -63,6 +63,9 @@ pub struct SyncHealth {
     pub last_exit_at: Option<String>,
     /// While down: when it is started again.
     pub retry_at: Option<String>,
+    /// On a team store: the `vmdesk serve` that leads ("host, pid N, since
+    /// T"); none while no serve leads.
+    pub serve: Option<String>,
 }
 
 impl SyncHealth {
@@ -82,6 +85,7 @@ impl SyncHealth {
             last_exit: None,
             last_exit_at: None,
             retry_at: None,
+            serve: None,
         }
     }
 
@@ -178,6 +182,33 @@ impl Supervisor {
                 }
             })?;
         Ok(s)
+    }
+
+    /// On a team store: which serve leads (host, pid, since), as the store
+    /// says; none is a warning, since nobody then follows the hosts or bills.
+    pub fn team_serve(&self, leader: Option<(String, i32, String)>) {
+        let changed = {
+            let mut st = self.lock();
+            let before = st.health.clone();
+            match leader {
+                Some((host, pid, since)) => {
+                    st.health.serve = Some(format!("{host}, pid {pid}, leading since {since}"));
+                    st.health.last_error = None;
+                    st.health.last_pass_at = Some(since);
+                }
+                None => {
+                    st.health.serve = None;
+                    st.health.last_error = Some(
+                        "no vmdesk serve runs for this team store: VM states and metered billing are not followed; an admin starts one (`vmdesk serve`)"
+                            .to_owned(),
+                    );
+                }
+            }
+            (st.health != before).then(|| st.health.clone())
+        };
+        if let Some(h) = changed {
+            (self.notify)(&h);
+        }
     }
 
     /// The health now.

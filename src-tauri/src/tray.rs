@@ -466,6 +466,7 @@ mod tests {
             last_exit: None,
             last_exit_at: None,
             retry_at: None,
+            serve: None,
         }
     }
 

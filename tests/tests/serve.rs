@@ -118,6 +118,13 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
         )
         .unwrap();
 
+    // Any user can ask which serve leads: none yet.
+    use vmdesk_core::TeamStore as _;
+    let (watch, watch_pw) = store.user("watch", false);
+    let watcher = vmdesk_postgres::PgStore::connect(store.target(&watch, &watch_pw)).unwrap();
+    let leading = || watcher.serve_leader().unwrap().map(|l| l.1 as u32);
+    assert_eq!(leading(), None);
+
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut serves: Vec<KillOnDrop> = dirs
         .iter()
@@ -127,6 +134,7 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
         leads(&store).first().copied()
     });
     assert_eq!(leads(&store).len(), 1, "one leads, the other waits");
+    assert_eq!(leading(), Some(first));
     // The hour is billed by the leader.
     wait_for("the first charge", Duration::from_secs(20), || {
         (billing(&store).1 >= 3600.0).then_some(())
@@ -144,6 +152,7 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
     assert_ne!(second, first);
     assert_eq!(second, serves[1 - leader].0.id());
     eprintln!("takeover after the leader's SIGKILL: {took:?}");
+    assert_eq!(leading(), Some(second));
 
     // The new leader goes on billing, and no interval is charged twice:
     // what was charged is what the billed seconds cost (less a thousandth

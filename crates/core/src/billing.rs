@@ -117,20 +117,21 @@ impl Core {
             let mono_ms = i64::try_from(mono.as_millis()).unwrap_or(i64::MAX);
             let jump_ms = wall.saturating_sub(mono_ms);
             if jump_ms.unsigned_abs() > JUMP.as_millis() as u64 {
-                let res = self.write(|tx| {
-                    events::record(
-                        tx,
-                        NewEvent::info(
-                            EventType::System,
-                            "clock.jump",
-                            SYSTEM,
-                            json!({"jump_seconds": jump_ms / 1000, "wall_seconds": wall / 1000,
-                                   "observed_seconds": mono_ms / 1000,
-                                   "billed": "the observed time only"}),
+                let details = json!({"jump_seconds": jump_ms / 1000, "wall_seconds": wall / 1000,
+                                     "observed_seconds": mono_ms / 1000,
+                                     "billed": "the observed time only"});
+                let res = if let Some(t) = self.team() {
+                    t.system_note("clock.jump", Severity::Warning, details)
+                } else {
+                    self.write(|tx| {
+                        events::record(
+                            tx,
+                            NewEvent::info(EventType::System, "clock.jump", SYSTEM, details)
+                                .severity(Severity::Warning),
                         )
-                        .severity(Severity::Warning),
-                    )
-                });
+                        .map(|_| ())
+                    })
+                };
                 if let Err(e) = res {
                     tracing::warn!(error = %e.one_line(), "recording a clock jump");
                 }
@@ -157,7 +158,7 @@ impl Core {
                 }
                 if b.stop_vm {
                     let vm = &b.charge.vm;
-                    if let Err(e) = self.vm_action(t.login(), vm, VmAction::Stop) {
+                    if let Err(e) = self.vm_action_team(t, vm, VmAction::Stop, true) {
                         tracing::warn!(%vm, error = %e.one_line(), "stopping a VM at zero credits");
                     }
                 }

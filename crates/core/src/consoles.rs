@@ -302,7 +302,7 @@ impl Core {
     /// Returns a console's port to the pool (nothing if it is free already).
     pub fn console_release(&self, port: u16, reason: &str) -> Result<bool> {
         if let Some(t) = self.team() {
-            return t.console_release(&self.desk, port, reason);
+            return t.console_release(&self.desk, port, reason, false);
         }
         self.write(|tx| {
             let vm: Option<i64> = tx
@@ -332,7 +332,9 @@ impl Core {
             let mut freed = Vec::new();
             for c in t.consoles(&self.desk)? {
                 let gone = "the process serving the console is gone";
-                if !self.worker_alive(&c.worker) && t.console_release(&self.desk, c.port, gone)? {
+                if !self.worker_alive(&c.worker)
+                    && t.console_release(&self.desk, c.port, gone, true)?
+                {
                     freed.push(c.port);
                 }
             }

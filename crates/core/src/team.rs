@@ -106,7 +106,8 @@ pub trait TeamStore: Send + Sync {
     /// Checks a VM action (owner or admin) and marks a stop or destroy
     /// STOPPING; returns the VM as it was.
     fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> Result<Vm>;
-    /// The action is done: the VM is `now`.
+    /// The action is done: the VM is `now`. `as_system`: the system itself
+    /// acted (billing at zero credits), through an admin's process.
     fn vm_action_done(
         &self,
         id: i64,
@@ -114,6 +115,7 @@ pub trait TeamStore: Send + Sync {
         was: VmStatus,
         now: VmStatus,
         forced_off: bool,
+        as_system: bool,
     ) -> Result<()>;
     /// The action failed: the VM is back as it `was`.
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
@@ -163,10 +165,24 @@ pub trait TeamStore: Send + Sync {
         port: u16,
         token_hash: &str,
     ) -> Result<(Vm, Option<String>)>;
-    /// Returns a port to `desk`'s pool; whether it was taken.
-    fn console_release(&self, desk: &str, port: u16, reason: &str) -> Result<bool>;
+    /// Returns a port to `desk`'s pool; whether it was taken. `recovery`:
+    /// freed because the process serving it is gone.
+    fn console_release(&self, desk: &str, port: u16, reason: &str, recovery: bool) -> Result<bool>;
+    /// A system event through an admin's process (serve.lead, clock.jump).
+    fn system_note(
+        &self,
+        action: &str,
+        severity: Severity,
+        details: serde_json::Value,
+    ) -> Result<()>;
+    /// A refused or failed action of the login's own, as a warning event.
+    fn note_failure(&self, action: &str, vm: Option<i64>, details: serde_json::Value)
+        -> Result<()>;
     /// `desk`'s open consoles the login may see.
     fn consoles(&self, desk: &str) -> Result<Vec<OpenConsole>>;
+    /// The `vmdesk serve` that leads now, if one does: its host, pid and
+    /// since when.
+    fn serve_leader(&self) -> Result<Option<(String, i32, String)>>;
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
     /// Charges a VM's running time up to `now` (admin), in one transaction

@@ -150,7 +150,17 @@ impl Core {
             None
         };
         if let Some(t) = self.team_as(actor)? {
-            let vm = t.vm_create(spec, &self.machine_name(&spec.name), worker.as_deref())?;
+            let vm = match t.vm_create(spec, &self.machine_name(&spec.name), worker.as_deref()) {
+                Err(e @ Error::InsufficientCredits { .. }) => {
+                    let details =
+                        json!({"vm": spec.name, "code": e.code(), "reason": e.one_line()});
+                    if let Err(w) = t.note_failure("vm.create.refused", None, details) {
+                        tracing::warn!(vm = %spec.name, error = %w.one_line(), "recording a refusal");
+                    }
+                    return Err(e);
+                }
+                other => other?,
+            };
             return if wait {
                 self.provision(vm.id, progress)
             } else {
@@ -403,18 +413,49 @@ impl Core {
     /// failed action is an event too (severity warning), with the reason.
     pub fn vm_action(&self, actor: &str, vm: &str, action: VmAction) -> Result<Vm> {
         if let Some(t) = self.team_as(actor)? {
+            return self.vm_action_team(t, vm, action, false);
+        }
+        let a = user(&self.db(), actor)?;
+        self.vm_action_by(&a, vm, action)
+    }
+
+    /// [`Core::vm_action`] on a team store; `as_system`: the system itself
+    /// acts (billing at zero credits) through this admin's process. A
+    /// refused or failed action leaves a warning event, as on one desk.
+    pub(crate) fn vm_action_team(
+        &self,
+        t: &dyn crate::team::TeamStore,
+        vm: &str,
+        action: VmAction,
+        as_system: bool,
+    ) -> Result<Vm> {
+        let out = (|| {
             let v = t.vm(vm)?;
             let was = t.vm_action_begin(v.id, action, &force_off_at(self.opts.shutdown_timeout))?;
-            let a = t.whoami()?;
+            let mut a = t.whoami()?;
+            if as_system {
+                a = crate::core::system_actor();
+            }
             let acted = self.act_on_machine(&a, &was, action);
             if acted.is_err() {
                 // The machine stays: so does its state as it was.
                 t.vm_action_undo(v.id, was.status)?;
             }
-            return acted;
+            acted
+        })();
+        if let Err(e) = &out {
+            // A second click on a VM already stopping is no failure.
+            let in_transition = e.to_string().contains("is already stopping");
+            if !in_transition && !as_system {
+                let vm_id = t.vm(vm).ok().map(|v| v.id);
+                let details = json!({"vm": vm, "code": e.code(), "reason": e.one_line()});
+                let name = format!("vm.{}.failed", action_name(action));
+                if let Err(w) = t.note_failure(&name, vm_id, details) {
+                    tracing::warn!(%vm, error = %w.one_line(), "recording a failed action");
+                }
+            }
         }
-        let a = user(&self.db(), actor)?;
-        self.vm_action_by(&a, vm, action)
+        out
     }
 
     /// [`Core::vm_action`] for an actor already resolved (a user, or the
@@ -588,7 +629,8 @@ impl Core {
             }
         };
         if let Some(t) = self.team() {
-            t.vm_action_done(v.id, action, v.status, status, forced)?;
+            let as_system = a.name == crate::core::SYSTEM;
+            t.vm_action_done(v.id, action, v.status, status, forced, as_system)?;
             return t.vm(&v.id.to_string());
         }
         self.write(|tx| {

@@ -384,6 +384,11 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE a vmdesk.users; c record; v vmdesk.vms; host text := p_host; n bigint;
 BEGIN
     a := vmdesk.caller();
+    -- The payer's row first: one user's concurrent creations queue here.
+    -- (Inserting the VM takes a key-share lock on it through the foreign
+    -- key; taking the update lock of the debit only after that deadlocks
+    -- two creations that both hold the first.)
+    PERFORM 1 FROM vmdesk.users WHERE id = a.id FOR UPDATE;
     IF host IS NULL THEN
         SELECT count(*), min(name) INTO n, host FROM vmdesk.hosts;
         IF n = 0 THEN

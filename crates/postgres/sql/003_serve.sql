@@ -145,7 +145,8 @@ BEGIN
     RETURN v;
 END $$;
 
-CREATE FUNCTION vmdesk.vm_action_done(p_id bigint, p_action text, p_was text, p_now text, p_forced boolean)
+CREATE FUNCTION vmdesk.vm_action_done(p_id bigint, p_action text, p_was text, p_now text, p_forced boolean,
+    p_system boolean)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE a vmdesk.users; v vmdesk.vms;
@@ -161,8 +162,10 @@ BEGIN
            started_at = CASE WHEN p_now = 'RUNNING' AND status <> 'RUNNING' THEN now() ELSE started_at END,
            metadata = metadata - 'force_off_at'
      WHERE id = p_id;
+    -- p_system: the system itself acts (billing at zero credits), through an admin's process.
     PERFORM vmdesk.record(CASE WHEN v.owner_user_id IS DISTINCT FROM a.id THEN 'admin' ELSE 'vm' END,
-        'vm.' || p_action, 'info', a.name, v.id, NULL, v.owner_user_id,
+        'vm.' || p_action, 'info', CASE WHEN p_system AND vmdesk.is_admin() THEN 'vmdesk' ELSE a.name END,
+        v.id, NULL, v.owner_user_id,
         jsonb_build_object('vm', v.name, 'was', p_was, 'now', p_now, 'forced_off', p_forced));
 END $$;
 
@@ -181,7 +184,7 @@ END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.vm_action_begin(bigint, text, text),
-    vmdesk.vm_action_done(bigint, text, text, text, boolean), vmdesk.vm_action_undo(bigint, text)
+    vmdesk.vm_action_done(bigint, text, text, text, boolean, boolean), vmdesk.vm_action_undo(bigint, text)
     TO @USERS@;
 
 -- Status sync: what a host said of a VM's machine (p_state: running, off,
@@ -253,20 +256,47 @@ END $$;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.vm_synced(bigint, text, text, text) TO @USERS@;
 
--- What `vmdesk serve` tells of itself (an admin): it leads, it stopped leading.
-CREATE FUNCTION vmdesk.serve_note(p_action text, p_details jsonb) RETURNS void
+-- What the system tells of itself, through an admin's process: a serve that
+-- leads or stops (its login as actor), a clock that jumped under billing
+-- (the system as actor, as on the embedded store).
+CREATE FUNCTION vmdesk.system_note(p_action text, p_severity text, p_details jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE a vmdesk.users;
 BEGIN
-    a := vmdesk.require_admin('run vmdesk serve');
-    IF p_action NOT IN ('serve.lead', 'serve.stop') THEN
-        RAISE EXCEPTION 'no serve note %', p_action USING ERRCODE = '22023';
+    a := vmdesk.require_admin('write system events');
+    IF p_action NOT IN ('serve.lead', 'serve.stop', 'clock.jump') THEN
+        RAISE EXCEPTION 'no system note %', p_action USING ERRCODE = '22023';
     END IF;
-    PERFORM vmdesk.record('system', p_action, 'info', a.name, NULL, NULL, NULL, p_details);
+    IF p_severity NOT IN ('info', 'warning', 'critical') THEN
+        RAISE EXCEPTION 'no severity %', p_severity USING ERRCODE = '22023';
+    END IF;
+    PERFORM vmdesk.record('system', p_action, p_severity,
+        CASE WHEN p_action = 'clock.jump' THEN 'vmdesk' ELSE a.name END, NULL, NULL, NULL, p_details);
+END $$;
+
+-- A refused or failed action of the caller's own, as a warning event with
+-- its reason (as the embedded store writes them).
+CREATE FUNCTION vmdesk.note_failure(p_action text, p_vm bigint, p_details jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE a vmdesk.users; v vmdesk.vms;
+BEGIN
+    a := vmdesk.caller();
+    IF p_action !~ '^vm\.(create\.refused|(start|stop|restart|destroy)\.failed)$' THEN
+        RAISE EXCEPTION 'no failure event %', p_action USING ERRCODE = '22023';
+    END IF;
+    IF p_vm IS NOT NULL THEN
+        SELECT * INTO v FROM vmdesk.vms WHERE id = p_vm;
+        IF NOT FOUND OR NOT (v.project_id IS NOT NULL OR coalesce(v.owner_user_id = a.id, false)
+                             OR vmdesk.is_admin()) THEN
+            p_vm := NULL;
+        END IF;
+    END IF;
+    PERFORM vmdesk.record('vm', p_action, 'warning', a.name, p_vm, NULL, a.id, p_details);
 END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vmdesk.serve_note(text, jsonb) TO @USERS@;
+GRANT EXECUTE ON FUNCTION vmdesk.system_note(text, text, jsonb), vmdesk.note_failure(text, bigint, jsonb)
+    TO @USERS@;
 
 -- Pending and crashed work. A desk's worker (one per vmdesk process) holds
 -- the session-level advisory lock (7283462, hashtext(worker id)) on its
@@ -493,7 +523,8 @@ BEGIN
     END;
 END $$;
 
-CREATE FUNCTION vmdesk.console_release(p_desk text, p_port int, p_reason text) RETURNS boolean
+CREATE FUNCTION vmdesk.console_release(p_desk text, p_port int, p_reason text, p_recovery boolean)
+RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE c vmdesk.consoles;
 BEGIN
@@ -503,12 +534,34 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM vmdesk.record('vm', 'console.close', 'info', 'vmdesk', c.vm_id, NULL, c.user_id,
-        jsonb_build_object('port', p_port, 'reason', p_reason));
+    -- p_recovery: freed because the process serving it is gone.
+    PERFORM vmdesk.record(CASE WHEN p_recovery THEN 'system' ELSE 'vm' END,
+        CASE WHEN p_recovery THEN 'recovery.console' ELSE 'console.close' END, 'info', 'vmdesk',
+        c.vm_id, NULL, c.user_id, jsonb_build_object('port', p_port, 'reason', p_reason));
     RETURN true;
 END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.console_reserve(text, text, int, int, int[], text, text, timestamptz),
-    vmdesk.console_redeem(text, int, text), vmdesk.console_release(text, int, text)
+    vmdesk.console_redeem(text, int, text), vmdesk.console_release(text, int, text, boolean)
     TO @USERS@;
+
+-- Which serve leads now, if any: its host, pid and since when (from its
+-- serve.lead event), while its advisory lock is held. Any user may ask: a
+-- desk tells its user when nobody follows the hosts or bills.
+CREATE FUNCTION vmdesk.serve_leader(OUT o_host text, OUT o_pid int, OUT o_since text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    PERFORM vmdesk.caller();
+    IF NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                   WHERE l.locktype = 'advisory' AND d.datname = current_database()
+                     AND l.classid = 7283461 AND l.objid = 2 AND l.objsubid = 2 AND l.granted) THEN
+        RETURN;
+    END IF;
+    SELECT details->>'host', (details->>'pid')::int, vmdesk.ts(created_at)
+      INTO o_host, o_pid, o_since
+      FROM vmdesk.events WHERE action = 'serve.lead' ORDER BY id DESC LIMIT 1;
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.serve_leader() TO @USERS@;

@@ -763,16 +763,18 @@ impl TeamStore for PgStore {
         was: VmStatus,
         now: VmStatus,
         forced_off: bool,
+        as_system: bool,
     ) -> CoreResult<()> {
         self.with(|c| {
             c.execute(
-                "SELECT vmdesk.vm_action_done($1, $2, $3, $4, $5)",
+                "SELECT vmdesk.vm_action_done($1, $2, $3, $4, $5, $6)",
                 &[
                     &id,
                     &action_name(action),
                     &was.as_str(),
                     &now.as_str(),
                     &forced_off,
+                    &as_system,
                 ],
             )
         })?;
@@ -938,15 +940,41 @@ impl TeamStore for PgStore {
         Ok((self.vm(&vm_id.to_string())?, r.get(1)))
     }
 
-    fn console_release(&self, desk: &str, port: u16, reason: &str) -> CoreResult<bool> {
+    fn console_release(
+        &self,
+        desk: &str,
+        port: u16,
+        reason: &str,
+        recovery: bool,
+    ) -> CoreResult<bool> {
         Ok(self
             .with(|c| {
                 c.query_one(
-                    "SELECT vmdesk.console_release($1, $2, $3)",
-                    &[&desk, &i32::from(port), &reason],
+                    "SELECT vmdesk.console_release($1, $2, $3, $4)",
+                    &[&desk, &i32::from(port), &reason, &recovery],
                 )
             })?
             .get(0))
+    }
+
+    fn system_note(&self, action: &str, severity: Severity, details: Value) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
+                &[&action, &severity.as_str(), &details.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn note_failure(&self, action: &str, vm: Option<i64>, details: Value) -> CoreResult<()> {
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.note_failure($1, $2, $3::text::jsonb)",
+                &[&action, &vm, &details.to_string()],
+            )
+        })?;
+        Ok(())
     }
 
     fn consoles(&self, desk: &str) -> CoreResult<Vec<OpenConsole>> {
@@ -967,6 +995,19 @@ impl TeamStore for PgStore {
                 })
             },
         )
+    }
+
+    fn serve_leader(&self) -> CoreResult<Option<(String, i32, String)>> {
+        let r = self.with(|c| {
+            c.query_one(
+                "SELECT o_host, o_pid, o_since FROM vmdesk.serve_leader()",
+                &[],
+            )
+        })?;
+        Ok(match (r.get(0), r.get(1), r.get(2)) {
+            (Some(host), Some(pid), Some(since)) => Some((host, pid, since)),
+            _ => None,
+        })
     }
 
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {

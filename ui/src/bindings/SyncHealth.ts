@@ -44,4 +44,9 @@ last_exit_at: string | null,
 /**
  * While down: when it is started again.
  */
-retry_at: string | null, };
+retry_at: string | null, 
+/**
+ * On a team store: the `vmdesk serve` that leads ("host, pid N, since
+ * T"); none while no serve leads.
+ */
+serve: string | null, };

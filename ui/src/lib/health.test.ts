@@ -5,7 +5,7 @@ import { clock, syncLook, worst } from "./health";
 function health(over: Partial<SyncHealth>): SyncHealth {
   return {
     state: "running", pid: 42, last_pass_at: null, last_full_pass_at: null, last_error: null,
-    unreachable: [], restarts: 0, last_exit: null, last_exit_at: null, retry_at: null, ...over,
+    unreachable: [], restarts: 0, last_exit: null, last_exit_at: null, retry_at: null, serve: null, ...over,
   };
 }
 
@@ -46,10 +46,16 @@ describe("syncLook", () => {
     expect(syncLook(health({ state: "disabled", pid: null })).state).toBe("off");
   });
 
-  it("says that the team's serve does it on a team store", () => {
-    const look = syncLook(health({ state: "team", pid: null }));
+  it("names the team's serve that leads on a team store", () => {
+    const look = syncLook(health({ state: "team", pid: null, serve: "lab1, pid 42, leading since 2026-11-30T08:00:00.000Z" }));
     expect(look.state).toBe("ok");
-    expect(look.text).toContain("vmdesk serve");
+    expect(look.text).toContain("vmdesk serve (lab1, pid 42");
+  });
+
+  it("warns when no serve leads on a team store", () => {
+    const look = syncLook(health({ state: "team", pid: null, last_error: "no vmdesk serve runs for this team store" }));
+    expect(look.state).toBe("warning");
+    expect(look.text).toContain("no vmdesk serve runs");
   });
 });
 

@@ -17,7 +17,9 @@ export function clock(iso: string): string {
 export function syncLook(h: SyncHealth): SyncLook {
   if (h.state === "disabled") return { state: "off", text: "Status sync is off (Settings → Status sync)." };
   if (h.state === "team") {
-    return { state: "ok", text: "Status sync and billing: by the team's vmdesk serve, for every desk." };
+    if (h.last_error) return { state: "warning", text: `Status sync and billing: ${h.last_error}.` };
+    if (h.serve) return { state: "ok", text: `Status sync and billing: by the team's vmdesk serve (${h.serve}).` };
+    return { state: "starting", text: "Status sync and billing: by the team's vmdesk serve, for every desk." };
   }
   const exit = h.last_exit ? `${h.last_exit}${h.last_exit_at ? " at " + clock(h.last_exit_at) : ""}` : "";
   if (h.state === "down") {
