@@ -25,55 +25,6 @@ use vmdesk_tests::Vmdesk;
 /// How long a change made on one desk may take to show on the other.
 const PUSHED_WITHIN: Duration = Duration::from_secs(1);
 
-/// The store's URL for `user`, with its password (the desk's `--store`;
-/// the window shows it without).
-fn url(store: &Store, user: &str, password: &str) -> String {
-    format!(
-        "postgres://{user}:{password}@{}:{}/{}?sslmode=disable",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
-fn place(store: &Store) -> String {
-    format!(
-        "{}:{}/{}",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
-/// A pool project `name` with `n` blank VMs ready (STOPPED) on a
-/// test:///default host, through the admin's functions: test:///default
-/// lives and dies with each process, so no desk could define machines
-/// there for another; the desk that opens a session defines and starts its
-/// VM's machine in its own process.
-fn pool(store: &Store, name: &str, n: usize) {
-    let mut a = store.admin();
-    a.execute("SELECT vmdesk.project_create($1)", &[&name])
-        .unwrap();
-    let host = format!("h-{name}");
-    a.execute(
-        "SELECT vmdesk.host_add($1, 'libvirt', 'test:///default')",
-        &[&host],
-    )
-    .unwrap();
-    for i in 0..n {
-        let vm = format!("{name}-vm{i}");
-        let id: i64 = a
-            .query_one(
-                "SELECT id FROM vmdesk.vm_add($1, $2, $3, 'blank', 128, 1, 1, NULL, NULL, NULL)",
-                &[&vm, &name, &host],
-            )
-            .unwrap()
-            .get(0);
-        a.execute("SELECT vmdesk.vm_set_status($1, 'STOPPED', NULL)", &[&id])
-            .unwrap();
-    }
-}
-
 /// Whether `css` is on the page now.
 async fn present(app: &App, css: &str) -> bool {
     app.c.find(Locator::Css(css)).await.is_ok()
@@ -149,10 +100,13 @@ fn two_desks_on_one_team_store_see_each_others_changes_pushed() {
         .admin()
         .execute("SELECT vmdesk.credits_grant($1, 50, 'welcome')", &[&ann])
         .unwrap();
-    pool(&store, "lab", 2);
-    let place = place(&store);
-    let admin_url = url(&store, &store.admin, &store.admin_pw);
-    let ann_url = url(&store, &ann, &ann_pw);
+    // Blank VMs on a test:///default host: the desk that opens a session
+    // defines and starts its VM's machine in its own process (each process
+    // has a test:///default of its own).
+    store.pool_of("lab", 2, "blank", 128);
+    let place = store.place();
+    let admin_url = store.url(&store.admin, Some(&store.admin_pw));
+    let ann_url = store.url(&ann, Some(&ann_pw));
     let (admin_desk, ann_desk) = (Vmdesk::new(), Vmdesk::new());
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");

@@ -11,15 +11,6 @@ use std::time::Duration;
 use vmdesk_postgres::testing::Store;
 use vmdesk_tests::{e2e, qemu_uri, Machine, Vmdesk};
 
-fn url(store: &Store, user: &str, password: &str) -> String {
-    format!(
-        "postgres://{user}:{password}@{}:{}/{}?sslmode=disable",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
 #[test]
 fn anns_desk_shows_her_team_sessions_screen() {
     let store = Store::new();
@@ -28,8 +19,8 @@ fn anns_desk_shows_her_team_sessions_screen() {
         .admin()
         .execute("SELECT vmdesk.credits_grant($1, 100000, 'lab')", &[&ann])
         .unwrap();
-    let admin_url = url(&store, &store.admin, &store.admin_pw);
-    let ann_url = url(&store, &ann, &ann_pw);
+    let admin_url = store.url(&store.admin, Some(&store.admin_pw));
+    let ann_url = store.url(&ann, Some(&ann_pw));
     let (admin_desk, ann_desk) = (Vmdesk::new(), Vmdesk::new());
     let on = |url: &str, args: &[&str]| -> Vec<String> {
         let mut all = vec!["--store".to_owned(), url.to_owned()];

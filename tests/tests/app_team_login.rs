@@ -31,15 +31,6 @@ const URL_ERROR: &str = r#"[data-testid="error-store.url"]"#;
 const PASSWORD_ERROR: &str = r#"[data-testid="error-store.password"]"#;
 const RESULT: &str = r#"[data-testid="store-result-text"]"#;
 
-fn place(store: &Store) -> String {
-    format!(
-        "{}:{}/{}",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
 fn settings_text(v: &Vmdesk) -> String {
     std::fs::read_to_string(v.settings_path()).unwrap()
 }
@@ -128,7 +119,7 @@ fn a_desk_logs_in_to_a_team_store_and_out_from_the_settings_page() {
     let keyring = SessionKeyring::start();
     let store = Store::new();
     let (ann, ann_pw) = store.user("ann", false);
-    let place = place(&store);
+    let place = store.place();
     let url = format!(
         "postgres://{ann}@{}:{}/{}?sslmode=disable",
         store.cluster.var("VMDESK_PG_HOST"),

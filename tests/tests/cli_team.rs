@@ -13,25 +13,6 @@ use std::process::{Output, Stdio};
 use vmdesk_postgres::testing::Store;
 use vmdesk_tests::{SessionKeyring, Vmdesk};
 
-/// The store's URL for `user`, without a password.
-fn url(store: &Store, user: &str) -> String {
-    format!(
-        "postgres://{user}@{}:{}/{}?sslmode=disable",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
-fn place(store: &Store) -> String {
-    format!(
-        "{}:{}/{}",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
 /// A desk with a keyring of its own (its HOME too: no ~/.pgpass).
 fn desk(keyring: &SessionKeyring) -> Vmdesk {
     let mut v = Vmdesk::new();
@@ -84,7 +65,7 @@ fn a_wrong_password_is_one_line_and_nothing_is_kept() {
     let store = Store::new();
     let (ann, _) = store.user("ann", false);
     let v = desk(&keyring);
-    let u = url(&store, &ann);
+    let u = store.url(&ann, None);
 
     let out = piped(&v, &["login", &u], "not-the-password");
     assert_eq!(out.status.code(), Some(1));
@@ -112,13 +93,13 @@ fn a_login_keeps_the_password_in_the_keyring_and_acts_as_the_login_until_logout(
     let store = Store::new();
     let (ann, ann_pw) = store.user("ann", false);
     let v = desk(&keyring);
-    let u = url(&store, &ann);
+    let u = store.url(&ann, None);
 
     let out = piped(&v, &["login", &u], &ann_pw);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout).trim(),
-        format!("logged in to {} as {ann}", place(&store))
+        format!("logged in to {} as {ann}", store.place())
     );
     let settings = settings_text(&v);
     assert!(
@@ -162,7 +143,7 @@ fn a_login_keeps_the_password_in_the_keyring_and_acts_as_the_login_until_logout(
         err.lines().next().unwrap(),
         format!(
             "error: --as: on a team store you act as your login {ann}; log in as another user instead (`vmdesk login postgres://USER@{}`)",
-            place(&store)
+            store.place()
         )
     );
     let out = v
@@ -194,7 +175,7 @@ fn store_init_twice_and_the_printed_password_logs_in() {
         "postgres://{}:{}@{}",
         store.cluster.var("VMDESK_PG_SUPERUSER"),
         store.cluster.var("VMDESK_PG_PASSWORD"),
-        url(&store, "x").split_once('@').unwrap().1
+        store.url("x", None).split_once('@').unwrap().1
     );
     let v = desk(&keyring);
 
@@ -209,7 +190,7 @@ fn store_init_twice_and_the_printed_password_logs_in() {
         .unwrap_or_else(|| panic!("no password in {said:?}"))
         .to_owned();
     assert!(
-        said.contains(&format!("vmdesk login {}", url(&store, &boss))),
+        said.contains(&format!("vmdesk login {}", store.url(&boss, None))),
         "{said}"
     );
 
@@ -225,7 +206,7 @@ fn store_init_twice_and_the_printed_password_logs_in() {
         "{said}"
     );
 
-    let out = piped(&v, &["login", &url(&store, &boss)], &password);
+    let out = piped(&v, &["login", &store.url(&boss, None)], &password);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let status = v.json(&["store", "status"]);
     assert_eq!(status["login"], boss.as_str());
@@ -239,7 +220,7 @@ fn user_add_prints_a_password_that_logs_in() {
     let admin = desk(&keyring);
     let out = piped(
         &admin,
-        &["login", &url(&store, &store.admin)],
+        &["login", &store.url(&store.admin, None)],
         &store.admin_pw,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -251,7 +232,7 @@ fn user_add_prints_a_password_that_logs_in() {
     assert!(password.len() >= 16, "{password}");
 
     let v = desk(&keyring);
-    let out = piped(&v, &["login", &url(&store, &carl)], &password);
+    let out = piped(&v, &["login", &store.url(&carl, None)], &password);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let me = v.json(&["credits", "show"]);
     assert_eq!(
@@ -310,7 +291,7 @@ fn the_password_file_is_used_when_private_and_ignored_with_a_warning_otherwise()
             "unix:path=/nonexistent".into(),
         ),
     ];
-    let u = url(&store, &ann);
+    let u = store.url(&ann, None);
     assert_eq!(
         v.json(&["--store", &u, "credits", "show"])["user"],
         ann.as_str()

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 use vmdesk_postgres::testing::Store;
 use vmdesk_tests::{bin, KillOnDrop};
 
-fn url(store: &Store, user: &str) -> String {
-    format!(
-        "postgres://{user}@{}:{}/{}?sslmode=disable",
-        store.cluster.var("VMDESK_PG_HOST"),
-        store.cluster.var("VMDESK_PG_PORT"),
-        store.db
-    )
-}
-
 /// `vmdesk serve --foreground` as `user`, on a data dir and settings of its own.
 fn serve(store: &Store, user: &str, password: &str, dir: &std::path::Path) -> KillOnDrop {
     let settings = dir.join("settings.toml");
@@ -35,7 +26,7 @@ fn serve(store: &Store, user: &str, password: &str, dir: &std::path::Path) -> Ki
             .arg("--config")
             .arg(&settings)
             .arg("--store")
-            .arg(url(store, user))
+            .arg(store.url(user, None))
             .args(["serve", "--foreground"])
             .env("PGPASSWORD", password)
             .env_remove("VMDESK_USER")

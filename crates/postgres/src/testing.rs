@@ -88,6 +88,31 @@ impl Store {
         }
     }
 
+    /// A URL to this store's database as `user` (with `password` if
+    /// given), over TCP on 127.0.0.1 without TLS.
+    pub fn url(&self, user: &str, password: Option<&str>) -> String {
+        let cred = match password {
+            Some(pw) => format!("{user}:{pw}"),
+            None => user.to_owned(),
+        };
+        format!(
+            "postgres://{cred}@{}:{}/{}?sslmode=disable",
+            self.cluster.var("VMDESK_PG_HOST"),
+            self.cluster.var("VMDESK_PG_PORT"),
+            self.db
+        )
+    }
+
+    /// Where the store is, as vmdesk shows it: "HOST:PORT/DB".
+    pub fn place(&self) -> String {
+        format!(
+            "{}:{}/{}",
+            self.cluster.var("VMDESK_PG_HOST"),
+            self.cluster.var("VMDESK_PG_PORT"),
+            self.db
+        )
+    }
+
     /// The target of the superuser on this store's database.
     pub fn superuser_target(&self) -> Target {
         Target::parse(&self.cluster.url(
@@ -160,6 +185,11 @@ impl Store {
 
     /// A pool project `name` with `n` VMs ready (STOPPED) on a test host.
     pub fn pool(&self, name: &str, n: usize) {
+        self.pool_of(name, n, "tiny-linux", 96);
+    }
+
+    /// [`Store::pool`] of VMs of OS `os` with `ram_mb`.
+    pub fn pool_of(&self, name: &str, n: usize, os: &str, ram_mb: i64) {
         let mut a = self.admin();
         a.execute("SELECT vmdesk.project_create($1)", &[&name])
             .unwrap();
@@ -173,8 +203,8 @@ impl Store {
             let vm = format!("{name}-vm{i}");
             let id: i64 = a
                 .query_one(
-                    "SELECT id FROM vmdesk.vm_add($1, $2, $3, 'tiny-linux', 96, 1, 1, NULL, NULL, NULL)",
-                    &[&vm, &name, &host],
+                    "SELECT id FROM vmdesk.vm_add($1, $2, $3, $4, $5, 1, 1, NULL, NULL, NULL)",
+                    &[&vm, &name, &host, &os, &ram_mb],
                 )
                 .unwrap()
                 .get(0);
