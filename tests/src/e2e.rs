@@ -178,6 +178,26 @@ impl App {
         self.click(&format!(r#"[data-testid="nav-{view}"]"#)).await;
     }
 
+    /// How many pixels of the open console's canvas are not black, with
+    /// the canvas's width and height (zeros while there is no canvas).
+    pub async fn console_lit(&self) -> (u64, u64, u64) {
+        let v = self
+            .c
+            .execute(
+                r#"const c = document.querySelector('[data-testid="console-screen"] canvas');
+                   if (!c || !c.width) return [0, 0, 0];
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let n = 0;
+                   for (let i = 0; i < d.length; i += 4) if (d[i] | d[i + 1] | d[i + 2]) n++;
+                   return [c.width, c.height, n];"#,
+                vec![],
+            )
+            .await
+            .expect("read the canvas");
+        let n = |i: usize| v[i].as_u64().unwrap_or(0);
+        (n(0), n(1), n(2))
+    }
+
     /// Keeps a screenshot of this step.
     pub async fn shot(&self, step: &str) {
         let n = self.shots.fetch_add(1, Ordering::Relaxed) + 1;

@@ -13,24 +13,6 @@ use vmdesk_tests::{e2e, has_shell, tiny_linux, Machine, PoolVolumes, Vmdesk};
 /// What make run records for tiny-linux (scripts/run.sh, TINY_MIN_RAM_MB).
 const TINY_MIN_RAM_MB: &str = "96";
 
-/// Pixels of the console canvas that are not black.
-async fn lit_pixels(app: &e2e::App) -> u64 {
-    let v = app
-        .c
-        .execute(
-            r#"const c = document.querySelector('[data-testid="console-screen"] canvas');
-               if (!c || !c.width) return 0;
-               const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-               let n = 0;
-               for (let i = 0; i < d.length; i += 4) if (d[i] | d[i + 1] | d[i + 2]) n++;
-               return n;"#,
-            vec![],
-        )
-        .await
-        .expect("read the canvas");
-    v.as_u64().unwrap_or(0)
-}
-
 #[test]
 fn a_new_users_first_run_launches_a_vm_that_boots_to_a_shell() {
     let image = tiny_linux();
@@ -191,7 +173,7 @@ fn a_new_users_first_run_launches_a_vm_that_boots_to_a_shell() {
         let t = Instant::now();
         let mut lit = 0;
         while t.elapsed() < Duration::from_secs(20) {
-            lit = lit_pixels(&app).await;
+            lit = app.console_lit().await.2;
             if lit > 100 {
                 break;
             }

@@ -71,20 +71,9 @@ fn anns_desk_shows_her_team_sessions_screen() {
         app.nav("pools").await;
         app.open_console("tc1").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let lit = app
-            .c
-            .execute(
-                r#"const c = document.querySelector('[data-testid="console-screen"] canvas');
-                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                   let n = 0;
-                   for (let i = 0; i < d.length; i += 4) if (d[i] | d[i + 1] | d[i + 2]) n++;
-                   return [c.width, c.height, n];"#,
-                vec![],
-            )
-            .await
-            .expect("read the canvas");
+        let (w, h, lit) = app.console_lit().await;
+        assert!(w > 0 && h > 0, "no canvas size: {w}x{h}");
         app.shot("connected").await;
-        let lit = lit[2].as_u64().unwrap_or(0);
         assert!(lit > 100, "the console canvas is blank ({lit} lit pixels)");
         app.close().await;
     });

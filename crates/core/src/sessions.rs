@@ -761,19 +761,7 @@ impl Core {
             // VM must not run (nor be billed). Its disk and definition stay
             // with its row, for `vm start` to retry or `vm destroy` to remove.
             let vm = vm_by_id(&self.db(), vm_id)?;
-            let machine = self.machine_spec(&vm).machine_name;
-            let on_host = match self.provider(&vm.host) {
-                Ok(p) => match p.power_state(&machine) {
-                    Ok(state) if !state.is_off() => match p.force_off(&machine) {
-                        Ok(()) => "forced off",
-                        Err(_) => "running; could not be forced off",
-                    },
-                    Ok(_) => "defined, off",
-                    Err(crate::provider::ProviderError::NotFound(_)) => "not defined",
-                    Err(_) => "unknown (host unreachable)",
-                },
-                Err(_) => "unknown (host unreachable)",
-            };
+            let on_host = self.power_off_after_crash(&vm);
             repaired += self.write(|tx| {
                 let n = tx.execute(
                     "UPDATE vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = ?3
@@ -875,6 +863,25 @@ impl Core {
 }
 
 impl Core {
+    /// Powers off the machine of a creation a crash interrupted (a failed
+    /// VM must not run, nor be billed; its disk and definition stay); what
+    /// was found on the host, in words, for the recovery event.
+    fn power_off_after_crash(&self, vm: &Vm) -> &'static str {
+        let machine = self.machine_spec(vm).machine_name;
+        match self.provider(&vm.host) {
+            Ok(p) => match p.power_state(&machine) {
+                Ok(state) if !state.is_off() => match p.force_off(&machine) {
+                    Ok(()) => "forced off",
+                    Err(_) => "running; could not be forced off",
+                },
+                Ok(_) => "defined, off",
+                Err(crate::provider::ProviderError::NotFound(_)) => "not defined",
+                Err(_) => "unknown (host unreachable)",
+            },
+            Err(_) => "unknown (host unreachable)",
+        }
+    }
+
     /// [`Core::drive_pending`] on a team store: what desks left to a
     /// worker is an admin's to drive (`vmdesk serve`); a plain login's desk
     /// drives nothing it did not start itself.
@@ -919,19 +926,7 @@ impl Core {
             repaired += 1;
             if kind == "vm" {
                 let vm = t.vm(&id.to_string())?;
-                let machine = self.machine_spec(&vm).machine_name;
-                let on_host = match self.provider(&vm.host) {
-                    Ok(p) => match p.power_state(&machine) {
-                        Ok(state) if !state.is_off() => match p.force_off(&machine) {
-                            Ok(()) => "forced off",
-                            Err(_) => "running; could not be forced off",
-                        },
-                        Ok(_) => "defined, off",
-                        Err(crate::provider::ProviderError::NotFound(_)) => "not defined",
-                        Err(_) => "unknown (host unreachable)",
-                    },
-                    Err(_) => "unknown (host unreachable)",
-                };
+                let on_host = self.power_off_after_crash(&vm);
                 t.recovered_vm(id, &me, &dead, on_host)?;
                 continue;
             }
