@@ -632,20 +632,7 @@ async fn create_vm(app: AppHandle, ctx: State<'_, Ctx>, spec: VmCreate) -> Resul
 
 #[tauri::command]
 async fn vm_events(ctx: State<'_, Ctx>, vm: String) -> Result<Vec<Event>, ApiError> {
-    blocking(&ctx, move |core, actor| {
-        if core.team().is_none() {
-            return core.vm_events(actor, &vm, 100);
-        }
-        // A team store has no per-VM query yet: the newest events, filtered.
-        let id = core.vm_show(actor, &vm)?.id;
-        Ok(core
-            .events(actor, TEAM_EVENTS)?
-            .into_iter()
-            .filter(|e| e.vm_id == Some(id))
-            .take(100)
-            .collect())
-    })
-    .await
+    blocking(&ctx, move |core, actor| core.vm_events(actor, &vm, 100)).await
 }
 
 #[tauri::command]
@@ -687,40 +674,7 @@ async fn vm_list(ctx: State<'_, Ctx>, all: bool) -> Result<Vec<Vm>, ApiError> {
 /// The event feed, filtered.
 #[tauri::command]
 async fn events_query(ctx: State<'_, Ctx>, query: EventQuery) -> Result<Vec<Event>, ApiError> {
-    blocking(&ctx, move |core, actor| query_events(core, actor, &query)).await
-}
-
-/// How many of the newest events a team store is asked for when the
-/// window filters them itself.
-const TEAM_EVENTS: i64 = 1000;
-
-/// The event feed, filtered: the core's query on the embedded store; on a
-/// team store (which has no filtered query yet) the newest events the
-/// login may see, filtered here.
-fn query_events(core: &Core, actor: &str, q: &EventQuery) -> vmdesk_core::Result<Vec<Event>> {
-    if core.team().is_none() {
-        return core.events_query(actor, q);
-    }
-    let limit = usize::try_from(q.limit.clamp(1, 10_000)).unwrap_or(100);
-    Ok(core
-        .events(actor, TEAM_EVENTS.max(q.limit))?
-        .into_iter()
-        .filter(|e| q.after.is_none_or(|a| e.id > a))
-        .filter(|e| q.types.is_empty() || q.types.contains(&e.event_type))
-        .filter(|e| q.severities.is_empty() || q.severities.contains(&e.severity))
-        .take(limit)
-        .collect())
-}
-
-/// The newest event's id the actor may see (0: none).
-fn newest_event_id(core: &Core, actor: &str) -> i64 {
-    if core.team().is_none() {
-        return core.last_event_id().unwrap_or(0);
-    }
-    core.events(actor, 1)
-        .ok()
-        .and_then(|e| e.first().map(|e| e.id))
-        .unwrap_or(0)
+    blocking(&ctx, move |core, actor| core.events_query(actor, &query)).await
 }
 
 /// A user's balance and ledger (the actor's own without `user`).
@@ -887,8 +841,7 @@ const RECENT: Duration = Duration::from_secs(15 * 60);
 /// The warnings concerning the actor in the last [`RECENT`].
 fn recent_warnings(core: &Core, actor: &str) -> usize {
     let since = vmdesk_core::ago(RECENT);
-    query_events(
-        core,
+    core.events_query(
         actor,
         &EventQuery {
             severities: vec![Severity::Warning, Severity::Critical],
@@ -1116,8 +1069,7 @@ fn notify(app: &AppHandle, title: &str, body: &str) {
 /// Notifies the user of the events since `after` that call for it; returns
 /// the newest event id seen.
 fn notify_new_events(app: &AppHandle, core: &Core, actor: &str, after: i64) -> i64 {
-    let Ok(events) = query_events(
-        core,
+    let Ok(events) = core.events_query(
         actor,
         &EventQuery {
             after: Some(after),
@@ -1159,7 +1111,7 @@ fn worker(
     wake: mpsc::Receiver<()>,
 ) {
     let mut seen = core.data_version().unwrap_or(0);
-    let mut last_event = newest_event_id(&core, &actor);
+    let mut last_event = core.last_event_id().unwrap_or(0);
     let team = core.team().is_some();
     // The first tick looks at once (which serve leads, for the status bar).
     let mut last_team_look = std::time::Instant::now()
