@@ -22,9 +22,6 @@ use vmdesk_libvirt::LibvirtFactory;
 
 use crate::cli::{data_dir, open_core, settings, Global};
 
-/// The advisory lock's key (the second of the two-int form; the first is
-/// the one `vmdesk_postgres::init` uses for its own lock).
-const LEADER_KEY: (i32, i32) = (7_283_461, 2);
 /// How often a waiting serve tries the lock, and a leader checks it holds it.
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// How often a leader looks for pending work and for work of dead workers.
@@ -68,12 +65,19 @@ pub fn run(g: &Global, foreground: bool) -> anyhow::Result<()> {
                 continue;
             }
         };
+        // The lock's key is the store's secret (admins only): a login that
+        // could name it could hold the lead and stop sync and billing.
+        let key: i64 = match lock.query_one("SELECT vmdesk.serve_lock_key()", &[]) {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                eprintln!("serve: the lead's key: {}", vmdesk_postgres::Error::from(e));
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+        };
         // Wait for the lock on this connection; a lost connection starts over.
         let got = loop {
-            match lock.query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&LEADER_KEY.0, &LEADER_KEY.1],
-            ) {
+            match lock.query_one("SELECT pg_try_advisory_lock($1)", &[&key]) {
                 Ok(row) if row.get::<_, bool>(0) => break true,
                 Ok(_) => {
                     if !waiting_said {
@@ -169,7 +173,7 @@ pub fn run(g: &Global, foreground: bool) -> anyhow::Result<()> {
 /// Starts `vmdesk serve --foreground` with the same options, detached from
 /// this terminal, and says where it logs.
 fn detach(g: &Global) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     use std::os::unix::process::CommandExt;
     let dir = data_dir(g)?;
     std::fs::DirBuilder::new()
@@ -181,6 +185,7 @@ fn detach(g: &Global) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe()?;

@@ -115,6 +115,18 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
     let watcher = vmdesk_postgres::PgStore::connect(store.target(&watch, &watch_pw)).unwrap();
     let leading = || watcher.serve_leader().unwrap().map(|l| l.1 as u32);
     assert_eq!(leading(), None);
+    // A plain login grabbing the lead's lock (a key anyone could name once)
+    // does not keep the serves from leading: the key is the store's secret.
+    let mut squatter = store.connect(&watch, &watch_pw);
+    squatter
+        .execute("SELECT pg_advisory_lock(7283461, 2)", &[])
+        .unwrap();
+    assert!(
+        squatter
+            .query_one("SELECT vmdesk.serve_lock_key()", &[])
+            .is_err(),
+        "a plain login reads the lead's key"
+    );
 
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut serves: Vec<KillOnDrop> = dirs
@@ -125,6 +137,7 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
         leads(&store).first().copied()
     });
     assert_eq!(leads(&store).len(), 1, "one leads, the other waits");
+    drop(squatter);
     assert_eq!(leading(), Some(first));
     // The hour is billed by the leader.
     wait_for("the first charge", Duration::from_secs(20), || {

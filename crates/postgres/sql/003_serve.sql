@@ -546,16 +546,38 @@ GRANT EXECUTE ON FUNCTION vmdesk.console_reserve(text, text, int, int, int[], te
     vmdesk.console_redeem(text, int, text), vmdesk.console_release(text, int, text, boolean)
     TO @USERS@;
 
+-- The key of the advisory lock the leading serve holds: a random number
+-- only admins can read. Advisory locks are anyone's to take, so a known key
+-- would let any login hold the lead and stop sync and billing for all.
+CREATE TABLE vmdesk.secrets (
+    key   text PRIMARY KEY,
+    value bigint NOT NULL
+);
+INSERT INTO vmdesk.secrets (key, value) VALUES ('serve_lock', (random() * 9.2e18)::bigint);
+
+CREATE FUNCTION vmdesk.serve_lock_key() RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE k bigint;
+BEGIN
+    PERFORM vmdesk.require_admin('run vmdesk serve');
+    SELECT value INTO k FROM vmdesk.secrets WHERE key = 'serve_lock';
+    RETURN k;
+END $$;
+
 -- Which serve leads now, if any: its host, pid and since when (from its
 -- serve.lead event), while its advisory lock is held. Any user may ask: a
 -- desk tells its user when nobody follows the hosts or bills.
 CREATE FUNCTION vmdesk.serve_leader(OUT o_host text, OUT o_pid int, OUT o_since text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE k bigint;
 BEGIN
     PERFORM vmdesk.caller();
+    SELECT value INTO k FROM vmdesk.secrets WHERE key = 'serve_lock';
+    -- A bigint key shows in pg_locks as its high and low halves.
     IF NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
                    WHERE l.locktype = 'advisory' AND d.datname = current_database()
-                     AND l.classid = 7283461 AND l.objid = 2 AND l.objsubid = 2 AND l.granted) THEN
+                     AND l.classid = ((k >> 32) & 4294967295)::oid
+                     AND l.objid = (k & 4294967295)::oid AND l.objsubid = 1 AND l.granted) THEN
         RETURN;
     END IF;
     SELECT details->>'host', (details->>'pid')::int, vmdesk.ts(created_at)
@@ -564,4 +586,5 @@ BEGIN
 END $$;
 
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA vmdesk FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.serve_lock_key() TO @USERS@;
 GRANT EXECUTE ON FUNCTION vmdesk.serve_leader() TO @USERS@;

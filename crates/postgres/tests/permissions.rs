@@ -232,6 +232,20 @@ fn a_plain_user_with_psql_is_refused_everything_core_would_refuse() {
         "permission denied for table hosts",
     );
 
+    // The key of the serve's lead is the admins' secret.
+    refused(
+        &w,
+        ann,
+        "SELECT vmdesk.serve_lock_key()",
+        "only an admin may",
+    );
+    refused(
+        &w,
+        ann,
+        "SELECT * FROM vmdesk.secrets",
+        "permission denied for table secrets",
+    );
+
     // The event log is written by the functions only.
     refused(&w, ann, "INSERT INTO vmdesk.events (type, action, severity, actor) VALUES ('admin', 'fake', 'info', 'bob')", "permission denied for table events");
     refused(
