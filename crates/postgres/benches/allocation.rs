@@ -4,16 +4,26 @@
 //! clients: allocations per second, p50 and p99 latency of one call, and
 //! doubles (a VM in two live sessions; must be 0).
 //!
-//! PostgreSQL: each client is a thread with its own connection, logged in as
-//! one of several plain users, calling `vmdesk.session_open` as desks do; all
-//! connect before the clock starts. Embedded: `Core::session_open` on one
-//! `Core` shared by the threads (an app's threads) and on one `Core` per
-//! client (separate processes contending through SQLite's file lock).
+//! PostgreSQL: each client is a thread with a desk's store of its own
+//! (`PgStore`: its connection, its prepared statements, its after-commit
+//! notifier), logged in as one of several plain users, calling
+//! `TeamStore::session_open` as a desk does; all connect before the clock
+//! starts. `postgres-sql` is the same with the bare `vmdesk.session_open`
+//! call, to show what the desk's side adds. Embedded: `Core::session_open`
+//! on one `Core` shared by the threads (an app's threads) and on one `Core`
+//! per client (separate processes contending through SQLite's file lock).
+//!
+//! The clients call back to back ("closed loop"): with 64 of them, each
+//! call's latency is 64 / throughput on average (Little's law), whatever the
+//! store. `postgres-paced` measures latency as users see it instead: 64
+//! clients together ask for ALLOC_BENCH_RATE allocations/s (default 2,000),
+//! each on its own schedule, and a call's latency counts from when it was
+//! due, so a store that falls behind is charged for the wait too.
 //!
 //! Each case runs for ALLOC_BENCH_SECS seconds (default 5) on a fresh store
 //! whose pool is big enough not to run dry. ALLOC_BENCH_ONLY=postgres:64 runs
-//! one case. Goal (at 64 clients on PostgreSQL): at least 2,000 allocations/s,
-//! p99 at most 20 ms, no double.
+//! one case. Goal (PostgreSQL, 64 clients): at least 2,000 allocations/s
+//! back to back, p99 at most 20 ms at 2,000/s offered, no double.
 //!
 //! Run: `cargo bench -p vmdesk-postgres --bench allocation` (or `make bench`;
 //! the cluster must run: `make postgres`).
@@ -28,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
-use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest, TeamStore};
+use vmdesk_postgres::PgStore;
 
 /// VMs in each case's pool: more than the fastest case allocates.
 const POOL: usize = 100_000;
@@ -83,6 +94,24 @@ where
     R: Fn(usize) -> C + Sync,
     F: Fn(&mut C) -> Option<i64> + Sync,
 {
+    drive_at(clients, secs, None, ready, call)
+}
+
+/// [`drive`], and with `rate` (allocations/s for all clients together) each
+/// client calls on a schedule of its own (client i at i/rate, then every
+/// clients/rate) and a call's latency counts from when it was due.
+fn drive_at<C, R, F>(
+    clients: usize,
+    secs: f64,
+    rate: Option<f64>,
+    ready: R,
+    call: F,
+) -> (Vec<Calls>, Duration)
+where
+    C: Send,
+    R: Fn(usize) -> C + Sync,
+    F: Fn(&mut C) -> Option<i64> + Sync,
+{
     let barrier = Barrier::new(clients + 1);
     let run_for = Duration::from_secs_f64(secs);
     std::thread::scope(|scope| {
@@ -92,10 +121,28 @@ where
                 scope.spawn(move || {
                     let mut conn = ready(i);
                     barrier.wait();
-                    let deadline = Instant::now() + run_for;
+                    let start = Instant::now();
+                    let deadline = start + run_for;
                     let (mut lat, mut vms) = (Vec::new(), Vec::new());
+                    let mut k = 0u32;
                     while Instant::now() < deadline {
-                        let t = Instant::now();
+                        let t = match rate {
+                            None => Instant::now(),
+                            Some(rate) => {
+                                let due = start
+                                    + Duration::from_secs_f64(
+                                        (i as f64 + f64::from(k) * clients as f64) / rate,
+                                    );
+                                k += 1;
+                                if due >= deadline {
+                                    break;
+                                }
+                                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                    std::thread::sleep(wait);
+                                }
+                                due
+                            }
+                        };
                         match call(&mut conn) {
                             Some(vm) => {
                                 lat.push(t.elapsed());
@@ -117,33 +164,69 @@ where
 
 // ---- PostgreSQL ---------------------------------------------------------
 
-fn postgres_run(clients: usize, secs: f64, pool: usize) -> Figures {
+/// How the PostgreSQL clients call.
+#[derive(Clone, Copy, PartialEq)]
+enum PgClient {
+    /// As a desk: `PgStore::session_open`.
+    Desk,
+    /// The bare function, one prepared statement.
+    Sql,
+}
+
+fn postgres_run(
+    clients: usize,
+    secs: f64,
+    pool: usize,
+    how: PgClient,
+    rate: Option<f64>,
+) -> Figures {
     let store = common::Store::new();
     store.big_pool("lab", pool);
     let logins: Vec<(String, String)> = (0..clients.min(LOGINS))
         .map(|_| store.user("bench", false))
         .collect();
-    let (calls, elapsed) = drive(
-        clients,
-        secs,
-        |i| {
-            let (name, pw) = &logins[i % logins.len()];
-            let mut c = store.connect(name, pw);
-            // A desk prepares its statements once per connection.
-            let st = c
-                .prepare("SELECT vm_id FROM vmdesk.session_open($1, NULL, NULL, $2)")
-                .unwrap();
-            (c, st, format!("bench-{i}"))
-        },
-        |(c, st, worker)| match c.query_one(&*st, &[&"lab", &*worker]) {
-            Ok(r) => Some(r.get(0)),
-            Err(e) => {
-                let e = vmdesk_postgres::Error::from(e);
-                assert_eq!(e.code(), Some("VDA03"), "{e}");
-                None
-            }
-        },
-    );
+    let req = SessionRequest {
+        project: "lab".into(),
+        ..Default::default()
+    };
+    let (calls, elapsed) = match how {
+        PgClient::Desk => drive_at(
+            clients,
+            secs,
+            rate,
+            |i| {
+                let (name, pw) = &logins[i % logins.len()];
+                let desk = PgStore::connect(store.target(name, pw)).unwrap();
+                (desk, format!("bench-{i}"))
+            },
+            |(desk, worker)| match desk.session_open(&req, Some(worker)) {
+                Ok(s) => Some(s.vm_id),
+                Err(e) if e.code() == "all_in_use" => None,
+                Err(e) => panic!("{e}"),
+            },
+        ),
+        PgClient::Sql => drive_at(
+            clients,
+            secs,
+            rate,
+            |i| {
+                let (name, pw) = &logins[i % logins.len()];
+                let mut c = store.connect(name, pw);
+                let st = c
+                    .prepare("SELECT vm_id FROM vmdesk.session_open($1, NULL, NULL, $2)")
+                    .unwrap();
+                (c, st, format!("bench-{i}"))
+            },
+            |(c, st, worker)| match c.query_one(&*st, &[&"lab", &*worker]) {
+                Ok(r) => Some(r.get(0)),
+                Err(e) => {
+                    let e = vmdesk_postgres::Error::from(e);
+                    assert_eq!(e.code(), Some("VDA03"), "{e}");
+                    None
+                }
+            },
+        ),
+    };
     let live_doubles: i64 = store
         .superuser()
         .query_one(
@@ -308,10 +391,26 @@ fn main() {
     );
     let mut verdict: Vec<String> = Vec::new();
     let mut doubles = 0;
-    let mut measured = false;
-    for store in ["postgres", "sqlite-shared", "sqlite-per-conn"] {
+    let mut measured = 0;
+    let rate: f64 = std::env::var("ALLOC_BENCH_RATE")
+        .map(|r| {
+            r.parse()
+                .expect("ALLOC_BENCH_RATE is allocations per second")
+        })
+        .unwrap_or(2_000.0);
+    let cases = [
+        "postgres",
+        "postgres-sql",
+        "postgres-paced",
+        "sqlite-shared",
+        "sqlite-per-conn",
+    ];
+    for store in cases {
         for clients in [1, 8, 64] {
             if quick && clients > 8 {
+                continue;
+            }
+            if store == "postgres-paced" && clients != 64 && !quick {
                 continue;
             }
             if std::env::var("ALLOC_BENCH_ONLY")
@@ -320,31 +419,40 @@ fn main() {
                 continue;
             }
             let f = match store {
-                "postgres" => postgres_run(clients, secs, pool),
+                "postgres" => postgres_run(clients, secs, pool, PgClient::Desk, None),
+                "postgres-sql" => postgres_run(clients, secs, pool, PgClient::Sql, None),
+                "postgres-paced" => postgres_run(clients, secs, pool, PgClient::Desk, Some(rate)),
                 "sqlite-shared" => embedded_run(clients, true, secs, pool),
                 _ => embedded_run(clients, false, secs, pool),
             };
             println!(
-                "{store:<16} {clients:>2} clients: {:>6.0} alloc/s, p50 {:>6.2} ms, p99 {:>6.2} ms, doubles {} ({} allocations{})",
+                "{store:<16} {clients:>2} clients: {:>6.0} alloc/s, p50 {:>6.2} ms, p99 {:>6.2} ms, doubles {} ({} allocations{}){}",
                 f.per_second,
                 f.p50.as_secs_f64() * 1e3,
                 f.p99.as_secs_f64() * 1e3,
                 f.doubles,
                 f.allocated,
-                if f.ran_dry { ", POOL RAN DRY" } else { "" }
+                if f.ran_dry { ", POOL RAN DRY" } else { "" },
+                if store == "postgres-paced" { format!(", {rate:.0}/s offered") } else { String::new() }
             );
             doubles += f.doubles;
+            if clients == 64 && f.ran_dry {
+                verdict.push(format!("{store}: the pool ran dry"));
+            }
             if store == "postgres" && clients == 64 {
-                measured = true;
-                let p99_ms = f.p99.as_secs_f64() * 1e3;
+                measured += 1;
                 if f.per_second < 2_000.0 {
                     verdict.push(format!("{:.0} alloc/s < 2000", f.per_second));
                 }
+            }
+            if store == "postgres-paced" && clients == 64 {
+                measured += 1;
+                let p99_ms = f.p99.as_secs_f64() * 1e3;
                 if p99_ms > 20.0 {
-                    verdict.push(format!("p99 {p99_ms:.1} ms > 20 ms"));
+                    verdict.push(format!("p99 {p99_ms:.1} ms > 20 ms at {rate:.0}/s offered"));
                 }
-                if f.ran_dry {
-                    verdict.push("the pool ran dry".into());
+                if rate < 2_000.0 {
+                    verdict.push(format!("only {rate:.0}/s offered"));
                 }
             }
         }
@@ -352,13 +460,13 @@ fn main() {
     if doubles > 0 {
         verdict.push(format!("{doubles} doubles"));
     }
-    if !measured {
+    if measured < 2 {
         println!("goal (postgres, 64 clients): not measured in this run");
     } else if verdict.is_empty() {
-        println!("goal (postgres, 64 clients: >= 2000 alloc/s, p99 <= 20 ms, 0 doubles): MET");
+        println!("goal (postgres, 64 clients: >= 2000 alloc/s back to back, p99 <= 20 ms at 2000/s offered, 0 doubles): MET");
     } else {
         println!(
-            "goal (postgres, 64 clients: >= 2000 alloc/s, p99 <= 20 ms, 0 doubles): MISSED: {}",
+            "goal (postgres, 64 clients: >= 2000 alloc/s back to back, p99 <= 20 ms at 2000/s offered, 0 doubles): MISSED: {}",
             verdict.join("; ")
         );
     }

@@ -8,6 +8,7 @@
 mod connect;
 pub mod listen;
 pub mod migrate;
+pub mod notifier;
 pub mod pgpass;
 mod schema;
 mod store;

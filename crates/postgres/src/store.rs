@@ -6,8 +6,10 @@
 use std::str::FromStr;
 use std::sync::Mutex;
 
+use std::collections::HashMap;
+
 use postgres::types::ToSql;
-use postgres::{Client, Row};
+use postgres::{Client, Row, Statement};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
@@ -16,6 +18,7 @@ use vmdesk_core::{
     TeamStore,
 };
 
+use crate::notifier::Notifier;
 use crate::{schema_version, scram_verifier, Error, Target, STEPS};
 
 /// A desk's connection to the team store, as one login.
@@ -26,7 +29,25 @@ pub struct PgStore {
     /// This process's workers: their liveness locks are taken again on
     /// every new connection.
     workers: Mutex<Vec<String>>,
+    /// Statements prepared on the current connection, by their text.
+    prepared: Mutex<HashMap<String, Statement>>,
+    /// Tells the other desks of this one's writes, after they commit.
+    notifier: Notifier,
 }
+
+/// Pokes the notifier when dropped: held by every write, so that a write
+/// that failed half-way (a refusal records a warning event) is told too.
+struct Changed<'a>(&'a Notifier);
+
+impl Drop for Changed<'_> {
+    fn drop(&mut self) {
+        self.0.poke();
+    }
+}
+
+/// Set on every store connection: this desk notifies after its commits
+/// (see [`crate::notifier`]).
+const NOTIFY_AFTER_COMMIT: &str = "SET vmdesk.notify = 'after_commit'";
 
 /// The advisory lock a live worker holds (see `vmdesk.worker_alive`).
 const WORKER_LOCK: &str = "SELECT pg_advisory_lock(7283462, hashtext($1))";
@@ -81,11 +102,14 @@ impl PgStore {
         let login: String = client
             .query_one("SELECT name FROM vmdesk.whoami()", &[])?
             .get(0);
+        client.batch_execute(NOTIFY_AFTER_COMMIT)?;
         Ok(PgStore {
+            notifier: Notifier::spawn(target.clone()),
             target,
             login,
             client: Mutex::new(Some(client)),
             workers: Mutex::new(Vec::new()),
+            prepared: Mutex::new(HashMap::new()),
         })
     }
 
@@ -98,6 +122,12 @@ impl PgStore {
                 .target
                 .connect()
                 .map_err(|e| CoreError::Store(e.to_string()))?;
+            c.batch_execute(NOTIFY_AFTER_COMMIT)
+                .map_err(|e| to_core(&self.login, e))?;
+            self.prepared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             for w in self
                 .workers
                 .lock()
@@ -123,7 +153,10 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
         row: impl Fn(&Row) -> CoreResult<T>,
     ) -> CoreResult<Vec<T>> {
-        let rows = self.with(|c| c.query(sql, params))?;
+        let rows = self.with(|c| {
+            let st = self.prepare(c, sql)?;
+            c.query(&st, params)
+        })?;
         rows.iter().map(row).collect()
     }
 
@@ -133,8 +166,28 @@ impl PgStore {
         params: &[&(dyn ToSql + Sync)],
         row: impl Fn(&Row) -> CoreResult<T>,
     ) -> CoreResult<T> {
-        let r = self.with(|c| c.query_one(sql, params))?;
+        let r = self.with(|c| {
+            let st = self.prepare(c, sql)?;
+            c.query_one(&st, params)
+        })?;
         row(&r)
+    }
+
+    /// `sql` prepared on the connection `c` (the one [`Self::with`] holds),
+    /// once per connection: a call is then one round trip.
+    fn prepare(&self, c: &mut Client, sql: &str) -> Result<Statement, postgres::Error> {
+        let mut cache = self.prepared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(st) = cache.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = c.prepare(sql)?;
+        cache.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+
+    /// Held by a write until it returns: then the other desks are told.
+    fn changed(&self) -> Changed<'_> {
+        Changed(&self.notifier)
     }
 
     /// Refuses a non-admin before a read that only admins may make (the
@@ -389,6 +442,7 @@ impl TeamStore for PgStore {
     }
 
     fn user_add(&self, name: &str, admin: bool, password: Option<&str>) -> CoreResult<User> {
+        let _changed = self.changed();
         let verifier = password.map(scram_verifier);
         self.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.user_add($1, $2, $3)"),
@@ -407,6 +461,7 @@ impl TeamStore for PgStore {
     }
 
     fn user_role(&self, name: &str, role: Role) -> CoreResult<User> {
+        let _changed = self.changed();
         self.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.user_role($1, $2)"),
             &[&name, &role.as_str()],
@@ -415,6 +470,7 @@ impl TeamStore for PgStore {
     }
 
     fn credits_grant(&self, to: &str, amount: i64, reason: &str) -> CoreResult<CreditStatement> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.credits_grant($1, $2, $3)",
@@ -431,6 +487,7 @@ impl TeamStore for PgStore {
         kind: LedgerKind,
         reason: &str,
     ) -> CoreResult<LedgerEntry> {
+        let _changed = self.changed();
         self.one(
             "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
              FROM vmdesk.charge($1, $2, $3, $4)",
@@ -458,6 +515,7 @@ impl TeamStore for PgStore {
     }
 
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> CoreResult<Host> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.host_add($1, $2, $3)",
@@ -486,6 +544,7 @@ impl TeamStore for PgStore {
     }
 
     fn project_create(&self, name: &str) -> CoreResult<Project> {
+        let _changed = self.changed();
         self.one(
             "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.project_create($1)",
             &[&name],
@@ -500,6 +559,7 @@ impl TeamStore for PgStore {
     }
 
     fn workspace_create(&self, name: &str, project: &str) -> CoreResult<Workspace> {
+        let _changed = self.changed();
         self.one(
             "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.workspace_create($1, $2)",
             &[&name, &project],
@@ -515,15 +575,22 @@ impl TeamStore for PgStore {
     }
 
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> CoreResult<Session> {
-        let id: i64 = self
-            .with(|c| {
-                c.query_one(
-                    "SELECT id FROM vmdesk.session_open($1, $2, $3, $4)",
-                    &[&req.project, &req.workspace, &req.vm_type, &worker],
-                )
-            })?
-            .get(0);
-        self.session_by_id(id)
+        let _changed = self.changed();
+        // One round trip: the session opened, with its names. The row comes
+        // from the function (the statement's snapshot predates it); what it
+        // names existed before.
+        self.one(
+            "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name, s.status, s.error,
+                    vmdesk.ts(s.created_at), vmdesk.ts(s.updated_at), vmdesk.ts(s.started_at),
+                    vmdesk.ts(s.ended_at)
+             FROM vmdesk.session_open($1, $2, $3, $4) s
+             JOIN vmdesk.vms v ON v.id = s.vm_id
+             JOIN vmdesk.users u ON u.id = s.user_id
+             JOIN vmdesk.projects p ON p.id = s.project_id
+             LEFT JOIN vmdesk.workspaces w ON w.id = s.workspace_id",
+            &[&req.project, &req.workspace, &req.vm_type, &worker],
+            session_row,
+        )
     }
 
     fn session_list(&self, all: bool) -> CoreResult<Vec<Session>> {
@@ -593,6 +660,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> CoreResult<Vm> {
+        let _changed = self.changed();
         let id: i64 = self
             .with(|c| {
                 c.query_one(
@@ -616,6 +684,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_add_done(&self, id: i64, ok: bool, details: Value) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_add_done($1, $2, $3::text::jsonb)",
@@ -626,6 +695,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> CoreResult<Vm> {
+        let _changed = self.changed();
         let id: i64 = self
             .with(|c| {
                 c.query_one(
@@ -648,12 +718,14 @@ impl TeamStore for PgStore {
     }
 
     fn vm_claim(&self, id: i64, worker: &str) -> CoreResult<bool> {
+        let _changed = self.changed();
         Ok(self
             .with(|c| c.query_one("SELECT vmdesk.vm_claim($1, $2)", &[&id, &worker]))?
             .get(0))
     }
 
     fn vm_start_after_create(&self, id: i64) -> CoreResult<bool> {
+        let _changed = self.changed();
         let start: Option<bool> = self
             .with(|c| c.query_one("SELECT vmdesk.vm_start_after_create($1)", &[&id]))?
             .get(0);
@@ -661,6 +733,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_created(&self, id: i64, outcome: Result<VmStatus, String>) -> CoreResult<Vm> {
+        let _changed = self.changed();
         let (status, reason) = match &outcome {
             Ok(s) => (Some(s.as_str()), None),
             Err(r) => (None, Some(r.as_str())),
@@ -679,6 +752,7 @@ impl TeamStore for PgStore {
     }
 
     fn session_close_by(&self, id: i64, worker: Option<&str>) -> CoreResult<(Session, bool)> {
+        let _changed = self.changed();
         let drive: bool = self
             .with(|c| {
                 c.query_one(
@@ -691,16 +765,19 @@ impl TeamStore for PgStore {
     }
 
     fn session_starting(&self, id: i64, worker: &str) -> CoreResult<Session> {
+        let _changed = self.changed();
         self.with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
         self.session_by_id(id)
     }
 
     fn session_started(&self, id: i64, machine: &str) -> CoreResult<Session> {
+        let _changed = self.changed();
         self.with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
         self.session_by_id(id)
     }
 
     fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_start_failed($1, $2, $3)",
@@ -711,6 +788,7 @@ impl TeamStore for PgStore {
     }
 
     fn session_stopping(&self, id: i64, force_off_at: &str) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_stopping($1, $2)",
@@ -721,6 +799,7 @@ impl TeamStore for PgStore {
     }
 
     fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> CoreResult<Session> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_ended($1, $2, $3)",
@@ -731,6 +810,7 @@ impl TeamStore for PgStore {
     }
 
     fn session_close_failed(&self, id: i64, reason: &str) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_close_failed($1, $2)",
@@ -741,6 +821,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> CoreResult<Vm> {
+        let _changed = self.changed();
         let name = action_name(action);
         // The function returns the row as it was before it marked it.
         let was: String = self
@@ -765,6 +846,7 @@ impl TeamStore for PgStore {
         forced_off: bool,
         as_system: bool,
     ) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_action_done($1, $2, $3, $4, $5, $6)",
@@ -782,6 +864,7 @@ impl TeamStore for PgStore {
     }
 
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_action_undo($1, $2)",
@@ -798,6 +881,7 @@ impl TeamStore for PgStore {
         error: Option<&str>,
         source: &str,
     ) -> CoreResult<Option<SyncChange>> {
+        let _changed = self.changed();
         let r = self.with(|c| {
             c.query_one(
                 "SELECT vm, was, now_status, terminated_session FROM vmdesk.vm_synced($1, $2, $3, $4)",
@@ -836,6 +920,7 @@ impl TeamStore for PgStore {
     }
 
     fn claim_pending(&self, worker: &str) -> CoreResult<Option<(String, i64, String)>> {
+        let _changed = self.changed();
         let r = self.with(|c| {
             c.query_one(
                 "SELECT o_kind, o_id, o_status FROM vmdesk.claim_pending($1)",
@@ -857,6 +942,7 @@ impl TeamStore for PgStore {
     }
 
     fn reclaim(&self, kind: &str, id: i64, dead: &str, me: &str) -> CoreResult<bool> {
+        let _changed = self.changed();
         Ok(self
             .with(|c| {
                 c.query_one(
@@ -868,6 +954,7 @@ impl TeamStore for PgStore {
     }
 
     fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.recovered_vm($1, $2, $3, $4)",
@@ -884,6 +971,7 @@ impl TeamStore for PgStore {
         dead: &str,
         vm_status: VmStatus,
     ) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.recovered_session($1, $2, $3, $4)",
@@ -903,6 +991,7 @@ impl TeamStore for PgStore {
         token_hash: &str,
         expires_at: &str,
     ) -> CoreResult<(u16, Vm)> {
+        let _changed = self.changed();
         let skip: Vec<i32> = skip.iter().map(|p| i32::from(*p)).collect();
         let r = self.with(|c| {
             c.query_one(
@@ -930,6 +1019,7 @@ impl TeamStore for PgStore {
         port: u16,
         token_hash: &str,
     ) -> CoreResult<(Vm, Option<String>)> {
+        let _changed = self.changed();
         let r = self.with(|c| {
             c.query_one(
                 "SELECT o_vm_id, o_error FROM vmdesk.console_redeem($1, $2, $3)",
@@ -947,6 +1037,7 @@ impl TeamStore for PgStore {
         reason: &str,
         recovery: bool,
     ) -> CoreResult<bool> {
+        let _changed = self.changed();
         Ok(self
             .with(|c| {
                 c.query_one(
@@ -958,6 +1049,7 @@ impl TeamStore for PgStore {
     }
 
     fn system_note(&self, action: &str, severity: Severity, details: Value) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
@@ -968,6 +1060,7 @@ impl TeamStore for PgStore {
     }
 
     fn note_failure(&self, action: &str, vm: Option<i64>, details: Value) -> CoreResult<()> {
+        let _changed = self.changed();
         self.with(|c| {
             c.execute(
                 "SELECT vmdesk.note_failure($1, $2, $3::text::jsonb)",
@@ -1021,6 +1114,7 @@ impl TeamStore for PgStore {
         observed: Option<i64>,
         cfg: vmdesk_core::BillingConfig,
     ) -> CoreResult<Option<Billed>> {
+        let _changed = self.changed();
         let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let r = self.with(|c| {
             c.query_one(

@@ -222,3 +222,68 @@ fn a_plain_user_hears_only_ids_and_types() {
         .get(0);
     assert_eq!(seen, 0, "ann cannot read bob's event");
 }
+
+/// A desk (`PgStore`) notifies after its commits, not inside them (the
+/// notify lock would serialise every commit of the cluster): its changes
+/// reach another login's listener within a second as a `change`, and a
+/// burst of writes is told together rather than one notify each.
+#[test]
+fn a_desks_writes_are_told_after_commit_and_bursts_together() {
+    use vmdesk_core::TeamStore;
+    use vmdesk_postgres::notifier::GAP;
+    use vmdesk_postgres::PgStore;
+
+    let s = Store::new();
+    let ann = s.user("ann", false);
+    let (_l, rx) = listener(&s, &ann);
+    connected(&rx);
+    let desk = PgStore::connect(s.target(&s.admin, &s.admin_pw)).unwrap();
+
+    // One write: told within a second, by the desk's notifier.
+    let t0 = Instant::now();
+    desk.credits_grant(&ann.0, 5, "listen test").unwrap();
+    let (id, kind, at) = event(&rx);
+    assert_eq!(
+        (id, kind.as_str()),
+        (0, "change"),
+        "the desk's own notify, not the trigger's"
+    );
+    assert!(at - t0 < Duration::from_secs(1));
+    // The trigger stayed silent for it: nothing else comes.
+    assert!(matches!(
+        rx.recv_timeout(GAP * 2),
+        Err(RecvTimeoutError::Timeout)
+    ));
+
+    // Twenty writes in a burst: a few notifies (one per GAP), not twenty,
+    // and the last write is told.
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        desk.credits_grant(&ann.0, 1, "burst").unwrap();
+    }
+    let burst = t0.elapsed();
+    let mut told = 0;
+    while let Ok((c, _)) = rx.recv_timeout(GAP * 3) {
+        assert_eq!(
+            c,
+            Change::Event {
+                id: 0,
+                kind: "change".into()
+            }
+        );
+        told += 1;
+    }
+    let most = 2 + (burst.as_secs_f64() / GAP.as_secs_f64()).ceil() as usize;
+    assert!(
+        (1..=most).contains(&told),
+        "{told} notifies for 20 writes in {burst:?}"
+    );
+    assert_eq!(desk.credits_show(&ann.0).unwrap().balance, 25);
+
+    // Anyone else's change (here the plain client) is still told by the
+    // trigger, at commit, with its event.
+    let mut admin = s.admin();
+    grant(&mut admin, &ann.0);
+    let (id, kind, _) = event(&rx);
+    assert!(id > 0 && kind == "billing", "{id} {kind}");
+}
