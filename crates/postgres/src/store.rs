@@ -576,20 +576,30 @@ impl TeamStore for PgStore {
 
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> CoreResult<Session> {
         let _changed = self.changed();
-        // One round trip: the session opened, with its names. The row comes
-        // from the function (the statement's snapshot predates it); what it
-        // names existed before.
+        // One round trip: the session opened and its VM's name. The row
+        // comes from the function (the statement's snapshot predates it);
+        // the user, project and workspace are the caller's own words.
         self.one(
-            "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name, s.status, s.error,
-                    vmdesk.ts(s.created_at), vmdesk.ts(s.updated_at), vmdesk.ts(s.started_at),
-                    vmdesk.ts(s.ended_at)
-             FROM vmdesk.session_open($1, $2, $3, $4) s
-             JOIN vmdesk.vms v ON v.id = s.vm_id
-             JOIN vmdesk.users u ON u.id = s.user_id
-             JOIN vmdesk.projects p ON p.id = s.project_id
-             LEFT JOIN vmdesk.workspaces w ON w.id = s.workspace_id",
+            "SELECT s.id, s.vm_id, v.name, s.status, s.error, vmdesk.ts(s.created_at),
+                    vmdesk.ts(s.updated_at), vmdesk.ts(s.started_at), vmdesk.ts(s.ended_at)
+             FROM vmdesk.session_open($1, $2, $3, $4) s JOIN vmdesk.vms v ON v.id = s.vm_id",
             &[&req.project, &req.workspace, &req.vm_type, &worker],
-            session_row,
+            |r| {
+                Ok(Session {
+                    id: r.get(0),
+                    vm_id: r.get(1),
+                    vm_name: r.get(2),
+                    user: self.login.clone(),
+                    project: req.project.clone(),
+                    workspace: req.workspace.clone(),
+                    status: parse(r.get(3))?,
+                    error: r.get(4),
+                    created_at: r.get(5),
+                    updated_at: r.get(6),
+                    started_at: r.get(7),
+                    ended_at: r.get(8),
+                })
+            },
         )
     }
 
