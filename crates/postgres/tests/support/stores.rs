@@ -230,6 +230,18 @@ impl Desks {
         self.team.as_ref().expect("a team store")
     }
 
+    /// Writes the store behind the core's back, as a hand or another client
+    /// could: `sqlite` on the embedded store's file, or `postgres` as the
+    /// cluster's superuser on the team store (its tables are in the `vmdesk`
+    /// schema). Returns the rows changed.
+    pub fn write_store(&self, sqlite: &str, postgres: &str) -> u64 {
+        match (&self.embedded, &self.team) {
+            (Some((dir, _)), _) => common::db(dir.path()).execute(sqlite, []).unwrap() as u64,
+            (None, Some(s)) => s.superuser().execute(postgres, &[]).unwrap(),
+            (None, None) => unreachable!("desks are on one store or the other"),
+        }
+    }
+
     /// The test host's machines.
     pub fn host(&self) -> &common::MemoryHost {
         &self.hosts.0
