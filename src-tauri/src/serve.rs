@@ -26,6 +26,9 @@ use crate::cli::{data_dir, open_core, settings, Global};
 const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// How often a leader looks for pending work and for work of dead workers.
 const WORK_EVERY: Duration = Duration::from_secs(2);
+/// How often a leader sweeps the hosts for marked machines without a row
+/// (the quarantine), besides when it starts to lead.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
 
 /// Runs `vmdesk serve`. Without `foreground`, starts itself again detached
 /// (its own process group, output to `serve.log` in the data directory) and
@@ -134,8 +137,20 @@ pub fn run(g: &Global, foreground: bool) -> anyhow::Result<()> {
         std::thread::scope(|scope| {
             // Work desks left to a worker, and the work of desks that died.
             scope.spawn(|| {
+                let mut swept: Option<Instant> = None;
                 while leading.load(Ordering::SeqCst) {
-                    if let Err(e) = core.recover() {
+                    if swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                        swept = Some(Instant::now());
+                        // Recovery, console ports and the quarantine of every host.
+                        match core.recover_all(&g.actor) {
+                            Ok(done) => {
+                                for e in done {
+                                    eprintln!("serve: {}: {}", e.action, e.details);
+                                }
+                            }
+                            Err(e) => eprintln!("serve: recovery: {}", e.one_line()),
+                        }
+                    } else if let Err(e) = core.recover() {
                         eprintln!("serve: recovery: {}", e.one_line());
                     }
                     if let Err(e) = core.drive_pending() {

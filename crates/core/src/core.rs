@@ -856,9 +856,40 @@ impl Core {
         pool: &str,
         vm_type: Option<&str>,
     ) -> Result<ImportReport> {
-        self.embedded_only("host import")?;
         if let Some(t) = vm_type {
             validate::name("VM type", t)?;
+        }
+        if let Some(t) = self.team_as(actor)? {
+            if t.whoami()?.role != Role::Admin {
+                return Err(Error::AdminOnly("import VMs"));
+            }
+            let h = t.host(host_name)?;
+            let machines =
+                self.provider(host_name)?
+                    .inventory()
+                    .map_err(|source| Error::Provider {
+                        host: host_name.to_owned(),
+                        source,
+                    })?;
+            let offer: Vec<crate::ImportMachine> = machines
+                .iter()
+                .map(|m| {
+                    let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
+                    crate::ImportMachine {
+                        machine: m.machine.clone(),
+                        name: m.name.clone(),
+                        names: import_names(&h.name, &m.name),
+                        vm_type: validate::name("VM type", &vm_type).ok().map(|()| vm_type),
+                        size: m.size.clone(),
+                        os_type: m.os_type.clone(),
+                        ram_mb: m.ram_mb,
+                        disk_gb: m.disk_gb,
+                        cpu_cores: m.cpu_cores,
+                        status: import_status(m.power),
+                    }
+                })
+                .collect();
+            return t.vm_import(host_name, pool, &offer);
         }
         {
             let db = self.db();
@@ -889,9 +920,9 @@ impl Core {
                 let taken = |name: &str| -> Result<bool> {
                     Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM vms WHERE name = ?1)", [name], |r| r.get(0))?)
                 };
-                let name = [m.name.clone(), format!("{}-{}", h.name, m.name)]
+                let name = import_names(&h.name, &m.name)
                     .into_iter()
-                    .find(|n| validate::vm_name(n).is_ok() && !taken(n).unwrap_or(true));
+                    .find(|n| !taken(n).unwrap_or(true));
                 let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
                 let (Some(name), Ok(())) = (name, validate::name("VM type", &vm_type)) else {
                     report.skipped.push(Skipped {
@@ -900,11 +931,7 @@ impl Core {
                     });
                     continue;
                 };
-                let status = match m.power {
-                    PowerState::Running => VmStatus::Running,
-                    s if s.is_off() => VmStatus::Stopped,
-                    _ => VmStatus::Unknown,
-                };
+                let status = import_status(m.power);
                 let ts = now();
                 tx.execute(
                     "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
@@ -1272,4 +1299,22 @@ fn statement(conn: &Connection, u: &User) -> Result<CreditStatement> {
         balance,
         entries: ledger::entries(conn, u.id)?,
     })
+}
+
+/// The vmdesk names an imported machine may take, best first: its own, then
+/// prefixed with its host's; only valid ones.
+fn import_names(host: &str, machine_name: &str) -> Vec<String> {
+    [machine_name.to_owned(), format!("{host}-{machine_name}")]
+        .into_iter()
+        .filter(|n| validate::vm_name(n).is_ok())
+        .collect()
+}
+
+/// An imported machine's state as a VM's.
+fn import_status(power: PowerState) -> VmStatus {
+    match power {
+        PowerState::Running => VmStatus::Running,
+        s if s.is_off() => VmStatus::Stopped,
+        _ => VmStatus::Unknown,
+    }
 }

@@ -36,5 +36,5 @@ pub use crate::model::*;
 pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
 pub use crate::store::ago;
 pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
-pub use crate::team::{Billed, OpenConsole, TeamStore};
+pub use crate::team::{Billed, ImportMachine, OpenConsole, TeamStore};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

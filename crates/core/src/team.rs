@@ -194,6 +194,53 @@ pub trait TeamStore: Send + Sync {
         observed: Option<i64>,
         cfg: crate::BillingConfig,
     ) -> Result<Option<Billed>>;
+    /// Adopts machines of a host as VMs of a pool (admin); known machines
+    /// are passed over.
+    fn vm_import(&self, host: &str, pool: &str, machines: &[ImportMachine])
+        -> Result<ImportReport>;
+    /// Whether a machine on a host has a live VM row, and whether it is
+    /// quarantined (admin).
+    fn machine_known(&self, host: &str, machine: &str) -> Result<(bool, bool)>;
+    /// Quarantines a marked machine without a row (admin); false if it has
+    /// one or was quarantined already.
+    fn quarantine_add(&self, host: &str, machine: &str, powered_off: bool) -> Result<bool>;
+    /// Forgets a host's quarantined machines that are no longer among its
+    /// `marked` ones, or that have a row again (admin).
+    fn quarantine_keep(&self, host: &str, marked: &[String]) -> Result<()>;
+    /// The quarantined machines, oldest first (admin).
+    fn quarantined(&self) -> Result<Vec<Quarantined>>;
+    /// A quarantined machine was deleted from its host (admin).
+    fn quarantine_purged(&self, host: &str, machine: &str) -> Result<()>;
+    /// Merges `patch` (an object of strings) into a VM's metadata (its owner
+    /// or an admin).
+    fn vm_meta(&self, vm: &str, patch: &serde_json::Value) -> Result<Vm>;
+}
+
+/// A host's machine as an import offers it to the team store: the names it
+/// may take (valid ones, best first), its type (none: no valid one), size
+/// and state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImportMachine {
+    /// Its id on the host.
+    pub machine: String,
+    /// Its name on the host.
+    pub name: String,
+    /// The vmdesk names it may take, best first.
+    pub names: Vec<String>,
+    /// Its vmdesk type, if valid.
+    pub vm_type: Option<String>,
+    /// The host's name of its size.
+    pub size: String,
+    /// Operating system.
+    pub os_type: String,
+    /// Memory in MB.
+    pub ram_mb: i64,
+    /// OS disk in GB.
+    pub disk_gb: i64,
+    /// Virtual CPUs.
+    pub cpu_cores: i64,
+    /// Its state now.
+    pub status: VmStatus,
 }
 
 /// An open console of a desk on a team store.

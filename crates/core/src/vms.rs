@@ -660,12 +660,32 @@ impl Core {
     /// admin purges it (see [`Core::purge_quarantine`]); each is an event.
     /// Returns the machines newly quarantined.
     pub fn sweep_host(&self, host: &str) -> Result<Vec<String>> {
-        self.embedded_only("the sweep of a host's machines")?;
         let p = self.provider(host)?;
         let err = |source| Error::Provider {
             host: host.to_owned(),
             source,
         };
+        if let Some(t) = self.team() {
+            // Only an admin sees every row: anyone else would take the
+            // machines of other users' VMs for leftovers.
+            if t.whoami()?.role != Role::Admin {
+                return Err(Error::AdminOnly("run recovery"));
+            }
+            let marked = p.marked(&self.install_id).map_err(err)?;
+            let mut found = Vec::new();
+            for machine in &marked {
+                let (has_row, quarantined) = t.machine_known(host, machine)?;
+                if has_row || quarantined {
+                    continue;
+                }
+                let stopped = self.power_off_leftover(&*p, host, machine);
+                if t.quarantine_add(host, machine, stopped)? {
+                    found.push(machine.clone());
+                }
+            }
+            t.quarantine_keep(host, &marked)?;
+            return Ok(found);
+        }
         let marked = p.marked(&self.install_id).map_err(err)?;
         let host_id: i64 =
             self.db()
@@ -691,13 +711,7 @@ impl Core {
             if known {
                 continue;
             }
-            let stopped = match p.force_off(machine) {
-                Ok(()) | Err(crate::provider::ProviderError::NotFound(_)) => true,
-                Err(e) => {
-                    tracing::warn!(%host, %machine, error = %e, "powering off a quarantined machine");
-                    false
-                }
-            };
+            let stopped = self.power_off_leftover(&*p, host, machine);
             self.write(|tx| {
                 tx.execute(
                     "INSERT OR IGNORE INTO quarantine (host_id, machine, found_at) VALUES (?1, ?2, ?3)",
@@ -738,6 +752,22 @@ impl Core {
         Ok(found)
     }
 
+    /// Powers off a machine found without a row; whether it is off.
+    fn power_off_leftover(
+        &self,
+        p: &dyn crate::provider::Provider,
+        host: &str,
+        machine: &str,
+    ) -> bool {
+        match p.force_off(machine) {
+            Ok(()) | Err(crate::provider::ProviderError::NotFound(_)) => true,
+            Err(e) => {
+                tracing::warn!(%host, %machine, error = %e, "powering off a quarantined machine");
+                false
+            }
+        }
+    }
+
     fn has_row(&self, machine: &str) -> Result<bool> {
         Ok(self.db().query_row(
             "SELECT count(*) > 0 FROM vms WHERE provider_id = ?1 AND status <> 'DESTROYED'",
@@ -748,7 +778,9 @@ impl Core {
 
     /// The quarantined machines (admin only), oldest first.
     pub fn quarantined(&self, actor: &str) -> Result<Vec<Quarantined>> {
-        self.embedded_only("the quarantine")?;
+        if let Some(t) = self.team_as(actor)? {
+            return t.quarantined();
+        }
         let conn = self.db();
         crate::core::admin(&conn, actor, "list quarantined machines")?;
         let rows = conn
@@ -771,8 +803,17 @@ impl Core {
     /// `grace` ago that still have no VM row (admin only); each is an event.
     /// Returns the machines deleted.
     pub fn purge_quarantine(&self, actor: &str, grace: Duration) -> Result<Vec<Quarantined>> {
-        self.embedded_only("the quarantine")?;
-        let a = crate::core::admin(&self.db(), actor, "purge quarantined machines")?;
+        let team = self.team_as(actor)?;
+        let a = match team {
+            Some(t) => {
+                let a = t.whoami()?;
+                if a.role != Role::Admin {
+                    return Err(Error::AdminOnly("purge quarantined machines"));
+                }
+                a
+            }
+            None => crate::core::admin(&self.db(), actor, "purge quarantined machines")?,
+        };
         let due: Vec<Quarantined> = self
             .quarantined(actor)?
             .into_iter()
@@ -780,7 +821,11 @@ impl Core {
             .collect();
         let mut purged = Vec::new();
         for q in due {
-            if self.has_row(&q.machine)? {
+            let has_row = match team {
+                Some(t) => t.machine_known(&q.host, &q.machine)?.0,
+                None => self.has_row(&q.machine)?,
+            };
+            if has_row {
                 continue;
             }
             let p = self.provider(&q.host)?;
@@ -796,6 +841,11 @@ impl Core {
             not_found_ok(p.force_off(&q.machine)).map_err(err)?;
             not_found_ok(p.undefine(&q.machine)).map_err(err)?;
             not_found_ok(p.delete_disk(&q.machine)).map_err(err)?;
+            if let Some(t) = team {
+                t.quarantine_purged(&q.host, &q.machine)?;
+                purged.push(q);
+                continue;
+            }
             self.write(|tx| {
                 tx.execute(
                     "DELETE FROM quarantine WHERE machine = ?1 AND host_id = (SELECT id FROM hosts WHERE name = ?2)",
@@ -821,7 +871,31 @@ impl Core {
     /// into quarantine (see [`Core::sweep_host`]); admin only. Returns what
     /// was done, as events.
     pub fn recover_all(&self, actor: &str) -> Result<Vec<Event>> {
-        self.embedded_only("recover (the quarantine of a host's unknown machines)")?;
+        if let Some(t) = self.team_as(actor)? {
+            if t.whoami()?.role != Role::Admin {
+                return Err(Error::AdminOnly("run recovery"));
+            }
+            let before = t.events(1)?.first().map_or(0, |e| e.id);
+            self.recover()?;
+            self.console_cleanup()?;
+            for h in t.host_list()? {
+                if let Err(e) = self.sweep_host(&h.name) {
+                    tracing::warn!(host = %h.name, error = %e.one_line(), "sweep");
+                }
+            }
+            let q = crate::EventQuery {
+                after: Some(before),
+                limit: 10_000,
+                ..Default::default()
+            };
+            let mut done: Vec<Event> = t
+                .events_query(&q, None)?
+                .into_iter()
+                .filter(|e| e.action.starts_with("recovery."))
+                .collect();
+            done.reverse();
+            return Ok(done);
+        }
         crate::core::admin(&self.db(), actor, "run recovery")?;
         let before: i64 =
             self.db()
@@ -1029,6 +1103,9 @@ impl Core {
                 ))
             })?;
             patch.insert(k.clone(), json!(v));
+        }
+        if let Some(t) = self.team_as(actor)? {
+            return t.vm_meta(vm, &serde_json::Value::Object(patch));
         }
         self.write(|tx| {
             let a = user(tx, actor)?;

@@ -1,11 +1,10 @@
 //! A user's own VMs: creation for credits, actions, metadata.
 //!
-//! Embedded-store only: metadata_is_merged (vm_meta is not on the team store
-//! yet: not_on_team_store); an_imported_image_joins_the_catalog_and_a_bad_file_does_not
+//! Embedded-store only: an_imported_image_joins_the_catalog_and_a_bad_file_does_not
 //! (the OS catalog is each desk's own files in its data dir, not the
 //! store's); an_all_digit_vm_name_is_refused_and_a_number_finds_a_vm_by_id
 //! (writes a legacy row into the SQLite file). The other VM tests run on
-//! both stores in crates/postgres/tests/core_vms.rs.
+//! both stores in crates/postgres/tests/core_vms.rs (metadata in core_admin.rs).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -29,23 +28,6 @@ fn with_user(credits: i64) -> (tempfile::TempDir, MemoryFactory, vmdesk_core::Co
     let (dir, hosts, core) = with_pool(0);
     core.user_add("admin", "ann", false, credits).unwrap();
     (dir, hosts, core)
-}
-
-#[test]
-fn metadata_is_merged() {
-    let (_dir, _hosts, core) = with_user(100);
-    core.vm_create("ann", &spec("w1"), true, None).unwrap();
-    core.vm_meta("ann", "w1", &[("team".into(), "red".into())])
-        .unwrap();
-    let vm = core
-        .vm_meta("ann", "w1", &[("owner".into(), "ann".into())])
-        .unwrap();
-    assert_eq!(vm.metadata["team"], "red");
-    assert_eq!(vm.metadata["owner"], "ann");
-    assert_eq!(vm.metadata["cost"], 34);
-    assert!(core
-        .vm_meta("ann", "w1", &[("bad key".into(), "x".into())])
-        .is_err());
 }
 
 #[test]

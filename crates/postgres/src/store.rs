@@ -14,8 +14,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
 use vmdesk_core::{
-    Billed, Error as CoreError, OpenConsole, Result as CoreResult, RuntimeCharge, SyncChange,
-    TeamStore,
+    Billed, Error as CoreError, ImportMachine, OpenConsole, Result as CoreResult, RuntimeCharge,
+    SyncChange, TeamStore,
 };
 
 use crate::notifier::Notifier;
@@ -26,9 +26,9 @@ pub struct PgStore {
     target: Target,
     login: String,
     client: Mutex<Option<Client>>,
-    /// This process's workers: their liveness locks are taken again on
+    /// The keys of this process's workers' liveness locks, taken again on
     /// every new connection.
-    workers: Mutex<Vec<String>>,
+    workers: Mutex<Vec<i64>>,
     /// Statements prepared on the current connection, by their text.
     prepared: Mutex<HashMap<String, Statement>>,
     /// Tells the other desks of this one's writes, after they commit.
@@ -49,8 +49,9 @@ impl Drop for Changed<'_> {
 /// (see [`crate::notifier`]).
 const NOTIFY_AFTER_COMMIT: &str = "SET vmdesk.notify = 'after_commit'";
 
-/// The advisory lock a live worker holds (see `vmdesk.worker_alive`).
-const WORKER_LOCK: &str = "SELECT pg_advisory_lock(7283462, hashtext($1))";
+/// The advisory lock a live worker holds, by the secret key the store gave
+/// it (see `vmdesk.worker_register` and `vmdesk.worker_alive`).
+const WORKER_LOCK: &str = "SELECT pg_advisory_lock($1)";
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -310,6 +311,10 @@ fn admin_action(action: &str) -> &'static str {
         "list every user's sessions",
         "list every user's VMs",
         "see another user's credits",
+        "import VMs",
+        "run recovery",
+        "list quarantined machines",
+        "purge quarantined machines",
     ];
     KNOWN
         .iter()
@@ -915,11 +920,17 @@ impl TeamStore for PgStore {
     }
 
     fn register_worker(&self, worker: &str) -> CoreResult<()> {
-        self.with(|c| c.execute(WORKER_LOCK, &[&worker]))?;
+        let key: i64 = self.with(|c| {
+            let key: i64 = c
+                .query_one("SELECT vmdesk.worker_register($1)", &[&worker])?
+                .get(0);
+            c.execute(WORKER_LOCK, &[&key])?;
+            Ok(key)
+        })?;
         self.workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(worker.to_owned());
+            .push(key);
         Ok(())
     }
 
@@ -1172,6 +1183,97 @@ impl TeamStore for PgStore {
             &[&limit],
             event_row,
         )
+    }
+
+    fn vm_import(
+        &self,
+        host: &str,
+        pool: &str,
+        machines: &[ImportMachine],
+    ) -> CoreResult<ImportReport> {
+        let _changed = self.changed();
+        let offer = serde_json::to_string(machines).map_err(|e| CoreError::Store(e.to_string()))?;
+        let rows = self.query(
+            "SELECT machine, vm_id, skipped FROM vmdesk.vm_import($1, $2, $3::text::jsonb)",
+            &[&host, &pool, &offer],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<i64>>(1),
+                    r.get::<_, Option<String>>(2),
+                ))
+            },
+        )?;
+        let mut report = ImportReport::default();
+        for (machine, vm, skipped) in rows {
+            match (vm, skipped) {
+                (Some(id), _) => report.imported.push(self.vm(&id.to_string())?),
+                (None, reason) => report.skipped.push(Skipped {
+                    machine,
+                    reason: reason.unwrap_or_default(),
+                }),
+            }
+        }
+        Ok(report)
+    }
+
+    fn machine_known(&self, host: &str, machine: &str) -> CoreResult<(bool, bool)> {
+        self.one(
+            "SELECT o_has_row, o_quarantined FROM vmdesk.machine_known($1, $2)",
+            &[&host, &machine],
+            |r| Ok((r.get(0), r.get(1))),
+        )
+    }
+
+    fn quarantine_add(&self, host: &str, machine: &str, powered_off: bool) -> CoreResult<bool> {
+        let _changed = self.changed();
+        self.one(
+            "SELECT vmdesk.quarantine_add($1, $2, $3)",
+            &[&host, &machine, &powered_off],
+            |r| Ok(r.get(0)),
+        )
+    }
+
+    fn quarantine_keep(&self, host: &str, marked: &[String]) -> CoreResult<()> {
+        self.with(|c| c.execute("SELECT vmdesk.quarantine_keep($1, $2)", &[&host, &marked]))?;
+        Ok(())
+    }
+
+    fn quarantined(&self) -> CoreResult<Vec<Quarantined>> {
+        self.require_admin("list quarantined machines")?;
+        self.query(
+            "SELECT h.name, q.machine, vmdesk.ts(q.found_at) FROM vmdesk.quarantine q
+             JOIN vmdesk.hosts h ON h.id = q.host_id ORDER BY q.found_at, q.machine",
+            &[],
+            |r| {
+                Ok(Quarantined {
+                    host: r.get(0),
+                    machine: r.get(1),
+                    found_at: r.get(2),
+                })
+            },
+        )
+    }
+
+    fn quarantine_purged(&self, host: &str, machine: &str) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.with(|c| {
+            c.execute(
+                "SELECT vmdesk.quarantine_purged($1, $2)",
+                &[&host, &machine],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn vm_meta(&self, vm: &str, patch: &Value) -> CoreResult<Vm> {
+        let _changed = self.changed();
+        let id: i64 = self.one(
+            "SELECT vmdesk.vm_meta($1, $2::text::jsonb)",
+            &[&vm, &patch.to_string()],
+            |r| Ok(r.get(0)),
+        )?;
+        self.vm(&id.to_string())
     }
 }
 

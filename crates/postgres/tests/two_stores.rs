@@ -668,7 +668,7 @@ both!(
 );
 
 #[test]
-fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
+fn on_a_team_store_one_is_ones_login() {
     let d = Desks::new(Kind::Team);
     let ann = d.user("ann", false, 0);
     let a = d.admin();
@@ -680,9 +680,9 @@ fn on_a_team_store_one_is_ones_login_and_what_is_not_offered_yet_says_so() {
         .unwrap_err();
     assert_eq!(err.code(), "forbidden", "{err}");
     assert!(err.to_string().contains("you are your login"), "{err}");
-    // An operation the team store does not offer yet does not fall back on
-    // the desk's own file.
+    // What the store refuses a plain login is refused, not read from the
+    // desk's own file.
     let err = core.quarantined(&ann).unwrap_err();
-    assert_eq!(err.code(), "not_on_team_store", "{err}");
+    assert_eq!(err.code(), "admin_only", "{err}");
     assert_eq!(core.team().unwrap().login(), ann);
 }

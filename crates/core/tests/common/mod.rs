@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{
+    Machine, MachineSpec, PowerState, Provider, ProviderError, ProviderFactory,
+};
 use vmdesk_core::{Core, NewVm, OpenOptions};
 
 /// Machines in memory; `refuse_start` makes every start fail.
@@ -22,6 +24,8 @@ pub struct MemoryHost {
     pub ignore_shutdown: Mutex<bool>,
     /// How long a forced power-off takes.
     pub force_off_delay: Mutex<Duration>,
+    /// What an import finds on the host.
+    pub inventory: Mutex<Vec<Machine>>,
 }
 
 impl MemoryHost {
@@ -99,6 +103,10 @@ impl Provider for MemoryHost {
         self.check()?;
         self.state(machine)
             .ok_or_else(|| ProviderError::NotFound(machine.into()))
+    }
+    fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
+        self.check()?;
+        Ok(self.inventory.lock().unwrap().clone())
     }
 }
 
