@@ -39,6 +39,15 @@ BEGIN
             USING ERRCODE = '42501',
             DETAIL = json_build_object('forbidden', 'register another user''s worker')::text;
     END IF;
+    -- The caller's registrations whose process is gone are forgotten (an
+    -- unknown worker is a dead one anyway), so the table does not grow with
+    -- every start of every desk.
+    DELETE FROM vmdesk.workers o
+     WHERE o.user_id = a.id AND o.worker <> p_worker
+       AND NOT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                       WHERE l.locktype = 'advisory' AND d.datname = current_database()
+                         AND l.classid = ((o.lock_key >> 32) & 4294967295)::oid
+                         AND l.objid = (o.lock_key & 4294967295)::oid AND l.objsubid = 1 AND l.granted);
     RETURN w.lock_key;
 END $$;
 

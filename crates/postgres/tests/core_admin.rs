@@ -346,4 +346,29 @@ fn no_login_can_keep_another_desks_worker_looking_alive() {
         .get(0);
     assert!(!alive, "a dead desk's worker looks alive");
     let _ = a;
+
+    // Ann's next desk forgets the dead registration; a live one stays.
+    let mut live = d.team_store().connect(&ann, &ann_pw);
+    let key: i64 = live
+        .query_one("SELECT vmdesk.worker_register('desk-ann-live')", &[])
+        .unwrap()
+        .get(0);
+    live.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+    let mut next = d.team_store().connect(&ann, &ann_pw);
+    next.query_one("SELECT vmdesk.worker_register('desk-ann-next')", &[])
+        .unwrap();
+    let mut kept: Vec<String> = d
+        .team_store()
+        .superuser()
+        .query(
+            "SELECT w.worker FROM vmdesk.workers w JOIN vmdesk.users u ON u.id = w.user_id
+             WHERE u.name = $1",
+            &[&ann],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["desk-ann-live", "desk-ann-next"]);
 }
