@@ -353,7 +353,8 @@ fn no_login_can_keep_another_desks_worker_looking_alive() {
         .query_one("SELECT vmdesk.worker_register('desk-ann-live')", &[])
         .unwrap()
         .get(0);
-    live.execute("SELECT pg_advisory_lock($1)", &[&key]).unwrap();
+    live.execute("SELECT pg_advisory_lock($1)", &[&key])
+        .unwrap();
     let mut next = d.team_store().connect(&ann, &ann_pw);
     next.query_one("SELECT vmdesk.worker_register('desk-ann-next')", &[])
         .unwrap();
