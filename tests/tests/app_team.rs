@@ -10,7 +10,8 @@
 //! - the admin grants ann credits in the admin's window: ann's header
 //!   balance follows by itself within a second;
 //! - the admin adds a user: the login's password is shown once and works;
-//! - the settings page shows the store's URL without its password.
+//! - the settings page shows the store's URL without its password;
+//! - the admin sets a pool VM's metadata from its detail.
 //!
 //! A console on a team store: app_team_console, on the real QEMU host.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -244,6 +245,24 @@ fn two_desks_on_one_team_store_see_each_others_changes_pushed() {
         b.nav("pools").await;
         b.wait_text(r#"[data-testid^="session-status-"]"#, "ACTIVE", |s| s == "ACTIVE")
             .await;
+
+        // 7. The admin notes something on a pool VM from its detail (VM
+        // metadata, kept by the team store): it shows in the table.
+        a.nav("vms").await;
+        a.click(r#"button[aria-label="Details of lab-vm1"]"#).await;
+        a.fill(r#"form[aria-label="Set metadata"] label:nth-of-type(1) input"#, "course")
+            .await;
+        a.fill(r#"form[aria-label="Set metadata"] label:nth-of-type(2) input"#, "os101")
+            .await;
+        a.click(r#"form[aria-label="Set metadata"] button[type="submit"]"#)
+            .await;
+        let table = a
+            .wait_text(r#"table[aria-label="Metadata"]"#, "the new metadata", |s| {
+                s.contains("course") && s.contains("os101")
+            })
+            .await;
+        assert!(!table.contains("error"), "{table}");
+        a.shot("vm-metadata").await;
 
         a.close().await;
         b.close().await;
