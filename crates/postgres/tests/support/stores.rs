@@ -242,6 +242,74 @@ impl Desks {
         }
     }
 
+    /// The id of a worker of `user`'s whose process has died: on the
+    /// embedded store an id no process holds (a worker's lock file goes
+    /// with it), on the team store a worker a desk of `user`'s registered
+    /// before its connection ended (returned once the store no longer
+    /// holds its lock).
+    pub fn dead_worker(&self, user: &str) -> String {
+        use vmdesk_core::TeamStore as _;
+        let id = format!("4242-{}", vmdesk_postgres::testing::token(12));
+        let Some(s) = &self.team else {
+            return id;
+        };
+        let desk = PgStore::connect(s.target(user, &self.password(user))).expect("desk connects");
+        desk.register_worker(&id).unwrap();
+        let a = self.admin();
+        let alive = |id: &str| self.with(&a, |c, _| c.team().unwrap().worker_alive(id).unwrap());
+        assert!(alive(&id), "a worker lives while its connection does");
+        drop(desk);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive(&id) {
+            assert!(
+                std::time::Instant::now() < end,
+                "a dead desk's worker still looks alive after 5 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        id
+    }
+
+    /// The ids of the live workers of `user`'s processes: on the embedded
+    /// store every worker of the data dir (its lock files), on the team
+    /// store the workers of `user`'s whose lock the store holds.
+    pub fn live_workers(&self, user: &str) -> Vec<String> {
+        match (&self.embedded, &self.team) {
+            (Some((dir, _)), _) => {
+                let mut ids: Vec<String> = std::fs::read_dir(dir.path().join("workers"))
+                    .map(|r| {
+                        r.map(|e| {
+                            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                            name.trim_end_matches(".lock").to_owned()
+                        })
+                        .collect()
+                    })
+                    .unwrap_or_default();
+                ids.sort();
+                ids
+            }
+            (None, Some(s)) => s
+                .superuser()
+                .query(
+                    // As vmdesk.worker_alive tells it: the lock of its key is held.
+                    "SELECT w.worker FROM vmdesk.workers w JOIN vmdesk.users u ON u.id = w.user_id
+                      WHERE u.name = $1 AND EXISTS (
+                        SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database
+                         WHERE l.locktype = 'advisory' AND d.datname = current_database()
+                           AND l.classid = ((w.lock_key >> 32) & 4294967295)::oid
+                           AND l.objid = (w.lock_key & 4294967295)::oid
+                           AND l.objsubid = 1 AND l.granted)
+                      ORDER BY 1",
+                    &[&user],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+            (None, None) => unreachable!("desks are on one store or the other"),
+        }
+    }
+
     /// The test host's machines.
     pub fn host(&self) -> &common::MemoryHost {
         &self.hosts.0
