@@ -112,7 +112,11 @@ impl Core {
              WHERE (?1 IS NULL
                     OR e.actor = (SELECT name FROM users WHERE id = ?1)
                     OR e.vm_id IN (SELECT id FROM vms WHERE owner_user_id = ?1)
-                    OR e.session_id IN (SELECT id FROM sessions WHERE user_id = ?1))
+                    OR e.session_id IN (SELECT id FROM sessions WHERE user_id = ?1)
+                    -- About them: their account and credits (as the team
+                    -- store's events.subject_id).
+                    OR (e.type IN ('admin', 'billing')
+                        AND json_extract(e.details, '$.user') = (SELECT name FROM users WHERE id = ?1)))
                AND (?2 = '' OR instr(',' || ?2 || ',', ',' || e.type || ',') > 0)
                AND (?3 = '' OR instr(',' || ?3 || ',', ',' || e.severity || ',') > 0)
                AND e.id > ?4

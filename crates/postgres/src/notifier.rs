@@ -70,8 +70,12 @@ impl Notifier {
     /// the network.
     pub fn poke(&self) {
         let (state, wake) = &*self.shared;
-        state.lock().unwrap_or_else(|p| p.into_inner()).pending = true;
-        wake.notify_one();
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        // Already pending: the thread will send it; no need to wake it.
+        if !s.pending {
+            s.pending = true;
+            wake.notify_one();
+        }
     }
 }
 
