@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use stores::{Desks, Kind};
 use vmdesk_core::provider::{Machine, PowerState};
-use vmdesk_core::{SessionRequest, SessionStatus, VmCreate, VmStatus};
+use vmdesk_core::{SessionRequest, SessionStatus, VmStatus};
 
 fn machine(id: &str, name: &str, power: PowerState) -> Machine {
     Machine {
@@ -186,21 +186,7 @@ both!(metadata_is_merged_by_its_owner_or_an_admin, |d| {
     let ann = d.user("ann", false, 100);
     let bob = d.user("bob", false, 0);
     d.with(&ann, |c, me| {
-        c.vm_create(
-            me,
-            &VmCreate {
-                name: "w1".into(),
-                ram_mb: 1024,
-                disk_gb: 20,
-                cpu_cores: 2,
-                os_type: "blank".into(),
-                host: None,
-                start: true,
-            },
-            true,
-            None,
-        )
-        .unwrap();
+        c.vm_create(me, &stores::own_vm("w1"), true, None).unwrap();
         c.vm_meta(me, "w1", &[("team".into(), "red".into())])
             .unwrap();
         let vm = c
@@ -240,21 +226,7 @@ both!(metadata_of_a_destroyed_vm_is_refused, |d| {
     d.pool(0);
     let ann = d.user("ann", false, 100);
     d.with(&ann, |c, me| {
-        c.vm_create(
-            me,
-            &VmCreate {
-                name: "w1".into(),
-                ram_mb: 1024,
-                disk_gb: 20,
-                cpu_cores: 2,
-                os_type: "blank".into(),
-                host: None,
-                start: true,
-            },
-            true,
-            None,
-        )
-        .unwrap();
+        c.vm_create(me, &stores::own_vm("w1"), true, None).unwrap();
         c.vm_action(me, "w1", vmdesk_core::VmAction::Destroy)
             .unwrap();
         let err = c

@@ -16,15 +16,7 @@ use stores::Desks;
 use vmdesk_core::{LedgerKind, Role, SessionRequest, SessionStatus, VmCreate, VmStatus};
 
 fn spec(name: &str) -> VmCreate {
-    VmCreate {
-        name: name.into(),
-        ram_mb: 1024,
-        disk_gb: 20,
-        cpu_cores: 2,
-        os_type: "blank".into(),
-        host: None,
-        start: true,
-    }
+    stores::own_vm(name)
 }
 
 /// `user`'s VM `name`, created and running since the instant returned.

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use stores::{Desks, Kind};
 use vmdesk_core::provider::PowerState;
-use vmdesk_core::{SessionRequest, SessionStatus, Vm, VmAction, VmCreate, VmStatus};
+use vmdesk_core::{SessionRequest, SessionStatus, Vm, VmAction, VmStatus};
 
 /// Desks whose guests ignore ACPI and are forced off after 1.5 s, a project
 /// `p` on host `h`, and a user `ann` with 500 credits.
@@ -30,23 +30,7 @@ fn ann(d: &Desks) -> String {
 }
 
 fn create(d: &Desks, user: &str, name: &str) {
-    d.with(user, |c, me| {
-        c.vm_create(
-            me,
-            &VmCreate {
-                name: name.into(),
-                ram_mb: 1024,
-                disk_gb: 20,
-                cpu_cores: 2,
-                os_type: "blank".into(),
-                host: None,
-                start: true,
-            },
-            true,
-            None,
-        )
-        .unwrap()
-    });
+    d.create_vm(user, name);
 }
 
 /// What another process of `user`'s desk sees of `name` once `until` holds

@@ -17,15 +17,7 @@ use vmdesk_core::provider::{PowerState, Provider};
 use vmdesk_core::{Progress, SessionRequest, VmAction, VmCreate, VmStatus};
 
 fn spec(name: &str) -> VmCreate {
-    VmCreate {
-        name: name.into(),
-        ram_mb: 1024,
-        disk_gb: 20,
-        cpu_cores: 2,
-        os_type: "blank".into(),
-        host: None,
-        start: true,
-    }
+    stores::own_vm(name)
 }
 
 fn req() -> SessionRequest {

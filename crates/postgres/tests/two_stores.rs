@@ -410,16 +410,7 @@ both!(
         d.pool(1);
         let ann = d.user("ann", false, 1000);
         let bob = d.user("bob", false, 1000);
-        let spec = VmCreate {
-            name: "mine".into(),
-            ram_mb: 1024,
-            disk_gb: 20,
-            cpu_cores: 2,
-            os_type: "blank".into(),
-            host: None,
-            start: true,
-        };
-        d.with(&ann, |c, me| c.vm_create(me, &spec, true, None).unwrap());
+        d.create_vm(&ann, "mine");
         let s = d.with(&bob, |c, me| c.session_open(me, &req(), true).unwrap());
         let later = chrono::Utc::now() + chrono::Duration::hours(2);
         let a = d.admin();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use vmdesk_core::{Core, OpenOptions};
+use vmdesk_core::{Core, OpenOptions, Vm, VmCreate};
 use vmdesk_postgres::testing::Store;
 use vmdesk_postgres::PgStore;
 
@@ -34,7 +34,28 @@ pub struct Desks {
     desks: Mutex<HashMap<String, (String, Option<Desk>)>>,
 }
 
+/// A VM of one's own as the tests make it: 1024 MB, 20 GB, 2 CPUs (34
+/// credits), blank OS, on the only host, started.
+pub fn own_vm(name: &str) -> VmCreate {
+    VmCreate {
+        name: name.into(),
+        ram_mb: 1024,
+        disk_gb: 20,
+        cpu_cores: 2,
+        os_type: "blank".into(),
+        host: None,
+        start: true,
+    }
+}
+
 impl Desks {
+    /// `user` creates [`own_vm`] `name` and waits for it.
+    pub fn create_vm(&self, user: &str, name: &str) -> Vm {
+        self.with(user, |c, me| {
+            c.vm_create(me, &own_vm(name), true, None).unwrap()
+        })
+    }
+
     pub fn new(kind: Kind) -> Desks {
         Desks::with_shutdown_timeout(kind, std::time::Duration::from_millis(300))
     }
