@@ -55,7 +55,8 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the thread; it connects as `target`'s login on the first poke.
+    /// Starts the thread; it connects as `target`'s login at once (again
+    /// when a notify finds the connection lost).
     pub fn spawn(target: Target) -> Notifier {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
@@ -92,7 +93,9 @@ impl Drop for Notifier {
 
 fn run(target: Target, shared: &(Mutex<State>, Condvar)) {
     let (state, wake) = shared;
-    let mut conn: Option<Client> = None;
+    // Connected at once, so that the first write is told without waiting
+    // for a login (SCRAM costs milliseconds of CPU).
+    let mut conn: Option<Client> = connect(&target);
     let mut last: Option<Instant> = None;
     loop {
         {
