@@ -7,11 +7,11 @@
 //! the WAL flush alone. A desk's store connection therefore sets
 //! `vmdesk.notify = 'after_commit'` (the trigger then stays silent for it,
 //! see `sql/004_speed.sql`) and pokes a [`Notifier`] after each write. The
-//! notifier's thread sends one `NOTIFY` on a connection of its own for all
-//! the pokes that arrived since its last one: a transaction holding only a
-//! NOTIFY writes no WAL of its own, so it commits without a flush and the
-//! lock is held for microseconds. Other clients (psql, the migration) still
-//! notify at commit through the trigger.
+//! notifier's thread sends one `NOTIFY` for all the pokes that arrived since
+//! its last one, as a transaction of its own on the desk's connection: a
+//! transaction holding only a NOTIFY writes no WAL of its own, so it commits
+//! without a flush and the lock is held for microseconds. Other clients
+//! (psql, the migration) still notify at commit through the trigger.
 //!
 //! If the desk dies between its commit and its notify, the other desks hear
 //! of that change with the next one (or at their next full refresh); the
@@ -21,20 +21,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use postgres::Client;
-
-use crate::listen::CHANNEL;
-use crate::Target;
-
 /// The payload of a desk's notify: no event id (the desk does not know it)
 /// and the kind `change`; listeners read everything they show again.
 pub const PAYLOAD: &str = r#"{"id":0,"type":"change"}"#;
 
-/// The `application_name` of the notifier's connection.
-pub const APPLICATION_NAME: &str = "vmdesk-notify";
-
-/// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most one notify per this: a busy desk's writes are told together
 /// (each NOTIFY takes the cluster's notify lock); the first write after a
 /// quiet spell is told at once. Well under the second the other windows
@@ -55,14 +45,14 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the thread; it connects as `target`'s login at once (again
-    /// when a notify finds the connection lost).
-    pub fn spawn(target: Target) -> Notifier {
+    /// Starts the thread; `send` sends one notify and says whether it went
+    /// (it is tried twice: the connection may have to be made again).
+    pub fn spawn(send: impl Fn() -> bool + Send + 'static) -> Notifier {
         let shared = Arc::new((Mutex::new(State::default()), Condvar::new()));
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("vmdesk-notify".into())
-            .spawn(move || run(target, &theirs))
+            .spawn(move || run(&send, &theirs))
             .ok();
         Notifier { shared, thread }
     }
@@ -91,11 +81,8 @@ impl Drop for Notifier {
     }
 }
 
-fn run(target: Target, shared: &(Mutex<State>, Condvar)) {
+fn run(send: &dyn Fn() -> bool, shared: &(Mutex<State>, Condvar)) {
     let (state, wake) = shared;
-    // Connected at once, so that the first write is told without waiting
-    // for a login (SCRAM costs milliseconds of CPU).
-    let mut conn: Option<Client> = connect(&target);
     let mut last: Option<Instant> = None;
     loop {
         {
@@ -121,23 +108,7 @@ fn run(target: Target, shared: &(Mutex<State>, Condvar)) {
             s.pending = false;
         }
         last = Some(Instant::now());
-        // Two tries: the second on a new connection, if the old one was lost.
-        for _ in 0..2 {
-            if conn.as_ref().is_none_or(|c| c.is_closed()) {
-                conn = connect(&target);
-            }
-            let Some(c) = conn.as_mut() else { break };
-            match c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &PAYLOAD]) {
-                Ok(_) => break,
-                Err(_) => conn = None,
-            }
-        }
+        // A second try makes the connection again if the first found it lost.
+        let _ = send() || send();
     }
-}
-
-fn connect(target: &Target) -> Option<Client> {
-    let mut t = target.clone();
-    t.connect_timeout(CONNECT_TIMEOUT);
-    t.config_mut().application_name(APPLICATION_NAME);
-    t.connect().ok()
 }

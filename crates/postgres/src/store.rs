@@ -4,7 +4,7 @@
 //! core's own errors, built from the structured DETAIL the functions send.
 
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use std::collections::HashMap;
 
@@ -18,11 +18,20 @@ use vmdesk_core::{
     SyncChange, TeamStore,
 };
 
-use crate::notifier::Notifier;
+use crate::listen::CHANNEL;
+use crate::notifier::{Notifier, PAYLOAD};
 use crate::{schema_version, scram_verifier, Error, Target, STEPS};
 
 /// A desk's connection to the team store, as one login.
 pub struct PgStore {
+    conn: Arc<Conn>,
+    /// Tells the other desks of this one's writes, after they commit, on
+    /// the same connection (a desk holds two: this and its listener's).
+    notifier: Notifier,
+}
+
+/// The store connection, shared by the desk's calls and its notifier.
+struct Conn {
     target: Target,
     login: String,
     client: Mutex<Option<Client>>,
@@ -31,8 +40,6 @@ pub struct PgStore {
     workers: Mutex<Vec<i64>>,
     /// Statements prepared on the current connection, by their text.
     prepared: Mutex<HashMap<String, Statement>>,
-    /// Tells the other desks of this one's writes, after they commit.
-    notifier: Notifier,
 }
 
 /// Pokes the notifier when dropped: held by every write, so that a write
@@ -56,7 +63,7 @@ const WORKER_LOCK: &str = "SELECT pg_advisory_lock($1)";
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("login", &self.login)
+            .field("login", &self.conn.login)
             .finish()
     }
 }
@@ -104,16 +111,49 @@ impl PgStore {
             .query_one("SELECT name FROM vmdesk.whoami()", &[])?
             .get(0);
         client.batch_execute(NOTIFY_AFTER_COMMIT)?;
-        Ok(PgStore {
-            notifier: Notifier::spawn(target.clone()),
+        let conn = Arc::new(Conn {
             target,
             login,
             client: Mutex::new(Some(client)),
             workers: Mutex::new(Vec::new()),
             prepared: Mutex::new(HashMap::new()),
-        })
+        });
+        let theirs = Arc::clone(&conn);
+        let notifier = Notifier::spawn(move || {
+            theirs
+                .with(|c| c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &PAYLOAD]))
+                .is_ok()
+        });
+        Ok(PgStore { conn, notifier })
     }
 
+    /// Held by a write until it returns: then the other desks are told.
+    fn changed(&self) -> Changed<'_> {
+        Changed(&self.notifier)
+    }
+
+    /// Refuses a non-admin before a read that only admins may make (the
+    /// rows would be filtered anyway; this says why instead of "nothing").
+    fn require_admin(&self, action: &'static str) -> CoreResult<()> {
+        match self.whoami()?.role {
+            Role::Admin => Ok(()),
+            Role::User => Err(CoreError::AdminOnly(action)),
+        }
+    }
+
+    fn session_by_id(&self, id: i64) -> CoreResult<Session> {
+        self.conn
+            .query(
+                &format!("{SESSION_SELECT} WHERE s.id = $1"),
+                &[&id],
+                session_row,
+            )?
+            .pop()
+            .ok_or(CoreError::UnknownSession(id))
+    }
+}
+
+impl Conn {
     /// Runs `f` on the connection, connecting again first if the last one
     /// was lost (the server restarted, the network dropped).
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>) -> CoreResult<T> {
@@ -185,34 +225,12 @@ impl PgStore {
         cache.insert(sql.to_owned(), st.clone());
         Ok(st)
     }
+}
 
-    /// Held by a write until it returns: then the other desks are told.
-    fn changed(&self) -> Changed<'_> {
-        Changed(&self.notifier)
-    }
-
-    /// Refuses a non-admin before a read that only admins may make (the
-    /// rows would be filtered anyway; this says why instead of "nothing").
-    fn require_admin(&self, action: &'static str) -> CoreResult<()> {
-        match self.whoami()?.role {
-            Role::Admin => Ok(()),
-            Role::User => Err(CoreError::AdminOnly(action)),
-        }
-    }
-
-    fn session_by_id(&self, id: i64) -> CoreResult<Session> {
-        self.query(
-            &format!("{SESSION_SELECT} WHERE s.id = $1"),
-            &[&id],
-            session_row,
-        )?
-        .pop()
-        .ok_or(CoreError::UnknownSession(id))
-    }
-
+impl PgStore {
     fn statement(&self, name: &str) -> CoreResult<CreditStatement> {
         let u = self.user(name)?;
-        let entries = self.query(
+        let entries = self.conn.query(
             "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
              FROM vmdesk.ledger WHERE user_id = $1 ORDER BY id",
             &[&u.id],
@@ -421,15 +439,15 @@ fn to_core(login: &str, e: postgres::Error) -> CoreError {
 
 impl TeamStore for PgStore {
     fn login(&self) -> &str {
-        &self.login
+        &self.conn.login
     }
 
     fn describe(&self) -> String {
-        format!("{} @ {}", self.login, self.target.describe())
+        format!("{} @ {}", self.conn.login, self.conn.target.describe())
     }
 
     fn whoami(&self) -> CoreResult<User> {
-        self.one(
+        self.conn.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.whoami()"),
             &[],
             user_row,
@@ -437,19 +455,20 @@ impl TeamStore for PgStore {
     }
 
     fn user(&self, name: &str) -> CoreResult<User> {
-        self.query(
-            &format!("SELECT {USER_COLS} FROM vmdesk.users WHERE name = $1"),
-            &[&name],
-            user_row,
-        )?
-        .pop()
-        .ok_or_else(|| CoreError::UnknownUser(name.to_owned()))
+        self.conn
+            .query(
+                &format!("SELECT {USER_COLS} FROM vmdesk.users WHERE name = $1"),
+                &[&name],
+                user_row,
+            )?
+            .pop()
+            .ok_or_else(|| CoreError::UnknownUser(name.to_owned()))
     }
 
     fn user_add(&self, name: &str, admin: bool, password: Option<&str>) -> CoreResult<User> {
         let _changed = self.changed();
         let verifier = password.map(scram_verifier);
-        self.one(
+        self.conn.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.user_add($1, $2, $3)"),
             &[&name, &admin, &verifier],
             user_row,
@@ -458,7 +477,7 @@ impl TeamStore for PgStore {
 
     fn user_list(&self) -> CoreResult<Vec<User>> {
         self.require_admin("list users")?;
-        self.query(
+        self.conn.query(
             &format!("SELECT {USER_COLS} FROM vmdesk.users ORDER BY name"),
             &[],
             user_row,
@@ -467,7 +486,7 @@ impl TeamStore for PgStore {
 
     fn user_role(&self, name: &str, role: Role) -> CoreResult<User> {
         let _changed = self.changed();
-        self.one(
+        self.conn.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.user_role($1, $2)"),
             &[&name, &role.as_str()],
             user_row,
@@ -476,7 +495,7 @@ impl TeamStore for PgStore {
 
     fn credits_grant(&self, to: &str, amount: i64, reason: &str) -> CoreResult<CreditStatement> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.credits_grant($1, $2, $3)",
                 &[&to, &amount, &reason],
@@ -493,7 +512,7 @@ impl TeamStore for PgStore {
         reason: &str,
     ) -> CoreResult<LedgerEntry> {
         let _changed = self.changed();
-        self.one(
+        self.conn.one(
             "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
              FROM vmdesk.charge($1, $2, $3, $4)",
             &[&from, &amount, &kind.as_str(), &reason],
@@ -513,7 +532,7 @@ impl TeamStore for PgStore {
     }
 
     fn credits_show(&self, of: &str) -> CoreResult<CreditStatement> {
-        if of != self.login {
+        if of != self.conn.login {
             self.require_admin("see another user's credits")?;
         }
         self.statement(of)
@@ -521,7 +540,7 @@ impl TeamStore for PgStore {
 
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> CoreResult<Host> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.host_add($1, $2, $3)",
                 &[&name, &kind.as_str(), &uri],
@@ -531,7 +550,7 @@ impl TeamStore for PgStore {
     }
 
     fn host(&self, name: &str) -> CoreResult<Host> {
-        self.query(
+        self.conn.query(
             "SELECT id, name, kind, uri, vmdesk.ts(created_at) FROM vmdesk.hosts WHERE name = $1",
             &[&name],
             host_row,
@@ -541,7 +560,7 @@ impl TeamStore for PgStore {
     }
 
     fn host_list(&self) -> CoreResult<Vec<Host>> {
-        self.query(
+        self.conn.query(
             "SELECT id, name, kind, uri, vmdesk.ts(created_at) FROM vmdesk.hosts ORDER BY name",
             &[],
             host_row,
@@ -550,7 +569,7 @@ impl TeamStore for PgStore {
 
     fn project_create(&self, name: &str) -> CoreResult<Project> {
         let _changed = self.changed();
-        self.one(
+        self.conn.one(
             "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.project_create($1)",
             &[&name],
             |r| {
@@ -565,7 +584,7 @@ impl TeamStore for PgStore {
 
     fn workspace_create(&self, name: &str, project: &str) -> CoreResult<Workspace> {
         let _changed = self.changed();
-        self.one(
+        self.conn.one(
             "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.workspace_create($1, $2)",
             &[&name, &project],
             |r| {
@@ -584,7 +603,7 @@ impl TeamStore for PgStore {
         // One round trip: the session opened and its VM's name. The row
         // comes from the function (the statement's snapshot predates it);
         // the user, project and workspace are the caller's own words.
-        self.one(
+        self.conn.one(
             "SELECT s.id, s.vm_id, v.name, s.status, s.error, vmdesk.ts(s.created_at),
                     vmdesk.ts(s.updated_at), vmdesk.ts(s.started_at), vmdesk.ts(s.ended_at)
              FROM vmdesk.session_open($1, $2, $3, $4) s JOIN vmdesk.vms v ON v.id = s.vm_id",
@@ -594,7 +613,7 @@ impl TeamStore for PgStore {
                     id: r.get(0),
                     vm_id: r.get(1),
                     vm_name: r.get(2),
-                    user: self.login.clone(),
+                    user: self.conn.login.clone(),
                     project: req.project.clone(),
                     workspace: req.workspace.clone(),
                     status: parse(r.get(3))?,
@@ -613,7 +632,7 @@ impl TeamStore for PgStore {
             self.require_admin("list every user's sessions")?;
         }
         let me = self.whoami()?;
-        self.query(
+        self.conn.query(
             &format!("{SESSION_SELECT} WHERE $1 OR s.user_id = $2 ORDER BY s.id DESC LIMIT 10000"),
             &[&all, &me.id],
             session_row,
@@ -625,7 +644,7 @@ impl TeamStore for PgStore {
             self.require_admin("list every user's VMs")?;
         }
         let me = self.whoami()?;
-        self.query(
+        self.conn.query(
             &format!(
                 "{VM_SELECT} WHERE $1 OR v.project_id IS NOT NULL OR v.owner_user_id = $2 ORDER BY v.name"
             ),
@@ -635,7 +654,7 @@ impl TeamStore for PgStore {
     }
 
     fn install_id(&self) -> CoreResult<String> {
-        self.one(
+        self.conn.one(
             "SELECT value FROM vmdesk.settings WHERE key = 'install_id'",
             &[],
             |r| Ok(r.get(0)),
@@ -643,7 +662,7 @@ impl TeamStore for PgStore {
     }
 
     fn projects(&self) -> CoreResult<Vec<(Project, Vec<String>)>> {
-        self.query(
+        self.conn.query(
             "SELECT p.id, p.name, vmdesk.ts(p.created_at),
                     coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL), '{}')
              FROM vmdesk.projects p LEFT JOIN vmdesk.workspaces w ON w.project_id = p.id
@@ -665,18 +684,20 @@ impl TeamStore for PgStore {
     fn vm(&self, reference: &str) -> CoreResult<Vm> {
         // An id first, then a name (a VM's name is never all digits).
         let id: Option<i64> = reference.parse().ok();
-        self.query(
-            &format!("{VM_SELECT} WHERE v.id = $1 OR ($1 IS NULL AND v.name = $2)"),
-            &[&id, &reference],
-            vm_row,
-        )?
-        .pop()
-        .ok_or_else(|| CoreError::UnknownVm(reference.to_owned()))
+        self.conn
+            .query(
+                &format!("{VM_SELECT} WHERE v.id = $1 OR ($1 IS NULL AND v.name = $2)"),
+                &[&id, &reference],
+                vm_row,
+            )?
+            .pop()
+            .ok_or_else(|| CoreError::UnknownVm(reference.to_owned()))
     }
 
     fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> CoreResult<Vm> {
         let _changed = self.changed();
         let id: i64 = self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT id FROM vmdesk.vm_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -700,7 +721,7 @@ impl TeamStore for PgStore {
 
     fn vm_add_done(&self, id: i64, ok: bool, details: Value) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_add_done($1, $2, $3::text::jsonb)",
                 &[&id, &ok, &details.to_string()],
@@ -712,6 +733,7 @@ impl TeamStore for PgStore {
     fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> CoreResult<Vm> {
         let _changed = self.changed();
         let id: i64 = self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT id FROM vmdesk.vm_create($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -735,6 +757,7 @@ impl TeamStore for PgStore {
     fn vm_claim(&self, id: i64, worker: &str) -> CoreResult<bool> {
         let _changed = self.changed();
         Ok(self
+            .conn
             .with(|c| c.query_one("SELECT vmdesk.vm_claim($1, $2)", &[&id, &worker]))?
             .get(0))
     }
@@ -742,6 +765,7 @@ impl TeamStore for PgStore {
     fn vm_start_after_create(&self, id: i64) -> CoreResult<bool> {
         let _changed = self.changed();
         let start: Option<bool> = self
+            .conn
             .with(|c| c.query_one("SELECT vmdesk.vm_start_after_create($1)", &[&id]))?
             .get(0);
         start.ok_or_else(|| CoreError::UnknownVm(id.to_string()))
@@ -753,7 +777,7 @@ impl TeamStore for PgStore {
             Ok(s) => (Some(s.as_str()), None),
             Err(r) => (None, Some(r.as_str())),
         };
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_created($1, $2, $3)",
                 &[&id, &status, &reason],
@@ -769,6 +793,7 @@ impl TeamStore for PgStore {
     fn session_close_by(&self, id: i64, worker: Option<&str>) -> CoreResult<(Session, bool)> {
         let _changed = self.changed();
         let drive: bool = self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT drive FROM vmdesk.session_close($1, $2)",
@@ -781,19 +806,21 @@ impl TeamStore for PgStore {
 
     fn session_starting(&self, id: i64, worker: &str) -> CoreResult<Session> {
         let _changed = self.changed();
-        self.with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
         self.session_by_id(id)
     }
 
     fn session_started(&self, id: i64, machine: &str) -> CoreResult<Session> {
         let _changed = self.changed();
-        self.with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
         self.session_by_id(id)
     }
 
     fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_start_failed($1, $2, $3)",
                 &[&id, &reason, &vm_status.as_str()],
@@ -804,7 +831,7 @@ impl TeamStore for PgStore {
 
     fn session_stopping(&self, id: i64, force_off_at: &str) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_stopping($1, $2)",
                 &[&id, &force_off_at],
@@ -815,7 +842,7 @@ impl TeamStore for PgStore {
 
     fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> CoreResult<Session> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_ended($1, $2, $3)",
                 &[&id, &end.as_str(), &forced_off],
@@ -826,7 +853,7 @@ impl TeamStore for PgStore {
 
     fn session_close_failed(&self, id: i64, reason: &str) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.session_close_failed($1, $2)",
                 &[&id, &reason],
@@ -840,6 +867,7 @@ impl TeamStore for PgStore {
         let name = action_name(action);
         // The function returns the row as it was before it marked it.
         let was: String = self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT (vmdesk.vm_action_begin($1, $2, $3)).status",
@@ -862,7 +890,7 @@ impl TeamStore for PgStore {
         as_system: bool,
     ) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_action_done($1, $2, $3, $4, $5, $6)",
                 &[
@@ -880,7 +908,7 @@ impl TeamStore for PgStore {
 
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.vm_action_undo($1, $2)",
                 &[&id, &was.as_str()],
@@ -897,7 +925,7 @@ impl TeamStore for PgStore {
         source: &str,
     ) -> CoreResult<Option<SyncChange>> {
         let _changed = self.changed();
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT vm, was, now_status, terminated_session FROM vmdesk.vm_synced($1, $2, $3, $4)",
                 &[&id, &state, &error, &source],
@@ -920,14 +948,15 @@ impl TeamStore for PgStore {
     }
 
     fn register_worker(&self, worker: &str) -> CoreResult<()> {
-        let key: i64 = self.with(|c| {
+        let key: i64 = self.conn.with(|c| {
             let key: i64 = c
                 .query_one("SELECT vmdesk.worker_register($1)", &[&worker])?
                 .get(0);
             c.execute(WORKER_LOCK, &[&key])?;
             Ok(key)
         })?;
-        self.workers
+        self.conn
+            .workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(key);
@@ -936,13 +965,14 @@ impl TeamStore for PgStore {
 
     fn worker_alive(&self, worker: &str) -> CoreResult<bool> {
         Ok(self
+            .conn
             .with(|c| c.query_one("SELECT vmdesk.worker_alive($1)", &[&worker]))?
             .get(0))
     }
 
     fn claim_pending(&self, worker: &str) -> CoreResult<Option<(String, i64, String)>> {
         let _changed = self.changed();
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT o_kind, o_id, o_status FROM vmdesk.claim_pending($1)",
                 &[&worker],
@@ -955,7 +985,7 @@ impl TeamStore for PgStore {
     }
 
     fn claimed_work(&self) -> CoreResult<Vec<(String, i64, String)>> {
-        self.query(
+        self.conn.query(
             "SELECT o_kind, o_id, o_worker FROM vmdesk.claimed_work()",
             &[],
             |r| Ok((r.get(0), r.get(1), r.get(2))),
@@ -965,6 +995,7 @@ impl TeamStore for PgStore {
     fn reclaim(&self, kind: &str, id: i64, dead: &str, me: &str) -> CoreResult<bool> {
         let _changed = self.changed();
         Ok(self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT vmdesk.reclaim($1, $2, $3, $4)",
@@ -976,7 +1007,7 @@ impl TeamStore for PgStore {
 
     fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.recovered_vm($1, $2, $3, $4)",
                 &[&id, &me, &dead, &machine],
@@ -993,7 +1024,7 @@ impl TeamStore for PgStore {
         vm_status: VmStatus,
     ) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.recovered_session($1, $2, $3, $4)",
                 &[&id, &me, &dead, &vm_status.as_str()],
@@ -1014,7 +1045,7 @@ impl TeamStore for PgStore {
     ) -> CoreResult<(u16, Vm)> {
         let _changed = self.changed();
         let skip: Vec<i32> = skip.iter().map(|p| i32::from(*p)).collect();
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT o_port, o_vm_id FROM vmdesk.console_reserve($1, $2, $3, $4, $5, $6, $7, $8::text::timestamptz)",
                 &[
@@ -1041,7 +1072,7 @@ impl TeamStore for PgStore {
         token_hash: &str,
     ) -> CoreResult<(Vm, Option<String>)> {
         let _changed = self.changed();
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT o_vm_id, o_error FROM vmdesk.console_redeem($1, $2, $3)",
                 &[&desk, &i32::from(port), &token_hash],
@@ -1060,6 +1091,7 @@ impl TeamStore for PgStore {
     ) -> CoreResult<bool> {
         let _changed = self.changed();
         Ok(self
+            .conn
             .with(|c| {
                 c.query_one(
                     "SELECT vmdesk.console_release($1, $2, $3, $4)",
@@ -1071,7 +1103,7 @@ impl TeamStore for PgStore {
 
     fn system_note(&self, action: &str, severity: Severity, details: Value) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
                 &[&action, &severity.as_str(), &details.to_string()],
@@ -1082,7 +1114,7 @@ impl TeamStore for PgStore {
 
     fn note_failure(&self, action: &str, vm: Option<i64>, details: Value) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.note_failure($1, $2, $3::text::jsonb)",
                 &[&action, &vm, &details.to_string()],
@@ -1092,7 +1124,7 @@ impl TeamStore for PgStore {
     }
 
     fn consoles(&self, desk: &str) -> CoreResult<Vec<OpenConsole>> {
-        self.query(
+        self.conn.query(
             "SELECT c.port, v.name, u.name, vmdesk.ts(c.created_at), c.worker
              FROM vmdesk.consoles c JOIN vmdesk.vms v ON v.id = c.vm_id
              JOIN vmdesk.users u ON u.id = c.user_id
@@ -1112,7 +1144,7 @@ impl TeamStore for PgStore {
     }
 
     fn serve_leader(&self) -> CoreResult<Option<(String, i32, String)>> {
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT o_host, o_pid, o_since FROM vmdesk.serve_leader()",
                 &[],
@@ -1125,7 +1157,8 @@ impl TeamStore for PgStore {
     }
 
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {
-        self.query("SELECT * FROM vmdesk.billable_vms()", &[], |r| Ok(r.get(0)))
+        self.conn
+            .query("SELECT * FROM vmdesk.billable_vms()", &[], |r| Ok(r.get(0)))
     }
 
     fn bill_vm(
@@ -1137,7 +1170,7 @@ impl TeamStore for PgStore {
     ) -> CoreResult<Option<Billed>> {
         let _changed = self.changed();
         let at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let r = self.with(|c| {
+        let r = self.conn.with(|c| {
             c.query_one(
                 "SELECT vm, payer, seconds, credits, exhausted, end_session, stop_vm
                  FROM vmdesk.bill_vm($1, $2::text::timestamptz, $3, $4, $5)",
@@ -1164,7 +1197,7 @@ impl TeamStore for PgStore {
     fn events_query(&self, q: &vmdesk_core::EventQuery, vm: Option<i64>) -> CoreResult<Vec<Event>> {
         let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
         let severities: Vec<&str> = q.severities.iter().map(|s| s.as_str()).collect();
-        self.query(
+        self.conn.query(
             "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
              FROM vmdesk.events
              WHERE (cardinality($1::text[]) = 0 OR type = ANY($1))
@@ -1177,7 +1210,7 @@ impl TeamStore for PgStore {
     }
 
     fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
-        self.query(
+        self.conn.query(
             "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
              FROM vmdesk.events ORDER BY id DESC LIMIT $1",
             &[&limit],
@@ -1193,7 +1226,7 @@ impl TeamStore for PgStore {
     ) -> CoreResult<ImportReport> {
         let _changed = self.changed();
         let offer = serde_json::to_string(machines).map_err(|e| CoreError::Store(e.to_string()))?;
-        let rows = self.query(
+        let rows = self.conn.query(
             "SELECT machine, vm_id, skipped FROM vmdesk.vm_import($1, $2, $3::text::jsonb)",
             &[&host, &pool, &offer],
             |r| {
@@ -1218,7 +1251,7 @@ impl TeamStore for PgStore {
     }
 
     fn machine_known(&self, host: &str, machine: &str) -> CoreResult<(bool, bool)> {
-        self.one(
+        self.conn.one(
             "SELECT o_has_row, o_quarantined FROM vmdesk.machine_known($1, $2)",
             &[&host, &machine],
             |r| Ok((r.get(0), r.get(1))),
@@ -1227,7 +1260,7 @@ impl TeamStore for PgStore {
 
     fn quarantine_add(&self, host: &str, machine: &str, powered_off: bool) -> CoreResult<bool> {
         let _changed = self.changed();
-        self.one(
+        self.conn.one(
             "SELECT vmdesk.quarantine_add($1, $2, $3)",
             &[&host, &machine, &powered_off],
             |r| Ok(r.get(0)),
@@ -1235,13 +1268,14 @@ impl TeamStore for PgStore {
     }
 
     fn quarantine_keep(&self, host: &str, marked: &[String]) -> CoreResult<()> {
-        self.with(|c| c.execute("SELECT vmdesk.quarantine_keep($1, $2)", &[&host, &marked]))?;
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.quarantine_keep($1, $2)", &[&host, &marked]))?;
         Ok(())
     }
 
     fn quarantined(&self) -> CoreResult<Vec<Quarantined>> {
         self.require_admin("list quarantined machines")?;
-        self.query(
+        self.conn.query(
             "SELECT h.name, q.machine, vmdesk.ts(q.found_at) FROM vmdesk.quarantine q
              JOIN vmdesk.hosts h ON h.id = q.host_id ORDER BY q.found_at, q.machine",
             &[],
@@ -1257,7 +1291,7 @@ impl TeamStore for PgStore {
 
     fn quarantine_purged(&self, host: &str, machine: &str) -> CoreResult<()> {
         let _changed = self.changed();
-        self.with(|c| {
+        self.conn.with(|c| {
             c.execute(
                 "SELECT vmdesk.quarantine_purged($1, $2)",
                 &[&host, &machine],
@@ -1268,7 +1302,7 @@ impl TeamStore for PgStore {
 
     fn vm_meta(&self, vm: &str, patch: &Value) -> CoreResult<Vm> {
         let _changed = self.changed();
-        let id: i64 = self.one(
+        let id: i64 = self.conn.one(
             "SELECT vmdesk.vm_meta($1, $2::text::jsonb)",
             &[&vm, &patch.to_string()],
             |r| Ok(r.get(0)),
