@@ -64,7 +64,20 @@ describe("event sentences", () => {
   });
 
   it("falls back to the action's words for anything new", () => {
-    expect(plain(sentence(ev("recovery.quarantine", {}, { vm_id: null, actor: "vmdesk" })))).toBe("vmdesk: recovery quarantine");
+    expect(plain(sentence(ev("serve.lead", {}, { vm_id: null, actor: "labadmin" })))).toBe("labadmin: serve lead");
+  });
+
+  it("words the quarantine of a machine without a VM, and its purge", () => {
+    const q = { host: "h1", machine: "vmdesk-3f2a-old", powered_off: true };
+    expect(plain(sentence(ev("recovery.quarantine", q, { vm_id: null, actor: "vmdesk" })))).toBe(
+      "vmdesk quarantined the machine vmdesk-3f2a-old on h1: it has no VM here, so it is stopped and kept until an admin purges it",
+    );
+    expect(plain(sentence(ev("recovery.quarantine", { ...q, powered_off: false }, { vm_id: null, actor: "vmdesk" })))).toContain(
+      "(it could not be powered off)",
+    );
+    expect(plain(sentence(ev("recovery.purge", q, { vm_id: null, actor: "root" })))).toBe(
+      "root deleted the quarantined machine vmdesk-3f2a-old on h1",
+    );
   });
 });
 

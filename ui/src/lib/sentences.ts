@@ -155,6 +155,12 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return [`${possessive(who(user))} credits ran out: `, vm, " was stopped"];
     }
   }
+  if (kind === "recovery" && (verb === "quarantine" || verb === "purge")) {
+    const machine = `machine ${str(d, "machine") ?? "?"} on ${str(d, "host") ?? "its host"}`;
+    if (verb === "purge") return [`${actor} deleted the quarantined ${machine}`];
+    const off = d.powered_off === false ? " (it could not be powered off)" : "";
+    return [`vmdesk quarantined the ${machine}: it has no VM here, so it is stopped and kept until an admin purges it${off}`];
+  }
   if (kind === "user" && verb === "add") return [`${actor} added the user ${str(d, "name") ?? str(d, "user") ?? ""}`.trimEnd()];
   if (kind === "host" && verb === "add") return [`${actor} added the host ${str(d, "name") ?? str(d, "host") ?? ""}`.trimEnd()];
   if (kind === "user" && verb === "role") return [`${actor} made ${str(d, "user") ?? "a user"} ${(str(d, "to") ?? str(d, "role")) === "admin" ? "an admin" : "a " + (str(d, "to") ?? str(d, "role") ?? "user")}`];
