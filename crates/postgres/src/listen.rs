@@ -1,6 +1,9 @@
 //! Changes pushed by the database: every change writes an event in its
-//! transaction, and the `events_notify` trigger (sql/001_schema.sql) sends
-//! `{"id":N,"type":"…"}` on channel `vmdesk` at commit. A [`Listener`]
+//! transaction. A desk tells of its own changes just after they commit
+//! (`{"id":0,"type":"change"}`, see [`crate::notifier`]); any other client's
+//! change is told by the `events_notify` trigger (`{"id":N,"type":"…"}`,
+//! sql/001_schema.sql and 004_speed.sql) at commit, on channel `vmdesk`
+//! either way. A [`Listener`]
 //! holds a connection of its own that `LISTEN`s on that channel, on a
 //! thread of its own, and hands each notification to a callback. When the
 //! connection drops (server restart, `pg_terminate_backend`, network) it
@@ -41,10 +44,11 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// What the listener tells its callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// An event was committed: its id and type (`session.open`, …). What it
+    /// A change was committed: its event's id and type (`session`, …), or
+    /// id 0 and type `change` for a desk's own notify of its writes. What it
     /// is about is for the reader to read, under its own rights.
     Event {
-        /// The event's id.
+        /// The event's id (0: a desk's notify, which may stand for several).
         id: i64,
         /// The event's type.
         kind: String,

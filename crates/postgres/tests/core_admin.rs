@@ -300,14 +300,26 @@ fn no_login_can_keep_another_desks_worker_looking_alive() {
     let err = m
         .query_one("SELECT vmdesk.worker_register($1)", &[&worker])
         .unwrap_err();
-    assert!(
-        err.to_string().contains("permission") || err.code().is_some(),
+    // Refused as a permission, and why: not any error (a missing function
+    // would be one too).
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
         "{err}"
     );
-    let secret = m.query("SELECT lock_key FROM vmdesk.workers", &[]);
-    assert!(
-        secret.map(|r| r.is_empty()).unwrap_or(true),
-        "the keys are not readable"
+    let why = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(why.contains("another user's"), "{why}");
+    // The keys are not readable: no privilege on the table at all.
+    let secret = m
+        .query("SELECT lock_key FROM vmdesk.workers", &[])
+        .unwrap_err();
+    assert_eq!(
+        secret.code(),
+        Some(&postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+        "the keys are not readable: {secret}"
     );
     // Ann's worker is dead, whatever Mallory holds.
     let alive: bool = d

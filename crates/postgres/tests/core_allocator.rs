@@ -13,12 +13,7 @@ use stores::Desks;
 use vmdesk_core::provider::PowerState;
 use vmdesk_core::{Error, SessionRequest, SessionStatus, VmStatus};
 
-fn req(project: &str) -> SessionRequest {
-    SessionRequest {
-        project: project.into(),
-        ..Default::default()
-    }
-}
+use stores::req_in as req;
 
 both!(
     open_with_wait_starts_the_vm_and_makes_the_session_active,

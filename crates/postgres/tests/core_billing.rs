@@ -13,7 +13,7 @@ mod stores;
 
 use chrono::{DateTime, Duration, Utc};
 use stores::Desks;
-use vmdesk_core::{LedgerKind, Role, SessionRequest, SessionStatus, VmCreate, VmStatus};
+use vmdesk_core::{LedgerKind, Role, SessionStatus, VmCreate, VmStatus};
 
 fn spec(name: &str) -> VmCreate {
     stores::own_vm(name)
@@ -38,15 +38,7 @@ fn bob_in_a_session(d: &Desks, credits: i64) -> (String, DateTime<Utc>) {
     d.pool(1);
     let bob = d.user("bob", false, credits);
     d.with(&bob, |c, me| {
-        c.session_open(
-            me,
-            &SessionRequest {
-                project: "p".into(),
-                ..Default::default()
-            },
-            true,
-        )
-        .unwrap()
+        c.session_open(me, &stores::req(), true).unwrap()
     });
     (bob, Utc::now())
 }

@@ -15,16 +15,11 @@ use std::time::Duration;
 
 use stores::Desks;
 use vmdesk_core::provider::PowerState;
-use vmdesk_core::{SessionRequest, SessionStatus, VmStatus};
+use vmdesk_core::{SessionStatus, VmStatus};
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn req() -> SessionRequest {
-    SessionRequest {
-        project: "p".into(),
-        ..Default::default()
-    }
-}
+use stores::req;
 
 /// A pool with one VM `vm0`, RUNNING in a session of the admin's.
 fn running(d: &Desks) -> vmdesk_core::Session {

@@ -11,7 +11,7 @@ mod common;
 mod stores;
 
 use stores::Desks;
-use vmdesk_core::{Error, EventQuery, EventType, Role, SessionRequest, Severity};
+use vmdesk_core::{Error, EventQuery, EventType, Role, Severity};
 
 fn q(limit: i64) -> EventQuery {
     EventQuery {
@@ -93,15 +93,7 @@ both!(
         let ann = d.user("ann", false, 1000);
         let bob = d.user("bob", false, 1000);
         let s = d.with(&ann, |c, me| {
-            c.session_open(
-                me,
-                &SessionRequest {
-                    project: "p".into(),
-                    ..Default::default()
-                },
-                true,
-            )
-            .unwrap()
+            c.session_open(me, &stores::req(), true).unwrap()
         });
         // The admin closes ann's session: ann sees it, bob does not.
         let a = d.admin();

@@ -16,14 +16,9 @@ mod stores;
 
 use stores::Desks;
 use vmdesk_core::provider::{PowerState, Provider};
-use vmdesk_core::{SessionRequest, SessionStatus, VmStatus};
+use vmdesk_core::{SessionStatus, VmStatus};
 
-fn req() -> SessionRequest {
-    SessionRequest {
-        project: "p".into(),
-        ..Default::default()
-    }
-}
+use stores::req;
 
 /// Marks session `id` as left in `status` by `worker`.
 fn left_session(d: &Desks, id: i64, status: &str, worker: &str) {

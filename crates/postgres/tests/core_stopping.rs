@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use stores::{Desks, Kind};
 use vmdesk_core::provider::PowerState;
-use vmdesk_core::{SessionRequest, SessionStatus, Vm, VmAction, VmStatus};
+use vmdesk_core::{SessionStatus, Vm, VmAction, VmStatus};
 
 /// Desks whose guests ignore ACPI and are forced off after 1.5 s, a project
 /// `p` on host `h`, and a user `ann` with 500 credits.
@@ -154,15 +154,7 @@ both!(
             c.vm_add(me, &common::vm("vm0", "standard")).unwrap()
         });
         let s = d.with(&a, |c, me| {
-            c.session_open(
-                me,
-                &SessionRequest {
-                    project: "p".into(),
-                    ..Default::default()
-                },
-                true,
-            )
-            .unwrap()
+            c.session_open(me, &stores::req(), true).unwrap()
         });
         std::thread::scope(|sc| {
             let closer = sc.spawn(|| d.with(&a, |c, me| c.session_close(me, s.id, true)));

@@ -13,14 +13,9 @@ mod stores;
 
 use stores::Desks;
 use vmdesk_core::provider::Provider;
-use vmdesk_core::{LedgerKind, SessionRequest, SessionStatus, VmStatus};
+use vmdesk_core::{LedgerKind, SessionStatus, VmStatus};
 
-fn req() -> SessionRequest {
-    SessionRequest {
-        project: "p".into(),
-        ..Default::default()
-    }
-}
+use stores::req;
 
 /// The host's machine of `vm`.
 fn machine(d: &Desks, vm: &str) -> String {

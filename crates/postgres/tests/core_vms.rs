@@ -14,18 +14,13 @@ use std::sync::Mutex;
 
 use stores::Desks;
 use vmdesk_core::provider::{PowerState, Provider};
-use vmdesk_core::{Progress, SessionRequest, VmAction, VmCreate, VmStatus};
+use vmdesk_core::{Progress, VmAction, VmCreate, VmStatus};
 
 fn spec(name: &str) -> VmCreate {
     stores::own_vm(name)
 }
 
-fn req() -> SessionRequest {
-    SessionRequest {
-        project: "p".into(),
-        ..Default::default()
-    }
-}
+use stores::req;
 
 /// A host and project (no pool VM) and a user `ann` with `credits`.
 fn with_user(d: &Desks, credits: i64) -> String {

@@ -17,12 +17,7 @@ use stores::{Desks, Kind};
 use vmdesk_core::provider::PowerState;
 use vmdesk_core::{LedgerKind, Role, SessionRequest, SessionStatus, VmAction, VmCreate, VmStatus};
 
-fn req() -> SessionRequest {
-    SessionRequest {
-        project: "p".into(),
-        ..Default::default()
-    }
-}
+use stores::req;
 
 both!(
     grants_charges_and_balances_follow_the_ledger,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use vmdesk_core::{Core, OpenOptions, Vm, VmCreate};
+use vmdesk_core::{Core, OpenOptions, SessionRequest, Vm, VmCreate};
 use vmdesk_postgres::testing::Store;
 use vmdesk_postgres::PgStore;
 
@@ -32,6 +32,19 @@ pub struct Desks {
     team: Option<Store>,
     /// Team mode: each login's password and desk.
     desks: Mutex<HashMap<String, (String, Option<Desk>)>>,
+}
+
+/// A session of project `p` (the one [`Desks::pool`] makes), any type.
+pub fn req() -> SessionRequest {
+    req_in("p")
+}
+
+/// A session of `project`, any type.
+pub fn req_in(project: &str) -> SessionRequest {
+    SessionRequest {
+        project: project.into(),
+        ..Default::default()
+    }
 }
 
 /// A VM of one's own as the tests make it: 1024 MB, 20 GB, 2 CPUs (34
