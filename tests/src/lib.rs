@@ -438,3 +438,25 @@ impl Drop for PoolVolumes {
         }
     }
 }
+
+/// The outputs of concurrent `session open` processes racing for one pool:
+/// waits for every one, checks that exactly `won` succeeded and that every
+/// other said, in one line, exactly `refusal`; returns the winners' outputs.
+pub fn race_outcome(
+    children: Vec<std::process::Child>,
+    won: usize,
+    refusal: &str,
+) -> Vec<Output> {
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().expect("wait"))
+        .collect();
+    let (ok, refused): (Vec<_>, Vec<_>) = outputs.into_iter().partition(|o| o.status.success());
+    assert_eq!(ok.len(), won, "successful allocations");
+    for o in &refused {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert_eq!(err.trim_end(), refusal);
+    }
+    ok
+}

@@ -43,19 +43,14 @@ fn two_hundred_processes_as_twenty_logins_on_a_fifty_vm_pool_get_fifty() {
                 .expect("spawn vmdesk")
         })
         .collect();
-    let outputs: Vec<_> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().expect("wait"))
-        .collect();
-    let ok = outputs.iter().filter(|o| o.status.success()).count();
-    assert_eq!(ok, 50, "successful allocations");
-    for o in outputs.iter().filter(|o| !o.status.success()) {
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert_eq!(
-            err.trim_end(),
-            "error: all 50 VMs of project \"race\" are in use"
-        );
+    let outputs = vmdesk_tests::race_outcome(
+        children,
+        50,
+        "error: all 50 VMs of project \"race\" are in use",
+    );
+    for o in &outputs {
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(s["status"], "REQUESTED");
     }
     let mut su = store.superuser();
     let r = su
