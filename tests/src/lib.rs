@@ -442,11 +442,7 @@ impl Drop for PoolVolumes {
 /// The outputs of concurrent `session open` processes racing for one pool:
 /// waits for every one, checks that exactly `won` succeeded and that every
 /// other said, in one line, exactly `refusal`; returns the winners' outputs.
-pub fn race_outcome(
-    children: Vec<std::process::Child>,
-    won: usize,
-    refusal: &str,
-) -> Vec<Output> {
+pub fn race_outcome(children: Vec<std::process::Child>, won: usize, refusal: &str) -> Vec<Output> {
     let outputs: Vec<_> = children
         .into_iter()
         .map(|c| c.wait_with_output().expect("wait"))
