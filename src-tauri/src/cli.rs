@@ -509,7 +509,7 @@ pub fn open_core(
     let mut opts = OpenOptions::new(data_dir(global)?, factory);
     if let Some(url) = &global.team {
         let store = crate::store::connect(url)?;
-        use vmdesk_core::TeamStore as _;
+        use vmdesk_core::team::prelude::*;
         if store.login() != global.actor {
             anyhow::bail!(
                 "the team store's login is {}, not {}: log in again with `vmdesk login`",

@@ -337,7 +337,7 @@ pub fn log_in(
     }
     let login = off_runtime(|| {
         let store = PgStore::connect(target.clone())?;
-        use vmdesk_core::TeamStore as _;
+        use vmdesk_core::team::prelude::*;
         Ok::<_, vmdesk_postgres::Error>(store.login().to_owned())
     })
     .map_err(|e| {
@@ -609,7 +609,7 @@ pub fn status(g: &Global) -> anyhow::Result<()> {
         );
     };
     let store = connect(&raw)?;
-    use vmdesk_core::TeamStore as _;
+    use vmdesk_core::team::prelude::*;
     let me = store.whoami()?;
     let (target, _) = with_password(&raw)?;
     let step = off_runtime(|| -> Result<i32, vmdesk_postgres::Error> {

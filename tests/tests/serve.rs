@@ -110,7 +110,7 @@ fn one_serve_leads_and_another_takes_over_within_seconds_without_billing_twice()
         .unwrap();
 
     // Any user can ask which serve leads: none yet.
-    use vmdesk_core::TeamStore as _;
+    use vmdesk_core::team::prelude::*;
     let (watch, watch_pw) = store.user("watch", false);
     let watcher = vmdesk_postgres::PgStore::connect(store.target(&watch, &watch_pw)).unwrap();
     let leading = || watcher.serve_leader().unwrap().map(|l| l.1 as u32);

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde_json::json;
 
+pub(crate) use crate::embedded::{admin, already_exists, host, project_id, user};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
 use crate::model::*;
 use crate::provider::{MachineSpec, PowerState, Provider, ProviderFactory};
 use crate::store::{self, now};
@@ -37,7 +37,7 @@ pub struct OpenOptions {
     pub lock_wait: Duration,
     /// The shared store to work on instead of the data directory's own
     /// (team mode); the data directory then keeps only this desk's things.
-    pub team: Option<Arc<dyn crate::team::TeamStore>>,
+    pub team: Option<Arc<dyn crate::team::Store>>,
 }
 
 impl OpenOptions {
@@ -234,53 +234,6 @@ pub(crate) fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
-    Ok(User {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        role: r.get(2)?,
-        balance: r.get(3)?,
-        created_at: r.get(4)?,
-    })
-}
-
-pub(crate) fn user(conn: &Connection, name: &str) -> Result<User> {
-    conn.prepare_cached("SELECT id, name, role, balance, created_at FROM users WHERE name = ?1")?
-        .query_row([name], user_row)
-        .optional()?
-        .ok_or_else(|| Error::UnknownUser(name.to_owned()))
-}
-
-pub(crate) fn admin(conn: &Connection, actor: &str, action: &'static str) -> Result<User> {
-    let u = user(conn, actor)?;
-    if u.role != Role::Admin {
-        return Err(Error::AdminOnly(action));
-    }
-    Ok(u)
-}
-
-fn project_id(conn: &Connection, name: &str) -> Result<i64> {
-    conn.prepare_cached("SELECT id FROM projects WHERE name = ?1")?
-        .query_row([name], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| Error::UnknownProject(name.to_owned()))
-}
-
-fn host(conn: &Connection, name: &str) -> Result<Host> {
-    conn.prepare_cached("SELECT id, name, kind, uri, created_at FROM hosts WHERE name = ?1")?
-        .query_row([name], |r| {
-            Ok(Host {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                kind: r.get(2)?,
-                uri: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })
-        .optional()?
-        .ok_or_else(|| Error::UnknownHost(name.to_owned()))
-}
-
 pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
     conn.prepare_cached(concat!(vm_select!(), "WHERE v.id = ?1"))?
         .query_row([id], vm_row)
@@ -316,25 +269,6 @@ pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
         .query_row([id], session_row)
         .optional()?
         .ok_or(Error::UnknownSession(id))
-}
-
-/// Maps a UNIQUE violation of an insert to "a {kind} named {name} already exists".
-pub(crate) fn already_exists<'a>(
-    kind: &'static str,
-    name: &'a str,
-) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
-    move |e| match &e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if f.code == ErrorCode::ConstraintViolation
-                && f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
-        {
-            Error::AlreadyExists {
-                kind,
-                name: name.to_owned(),
-            }
-        }
-        _ => e.into(),
-    }
 }
 
 /// The install id of this data directory. A copy of a data directory (or a
@@ -526,10 +460,7 @@ impl Core {
     }
 
     pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {
-        let h = match self.team() {
-            Some(t) => t.host(host_name)?,
-            None => host(&self.db(), host_name)?,
-        };
+        let h = self.reading().places().host(host_name)?;
         // A row written by an older version, or by hand, is held to today's rules.
         validate::uri(&h.uri)?;
         self.opts
@@ -617,22 +548,16 @@ impl Core {
 
     /// The actor, if an admin; else [`Error::AdminOnly`] naming `action`.
     pub fn require_admin(&self, actor: &str, action: &'static str) -> Result<User> {
-        if let Some(t) = self.team_as(actor)? {
-            let u = t.whoami()?;
-            return match u.role {
-                Role::Admin => Ok(u),
-                Role::User => Err(Error::AdminOnly(action)),
-            };
+        let u = self.acting(actor)?.users().whoami()?;
+        match u.role {
+            Role::Admin => Ok(u),
+            Role::User => Err(Error::AdminOnly(action)),
         }
-        admin(&self.db(), actor, action)
     }
 
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Result<User> {
-        if let Some(t) = self.team() {
-            return t.user(name);
-        }
-        user(&self.db(), name)
+        self.reading().users().user(name)
     }
 
     /// Adds a user (admin only), with an optional opening grant.
@@ -667,50 +592,19 @@ impl Core {
         if credits != 0 {
             validate::grant_amount(credits)?;
         }
-        if let Some(t) = self.team_as(actor)? {
-            let u = t.user_add(name, admin_role, password)?;
-            if credits > 0 {
-                t.credits_grant(name, credits, "opening balance")?;
-                return t.user(name);
-            }
-            return Ok(u);
+        let store = self.acting(actor)?;
+        let users = store.users();
+        let u = users.user_add(name, admin_role, password)?;
+        if credits > 0 {
+            users.credits_grant(name, credits, "opening balance")?;
+            return users.user(name);
         }
-        self.write(|tx| {
-            let a = admin(tx, actor, "add users")?;
-            let role = if admin_role { Role::Admin } else { Role::User };
-            tx.execute(
-                "INSERT INTO users (name, role, balance, created_at) VALUES (?1, ?2, 0, ?3)",
-                params![name, role, now()],
-            )
-            .map_err(already_exists("user", name))?;
-            let id = tx.last_insert_rowid();
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "user.add",
-                    &a.name,
-                    json!({"user": name, "role": role}),
-                ),
-            )?;
-            if credits > 0 {
-                grant(tx, &a.name, id, name, credits, "opening balance")?;
-            }
-            user(tx, name)
-        })
+        Ok(u)
     }
 
     /// Every user (admin only).
     pub fn user_list(&self, actor: &str) -> Result<Vec<User>> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.user_list();
-        }
-        let conn = self.db();
-        admin(&conn, actor, "list users")?;
-        let mut stmt =
-            conn.prepare("SELECT id, name, role, balance, created_at FROM users ORDER BY name")?;
-        let rows = stmt.query_map([], user_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.acting(actor)?.users().user_list()
     }
 
     /// Grants credits to a user (admin only).
@@ -723,15 +617,9 @@ impl Core {
     ) -> Result<CreditStatement> {
         validate::grant_amount(amount)?;
         validate::reason(reason)?;
-        if let Some(t) = self.team_as(actor)? {
-            return t.credits_grant(to, amount, reason);
-        }
-        self.write(|tx| {
-            let a = admin(tx, actor, "grant credits")?;
-            let u = user(tx, to)?;
-            grant(tx, &a.name, u.id, &u.name, amount, reason)?;
-            statement(tx, &u)
-        })
+        self.acting(actor)?
+            .users()
+            .credits_grant(to, amount, reason)
     }
 
     /// Takes `amount` credits from `user` if the balance covers it, in one
@@ -750,61 +638,16 @@ impl Core {
             )));
         }
         validate::reason(reason)?;
-        if let Some(t) = self.team_as(actor)? {
-            return t.charge(from, amount, kind, reason);
-        }
-        self.write(|tx| {
-            let a = user(tx, actor)?;
-            let u = user(tx, from)?;
-            if a.id != u.id && a.role != Role::Admin {
-                return Err(Error::Forbidden {
-                    user: a.name,
-                    action: format!("charge the credits of {}", u.name),
-                });
-            }
-            let entry = ledger::append(
-                tx,
-                &u.name,
-                Entry {
-                    user_id: u.id,
-                    amount: -amount,
-                    kind,
-                    reason,
-                    vm_id: None,
-                    session_id: None,
-                    actor: &a.name,
-                },
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Billing,
-                    "credits.charge",
-                    &a.name,
-                    json!({"user": u.name, "amount": amount, "kind": kind, "reason": reason}),
-                ),
-            )?;
-            Ok(entry)
-        })
+        self.acting(actor)?
+            .users()
+            .charge(from, amount, kind, reason)
     }
 
     /// A user's balance and ledger; another user's only for an admin.
     pub fn credits_show(&self, actor: &str, of: Option<&str>) -> Result<CreditStatement> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.credits_show(of.unwrap_or(actor));
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let u = match of {
-            Some(name) if name != a.name => {
-                if a.role != Role::Admin {
-                    return Err(Error::AdminOnly("see another user's credits"));
-                }
-                user(&conn, name)?
-            }
-            _ => a,
-        };
-        statement(&conn, &u)
+        self.acting(actor)?
+            .users()
+            .credits_show(of.unwrap_or(actor))
     }
 
     // ----- hosts, projects, workspaces ------------------------------------------
@@ -822,27 +665,7 @@ impl Core {
                 host: name.to_owned(),
                 source,
             })?;
-        if let Some(t) = self.team() {
-            return t.host_add(name, kind, uri);
-        }
-        self.write(|tx| {
-            let a = admin(tx, actor, "add hosts")?;
-            tx.execute(
-                "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![name, kind, uri, now()],
-            )
-            .map_err(already_exists("host", name))?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "host.add",
-                    &a.name,
-                    json!({"host": name, "kind": kind, "uri": uri}),
-                ),
-            )?;
-            host(tx, name)
-        })
+        self.acting(actor)?.places().host_add(name, kind, uri)
     }
 
     /// Adopts the machines of a host that vmdesk does not know yet as VMs of a
@@ -959,82 +782,19 @@ impl Core {
 
     /// Every host.
     pub fn host_list(&self, actor: &str) -> Result<Vec<Host>> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.host_list();
-        }
-        let conn = self.db();
-        user(&conn, actor)?;
-        let mut stmt = conn.prepare("SELECT name FROM hosts ORDER BY name")?;
-        let names: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        names.iter().map(|n| host(&conn, n)).collect()
+        self.acting(actor)?.places().host_list()
     }
 
     /// Creates a project (admin only).
     pub fn project_create(&self, actor: &str, name: &str) -> Result<Project> {
         validate::name("project", name)?;
-        if let Some(t) = self.team_as(actor)? {
-            return t.project_create(name);
-        }
-        self.write(|tx| {
-            let a = admin(tx, actor, "create projects")?;
-            let created_at = now();
-            tx.execute(
-                "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
-                params![name, created_at],
-            )
-            .map_err(already_exists("project", name))?;
-            let id = tx.last_insert_rowid();
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "project.create",
-                    &a.name,
-                    json!({"project": name}),
-                ),
-            )?;
-            Ok(Project {
-                id,
-                name: name.to_owned(),
-                created_at,
-            })
-        })
+        self.acting(actor)?.places().project_create(name)
     }
 
     /// Creates a workspace in a project (admin only).
     pub fn workspace_create(&self, actor: &str, name: &str, project: &str) -> Result<Workspace> {
         validate::name("workspace", name)?;
-        if let Some(t) = self.team_as(actor)? {
-            return t.workspace_create(name, project);
-        }
-        self.write(|tx| {
-            let a = admin(tx, actor, "create workspaces")?;
-            let pid = project_id(tx, project)?;
-            let created_at = now();
-            tx.execute(
-                "INSERT INTO workspaces (project_id, name, created_at) VALUES (?1, ?2, ?3)",
-                params![pid, name, created_at],
-            )
-            .map_err(already_exists("workspace", name))?;
-            let id = tx.last_insert_rowid();
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "workspace.create",
-                    &a.name,
-                    json!({"workspace": name, "project": project}),
-                ),
-            )?;
-            Ok(Workspace {
-                id,
-                name: name.to_owned(),
-                project: project.to_owned(),
-                created_at,
-            })
-        })
+        self.acting(actor)?.places().workspace_create(name, project)
     }
 
     // ----- VMs ---------------------------------------------------------------
@@ -1255,50 +1015,6 @@ impl Core {
             sessions,
         })
     }
-}
-
-fn grant(
-    tx: &Connection,
-    actor: &str,
-    user_id: i64,
-    user_name: &str,
-    amount: i64,
-    reason: &str,
-) -> Result<LedgerEntry> {
-    let entry = ledger::append(
-        tx,
-        user_name,
-        Entry {
-            user_id,
-            amount,
-            kind: LedgerKind::Grant,
-            reason,
-            vm_id: None,
-            session_id: None,
-            actor,
-        },
-    )?;
-    events::record(
-        tx,
-        NewEvent::info(
-            EventType::Admin,
-            "credits.grant",
-            actor,
-            json!({"user": user_name, "amount": amount, "reason": reason}),
-        ),
-    )?;
-    Ok(entry)
-}
-
-fn statement(conn: &Connection, u: &User) -> Result<CreditStatement> {
-    let balance: i64 = conn.query_row("SELECT balance FROM users WHERE id = ?1", [u.id], |r| {
-        r.get(0)
-    })?;
-    Ok(CreditStatement {
-        user: u.name.clone(),
-        balance,
-        entries: ledger::entries(conn, u.id)?,
-    })
 }
 
 /// The vmdesk names an imported machine may take, best first: its own, then

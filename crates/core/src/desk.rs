@@ -3,12 +3,11 @@
 
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use ts_rs::TS;
 
-use crate::core::{admin, user, Core};
+use crate::core::{user, Core};
 use crate::error::{Error, Result};
-use crate::events::{self, NewEvent};
+use crate::events;
 use crate::model::*;
 use crate::provider::MachineStats;
 
@@ -128,41 +127,7 @@ impl Core {
     /// Makes a user an admin or a plain user (admin only). The last admin
     /// cannot be made a plain user: nobody could grant credits any more.
     pub fn user_role(&self, actor: &str, name: &str, role: Role) -> Result<User> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.user_role(name, role);
-        }
-        self.write(|tx| {
-            let a = admin(tx, actor, "change roles")?;
-            let u = user(tx, name)?;
-            if u.role == role {
-                return Ok(u);
-            }
-            if role == Role::User {
-                let admins: i64 =
-                    tx.query_row("SELECT count(*) FROM users WHERE role = 'admin'", [], |r| {
-                        r.get(0)
-                    })?;
-                if admins <= 1 {
-                    return Err(Error::invalid(format!(
-                        "{name} is the last admin; make another user admin first"
-                    )));
-                }
-            }
-            tx.execute(
-                "UPDATE users SET role = ?1 WHERE id = ?2",
-                params![role, u.id],
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "user.role",
-                    &a.name,
-                    json!({"user": name, "from": u.role, "to": role}),
-                ),
-            )?;
-            user(tx, name)
-        })
+        self.acting(actor)?.users().user_role(name, role)
     }
 
     /// A running VM's counters now, with its CPU use since `prev` (a sample

@@ -17,6 +17,7 @@ mod billing;
 mod consoles;
 mod core;
 mod desk;
+mod embedded;
 mod events;
 mod images;
 mod ledger;
@@ -36,5 +37,8 @@ pub use crate::model::*;
 pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
 pub use crate::store::ago;
 pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
-pub use crate::team::{Billed, ImportMachine, OpenConsole, TeamStore};
+pub use crate::team::{
+    Billed, Billing, Consoles, Events, ImportMachine, OpenConsole, Places, Quarantine, Sessions,
+    Store, Users, Vms, Work,
+};
 pub use crate::vms::{ProgressFn, OS_BUILTIN};

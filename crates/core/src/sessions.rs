@@ -885,7 +885,7 @@ impl Core {
     /// [`Core::drive_pending`] on a team store: what desks left to a
     /// worker is an admin's to drive (`vmdesk serve`); a plain login's desk
     /// drives nothing it did not start itself.
-    fn drive_pending_team(&self, t: &dyn crate::team::TeamStore) -> Result<usize> {
+    fn drive_pending_team(&self, t: &dyn crate::team::Store) -> Result<usize> {
         if t.whoami()?.role != Role::Admin {
             return Ok(0);
         }
@@ -913,7 +913,7 @@ impl Core {
 
     /// [`Core::recover`] on a team store (an admin: `vmdesk serve`): the
     /// work of workers that died, on any desk, is settled as on one desk.
-    fn recover_team(&self, t: &dyn crate::team::TeamStore) -> Result<usize> {
+    fn recover_team(&self, t: &dyn crate::team::Store) -> Result<usize> {
         if t.whoami()?.role != Role::Admin {
             return Ok(0);
         }

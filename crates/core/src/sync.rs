@@ -276,7 +276,7 @@ impl Core {
 
 /// [`reconcile_in`] on a team store: one locked function call per VM.
 fn team_reconcile(
-    t: &dyn crate::team::TeamStore,
+    t: &dyn crate::team::Store,
     vm_id: i64,
     observed: &Observed,
     source: &str,

@@ -1,36 +1,68 @@
-//! The team store: one PostgreSQL database shared by many desks. Who acts is
-//! the store's login, and what they may do the database enforces itself
-//! (crates/postgres); this trait is the narrow interface [`Core`] reaches
-//! it through. Operations not on it yet answer
-//! [`Error::NotOnTeamStore`] in team mode instead of touching the desk's own
-//! file, so a team desk never mixes the two.
+//! What core asks of a store of the shared data: one trait per domain, and
+//! [`Store`], all of them together. A store acts as one user (its
+//! [`Users::login`]) and holds the invariants itself; core keeps the
+//! orchestration (hosts, workers, waits) and calls the store at each step.
+//!
+//! The team store (crates/postgres) implements them all: who acts is its
+//! login, and the database enforces what they may do. The embedded store
+//! (crate::embedded) implements them domain by domain as its SQL leaves
+//! core's domain files; until a domain has moved, core still reaches the
+//! data directory's file directly for it. An operation the team store does
+//! not offer answers [`Error::NotOnTeamStore`] in team mode instead of
+//! touching the desk's own file, so a team desk never mixes the two.
 
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::Core;
 
-/// A shared store's side of the operations [`Core`] offers in team mode.
-/// Every method acts as the store's login ([`TeamStore::login`]); refusals
-/// come from the database and are mapped to the same [`Error`]s as on the
-/// embedded store.
-pub trait TeamStore: Send + Sync {
+/// A store of the shared data: every domain's operations, acting as one
+/// user ([`Users::login`]). Refusals are the same [`Error`]s on every store.
+pub trait Store:
+    Users + Places + Sessions + Vms + Events + Work + Consoles + Billing + Quarantine
+{
+}
+
+impl<T> Store for T where
+    T: Users + Places + Sessions + Vms + Events + Work + Consoles + Billing + Quarantine + ?Sized
+{
+}
+
+/// Every store trait in scope, unnamed: `use vmdesk_core::team::prelude::*`
+/// to call a store's methods.
+pub mod prelude {
+    pub use super::{
+        Billing as _, Consoles as _, Events as _, Places as _, Quarantine as _, Sessions as _,
+        Store as _, Users as _, Vms as _, Work as _,
+    };
+}
+
+/// Who acts, the users, and their credits.
+pub trait Users: Send + Sync {
     /// The login this store acts as.
     fn login(&self) -> &str;
+
     /// A description for headers and logs ("ann @ db.example:5432/vmdesk").
     fn describe(&self) -> String;
+
     /// The login's user.
     fn whoami(&self) -> Result<User>;
+
     /// A user by name (oneself, or anyone for an admin).
     fn user(&self, name: &str) -> Result<User>;
+
     /// Adds a user and its login; `password` None makes a login without one
     /// (certificate authentication, or an existing login of the cluster).
     fn user_add(&self, name: &str, admin: bool, password: Option<&str>) -> Result<User>;
+
     /// Every user (admin).
     fn user_list(&self) -> Result<Vec<User>>;
+
     /// Makes a user admin or plain user (admin); never the last admin away.
     fn user_role(&self, name: &str, role: Role) -> Result<User>;
+
     /// Grants credits (admin); returns the user's statement after it.
     fn credits_grant(&self, to: &str, amount: i64, reason: &str) -> Result<CreditStatement>;
+
     /// Takes credits if the balance covers them, in one step (oneself, or anyone for an admin).
     fn charge(
         &self,
@@ -39,73 +71,106 @@ pub trait TeamStore: Send + Sync {
         kind: LedgerKind,
         reason: &str,
     ) -> Result<LedgerEntry>;
+
     /// A user's balance and ledger (oneself, or anyone for an admin).
     fn credits_show(&self, of: &str) -> Result<CreditStatement>;
+}
+
+/// Hosts, projects and workspaces, and the store's install id.
+pub trait Places: Send + Sync {
     /// Adds a host (admin); the caller has checked that it answers.
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> Result<Host>;
+
     /// A host by name.
     fn host(&self, name: &str) -> Result<Host>;
+
     /// Every host.
     fn host_list(&self) -> Result<Vec<Host>>;
+
     /// Creates a project (admin).
     fn project_create(&self, name: &str) -> Result<Project>;
+
     /// Creates a workspace in a project (admin).
     fn workspace_create(&self, name: &str, project: &str) -> Result<Workspace>;
+
+    /// The store's install id: it marks the store's machines on hosts,
+    /// whichever desk made them.
+    fn install_id(&self) -> Result<String>;
+
+    /// Projects with their workspaces' names, by name.
+    fn projects(&self) -> Result<Vec<(Project, Vec<String>)>>;
+}
+
+/// Pool sessions: allocation and each step of their life.
+pub trait Sessions: Send + Sync {
     /// Allocates a session (REQUESTED) on a free VM of the pool.
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> Result<Session>;
+
     /// Asks a session to end (TERMINATING; a REQUESTED one is cancelled).
     fn session_close(&self, id: i64) -> Result<Session> {
         Ok(self.session_close_by(id, None)?.0)
     }
+
     /// The login's sessions; `all`: everyone's (admin).
     fn session_list(&self, all: bool) -> Result<Vec<Session>>;
-    /// VMs the login may see: pools' and its own; `all`: everyone's (admin).
-    fn vm_list(&self, all: bool) -> Result<Vec<Vm>>;
-    /// The newest events the login may see, newest first.
-    fn events(&self, limit: i64) -> Result<Vec<Event>>;
-    /// Events the login may see, filtered (`q`) and, with `vm`, of one VM;
-    /// newest first.
-    fn events_query(&self, q: &crate::EventQuery, vm: Option<i64>) -> Result<Vec<Event>>;
-    /// The store's install id: it marks the store's machines on hosts,
-    /// whichever desk made them.
-    fn install_id(&self) -> Result<String>;
-    /// Projects with their workspaces' names, by name.
-    fn projects(&self) -> Result<Vec<(Project, Vec<String>)>>;
-    /// A VM the login may see, by id or name.
-    fn vm(&self, reference: &str) -> Result<Vm>;
-    /// A pool VM (admin), CREATING while `worker` defines `machine` on its host.
-    fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> Result<Vm>;
-    /// Settles [`TeamStore::vm_add`]: ready (STOPPED) or gone, with the event's details.
-    fn vm_add_done(&self, id: i64, ok: bool, details: serde_json::Value) -> Result<()>;
-    /// A VM of the login's own, charged at the database's price in the
-    /// same transaction; CREATING until provisioned.
-    fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> Result<Vm>;
-    /// Claims a CREATING VM nobody provisions for `worker`; whether it did.
-    fn vm_claim(&self, id: i64, worker: &str) -> Result<bool>;
-    /// Whether a VM being created is to be started.
-    fn vm_start_after_create(&self, id: i64) -> Result<bool>;
-    /// A creation's end: the state the machine is in, or why it failed.
-    fn vm_created(&self, id: i64, outcome: std::result::Result<VmStatus, String>) -> Result<Vm>;
+
     /// A session the login may see.
     fn session(&self, id: i64) -> Result<Session>;
+
     /// Closes a session (see `vmdesk.session_close`); with `worker`, the
     /// caller drives the shutdown and the flag says whether it must.
     fn session_close_by(&self, id: i64, worker: Option<&str>) -> Result<(Session, bool)>;
+
     /// REQUESTED → STARTING, claimed by `worker` when it opened it.
     fn session_starting(&self, id: i64, worker: &str) -> Result<Session>;
+
     /// STARTING → ACTIVE: the VM runs.
     fn session_started(&self, id: i64, machine: &str) -> Result<Session>;
+
     /// The start failed: FAILED, the VM as observed.
     fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> Result<()>;
+
     /// The shutdown is under way; the guest is forced off at `force_off_at`.
     fn session_stopping(&self, id: i64, force_off_at: &str) -> Result<()>;
+
     /// TERMINATING → `end`: the VM is off.
     fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> Result<Session>;
+
     /// The shutdown failed: left TERMINATING for a later try.
     fn session_close_failed(&self, id: i64, reason: &str) -> Result<()>;
+}
+
+/// VMs, pools' and users' own: creation, actions, state and metadata.
+pub trait Vms: Send + Sync {
+    /// VMs the login may see: pools' and its own; `all`: everyone's (admin).
+    fn vm_list(&self, all: bool) -> Result<Vec<Vm>>;
+
+    /// A VM the login may see, by id or name.
+    fn vm(&self, reference: &str) -> Result<Vm>;
+
+    /// A pool VM (admin), CREATING while `worker` defines `machine` on its host.
+    fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> Result<Vm>;
+
+    /// Settles [`Vms::vm_add`]: ready (STOPPED) or gone, with the event's details.
+    fn vm_add_done(&self, id: i64, ok: bool, details: serde_json::Value) -> Result<()>;
+
+    /// A VM of the login's own, charged at the database's price in the
+    /// same transaction; CREATING until provisioned.
+    fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> Result<Vm>;
+
+    /// Claims a CREATING VM nobody provisions for `worker`; whether it did.
+    fn vm_claim(&self, id: i64, worker: &str) -> Result<bool>;
+
+    /// Whether a VM being created is to be started.
+    fn vm_start_after_create(&self, id: i64) -> Result<bool>;
+
+    /// A creation's end: the state the machine is in, or why it failed.
+    fn vm_created(&self, id: i64, outcome: std::result::Result<VmStatus, String>) -> Result<Vm>;
+
     /// Checks a VM action (owner or admin) and marks a stop or destroy
     /// STOPPING; returns the VM as it was.
     fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> Result<Vm>;
+
     /// The action is done: the VM is `now`. `as_system`: the system itself
     /// acted (billing at zero credits), through an admin's process.
     fn vm_action_done(
@@ -117,8 +182,10 @@ pub trait TeamStore: Send + Sync {
         forced_off: bool,
         as_system: bool,
     ) -> Result<()>;
+
     /// The action failed: the VM is back as it `was`.
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
+
     /// Writes what a host said of a VM's machine (admin): `state` is
     /// running, off, between, not_found or error (with `error`).
     fn vm_synced(
@@ -128,22 +195,71 @@ pub trait TeamStore: Send + Sync {
         error: Option<&str>,
         source: &str,
     ) -> Result<Option<crate::SyncChange>>;
+
+    /// Adopts machines of a host as VMs of a pool (admin); known machines
+    /// are passed over.
+    fn vm_import(&self, host: &str, pool: &str, machines: &[ImportMachine])
+        -> Result<ImportReport>;
+
+    /// Merges `patch` (an object of strings) into a VM's metadata (its owner
+    /// or an admin).
+    fn vm_meta(&self, vm: &str, patch: &serde_json::Value) -> Result<Vm>;
+}
+
+/// The event log.
+pub trait Events: Send + Sync {
+    /// The newest events the login may see, newest first.
+    fn events(&self, limit: i64) -> Result<Vec<Event>>;
+
+    /// Events the login may see, filtered (`q`) and, with `vm`, of one VM;
+    /// newest first.
+    fn events_query(&self, q: &crate::EventQuery, vm: Option<i64>) -> Result<Vec<Event>>;
+
+    /// A system event through an admin's process (serve.lead, clock.jump).
+    fn system_note(
+        &self,
+        action: &str,
+        severity: Severity,
+        details: serde_json::Value,
+    ) -> Result<()>;
+
+    /// A refused or failed action of the login's own, as a warning event.
+    fn note_failure(&self, action: &str, vm: Option<i64>, details: serde_json::Value)
+        -> Result<()>;
+}
+
+/// Workers: who lives, pending and claimed work, and recovery of a dead worker's.
+pub trait Work: Send + Sync {
     /// Marks this process's `worker` alive for every desk while its
     /// connection lives (and again after a reconnection).
     fn register_worker(&self, worker: &str) -> Result<()>;
+
     /// Whether another process's worker lives (on any desk).
     fn worker_alive(&self, worker: &str) -> Result<bool>;
+
     /// Claims the oldest creation or session waiting for a worker (admin):
     /// its kind ("vm" or "session"), id and status.
     fn claim_pending(&self, worker: &str) -> Result<Option<(String, i64, String)>>;
+
     /// Work claimed and not finished (admin): kind, id, worker.
     fn claimed_work(&self) -> Result<Vec<(String, i64, String)>>;
+
     /// Takes over a dead worker's work for `me` (admin); whether it did.
     fn reclaim(&self, kind: &str, id: i64, dead: &str, me: &str) -> Result<bool>;
+
     /// A creation whose creator died is FAILED_TO_START (admin).
     fn recovered_vm(&self, id: i64, me: &str, dead: &str, machine: &str) -> Result<()>;
+
     /// A session whose worker died is settled by its VM's state (admin).
     fn recovered_session(&self, id: i64, me: &str, dead: &str, vm_status: VmStatus) -> Result<()>;
+
+    /// The `vmdesk serve` that leads now, if one does: its host, pid and
+    /// since when.
+    fn serve_leader(&self) -> Result<Option<(String, i32, String)>>;
+}
+
+/// Console ports and their tokens.
+pub trait Consoles: Send + Sync {
     /// Reserves a port of `desk`'s console pool for a VM the login may see
     /// running, with its token's hash; the port and the VM.
     #[allow(clippy::too_many_arguments)]
@@ -157,6 +273,7 @@ pub trait TeamStore: Send + Sync {
         token_hash: &str,
         expires_at: &str,
     ) -> Result<(u16, Vm)>;
+
     /// Spends a console's token; the VM, and why the console closed if its
     /// opener may no longer see it running.
     fn console_redeem(
@@ -165,26 +282,20 @@ pub trait TeamStore: Send + Sync {
         port: u16,
         token_hash: &str,
     ) -> Result<(Vm, Option<String>)>;
+
     /// Returns a port to `desk`'s pool; whether it was taken. `recovery`:
     /// freed because the process serving it is gone.
     fn console_release(&self, desk: &str, port: u16, reason: &str, recovery: bool) -> Result<bool>;
-    /// A system event through an admin's process (serve.lead, clock.jump).
-    fn system_note(
-        &self,
-        action: &str,
-        severity: Severity,
-        details: serde_json::Value,
-    ) -> Result<()>;
-    /// A refused or failed action of the login's own, as a warning event.
-    fn note_failure(&self, action: &str, vm: Option<i64>, details: serde_json::Value)
-        -> Result<()>;
+
     /// `desk`'s open consoles the login may see.
     fn consoles(&self, desk: &str) -> Result<Vec<OpenConsole>>;
-    /// The `vmdesk serve` that leads now, if one does: its host, pid and
-    /// since when.
-    fn serve_leader(&self) -> Result<Option<(String, i32, String)>>;
+}
+
+/// Charging running time.
+pub trait Billing: Send + Sync {
     /// The VMs with running time to charge (admin).
     fn billable_vms(&self) -> Result<Vec<i64>>;
+
     /// Charges a VM's running time up to `now` (admin), in one transaction
     /// that also moves its billed-until mark; `observed` caps the seconds.
     fn bill_vm(
@@ -194,26 +305,27 @@ pub trait TeamStore: Send + Sync {
         observed: Option<i64>,
         cfg: crate::BillingConfig,
     ) -> Result<Option<Billed>>;
-    /// Adopts machines of a host as VMs of a pool (admin); known machines
-    /// are passed over.
-    fn vm_import(&self, host: &str, pool: &str, machines: &[ImportMachine])
-        -> Result<ImportReport>;
+}
+
+/// Marked machines without a VM row.
+pub trait Quarantine: Send + Sync {
     /// Whether a machine on a host has a live VM row, and whether it is
     /// quarantined (admin).
     fn machine_known(&self, host: &str, machine: &str) -> Result<(bool, bool)>;
+
     /// Quarantines a marked machine without a row (admin); false if it has
     /// one or was quarantined already.
     fn quarantine_add(&self, host: &str, machine: &str, powered_off: bool) -> Result<bool>;
+
     /// Forgets a host's quarantined machines that are no longer among its
     /// `marked` ones, or that have a row again (admin).
     fn quarantine_keep(&self, host: &str, marked: &[String]) -> Result<()>;
+
     /// The quarantined machines, oldest first (admin).
     fn quarantined(&self) -> Result<Vec<Quarantined>>;
+
     /// A quarantined machine was deleted from its host (admin).
     fn quarantine_purged(&self, host: &str, machine: &str) -> Result<()>;
-    /// Merges `patch` (an object of strings) into a VM's metadata (its owner
-    /// or an admin).
-    fn vm_meta(&self, vm: &str, patch: &serde_json::Value) -> Result<Vm>;
 }
 
 /// A host's machine as an import offers it to the team store: the names it
@@ -269,14 +381,38 @@ pub struct Billed {
     pub stop_vm: bool,
 }
 
+/// The store a call acts on, as the user it acts as: the team store (as its
+/// login) or the embedded one (as the actor the caller named). A domain's
+/// accessor is here once the embedded store implements it.
+pub(crate) enum Acting<'a> {
+    Team(&'a dyn Store),
+    Embedded(crate::embedded::Embedded<'a>),
+}
+
+impl Acting<'_> {
+    pub(crate) fn users(&self) -> &dyn Users {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn places(&self) -> &dyn Places {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+}
+
 impl Core {
     /// The team store, when this core works on one.
-    pub fn team(&self) -> Option<&dyn TeamStore> {
+    pub fn team(&self) -> Option<&dyn Store> {
         self.opts.team.as_deref()
     }
 
     /// In team mode, the acting user is the store's login: `actor` must name it.
-    pub(crate) fn team_as(&self, actor: &str) -> Result<Option<&dyn TeamStore>> {
+    pub(crate) fn team_as(&self, actor: &str) -> Result<Option<&dyn Store>> {
         match self.team() {
             None => Ok(None),
             Some(t) if t.login() == actor => Ok(Some(t)),
@@ -286,6 +422,27 @@ impl Core {
                     "act on the team store, whose login is {:?} (on a team store you are your login)",
                     t.login()
                 ),
+            }),
+        }
+    }
+
+    /// The store, acting as `actor` (in team mode `actor` must be the
+    /// store's login: see [`Core::team_as`]).
+    pub(crate) fn acting<'a>(&'a self, actor: &'a str) -> Result<Acting<'a>> {
+        Ok(match self.team_as(actor)? {
+            Some(t) => Acting::Team(t),
+            None => Acting::Embedded(crate::embedded::Embedded { core: self, actor }),
+        })
+    }
+
+    /// The store for reads that check no actor (a host or a user by name):
+    /// the team store as its login, the embedded one as the system.
+    pub(crate) fn reading(&self) -> Acting<'_> {
+        match self.team() {
+            Some(t) => Acting::Team(t),
+            None => Acting::Embedded(crate::embedded::Embedded {
+                core: self,
+                actor: crate::core::SYSTEM,
             }),
         }
     }

@@ -424,7 +424,7 @@ impl Core {
     /// refused or failed action leaves a warning event, as on one desk.
     pub(crate) fn vm_action_team(
         &self,
-        t: &dyn crate::team::TeamStore,
+        t: &dyn crate::team::Store,
         vm: &str,
         action: VmAction,
         as_system: bool,

@@ -7,7 +7,7 @@
 //! PostgreSQL: each client is a thread with a desk's store of its own
 //! (`PgStore`: its connection, its prepared statements, its after-commit
 //! notifier), logged in as one of several plain users, calling
-//! `TeamStore::session_open` as a desk does; all connect before the clock
+//! `Sessions::session_open` as a desk does; all connect before the clock
 //! starts. `postgres-sql` is the same with the bare `vmdesk.session_open`
 //! call, to show what the desk's side adds. Embedded: `Core::session_open`
 //! on one `Core` shared by the threads (an app's threads) and on one `Core`
@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
-use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest, TeamStore};
+use vmdesk_core::team::prelude::*;
+use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
 use vmdesk_postgres::PgStore;
 
 /// VMs in each case's pool: more than the fastest case allocates.

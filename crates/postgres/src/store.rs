@@ -1,4 +1,4 @@
-//! [`PgStore`]: the team store as [`vmdesk_core::TeamStore`]. Every change
+//! [`PgStore`]: the team store as [`vmdesk_core::Store`]. Every change
 //! is one call of a `vmdesk.*` function (the database checks who may);
 //! reads go through row-level security. The server's refusals come back as
 //! core's own errors, built from the structured DETAIL the functions send.
@@ -15,8 +15,9 @@ use serde_json::Value;
 use vmdesk_core::model::*;
 use vmdesk_core::{
     Billed, Error as CoreError, ImportMachine, OpenConsole, Result as CoreResult, RuntimeCharge,
-    SyncChange, TeamStore,
+    SyncChange,
 };
+use vmdesk_core::{Billing, Consoles, Events, Places, Quarantine, Sessions, Users, Vms, Work};
 
 use crate::listen::CHANNEL;
 use crate::notifier::{Notifier, PAYLOAD};
@@ -437,7 +438,7 @@ fn to_core(login: &str, e: postgres::Error) -> CoreError {
     }
 }
 
-impl TeamStore for PgStore {
+impl Users for PgStore {
     fn login(&self) -> &str {
         &self.conn.login
     }
@@ -537,7 +538,9 @@ impl TeamStore for PgStore {
         }
         self.statement(of)
     }
+}
 
+impl Places for PgStore {
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> CoreResult<Host> {
         let _changed = self.changed();
         self.conn.with(|c| {
@@ -598,6 +601,36 @@ impl TeamStore for PgStore {
         )
     }
 
+    fn install_id(&self) -> CoreResult<String> {
+        self.conn.one(
+            "SELECT value FROM vmdesk.settings WHERE key = 'install_id'",
+            &[],
+            |r| Ok(r.get(0)),
+        )
+    }
+
+    fn projects(&self) -> CoreResult<Vec<(Project, Vec<String>)>> {
+        self.conn.query(
+            "SELECT p.id, p.name, vmdesk.ts(p.created_at),
+                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL), '{}')
+             FROM vmdesk.projects p LEFT JOIN vmdesk.workspaces w ON w.project_id = p.id
+             GROUP BY p.id ORDER BY p.name",
+            &[],
+            |r| {
+                Ok((
+                    Project {
+                        id: r.get(0),
+                        name: r.get(1),
+                        created_at: r.get(2),
+                    },
+                    r.get(3),
+                ))
+            },
+        )
+    }
+}
+
+impl Sessions for PgStore {
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> CoreResult<Session> {
         let _changed = self.changed();
         // One round trip: the session opened and its VM's name. The row
@@ -639,6 +672,84 @@ impl TeamStore for PgStore {
         )
     }
 
+    fn session(&self, id: i64) -> CoreResult<Session> {
+        self.session_by_id(id)
+    }
+
+    fn session_close_by(&self, id: i64, worker: Option<&str>) -> CoreResult<(Session, bool)> {
+        let _changed = self.changed();
+        let drive: bool = self
+            .conn
+            .with(|c| {
+                c.query_one(
+                    "SELECT drive FROM vmdesk.session_close($1, $2)",
+                    &[&id, &worker],
+                )
+            })?
+            .get(0);
+        Ok((self.session_by_id(id)?, drive))
+    }
+
+    fn session_starting(&self, id: i64, worker: &str) -> CoreResult<Session> {
+        let _changed = self.changed();
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
+        self.session_by_id(id)
+    }
+
+    fn session_started(&self, id: i64, machine: &str) -> CoreResult<Session> {
+        let _changed = self.changed();
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
+        self.session_by_id(id)
+    }
+
+    fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_start_failed($1, $2, $3)",
+                &[&id, &reason, &vm_status.as_str()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn session_stopping(&self, id: i64, force_off_at: &str) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_stopping($1, $2)",
+                &[&id, &force_off_at],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> CoreResult<Session> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_ended($1, $2, $3)",
+                &[&id, &end.as_str(), &forced_off],
+            )
+        })?;
+        self.session_by_id(id)
+    }
+
+    fn session_close_failed(&self, id: i64, reason: &str) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_close_failed($1, $2)",
+                &[&id, &reason],
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl Vms for PgStore {
     fn vm_list(&self, all: bool) -> CoreResult<Vec<Vm>> {
         if all {
             self.require_admin("list every user's VMs")?;
@@ -650,34 +761,6 @@ impl TeamStore for PgStore {
             ),
             &[&all, &me.id],
             vm_row,
-        )
-    }
-
-    fn install_id(&self) -> CoreResult<String> {
-        self.conn.one(
-            "SELECT value FROM vmdesk.settings WHERE key = 'install_id'",
-            &[],
-            |r| Ok(r.get(0)),
-        )
-    }
-
-    fn projects(&self) -> CoreResult<Vec<(Project, Vec<String>)>> {
-        self.conn.query(
-            "SELECT p.id, p.name, vmdesk.ts(p.created_at),
-                    coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL), '{}')
-             FROM vmdesk.projects p LEFT JOIN vmdesk.workspaces w ON w.project_id = p.id
-             GROUP BY p.id ORDER BY p.name",
-            &[],
-            |r| {
-                Ok((
-                    Project {
-                        id: r.get(0),
-                        name: r.get(1),
-                        created_at: r.get(2),
-                    },
-                    r.get(3),
-                ))
-            },
         )
     }
 
@@ -786,82 +869,6 @@ impl TeamStore for PgStore {
         self.vm(&id.to_string())
     }
 
-    fn session(&self, id: i64) -> CoreResult<Session> {
-        self.session_by_id(id)
-    }
-
-    fn session_close_by(&self, id: i64, worker: Option<&str>) -> CoreResult<(Session, bool)> {
-        let _changed = self.changed();
-        let drive: bool = self
-            .conn
-            .with(|c| {
-                c.query_one(
-                    "SELECT drive FROM vmdesk.session_close($1, $2)",
-                    &[&id, &worker],
-                )
-            })?
-            .get(0);
-        Ok((self.session_by_id(id)?, drive))
-    }
-
-    fn session_starting(&self, id: i64, worker: &str) -> CoreResult<Session> {
-        let _changed = self.changed();
-        self.conn
-            .with(|c| c.execute("SELECT vmdesk.session_starting($1, $2)", &[&id, &worker]))?;
-        self.session_by_id(id)
-    }
-
-    fn session_started(&self, id: i64, machine: &str) -> CoreResult<Session> {
-        let _changed = self.changed();
-        self.conn
-            .with(|c| c.execute("SELECT vmdesk.session_started($1, $2)", &[&id, &machine]))?;
-        self.session_by_id(id)
-    }
-
-    fn session_start_failed(&self, id: i64, reason: &str, vm_status: VmStatus) -> CoreResult<()> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.session_start_failed($1, $2, $3)",
-                &[&id, &reason, &vm_status.as_str()],
-            )
-        })?;
-        Ok(())
-    }
-
-    fn session_stopping(&self, id: i64, force_off_at: &str) -> CoreResult<()> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.session_stopping($1, $2)",
-                &[&id, &force_off_at],
-            )
-        })?;
-        Ok(())
-    }
-
-    fn session_ended(&self, id: i64, end: SessionStatus, forced_off: bool) -> CoreResult<Session> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.session_ended($1, $2, $3)",
-                &[&id, &end.as_str(), &forced_off],
-            )
-        })?;
-        self.session_by_id(id)
-    }
-
-    fn session_close_failed(&self, id: i64, reason: &str) -> CoreResult<()> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.session_close_failed($1, $2)",
-                &[&id, &reason],
-            )
-        })?;
-        Ok(())
-    }
-
     fn vm_action_begin(&self, id: i64, action: VmAction, force_off_at: &str) -> CoreResult<Vm> {
         let _changed = self.changed();
         let name = action_name(action);
@@ -947,6 +954,98 @@ impl TeamStore for PgStore {
         }))
     }
 
+    fn vm_import(
+        &self,
+        host: &str,
+        pool: &str,
+        machines: &[ImportMachine],
+    ) -> CoreResult<ImportReport> {
+        let _changed = self.changed();
+        let offer = serde_json::to_string(machines).map_err(|e| CoreError::Store(e.to_string()))?;
+        let rows = self.conn.query(
+            "SELECT machine, vm_id, skipped FROM vmdesk.vm_import($1, $2, $3::text::jsonb)",
+            &[&host, &pool, &offer],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<i64>>(1),
+                    r.get::<_, Option<String>>(2),
+                ))
+            },
+        )?;
+        let mut report = ImportReport::default();
+        for (machine, vm, skipped) in rows {
+            match (vm, skipped) {
+                (Some(id), _) => report.imported.push(self.vm(&id.to_string())?),
+                (None, reason) => report.skipped.push(Skipped {
+                    machine,
+                    reason: reason.unwrap_or_default(),
+                }),
+            }
+        }
+        Ok(report)
+    }
+
+    fn vm_meta(&self, vm: &str, patch: &Value) -> CoreResult<Vm> {
+        let _changed = self.changed();
+        let id: i64 = self.conn.one(
+            "SELECT vmdesk.vm_meta($1, $2::text::jsonb)",
+            &[&vm, &patch.to_string()],
+            |r| Ok(r.get(0)),
+        )?;
+        self.vm(&id.to_string())
+    }
+}
+
+impl Events for PgStore {
+    fn system_note(&self, action: &str, severity: Severity, details: Value) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
+                &[&action, &severity.as_str(), &details.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn note_failure(&self, action: &str, vm: Option<i64>, details: Value) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.note_failure($1, $2, $3::text::jsonb)",
+                &[&action, &vm, &details.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn events_query(&self, q: &vmdesk_core::EventQuery, vm: Option<i64>) -> CoreResult<Vec<Event>> {
+        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
+        let severities: Vec<&str> = q.severities.iter().map(|s| s.as_str()).collect();
+        self.conn.query(
+            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
+             FROM vmdesk.events
+             WHERE (cardinality($1::text[]) = 0 OR type = ANY($1))
+               AND (cardinality($2::text[]) = 0 OR severity = ANY($2))
+               AND id > $3 AND ($4::bigint IS NULL OR vm_id = $4)
+             ORDER BY id DESC LIMIT $5",
+            &[&types, &severities, &q.after.unwrap_or(0), &vm, &q.limit],
+            event_row,
+        )
+    }
+
+    fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
+        self.conn.query(
+            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
+             FROM vmdesk.events ORDER BY id DESC LIMIT $1",
+            &[&limit],
+            event_row,
+        )
+    }
+}
+
+impl Work for PgStore {
     fn register_worker(&self, worker: &str) -> CoreResult<()> {
         let key: i64 = self.conn.with(|c| {
             let key: i64 = c
@@ -1033,6 +1132,21 @@ impl TeamStore for PgStore {
         Ok(())
     }
 
+    fn serve_leader(&self) -> CoreResult<Option<(String, i32, String)>> {
+        let r = self.conn.with(|c| {
+            c.query_one(
+                "SELECT o_host, o_pid, o_since FROM vmdesk.serve_leader()",
+                &[],
+            )
+        })?;
+        Ok(match (r.get(0), r.get(1), r.get(2)) {
+            (Some(host), Some(pid), Some(since)) => Some((host, pid, since)),
+            _ => None,
+        })
+    }
+}
+
+impl Consoles for PgStore {
     fn console_reserve(
         &self,
         desk: &str,
@@ -1101,28 +1215,6 @@ impl TeamStore for PgStore {
             .get(0))
     }
 
-    fn system_note(&self, action: &str, severity: Severity, details: Value) -> CoreResult<()> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
-                &[&action, &severity.as_str(), &details.to_string()],
-            )
-        })?;
-        Ok(())
-    }
-
-    fn note_failure(&self, action: &str, vm: Option<i64>, details: Value) -> CoreResult<()> {
-        let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.note_failure($1, $2, $3::text::jsonb)",
-                &[&action, &vm, &details.to_string()],
-            )
-        })?;
-        Ok(())
-    }
-
     fn consoles(&self, desk: &str) -> CoreResult<Vec<OpenConsole>> {
         self.conn.query(
             "SELECT c.port, v.name, u.name, vmdesk.ts(c.created_at), c.worker
@@ -1142,20 +1234,9 @@ impl TeamStore for PgStore {
             },
         )
     }
+}
 
-    fn serve_leader(&self) -> CoreResult<Option<(String, i32, String)>> {
-        let r = self.conn.with(|c| {
-            c.query_one(
-                "SELECT o_host, o_pid, o_since FROM vmdesk.serve_leader()",
-                &[],
-            )
-        })?;
-        Ok(match (r.get(0), r.get(1), r.get(2)) {
-            (Some(host), Some(pid), Some(since)) => Some((host, pid, since)),
-            _ => None,
-        })
-    }
-
+impl Billing for PgStore {
     fn billable_vms(&self) -> CoreResult<Vec<i64>> {
         self.conn
             .query("SELECT * FROM vmdesk.billable_vms()", &[], |r| Ok(r.get(0)))
@@ -1193,63 +1274,9 @@ impl TeamStore for PgStore {
             stop_vm: r.get::<_, Option<bool>>(6).unwrap_or(false),
         }))
     }
+}
 
-    fn events_query(&self, q: &vmdesk_core::EventQuery, vm: Option<i64>) -> CoreResult<Vec<Event>> {
-        let types: Vec<&str> = q.types.iter().map(|t| t.as_str()).collect();
-        let severities: Vec<&str> = q.severities.iter().map(|s| s.as_str()).collect();
-        self.conn.query(
-            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
-             FROM vmdesk.events
-             WHERE (cardinality($1::text[]) = 0 OR type = ANY($1))
-               AND (cardinality($2::text[]) = 0 OR severity = ANY($2))
-               AND id > $3 AND ($4::bigint IS NULL OR vm_id = $4)
-             ORDER BY id DESC LIMIT $5",
-            &[&types, &severities, &q.after.unwrap_or(0), &vm, &q.limit],
-            event_row,
-        )
-    }
-
-    fn events(&self, limit: i64) -> CoreResult<Vec<Event>> {
-        self.conn.query(
-            "SELECT id, type, action, severity, actor, vm_id, session_id, details::text, vmdesk.ts(created_at)
-             FROM vmdesk.events ORDER BY id DESC LIMIT $1",
-            &[&limit],
-            event_row,
-        )
-    }
-
-    fn vm_import(
-        &self,
-        host: &str,
-        pool: &str,
-        machines: &[ImportMachine],
-    ) -> CoreResult<ImportReport> {
-        let _changed = self.changed();
-        let offer = serde_json::to_string(machines).map_err(|e| CoreError::Store(e.to_string()))?;
-        let rows = self.conn.query(
-            "SELECT machine, vm_id, skipped FROM vmdesk.vm_import($1, $2, $3::text::jsonb)",
-            &[&host, &pool, &offer],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0),
-                    r.get::<_, Option<i64>>(1),
-                    r.get::<_, Option<String>>(2),
-                ))
-            },
-        )?;
-        let mut report = ImportReport::default();
-        for (machine, vm, skipped) in rows {
-            match (vm, skipped) {
-                (Some(id), _) => report.imported.push(self.vm(&id.to_string())?),
-                (None, reason) => report.skipped.push(Skipped {
-                    machine,
-                    reason: reason.unwrap_or_default(),
-                }),
-            }
-        }
-        Ok(report)
-    }
-
+impl Quarantine for PgStore {
     fn machine_known(&self, host: &str, machine: &str) -> CoreResult<(bool, bool)> {
         self.conn.one(
             "SELECT o_has_row, o_quarantined FROM vmdesk.machine_known($1, $2)",
@@ -1298,16 +1325,6 @@ impl TeamStore for PgStore {
             )
         })?;
         Ok(())
-    }
-
-    fn vm_meta(&self, vm: &str, patch: &Value) -> CoreResult<Vm> {
-        let _changed = self.changed();
-        let id: i64 = self.conn.one(
-            "SELECT vmdesk.vm_meta($1, $2::text::jsonb)",
-            &[&vm, &patch.to_string()],
-            |r| Ok(r.get(0)),
-        )?;
-        self.vm(&id.to_string())
     }
 }
 

@@ -229,7 +229,7 @@ fn a_plain_user_hears_only_ids_and_types() {
 /// burst of writes is told together rather than one notify each.
 #[test]
 fn a_desks_writes_are_told_after_commit_and_bursts_together() {
-    use vmdesk_core::TeamStore;
+    use vmdesk_core::team::prelude::*;
     use vmdesk_postgres::notifier::GAP;
     use vmdesk_postgres::PgStore;
 

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::Value;
-use vmdesk_core::{Core, LedgerKind, SessionRequest, SessionStatus, TeamStore, VmCreate};
+use vmdesk_core::team::prelude::*;
+use vmdesk_core::{Core, LedgerKind, SessionRequest, SessionStatus, VmCreate};
 use vmdesk_postgres::migrate::{self, Report};
 use vmdesk_postgres::testing::{token, Store};
 use vmdesk_postgres::PgStore;

@@ -162,7 +162,7 @@ fn init_as_a_plain_user_is_refused_and_makes_nothing() {
 
 #[test]
 fn a_desk_whose_connection_was_cut_reconnects_and_its_worker_stays_alive() {
-    use vmdesk_core::TeamStore as _;
+    use vmdesk_core::team::prelude::*;
     let s = Store::new();
     let (ann, pw) = s.user("ann", false);
     let desk = vmdesk_postgres::PgStore::connect(s.target(&ann, &pw)).unwrap();

@@ -506,7 +506,7 @@ both!(
 
 #[test]
 fn a_session_whose_desk_died_mid_start_is_settled_by_an_admins_recovery() {
-    use vmdesk_core::TeamStore as _;
+    use vmdesk_core::team::prelude::*;
     let d = Desks::new(Kind::Team);
     d.pool(2);
     let ann = d.user("ann", false, 0);

@@ -282,7 +282,7 @@ impl Desks {
     /// before its connection ended (returned once the store no longer
     /// holds its lock).
     pub fn dead_worker(&self, user: &str) -> String {
-        use vmdesk_core::TeamStore as _;
+        use vmdesk_core::team::prelude::*;
         let id = format!("4242-{}", vmdesk_postgres::testing::token(12));
         let Some(s) = &self.team else {
             return id;

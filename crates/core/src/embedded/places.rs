@@ -1,0 +1,131 @@
+//! Hosts, projects and workspaces on the embedded store.
+
+use rusqlite::params;
+use serde_json::json;
+
+use super::{admin, already_exists, host, project_id, user, Embedded};
+use crate::error::Result;
+use crate::events::{self, NewEvent};
+use crate::model::*;
+use crate::store::{self, now};
+use crate::team::Places;
+
+impl Places for Embedded<'_> {
+    fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> Result<Host> {
+        self.core.write(|tx| {
+            let a = admin(tx, self.actor, "add hosts")?;
+            tx.execute(
+                "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![name, kind, uri, now()],
+            )
+            .map_err(already_exists("host", name))?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "host.add",
+                    &a.name,
+                    json!({"host": name, "kind": kind, "uri": uri}),
+                ),
+            )?;
+            host(tx, name)
+        })
+    }
+
+    fn host(&self, name: &str) -> Result<Host> {
+        host(&self.core.db(), name)
+    }
+
+    fn host_list(&self) -> Result<Vec<Host>> {
+        let conn = self.core.db();
+        user(&conn, self.actor)?;
+        let mut stmt = conn.prepare("SELECT name FROM hosts ORDER BY name")?;
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        names.iter().map(|n| host(&conn, n)).collect()
+    }
+
+    fn project_create(&self, name: &str) -> Result<Project> {
+        self.core.write(|tx| {
+            let a = admin(tx, self.actor, "create projects")?;
+            let created_at = now();
+            tx.execute(
+                "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
+                params![name, created_at],
+            )
+            .map_err(already_exists("project", name))?;
+            let id = tx.last_insert_rowid();
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "project.create",
+                    &a.name,
+                    json!({"project": name}),
+                ),
+            )?;
+            Ok(Project {
+                id,
+                name: name.to_owned(),
+                created_at,
+            })
+        })
+    }
+
+    fn workspace_create(&self, name: &str, project: &str) -> Result<Workspace> {
+        self.core.write(|tx| {
+            let a = admin(tx, self.actor, "create workspaces")?;
+            let pid = project_id(tx, project)?;
+            let created_at = now();
+            tx.execute(
+                "INSERT INTO workspaces (project_id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![pid, name, created_at],
+            )
+            .map_err(already_exists("workspace", name))?;
+            let id = tx.last_insert_rowid();
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "workspace.create",
+                    &a.name,
+                    json!({"workspace": name, "project": project}),
+                ),
+            )?;
+            Ok(Workspace {
+                id,
+                name: name.to_owned(),
+                project: project.to_owned(),
+                created_at,
+            })
+        })
+    }
+
+    fn projects(&self) -> Result<Vec<(Project, Vec<String>)>> {
+        let conn = self.core.db();
+        let projects: Vec<Project> = conn
+            .prepare_cached("SELECT id, name, created_at FROM projects ORDER BY name")?
+            .query_map([], |r| {
+                Ok(Project {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(projects.len());
+        for project in projects {
+            let workspaces = conn
+                .prepare_cached("SELECT name FROM workspaces WHERE project_id = ?1 ORDER BY name")?
+                .query_map([project.id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            out.push((project, workspaces));
+        }
+        Ok(out)
+    }
+
+    fn install_id(&self) -> Result<String> {
+        store::install_id(&self.core.db())
+    }
+}
