@@ -120,18 +120,10 @@ impl Core {
                 let details = json!({"jump_seconds": jump_ms / 1000, "wall_seconds": wall / 1000,
                                      "observed_seconds": mono_ms / 1000,
                                      "billed": "the observed time only"});
-                let res = if let Some(t) = self.team() {
-                    t.system_note("clock.jump", Severity::Warning, details)
-                } else {
-                    self.write(|tx| {
-                        events::record(
-                            tx,
-                            NewEvent::info(EventType::System, "clock.jump", SYSTEM, details)
-                                .severity(Severity::Warning),
-                        )
-                        .map(|_| ())
-                    })
-                };
+                let res =
+                    self.reading()
+                        .events()
+                        .system_note("clock.jump", Severity::Warning, details);
                 if let Err(e) = res {
                     tracing::warn!(error = %e.one_line(), "recording a clock jump");
                 }

@@ -938,9 +938,6 @@ impl Core {
 
     /// The newest events the actor may see (see [`Core::events_query`]).
     pub fn events(&self, actor: &str, limit: i64) -> Result<Vec<Event>> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.events(limit);
-        }
         self.events_query(
             actor,
             &crate::desk::EventQuery {

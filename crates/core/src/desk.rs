@@ -1,13 +1,11 @@
 //! What the desktop window asks beyond the CLI's operations: the event feed
 //! with filters, users' roles, and a running VM's live counters.
 
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
 use crate::core::{user, Core};
 use crate::error::{Error, Result};
-use crate::events;
 use crate::model::*;
 use crate::provider::MachineStats;
 
@@ -95,33 +93,7 @@ impl Core {
                 q.limit
             )));
         }
-        if let Some(t) = self.team_as(actor)? {
-            return t.events_query(q, None);
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let only = (a.role != Role::Admin).then_some(a.id);
-        let list = |v: Vec<&str>| v.join(",");
-        let types = list(q.types.iter().map(|t| t.as_str()).collect());
-        let severities = list(q.severities.iter().map(|s| s.as_str()).collect());
-        events::query(
-            &conn,
-            "SELECT e.id, e.type, e.action, e.severity, e.actor, e.vm_id, e.session_id, e.details, e.created_at
-             FROM events e
-             WHERE (?1 IS NULL
-                    OR e.actor = (SELECT name FROM users WHERE id = ?1)
-                    OR e.vm_id IN (SELECT id FROM vms WHERE owner_user_id = ?1)
-                    OR e.session_id IN (SELECT id FROM sessions WHERE user_id = ?1)
-                    -- About them: their account and credits (as the team
-                    -- store's events.subject_id).
-                    OR (e.type IN ('admin', 'billing')
-                        AND json_extract(e.details, '$.user') = (SELECT name FROM users WHERE id = ?1)))
-               AND (?2 = '' OR instr(',' || ?2 || ',', ',' || e.type || ',') > 0)
-               AND (?3 = '' OR instr(',' || ?3 || ',', ',' || e.severity || ',') > 0)
-               AND e.id > ?4
-             ORDER BY e.id DESC LIMIT ?5",
-            params![only, types, severities, q.after.unwrap_or(0), q.limit],
-        )
+        self.acting(actor)?.events().events_query(q, None)
     }
 
     /// Makes a user an admin or a plain user (admin only). The last admin
@@ -161,18 +133,13 @@ impl Core {
 
     /// The id of the newest event (0 for none): where a feed starts following.
     pub fn last_event_id(&self) -> Result<i64> {
-        if let Some(t) = self.team() {
-            // The newest the login may see.
-            return Ok(t.events(1)?.first().map_or(0, |e| e.id));
-        }
+        // On a team store, the newest its login may see.
         Ok(self
-            .db()
-            .query_row("SELECT max(id) FROM events", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .optional()?
-            .flatten()
-            .unwrap_or(0))
+            .reading()
+            .events()
+            .events(1)?
+            .first()
+            .map_or(0, |e| e.id))
     }
 }
 

@@ -69,16 +69,6 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-/// The recovery events written after event `after`, oldest first.
-pub fn recoveries_since(conn: &Connection, after: i64) -> Result<Vec<Event>> {
-    query(
-        conn,
-        "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
-         FROM events WHERE id > ?1 AND action LIKE 'recovery.%' ORDER BY id",
-        params![after],
-    )
-}
-
 /// The events of one VM, newest first.
 pub fn of_vm(conn: &Connection, vm_id: i64, limit: i64) -> Result<Vec<Event>> {
     query(

@@ -403,6 +403,20 @@ impl Acting<'_> {
             Acting::Embedded(e) => e,
         }
     }
+
+    pub(crate) fn events(&self) -> &dyn Events {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn quarantine(&self) -> &dyn Quarantine {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
 }
 
 impl Core {
@@ -431,7 +445,11 @@ impl Core {
     pub(crate) fn acting<'a>(&'a self, actor: &'a str) -> Result<Acting<'a>> {
         Ok(match self.team_as(actor)? {
             Some(t) => Acting::Team(t),
-            None => Acting::Embedded(crate::embedded::Embedded { core: self, actor }),
+            None => Acting::Embedded(crate::embedded::Embedded {
+                core: self,
+                actor,
+                system: false,
+            }),
         })
     }
 
@@ -443,6 +461,7 @@ impl Core {
             None => Acting::Embedded(crate::embedded::Embedded {
                 core: self,
                 actor: crate::core::SYSTEM,
+                system: true,
             }),
         }
     }

@@ -661,94 +661,33 @@ impl Core {
     /// Returns the machines newly quarantined.
     pub fn sweep_host(&self, host: &str) -> Result<Vec<String>> {
         let p = self.provider(host)?;
-        let err = |source| Error::Provider {
-            host: host.to_owned(),
-            source,
-        };
-        if let Some(t) = self.team() {
-            // Only an admin sees every row: anyone else would take the
-            // machines of other users' VMs for leftovers.
-            if t.whoami()?.role != Role::Admin {
-                return Err(Error::AdminOnly("run recovery"));
-            }
-            let marked = p.marked(&self.install_id).map_err(err)?;
-            let mut found = Vec::new();
-            for machine in &marked {
-                let (has_row, quarantined) = t.machine_known(host, machine)?;
-                if has_row || quarantined {
-                    continue;
-                }
-                let stopped = self.power_off_leftover(&*p, host, machine);
-                if t.quarantine_add(host, machine, stopped)? {
-                    found.push(machine.clone());
-                }
-            }
-            t.quarantine_keep(host, &marked)?;
-            return Ok(found);
+        let store = self.reading();
+        // Only an admin sees every row: anyone else would take the machines
+        // of other users' VMs for leftovers.
+        if store.users().whoami()?.role != Role::Admin {
+            return Err(Error::AdminOnly("run recovery"));
         }
-        let marked = p.marked(&self.install_id).map_err(err)?;
-        let host_id: i64 =
-            self.db()
-                .query_row("SELECT id FROM hosts WHERE name = ?1", [host], |r| r.get(0))?;
+        let q = store.quarantine();
+        let marked = p
+            .marked(&self.install_id)
+            .map_err(|source| Error::Provider {
+                host: host.to_owned(),
+                source,
+            })?;
         let mut found = Vec::new();
         for machine in &marked {
-            if self.has_row(machine)? {
-                // A row came back (or was never gone): it is not a leftover.
-                self.write(|tx| {
-                    tx.execute(
-                        "DELETE FROM quarantine WHERE host_id = ?1 AND machine = ?2",
-                        params![host_id, machine],
-                    )?;
-                    Ok(())
-                })?;
-                continue;
-            }
-            let known: bool = self.db().query_row(
-                "SELECT count(*) > 0 FROM quarantine WHERE host_id = ?1 AND machine = ?2",
-                params![host_id, machine],
-                |r| r.get(0),
-            )?;
-            if known {
+            let (has_row, quarantined) = q.machine_known(host, machine)?;
+            if has_row || quarantined {
                 continue;
             }
             let stopped = self.power_off_leftover(&*p, host, machine);
-            self.write(|tx| {
-                tx.execute(
-                    "INSERT OR IGNORE INTO quarantine (host_id, machine, found_at) VALUES (?1, ?2, ?3)",
-                    params![host_id, machine, now()],
-                )?;
-                events::record(
-                    tx,
-                    NewEvent::info(
-                        EventType::System,
-                        "recovery.quarantine",
-                        crate::core::SYSTEM,
-                        json!({"host": host, "machine": machine, "powered_off": stopped,
-                               "reason": "on the host with this data directory's mark but without a VM row; \
-                                          kept with its disk until 'vmdesk recover --purge'"}),
-                    )
-                    .severity(Severity::Warning),
-                )
-            })?;
-            found.push(machine.clone());
-        }
-        // Quarantined machines that left the host by other means are forgotten.
-        self.write(|tx| {
-            let gone: Vec<String> = tx
-                .prepare("SELECT machine FROM quarantine WHERE host_id = ?1")?
-                .query_map([host_id], |r| r.get(0))?
-                .collect::<Result<Vec<String>, _>>()?
-                .into_iter()
-                .filter(|m| !marked.contains(m))
-                .collect();
-            for m in gone {
-                tx.execute(
-                    "DELETE FROM quarantine WHERE host_id = ?1 AND machine = ?2",
-                    params![host_id, m],
-                )?;
+            if q.quarantine_add(host, machine, stopped)? {
+                found.push(machine.clone());
             }
-            Ok(())
-        })?;
+        }
+        // Quarantined machines that left the host by other means, or have a
+        // row again, are forgotten.
+        q.quarantine_keep(host, &marked)?;
         Ok(found)
     }
 
@@ -768,69 +707,33 @@ impl Core {
         }
     }
 
-    fn has_row(&self, machine: &str) -> Result<bool> {
-        Ok(self.db().query_row(
-            "SELECT count(*) > 0 FROM vms WHERE provider_id = ?1 AND status <> 'DESTROYED'",
-            [machine],
-            |r| r.get(0),
-        )?)
-    }
-
     /// The quarantined machines (admin only), oldest first.
     pub fn quarantined(&self, actor: &str) -> Result<Vec<Quarantined>> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.quarantined();
-        }
-        let conn = self.db();
-        crate::core::admin(&conn, actor, "list quarantined machines")?;
-        let rows = conn
-            .prepare(
-                "SELECT h.name, q.machine, q.found_at FROM quarantine q JOIN hosts h ON h.id = q.host_id
-                 ORDER BY q.found_at, q.machine",
-            )?
-            .query_map([], |r| {
-                Ok(Quarantined {
-                    host: r.get(0)?,
-                    machine: r.get(1)?,
-                    found_at: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+        self.acting(actor)?.quarantine().quarantined()
     }
 
     /// Deletes (definition and disk) the quarantined machines found more than
     /// `grace` ago that still have no VM row (admin only); each is an event.
     /// Returns the machines deleted.
     pub fn purge_quarantine(&self, actor: &str, grace: Duration) -> Result<Vec<Quarantined>> {
-        let team = self.team_as(actor)?;
-        let a = match team {
-            Some(t) => {
-                let a = t.whoami()?;
-                if a.role != Role::Admin {
-                    return Err(Error::AdminOnly("purge quarantined machines"));
-                }
-                a
-            }
-            None => crate::core::admin(&self.db(), actor, "purge quarantined machines")?,
-        };
-        let due: Vec<Quarantined> = self
-            .quarantined(actor)?
+        let store = self.acting(actor)?;
+        if store.users().whoami()?.role != Role::Admin {
+            return Err(Error::AdminOnly("purge quarantined machines"));
+        }
+        let q = store.quarantine();
+        let due: Vec<Quarantined> = q
+            .quarantined()?
             .into_iter()
             .filter(|q| q.found_at <= crate::store::ago(grace))
             .collect();
         let mut purged = Vec::new();
-        for q in due {
-            let has_row = match team {
-                Some(t) => t.machine_known(&q.host, &q.machine)?.0,
-                None => self.has_row(&q.machine)?,
-            };
-            if has_row {
+        for m in due {
+            if q.machine_known(&m.host, &m.machine)?.0 {
                 continue;
             }
-            let p = self.provider(&q.host)?;
+            let p = self.provider(&m.host)?;
             let err = |source| Error::Provider {
-                host: q.host.clone(),
+                host: m.host.clone(),
                 source,
             };
             let not_found_ok = |r: std::result::Result<(), crate::provider::ProviderError>| match r
@@ -838,31 +741,11 @@ impl Core {
                 Err(crate::provider::ProviderError::NotFound(_)) => Ok(()),
                 r => r,
             };
-            not_found_ok(p.force_off(&q.machine)).map_err(err)?;
-            not_found_ok(p.undefine(&q.machine)).map_err(err)?;
-            not_found_ok(p.delete_disk(&q.machine)).map_err(err)?;
-            if let Some(t) = team {
-                t.quarantine_purged(&q.host, &q.machine)?;
-                purged.push(q);
-                continue;
-            }
-            self.write(|tx| {
-                tx.execute(
-                    "DELETE FROM quarantine WHERE machine = ?1 AND host_id = (SELECT id FROM hosts WHERE name = ?2)",
-                    params![q.machine, q.host],
-                )?;
-                events::record(
-                    tx,
-                    NewEvent::info(
-                        EventType::Admin,
-                        "recovery.purge",
-                        &a.name,
-                        json!({"host": q.host, "machine": q.machine, "found_at": q.found_at, "removed": true}),
-                    )
-                    .severity(Severity::Warning),
-                )
-            })?;
-            purged.push(q);
+            not_found_ok(p.force_off(&m.machine)).map_err(err)?;
+            not_found_ok(p.undefine(&m.machine)).map_err(err)?;
+            not_found_ok(p.delete_disk(&m.machine)).map_err(err)?;
+            q.quarantine_purged(&m.host, &m.machine)?;
+            purged.push(m);
         }
         Ok(purged)
     }
@@ -871,48 +754,31 @@ impl Core {
     /// into quarantine (see [`Core::sweep_host`]); admin only. Returns what
     /// was done, as events.
     pub fn recover_all(&self, actor: &str) -> Result<Vec<Event>> {
-        if let Some(t) = self.team_as(actor)? {
-            if t.whoami()?.role != Role::Admin {
-                return Err(Error::AdminOnly("run recovery"));
-            }
-            let before = t.events(1)?.first().map_or(0, |e| e.id);
-            self.recover()?;
-            self.console_cleanup()?;
-            for h in t.host_list()? {
-                if let Err(e) = self.sweep_host(&h.name) {
-                    tracing::warn!(host = %h.name, error = %e.one_line(), "sweep");
-                }
-            }
-            let q = crate::EventQuery {
-                after: Some(before),
-                limit: 10_000,
-                ..Default::default()
-            };
-            let mut done: Vec<Event> = t
-                .events_query(&q, None)?
-                .into_iter()
-                .filter(|e| e.action.starts_with("recovery."))
-                .collect();
-            done.reverse();
-            return Ok(done);
+        let store = self.acting(actor)?;
+        if store.users().whoami()?.role != Role::Admin {
+            return Err(Error::AdminOnly("run recovery"));
         }
-        crate::core::admin(&self.db(), actor, "run recovery")?;
-        let before: i64 =
-            self.db()
-                .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+        let before = store.events().events(1)?.first().map_or(0, |e| e.id);
         self.recover()?;
         self.console_cleanup()?;
-        let hosts: Vec<String> = self
-            .db()
-            .prepare("SELECT name FROM hosts ORDER BY name")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for h in hosts {
-            if let Err(e) = self.sweep_host(&h) {
-                tracing::warn!(host = %h, error = %e.one_line(), "sweep");
+        for h in store.places().host_list()? {
+            if let Err(e) = self.sweep_host(&h.name) {
+                tracing::warn!(host = %h.name, error = %e.one_line(), "sweep");
             }
         }
-        events::recoveries_since(&self.db(), before)
+        let q = crate::EventQuery {
+            after: Some(before),
+            limit: 10_000,
+            ..Default::default()
+        };
+        let mut done: Vec<Event> = store
+            .events()
+            .events_query(&q, None)?
+            .into_iter()
+            .filter(|e| e.action.starts_with("recovery."))
+            .collect();
+        done.reverse();
+        Ok(done)
     }
 
     /// The events of a VM the actor may see, newest first.

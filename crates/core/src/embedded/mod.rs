@@ -16,13 +16,18 @@ use crate::ledger::{self, Entry};
 use crate::model::*;
 use crate::Core;
 
+mod log;
 mod people;
 mod places;
+mod quarantine;
 
 /// The data directory's store, acting as `actor`.
 pub(crate) struct Embedded<'a> {
     pub(crate) core: &'a Core,
     pub(crate) actor: &'a str,
+    /// Acting as the system itself (reads that check no actor): not a user
+    /// anyone can name with `--as`.
+    pub(crate) system: bool,
 }
 
 pub(crate) fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {

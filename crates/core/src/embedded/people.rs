@@ -21,6 +21,9 @@ impl Users for Embedded<'_> {
     }
 
     fn whoami(&self) -> Result<User> {
+        if self.system {
+            return Ok(crate::core::system_actor());
+        }
         user(&self.core.db(), self.actor)
     }
 
