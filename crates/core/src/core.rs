@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-pub(crate) use crate::embedded::{admin, already_exists, host, project_id, user};
+pub(crate) use crate::embedded::{
+    admin, already_exists, host, project_id, session_by_id, session_row, session_select, user,
+    vm_by_id, vm_by_ref, vm_row, vm_select,
+};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
@@ -157,124 +160,6 @@ impl Who<'_> {
     }
 }
 
-/// The columns of a [`Vm`], for `vm_row`.
-macro_rules! vm_select {
-    () => {
-        "SELECT v.id, v.name, v.os_type, v.ram_mb, v.disk_gb, v.cpu_cores, v.vm_type,
-        v.status, v.ip_address, v.ssh_port,
-        CASE WHEN v.status = 'RUNNING' AND v.started_at IS NOT NULL
-             THEN CAST((julianday('now') - julianday(v.started_at)) * 86400 AS INTEGER)
-             ELSE v.uptime_seconds END,
-        v.metadata, u.name, p.name, h.name,
-        v.provider_id, v.live_session_id, v.last_stopped, v.created_at, v.updated_at,
-        v.synced_at, v.synced_by
-    FROM vms v
-    LEFT JOIN users u ON u.id = v.owner_user_id
-    LEFT JOIN projects p ON p.id = v.project_id
-    JOIN hosts h ON h.id = v.host_id "
-    };
-}
-
-/// The columns of a [`Session`], for `session_row`.
-macro_rules! session_select {
-    () => {
-        "SELECT s.id, s.vm_id, v.name, u.name, p.name, w.name,
-        s.status, s.error, s.created_at, s.updated_at, s.started_at, s.ended_at
-    FROM sessions s
-    JOIN vms v ON v.id = s.vm_id
-    JOIN users u ON u.id = s.user_id
-    JOIN projects p ON p.id = s.project_id
-    LEFT JOIN workspaces w ON w.id = s.workspace_id "
-    };
-}
-pub(crate) use session_select;
-
-fn vm_row(r: &Row<'_>) -> rusqlite::Result<Vm> {
-    let metadata: String = r.get(11)?;
-    Ok(Vm {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        os_type: r.get(2)?,
-        ram_mb: r.get(3)?,
-        disk_gb: r.get(4)?,
-        cpu_cores: r.get(5)?,
-        vm_type: r.get(6)?,
-        status: r.get(7)?,
-        ip_address: r.get(8)?,
-        ssh_port: r.get(9)?,
-        uptime_seconds: r.get(10)?,
-        metadata: serde_json::from_str(&metadata).unwrap_or_else(|_| json!({})),
-        owner: r.get(12)?,
-        pool: r.get(13)?,
-        host: r.get(14)?,
-        provider_id: r.get(15)?,
-        session_id: r.get(16)?,
-        last_stopped: r.get(17)?,
-        created_at: r.get(18)?,
-        updated_at: r.get(19)?,
-        synced_at: r.get(20)?,
-        synced_by: r.get(21)?,
-    })
-}
-
-pub(crate) fn session_row(r: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        id: r.get(0)?,
-        vm_id: r.get(1)?,
-        vm_name: r.get(2)?,
-        user: r.get(3)?,
-        project: r.get(4)?,
-        workspace: r.get(5)?,
-        status: r.get(6)?,
-        error: r.get(7)?,
-        created_at: r.get(8)?,
-        updated_at: r.get(9)?,
-        started_at: r.get(10)?,
-        ended_at: r.get(11)?,
-    })
-}
-
-pub(crate) fn vm_by_id(conn: &Connection, id: i64) -> Result<Vm> {
-    conn.prepare_cached(concat!(vm_select!(), "WHERE v.id = ?1"))?
-        .query_row([id], vm_row)
-        .optional()?
-        .ok_or_else(|| Error::UnknownVm(id.to_string()))
-}
-
-/// A VM by id (a reference of digits) or by name. A number is an id first:
-/// VM names cannot be all digits (see [`validate::vm_name`]); one made before
-/// that rule is still found by its name when no VM has that id.
-pub(crate) fn vm_by_ref(conn: &Connection, reference: &str) -> Result<Vm> {
-    let by_name = |conn: &Connection| {
-        conn.prepare_cached(concat!(vm_select!(), "WHERE v.name = ?1"))?
-            .query_row([reference], vm_row)
-            .optional()
-    };
-    let found = match reference.parse::<i64>() {
-        Ok(id) => match conn
-            .prepare_cached(concat!(vm_select!(), "WHERE v.id = ?1"))?
-            .query_row([id], vm_row)
-            .optional()?
-        {
-            Some(vm) => Some(vm),
-            None => by_name(conn)?,
-        },
-        Err(_) => by_name(conn)?,
-    };
-    found.ok_or_else(|| Error::UnknownVm(reference.to_owned()))
-}
-
-pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
-    conn.prepare_cached(concat!(session_select!(), "WHERE s.id = ?1"))?
-        .query_row([id], session_row)
-        .optional()?
-        .ok_or(Error::UnknownSession(id))
-}
-
-/// The install id of this data directory. A copy of a data directory (or a
-/// database moved into another one) gets a new id, with an event: the
-/// machines the original marked on shared hosts stay the original's, and the
-/// copy's recovery leaves them alone.
 /// The details of a `vm.add` event.
 fn add_details(vm: &Vm, pool: &str) -> serde_json::Value {
     json!({"vm": vm.name, "pool": pool, "host": vm.host, "machine": vm.provider_id,
@@ -282,6 +167,10 @@ fn add_details(vm: &Vm, pool: &str) -> serde_json::Value {
            "vm_type": vm.vm_type, "os_type": vm.os_type})
 }
 
+/// The install id of this data directory. A copy of a data directory (or a
+/// database moved into another one) gets a new id, with an event: the
+/// machines the original marked on shared hosts stay the original's, and the
+/// copy's recovery leaves them alone.
 fn own_install_id(db: &mut store::Db, dir: &Path) -> Result<String> {
     let here = store::dir_identity(dir).map_err(|source| Error::DataDir {
         path: dir.to_path_buf(),

@@ -274,14 +274,15 @@ pub trait Consoles: Send + Sync {
         expires_at: &str,
     ) -> Result<(u16, Vm)>;
 
-    /// Spends a console's token; the VM, and why the console closed if its
-    /// opener may no longer see it running.
+    /// Spends a console's token (its hash; empty: none was given). Then
+    /// the VM, or why the console was closed instead: its opener may no
+    /// longer see it, or it no longer runs.
     fn console_redeem(
         &self,
         desk: &str,
         port: u16,
         token_hash: &str,
-    ) -> Result<(Vm, Option<String>)>;
+    ) -> Result<std::result::Result<Vm, Error>>;
 
     /// Returns a port to `desk`'s pool; whether it was taken. `recovery`:
     /// freed because the process serving it is gone.
@@ -405,6 +406,20 @@ impl Acting<'_> {
     }
 
     pub(crate) fn events(&self) -> &dyn Events {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn billing(&self) -> &dyn Billing {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn consoles(&self) -> &dyn Consoles {
         match self {
             Acting::Team(t) => *t,
             Acting::Embedded(e) => e,

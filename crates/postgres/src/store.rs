@@ -1184,7 +1184,7 @@ impl Consoles for PgStore {
         desk: &str,
         port: u16,
         token_hash: &str,
-    ) -> CoreResult<(Vm, Option<String>)> {
+    ) -> CoreResult<Result<Vm, CoreError>> {
         let _changed = self.changed();
         let r = self.conn.with(|c| {
             c.query_one(
@@ -1193,7 +1193,14 @@ impl Consoles for PgStore {
             )
         })?;
         let vm_id: i64 = r.get(0);
-        Ok((self.vm(&vm_id.to_string())?, r.get(1)))
+        Ok(match r.get::<_, Option<String>>(1) {
+            None => Ok(self.vm(&vm_id.to_string())?),
+            Some(why) if why.contains("not RUNNING") => Err(CoreError::ConsoleUnavailable(why)),
+            Some(why) => Err(CoreError::Forbidden {
+                user: self.login().to_owned(),
+                action: why,
+            }),
+        })
     }
 
     fn console_release(
