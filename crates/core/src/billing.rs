@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use ts_rs::TS;
 
-use crate::core::{system_actor, Core, Who};
+use crate::core::Core;
 use crate::error::Result;
 use crate::model::*;
 
@@ -136,18 +136,12 @@ impl Core {
     /// Ends a session whose user's credits ran out (on a team store, as
     /// its login: an admin's process).
     fn session_end_as_system(&self, id: i64) -> Result<Session> {
-        match self.team() {
-            Some(t) => self.session_close(t.login(), id, false),
-            None => self.session_close_by(Who::System, id, false),
-        }
+        Ok(self.reading().sessions().session_close_by(id, None)?.0)
     }
 
     /// Stops a user's own VM whose owner's credits ran out.
     fn vm_stop_as_system(&self, vm: &str) -> Result<Vm> {
-        match self.team() {
-            Some(t) => self.vm_action_team(t, vm, VmAction::Stop, true),
-            None => self.vm_action_by(&system_actor(), vm, VmAction::Stop),
-        }
+        self.vm_action_on(&self.reading(), vm, VmAction::Stop, true)
     }
 
     /// A billing pass now (see [`Core::bill_pass`]).

@@ -4,20 +4,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
-pub(crate) use crate::embedded::{
-    admin, already_exists, host, project_id, session_by_id, session_row, session_select, user,
-    vm_by_id, vm_by_ref, vm_row, vm_select,
-};
+pub(crate) use crate::embedded::{admin, already_exists};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
 use crate::provider::{MachineSpec, PowerState, Provider, ProviderFactory};
-use crate::store::{self, now};
+use crate::store::{self};
 use crate::validate;
-use crate::worker::{self, Worker};
+use crate::worker::Worker;
 
 /// How a [`Core`] is opened.
 #[derive(Clone)]
@@ -69,7 +66,7 @@ pub struct Core {
     /// keys the desk's console ports.
     pub(crate) desk: String,
     worker: OnceLock<Worker>,
-    pub(crate) alloc: crate::sessions::AllocQueue,
+    pub(crate) alloc: crate::embedded::sessions::AllocQueue,
     /// The wall and monotonic clocks at this process's last billing pass.
     pub(crate) last_bill: Mutex<Option<crate::billing::Pass>>,
 }
@@ -78,13 +75,13 @@ pub struct Core {
 /// allocate are woken so that one of them can lead the next batch.
 pub(crate) struct DbGuard<'a> {
     guard: Option<MutexGuard<'a, store::Db>>,
-    alloc: &'a crate::sessions::AllocQueue,
+    alloc: &'a crate::embedded::sessions::AllocQueue,
 }
 
 impl<'a> DbGuard<'a> {
     pub(crate) fn new(
         guard: MutexGuard<'a, store::Db>,
-        alloc: &'a crate::sessions::AllocQueue,
+        alloc: &'a crate::embedded::sessions::AllocQueue,
     ) -> Self {
         Self {
             guard: Some(guard),
@@ -138,25 +135,6 @@ pub(crate) fn system_actor() -> User {
         role: Role::Admin,
         balance: 0,
         created_at: String::new(),
-    }
-}
-
-/// Who asks for an operation: a user by name, or the system.
-#[derive(Clone, Copy)]
-pub(crate) enum Who<'a> {
-    /// A user of the `users` table.
-    User(&'a str),
-    /// The system itself (see [`system_actor`]).
-    System,
-}
-
-impl Who<'_> {
-    /// The actor, looked up in the transaction.
-    pub(crate) fn resolve(self, conn: &Connection) -> Result<User> {
-        match self {
-            Who::User(name) => user(conn, name),
-            Who::System => Ok(system_actor()),
-        }
     }
 }
 
@@ -329,10 +307,9 @@ impl Core {
         }
         let w = Worker::register(&self.opts.data_dir)?;
         let id = self.worker.get_or_init(|| w).id();
-        if let Some(t) = self.team() {
-            // Other desks (and serve) tell it alive by the store, not by files.
-            t.register_worker(id)?;
-        }
+        // On a team store other desks (and serve) tell it alive by the
+        // store, not by files.
+        self.reading().work().register_worker(id)?;
         Ok(id)
     }
 
@@ -340,12 +317,9 @@ impl Core {
         if self.worker.get().is_some_and(|w| w.id() == id) {
             return true;
         }
-        match self.team() {
-            // When the store cannot say, the worker is taken for alive:
-            // its work is left alone rather than taken from it.
-            Some(t) => t.worker_alive(id).unwrap_or(true),
-            None => worker::is_alive(&self.opts.data_dir, id),
-        }
+        // When the store cannot say, the worker is taken for alive: its
+        // work is left alone rather than taken from it.
+        self.reading().work().worker_alive(id).unwrap_or(true)
     }
 
     pub(crate) fn provider(&self, host_name: &str) -> Result<Arc<dyn Provider>> {
@@ -571,43 +545,11 @@ impl Core {
         if let Some(t) = vm_type {
             validate::name("VM type", t)?;
         }
-        if let Some(t) = self.team_as(actor)? {
-            if t.whoami()?.role != Role::Admin {
-                return Err(Error::AdminOnly("import VMs"));
-            }
-            let h = t.host(host_name)?;
-            let machines =
-                self.provider(host_name)?
-                    .inventory()
-                    .map_err(|source| Error::Provider {
-                        host: host_name.to_owned(),
-                        source,
-                    })?;
-            let offer: Vec<crate::ImportMachine> = machines
-                .iter()
-                .map(|m| {
-                    let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
-                    crate::ImportMachine {
-                        machine: m.machine.clone(),
-                        name: m.name.clone(),
-                        names: import_names(&h.name, &m.name),
-                        vm_type: validate::name("VM type", &vm_type).ok().map(|()| vm_type),
-                        size: m.size.clone(),
-                        os_type: m.os_type.clone(),
-                        ram_mb: m.ram_mb,
-                        disk_gb: m.disk_gb,
-                        cpu_cores: m.cpu_cores,
-                        status: import_status(m.power),
-                    }
-                })
-                .collect();
-            return t.vm_import(host_name, pool, &offer);
+        let store = self.acting(actor)?;
+        if store.users().whoami()?.role != Role::Admin {
+            return Err(Error::AdminOnly("import VMs"));
         }
-        {
-            let db = self.db();
-            admin(&db, actor, "import VMs")?;
-            project_id(&db, pool)?;
-        }
+        let h = store.places().host(host_name)?;
         let machines = self
             .provider(host_name)?
             .inventory()
@@ -615,58 +557,25 @@ impl Core {
                 host: host_name.to_owned(),
                 source,
             })?;
-        self.write(|tx| {
-            let a = admin(tx, actor, "import VMs")?;
-            let pid = project_id(tx, pool)?;
-            let h = host(tx, host_name)?;
-            let mut report = ImportReport::default();
-            for m in &machines {
-                let known: bool = tx.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM vms WHERE host_id = ?1 AND provider_id = ?2 AND status <> 'DESTROYED')",
-                    params![h.id, m.machine],
-                    |r| r.get(0),
-                )?;
-                if known {
-                    continue;
-                }
-                let taken = |name: &str| -> Result<bool> {
-                    Ok(tx.query_row("SELECT EXISTS (SELECT 1 FROM vms WHERE name = ?1)", [name], |r| r.get(0))?)
-                };
-                let name = import_names(&h.name, &m.name)
-                    .into_iter()
-                    .find(|n| !taken(n).unwrap_or(true));
+        let offer: Vec<crate::ImportMachine> = machines
+            .iter()
+            .map(|m| {
                 let vm_type = vm_type.map(str::to_owned).unwrap_or_else(|| m.size.clone());
-                let (Some(name), Ok(())) = (name, validate::name("VM type", &vm_type)) else {
-                    report.skipped.push(Skipped {
-                        machine: m.machine.clone(),
-                        reason: format!("no free, valid vmdesk name or type for {:?} ({})", m.name, m.size),
-                    });
-                    continue;
-                };
-                let status = import_status(m.power);
-                let ts = now();
-                tx.execute(
-                    "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
-                                      host_id, provider_id, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-                    params![name, m.os_type, m.ram_mb, m.disk_gb, m.cpu_cores, vm_type, status, pid, h.id, m.machine, ts],
-                )?;
-                let id = tx.last_insert_rowid();
-                events::record(
-                    tx,
-                    NewEvent::info(
-                        EventType::Admin,
-                        "vm.import",
-                        &a.name,
-                        json!({"vm": name, "host": h.name, "machine": m.machine, "size": m.size,
-                               "pool": pool, "status": status}),
-                    )
-                    .vm(id),
-                )?;
-                report.imported.push(vm_by_id(tx, id)?);
-            }
-            Ok(report)
-        })
+                crate::ImportMachine {
+                    machine: m.machine.clone(),
+                    name: m.name.clone(),
+                    names: import_names(&h.name, &m.name),
+                    vm_type: validate::name("VM type", &vm_type).ok().map(|()| vm_type),
+                    size: m.size.clone(),
+                    os_type: m.os_type.clone(),
+                    ram_mb: m.ram_mb,
+                    disk_gb: m.disk_gb,
+                    cpu_cores: m.cpu_cores,
+                    status: import_status(m.power),
+                }
+            })
+            .collect();
+        store.vms().vm_import(host_name, pool, &offer)
     }
 
     /// Every host.
@@ -697,69 +606,22 @@ impl Core {
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
         crate::vms::check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = self.worker_id()?.to_owned();
-        if let Some(t) = self.team_as(actor)? {
-            let vm = t.vm_add(spec, &self.machine_name(&spec.name), &worker)?;
-            return match self.define_new(&vm) {
-                Ok(()) => {
-                    t.vm_add_done(vm.id, true, add_details(&vm, &spec.pool))?;
-                    t.vm(&vm.id.to_string())
-                }
-                Err(err) => {
-                    t.vm_add_done(
-                        vm.id,
-                        false,
-                        json!({"vm": vm.name, "host": vm.host, "reason": err.one_line()}),
-                    )?;
-                    Err(err)
-                }
-            };
-        }
+        let store = self.acting(actor)?;
+        let vms = store.vms();
         // The intent is durable before the host is touched.
-        let vm = self.write(|tx| {
-            admin(tx, actor, "add VMs to a pool")?;
-            let pid = project_id(tx, &spec.pool)?;
-            let h = host(tx, &spec.host)?;
-            let ts = now();
-            tx.execute(
-                "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id,
-                                  host_id, provider_id, worker, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'CREATING', ?7, ?8, ?9, ?10, ?11, ?11)",
-                params![
-                    spec.name, spec.os_type, spec.ram_mb, spec.disk_gb, spec.cpu_cores, spec.vm_type,
-                    pid, h.id, self.machine_name(&spec.name), worker, ts
-                ],
-            )
-            .map_err(already_exists("VM", &spec.name))?;
-            vm_by_id(tx, tx.last_insert_rowid())
-        })?;
+        let vm = vms.vm_add(spec, &self.machine_name(&spec.name), &worker)?;
         match self.define_new(&vm) {
-            Ok(()) => self.write(|tx| {
-                tx.execute(
-                    "UPDATE vms SET status = 'STOPPED', worker = NULL, updated_at = ?2 WHERE id = ?1",
-                    params![vm.id, now()],
-                )?;
-                events::record(
-                    tx,
-                    NewEvent::info(EventType::Vm, "vm.add", actor, add_details(&vm, &spec.pool))
-                        .vm(vm.id),
-                )?;
-                vm_by_id(tx, vm.id)
-            }),
+            Ok(()) => {
+                vms.vm_add_done(vm.id, true, add_details(&vm, &spec.pool))?;
+                vms.vm(&vm.id.to_string())
+            }
             Err(err) => {
-                self.write(|tx| {
-                    tx.execute("DELETE FROM vms WHERE id = ?1", [vm.id])?;
-                    events::record(
-                        tx,
-                        NewEvent::info(
-                            EventType::Vm,
-                            "vm.add_failed",
-                            actor,
-                            json!({"vm": vm.name, "host": vm.host, "reason": err.one_line()}),
-                        )
-                        .severity(Severity::Warning),
-                    )?;
-                    Ok(())
-                })?;
+                // If the host refuses, nothing is kept.
+                vms.vm_add_done(
+                    vm.id,
+                    false,
+                    json!({"vm": vm.name, "host": vm.host, "reason": err.one_line()}),
+                )?;
                 Err(err)
             }
         }
@@ -768,59 +630,19 @@ impl Core {
     /// The VMs the actor can see: pool VMs and their own; with `all`, every
     /// user's (admin only).
     pub fn vm_list(&self, actor: &str, all: bool) -> Result<Vec<Vm>> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.vm_list(all);
-        }
-        let conn = self.db();
-        let a = if all {
-            admin(&conn, actor, "list every user's VMs")?
-        } else {
-            user(&conn, actor)?
-        };
-        let mut stmt = conn.prepare_cached(concat!(
-            vm_select!(),
-            "WHERE ?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2 ORDER BY v.name"
-        ))?;
-        let rows = stmt.query_map(params![all, a.id], vm_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.acting(actor)?.vms().vm_list(all)
     }
 
     /// The actor's own VMs (not pool VMs), by name.
     pub fn vm_list_own(&self, actor: &str) -> Result<Vec<Vm>> {
-        if let Some(t) = self.team_as(actor)? {
-            let mut vms = t.vm_list(false)?;
-            vms.retain(|v| v.owner.as_deref() == Some(actor));
-            return Ok(vms);
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let mut stmt = conn.prepare_cached(concat!(
-            vm_select!(),
-            "WHERE v.owner_user_id = ?1 ORDER BY v.name"
-        ))?;
-        let rows = stmt.query_map([a.id], vm_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut vms = self.acting(actor)?.vms().vm_list(false)?;
+        vms.retain(|v| v.owner.as_deref() == Some(actor));
+        Ok(vms)
     }
 
     /// One VM, by name or id, if the actor may see it.
     pub fn vm_show(&self, actor: &str, vm: &str) -> Result<Vm> {
-        if let Some(t) = self.team_as(actor)? {
-            return t.vm(vm);
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        self.vm_show_in(&conn, &a, vm)
-    }
-
-    pub(crate) fn vm_show_in(&self, conn: &Connection, a: &User, vm: &str) -> Result<Vm> {
-        let v = vm_by_ref(conn, vm)?;
-        let visible = v.pool.is_some()
-            || v.owner.as_deref() == Some(a.name.as_str())
-            || a.role == Role::Admin;
-        if !visible {
-            return Err(Error::UnknownVm(vm.to_owned()));
-        }
-        Ok(v)
+        self.acting(actor)?.vms().vm(vm)
     }
 
     // ----- events and overview ---------------------------------------------------
@@ -838,65 +660,27 @@ impl Core {
 
     /// What the desktop window shows to the actor.
     pub fn overview(&self, actor: &str) -> Result<Overview> {
-        if let Some(t) = self.team_as(actor)? {
-            let user = t.whoami()?;
-            let vms = t.vm_list(false)?;
-            let pools = t
-                .projects()?
-                .into_iter()
-                .map(|(project, workspaces)| Pool {
-                    vms: vms
-                        .iter()
-                        .filter(|v| v.pool.as_deref() == Some(project.name.as_str()))
-                        .cloned()
-                        .collect(),
-                    project,
-                    workspaces,
-                })
-                .collect();
-            let mut sessions = t.session_list(user.role == Role::Admin)?;
-            sessions.truncate(200);
-            return Ok(Overview {
-                user,
-                pools,
-                sessions,
-            });
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let mut stmt =
-            conn.prepare_cached("SELECT id, name, created_at FROM projects ORDER BY name")?;
-        let projects: Vec<Project> = stmt
-            .query_map([], |r| {
-                Ok(Project {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_at: r.get(2)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let mut pools = Vec::with_capacity(projects.len());
-        for project in projects {
-            let workspaces = conn
-                .prepare_cached("SELECT name FROM workspaces WHERE project_id = ?1 ORDER BY name")?
-                .query_map([project.id], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let vms = conn
-                .prepare_cached(concat!(
-                    vm_select!(),
-                    "WHERE v.project_id = ?1 ORDER BY v.name"
-                ))?
-                .query_map([project.id], vm_row)?
-                .collect::<Result<_, _>>()?;
-            pools.push(Pool {
+        let store = self.acting(actor)?;
+        let user = store.users().whoami()?;
+        let vms = store.vms().vm_list(false)?;
+        let pools = store
+            .places()
+            .projects()?
+            .into_iter()
+            .map(|(project, workspaces)| Pool {
+                vms: vms
+                    .iter()
+                    .filter(|v| v.pool.as_deref() == Some(project.name.as_str()))
+                    .cloned()
+                    .collect(),
                 project,
                 workspaces,
-                vms,
-            });
-        }
-        let sessions = crate::sessions::list(&conn, &a, a.role == Role::Admin, 200)?;
+            })
+            .collect();
+        let mut sessions = store.sessions().session_list(user.role == Role::Admin)?;
+        sessions.truncate(200);
         Ok(Overview {
-            user: a,
+            user,
             pools,
             sessions,
         })

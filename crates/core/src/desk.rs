@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
-use crate::core::{user, Core};
+use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::model::*;
 use crate::provider::MachineStats;
@@ -105,13 +105,7 @@ impl Core {
     /// A running VM's counters now, with its CPU use since `prev` (a sample
     /// the caller kept; none for the first). Who may: whoever may see the VM.
     pub fn vm_stats(&self, actor: &str, vm: &str, prev: Option<&VmStats>) -> Result<VmStats> {
-        let v = if let Some(t) = self.team_as(actor)? {
-            t.vm(vm)?
-        } else {
-            let conn = self.db();
-            let a = user(&conn, actor)?;
-            self.vm_show_in(&conn, &a, vm)?
-        };
+        let v = self.acting(actor)?.vms().vm(vm)?;
         let machine = v
             .provider_id
             .clone()

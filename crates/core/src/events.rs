@@ -69,16 +69,6 @@ pub fn record(conn: &Connection, e: NewEvent<'_>) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-/// The events of one VM, newest first.
-pub fn of_vm(conn: &Connection, vm_id: i64, limit: i64) -> Result<Vec<Event>> {
-    query(
-        conn,
-        "SELECT id, type, action, severity, actor, vm_id, session_id, details, created_at
-         FROM events WHERE vm_id = ?1 ORDER BY id DESC LIMIT ?2",
-        params![vm_id, limit],
-    )
-}
-
 pub(crate) fn query(
     conn: &Connection,
     sql: &str,

@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 use crate::model::*;
 use crate::Core;
 
+/// What a host said of a machine: its power state, or why it could not say.
+pub type Observed =
+    std::result::Result<crate::provider::PowerState, crate::provider::ProviderError>;
+
 /// A store of the shared data: every domain's operations, acting as one
 /// user ([`Users::login`]). Refusals are the same [`Error`]s on every store.
 pub trait Store:
@@ -186,15 +190,20 @@ pub trait Vms: Send + Sync {
     /// The action failed: the VM is back as it `was`.
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
 
-    /// Writes what a host said of a VM's machine (admin): `state` is
-    /// running, off, between, not_found or error (with `error`).
-    fn vm_synced(
+    /// The VMs held by ACTIVE sessions, by host (admin): the fast sync's.
+    fn vm_list_active(&self) -> Result<Vec<Vm>>;
+
+    /// The live VM of a machine on the host at `uri`, if vmdesk has one (admin).
+    fn vm_by_machine(&self, uri: &str, machine: &str) -> Result<Option<Vm>>;
+
+    /// Writes what hosts said of VMs' machines (admin), each re-checked
+    /// against its row (a transition that began since is left alone);
+    /// returns what changed.
+    fn vms_synced(
         &self,
-        id: i64,
-        state: &str,
-        error: Option<&str>,
+        seen: Vec<(i64, Observed)>,
         source: &str,
-    ) -> Result<Option<crate::SyncChange>>;
+    ) -> Result<Vec<crate::SyncChange>>;
 
     /// Adopts machines of a host as VMs of a pool (admin); known machines
     /// are passed over.
@@ -420,6 +429,27 @@ impl Acting<'_> {
     }
 
     pub(crate) fn consoles(&self) -> &dyn Consoles {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn sessions(&self) -> &dyn Sessions {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn work(&self) -> &dyn Work {
+        match self {
+            Acting::Team(t) => *t,
+            Acting::Embedded(e) => e,
+        }
+    }
+
+    pub(crate) fn vms(&self) -> &dyn Vms {
         match self {
             Acting::Team(t) => *t,
             Acting::Embedded(e) => e,

@@ -7,14 +7,15 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-use crate::core::{user, vm_by_id, Core};
+use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
+use crate::ledger::{self};
 use crate::model::*;
 use crate::provider::{OsImage, PowerState};
 use crate::sessions::{power_off, vm_status_of, wait_for};
 use crate::store::now;
+use crate::team::Acting;
 use crate::validate;
 
 /// The built-in operating systems (no image: the VM boots to firmware).
@@ -118,16 +119,6 @@ pub(crate) fn check_os_minimum(
 /// Receives the progress of a creation.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 
-fn may_act(a: &User, vm: &Vm) -> Result<()> {
-    if a.role == Role::Admin || vm.owner.as_deref() == Some(a.name.as_str()) {
-        return Ok(());
-    }
-    Err(Error::Forbidden {
-        user: a.name.clone(),
-        action: format!("act on VM {}", vm.name),
-    })
-}
-
 impl Core {
     /// Creates a VM owned by the actor: the quote is checked against the
     /// balance and deducted, and the VM row committed CREATING, in one
@@ -142,94 +133,26 @@ impl Core {
     ) -> Result<Vm> {
         validate::vm_name(&spec.name)?;
         os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
-        let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
+        ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
         check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
             None
         };
-        if let Some(t) = self.team_as(actor)? {
-            let vm = match t.vm_create(spec, &self.machine_name(&spec.name), worker.as_deref()) {
-                Err(e @ Error::InsufficientCredits { .. }) => {
-                    let details =
-                        json!({"vm": spec.name, "code": e.code(), "reason": e.one_line()});
-                    if let Err(w) = t.note_failure("vm.create.refused", None, details) {
-                        tracing::warn!(vm = %spec.name, error = %w.one_line(), "recording a refusal");
-                    }
-                    return Err(e);
-                }
-                other => other?,
-            };
-            return if wait {
-                self.provision(vm.id, progress)
-            } else {
-                Ok(vm)
-            };
-        }
-        let vm = self.write(|tx| {
-            let u = user(tx, actor)?;
-            let host_id: i64 = match &spec.host {
-                Some(h) => tx
-                    .prepare_cached("SELECT id FROM hosts WHERE name = ?1")?
-                    .query_row([h], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| Error::UnknownHost(h.clone()))?,
-                None => {
-                    let ids: Vec<i64> = tx
-                        .prepare_cached("SELECT id FROM hosts ORDER BY name LIMIT 2")?
-                        .query_map([], |r| r.get(0))?
-                        .collect::<Result<_, _>>()?;
-                    match ids.as_slice() {
-                        [only] => *only,
-                        [] => return Err(Error::invalid("there is no host yet: add one with 'vmdesk host add'")),
-                        _ => return Err(Error::invalid("there are several hosts: name one with --host")),
-                    }
-                }
-            };
-            let ts = now();
-            tx.execute(
-                "INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, owner_user_id,
-                                  host_id, provider_id, worker, start_after_create, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'standard', 'CREATING', ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
-                params![
-                    spec.name, spec.os_type, spec.ram_mb, spec.disk_gb, spec.cpu_cores, u.id, host_id,
-                    self.machine_name(&spec.name), worker, spec.start, ts
-                ],
-            )
-            .map_err(crate::core::already_exists("VM", &spec.name))?;
-            let vm_id = tx.last_insert_rowid();
-            let reason = format!("create VM {}", spec.name);
-            ledger::append(
-                tx,
-                &u.name,
-                Entry { user_id: u.id, amount: -cost, kind: LedgerKind::VmCreate, reason: &reason, vm_id: Some(vm_id), session_id: None, actor: &u.name },
-            )?;
-            tx.execute(
-                "UPDATE vms SET metadata = json_set(metadata, '$.cost', ?2) WHERE id = ?1",
-                params![vm_id, cost],
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(EventType::Billing, "credits.charge", &u.name,
-                               json!({"user": u.name, "amount": cost, "kind": LedgerKind::VmCreate, "vm": spec.name}))
-                    .vm(vm_id),
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(EventType::Vm, "vm.create", &u.name,
-                               json!({"vm": spec.name, "ram_mb": spec.ram_mb, "disk_gb": spec.disk_gb,
-                                      "cpu_cores": spec.cpu_cores, "os_type": spec.os_type, "cost": cost,
-                                      "start": spec.start, "status": VmStatus::Creating}))
-                    .vm(vm_id),
-            )?;
-            vm_by_id(tx, vm_id)
-        });
-        let vm = match vm {
+        let store = self.acting(actor)?;
+        let vm = match store.vms().vm_create(
+            spec,
+            &self.machine_name(&spec.name),
+            worker.as_deref(),
+        ) {
             Err(e @ Error::InsufficientCredits { .. }) => {
-                let who = user(&self.db(), actor);
-                if let Ok(u) = who {
-                    self.record_failure(&u, &spec.name, "vm.create.refused", &e);
+                let details = json!({"vm": spec.name, "code": e.code(), "reason": e.one_line()});
+                if let Err(w) = store
+                    .events()
+                    .note_failure("vm.create.refused", None, details)
+                {
+                    tracing::warn!(vm = %spec.name, error = %w.one_line(), "recording a refusal");
                 }
                 return Err(e);
             }
@@ -246,17 +169,12 @@ impl Core {
     /// it if asked, reporting each step. On failure the VM is FAILED_TO_START,
     /// its credits are not refunded, and an event says why.
     pub(crate) fn provision(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
-        let (vm, start): (Vm, bool) = if let Some(t) = self.team() {
-            (t.vm(&vm_id.to_string())?, t.vm_start_after_create(vm_id)?)
-        } else {
-            let db = self.db();
-            let start = db.query_row(
-                "SELECT start_after_create FROM vms WHERE id = ?1",
-                [vm_id],
-                |r| r.get(0),
-            )?;
-            (vm_by_id(&db, vm_id)?, start)
-        };
+        let store = self.reading();
+        let vms = store.vms();
+        let (vm, start) = (
+            vms.vm(&vm_id.to_string())?,
+            vms.vm_start_after_create(vm_id)?,
+        );
         let steps = if start { 4 } else { 3 };
         let report = |step: u32, message: &str| {
             if let Some(f) = progress {
@@ -301,60 +219,15 @@ impl Core {
             }
             Ok(state)
         })();
-        if let Some(t) = self.team() {
-            return match done {
-                Ok(state) => {
-                    report(steps, "done");
-                    t.vm_created(vm_id, Ok(vm_status_of(state)))
-                }
-                Err(e) => {
-                    let reason = e.one_line();
-                    report(steps, &format!("failed: {reason}"));
-                    t.vm_created(vm_id, Err(reason))?;
-                    Err(e)
-                }
-            };
-        }
         match done {
             Ok(state) => {
                 report(steps, "done");
-                self.write(|tx| {
-                    let status = vm_status_of(state);
-                    tx.execute(
-                        "UPDATE vms SET status = ?2, worker = NULL, updated_at = ?3 WHERE id = ?1",
-                        params![vm_id, status, now()],
-                    )?;
-                    events::record(
-                        tx,
-                        NewEvent::info(
-                            EventType::Vm,
-                            "vm.created",
-                            actor_of(&vm),
-                            json!({"was": VmStatus::Creating, "now": status}),
-                        )
-                        .vm(vm_id),
-                    )?;
-                    vm_by_id(tx, vm_id)
-                })
+                vms.vm_created(vm_id, Ok(vm_status_of(state)))
             }
             Err(e) => {
                 let reason = e.one_line();
                 report(steps, &format!("failed: {reason}"));
-                self.write(|tx| {
-                    tx.execute(
-                        "UPDATE vms SET status = 'FAILED_TO_START', worker = NULL, updated_at = ?2 WHERE id = ?1",
-                        params![vm_id, now()],
-                    )?;
-                    events::record(
-                        tx,
-                        NewEvent::info(EventType::Vm, "vm.create_failed", actor_of(&vm),
-                                       json!({"was": VmStatus::Creating, "now": VmStatus::FailedToStart,
-                                              "reason": reason, "refunded": false}))
-                            .severity(Severity::Warning)
-                            .vm(vm_id),
-                    )?;
-                    Ok(())
-                })?;
+                vms.vm_created(vm_id, Err(reason))?;
                 Err(e)
             }
         }
@@ -364,93 +237,57 @@ impl Core {
     /// yet: how the app runs a creation in the background with progress.
     pub fn provision_vm(&self, vm_id: i64, progress: Option<ProgressFn<'_>>) -> Result<Vm> {
         let me = self.worker_id()?.to_owned();
-        if let Some(t) = self.team() {
-            if !t.vm_claim(vm_id, &me)? {
-                return t.vm(&vm_id.to_string());
-            }
-            return self.provision(vm_id, progress);
-        }
-        let claimed = self.write(|tx| {
-            Ok(tx.execute(
-                "UPDATE vms SET worker = ?2 WHERE id = ?1 AND status = 'CREATING' AND worker IS NULL",
-                params![vm_id, me],
-            )? > 0)
-        })?;
-        if !claimed {
-            return vm_by_id(&self.db(), vm_id);
+        let store = self.reading();
+        if !store.vms().vm_claim(vm_id, &me)? {
+            return store.vms().vm(&vm_id.to_string());
         }
         self.provision(vm_id, progress)
-    }
-
-    /// Provisions VMs whose creation waits for a worker (`vm create --no-wait`).
-    pub(crate) fn provision_pending(&self) -> Result<usize> {
-        let me = self.worker_id()?.to_owned();
-        let mut done = 0;
-        loop {
-            let claimed: Option<i64> = self.write(|tx| {
-                let id: Option<i64> = tx
-                    .query_row(
-                        "SELECT id FROM vms WHERE status = 'CREATING' AND worker IS NULL ORDER BY id LIMIT 1",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(id) = id {
-                    tx.execute("UPDATE vms SET worker = ?2 WHERE id = ?1", params![id, me])?;
-                }
-                Ok(id)
-            })?;
-            let Some(id) = claimed else { return Ok(done) };
-            done += 1;
-            if let Err(e) = self.provision(id, None) {
-                tracing::warn!(vm = id, error = %e.one_line(), "pending creation failed");
-            }
-        }
     }
 
     /// Starts, stops, restarts or destroys a VM (its owner or an admin). A VM
     /// held by a live session refuses every action but start. A refused or
     /// failed action is an event too (severity warning), with the reason.
     pub fn vm_action(&self, actor: &str, vm: &str, action: VmAction) -> Result<Vm> {
-        if let Some(t) = self.team_as(actor)? {
-            return self.vm_action_team(t, vm, action, false);
-        }
-        let a = user(&self.db(), actor)?;
-        self.vm_action_by(&a, vm, action)
+        self.vm_action_on(&self.acting(actor)?, vm, action, false)
     }
 
     /// [`Core::vm_action`] on a team store; `as_system`: the system itself
     /// acts (billing at zero credits) through this admin's process. A
     /// refused or failed action leaves a warning event, as on one desk.
-    pub(crate) fn vm_action_team(
+    pub(crate) fn vm_action_on(
         &self,
-        t: &dyn crate::team::Store,
+        store: &Acting<'_>,
         vm: &str,
         action: VmAction,
         as_system: bool,
     ) -> Result<Vm> {
+        let vms = store.vms();
         let out = (|| {
-            let v = t.vm(vm)?;
-            let was = t.vm_action_begin(v.id, action, &force_off_at(self.opts.shutdown_timeout))?;
-            let mut a = t.whoami()?;
-            if as_system {
-                a = crate::core::system_actor();
+            let v = vms.vm(vm)?;
+            let was =
+                vms.vm_action_begin(v.id, action, &force_off_at(self.opts.shutdown_timeout))?;
+            let acted = self.act_on_machine(&was, action);
+            match acted {
+                Ok((status, forced)) => {
+                    vms.vm_action_done(v.id, action, was.status, status, forced, as_system)?;
+                    vms.vm(&v.id.to_string())
+                }
+                Err(e) => {
+                    // The machine stays: so does its state as it was.
+                    vms.vm_action_undo(v.id, was.status)?;
+                    Err(e)
+                }
             }
-            let acted = self.act_on_machine(&a, &was, action);
-            if acted.is_err() {
-                // The machine stays: so does its state as it was.
-                t.vm_action_undo(v.id, was.status)?;
-            }
-            acted
         })();
         if let Err(e) = &out {
-            // A second click on a VM already stopping is no failure.
+            // A second click on a VM already stopping is no failure: the
+            // first one is under way.
             let in_transition = e.to_string().contains("is already stopping");
             if !in_transition && !as_system {
-                let vm_id = t.vm(vm).ok().map(|v| v.id);
+                let vm_id = vms.vm(vm).ok().map(|v| v.id);
                 let details = json!({"vm": vm, "code": e.code(), "reason": e.one_line()});
                 let name = format!("vm.{}.failed", action_name(action));
-                if let Err(w) = t.note_failure(&name, vm_id, details) {
+                if let Err(w) = store.events().note_failure(&name, vm_id, details) {
                     tracing::warn!(%vm, error = %w.one_line(), "recording a failed action");
                 }
             }
@@ -458,126 +295,9 @@ impl Core {
         out
     }
 
-    /// [`Core::vm_action`] for an actor already resolved (a user, or the
-    /// system itself: see [`crate::core::system_actor`]).
-    pub(crate) fn vm_action_by(&self, a: &User, vm: &str, action: VmAction) -> Result<Vm> {
-        let mut in_transition = false;
-        let out = self.vm_action_in(a, vm, action, &mut in_transition);
-        if let Err(e) = &out {
-            // A second click on a VM already stopping is no failure: the
-            // first one is under way.
-            if !in_transition {
-                self.record_failure(a, vm, &format!("vm.{}.failed", action_name(action)), e);
-            }
-        }
-        out
-    }
-
-    /// Writes the event of a refused or failed action on a VM.
-    pub(crate) fn record_failure(&self, a: &User, vm: &str, action: &str, e: &Error) {
-        let vm_id = crate::core::vm_by_ref(&self.db(), vm).ok().map(|v| v.id);
-        let res = self.write(|tx| {
-            let mut ev = NewEvent::info(
-                EventType::Vm,
-                action,
-                &a.name,
-                json!({"vm": vm, "code": e.code(), "reason": e.one_line()}),
-            )
-            .severity(Severity::Warning);
-            if let Some(id) = vm_id {
-                ev = ev.vm(id);
-            }
-            events::record(tx, ev)
-        });
-        if let Err(w) = res {
-            tracing::warn!(%vm, error = %w.one_line(), "recording a failed action");
-        }
-    }
-
-    fn vm_action_in(
-        &self,
-        a: &User,
-        vm: &str,
-        action: VmAction,
-        in_transition: &mut bool,
-    ) -> Result<Vm> {
-        let a = a.clone();
-        let v = self.vm_show_in(&self.db(), &a, vm)?;
-        may_act(&a, &v)?;
-        // Checked (and, for destroy, claimed) in the write transaction, so
-        // that an allocation cannot take the VM between check and act.
-        let v = self.write(|tx| {
-            let v = vm_by_id(tx, v.id)?;
-            if let Some(sid) = v.session_id.filter(|_| action != VmAction::Start) {
-                return Err(Error::invalid(format!(
-                    "VM {} is held by session {sid}; close the session first",
-                    v.name
-                )));
-            }
-            if matches!(v.status, VmStatus::Creating | VmStatus::Destroyed) {
-                return Err(Error::invalid(format!(
-                    "VM {} is {} and cannot be acted on",
-                    v.name, v.status
-                )));
-            }
-            if v.status == VmStatus::Stopping {
-                *in_transition = true;
-                let when = v
-                    .metadata
-                    .get(FORCE_OFF_AT)
-                    .and_then(|t| t.as_str())
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| {
-                        format!(
-                            " and is forced off at {} UTC if the guest does not shut down",
-                            t.format("%H:%M:%S")
-                        )
-                    })
-                    .unwrap_or_default();
-                return Err(Error::invalid(format!(
-                    "VM {} is already stopping{when}; wait until it is stopped",
-                    v.name
-                )));
-            }
-            if action == VmAction::Destroy {
-                // Out of every pool's free list while its machine goes.
-                tx.execute(
-                    "UPDATE vms SET status = 'STOPPING', updated_at = ?2 WHERE id = ?1",
-                    params![v.id, now()],
-                )?;
-            }
-            if matches!(action, VmAction::Stop | VmAction::Restart)
-                && matches!(
-                    v.status,
-                    VmStatus::Running | VmStatus::Starting | VmStatus::Unknown
-                )
-            {
-                // Committed before the guest is asked to shut down, so that
-                // every window and process sees the stop and its deadline.
-                tx.execute(
-                    "UPDATE vms SET status = 'STOPPING', updated_at = ?2,
-                            metadata = json_set(metadata, '$.force_off_at', ?3) WHERE id = ?1",
-                    params![v.id, now(), force_off_at(self.opts.shutdown_timeout)],
-                )?;
-            }
-            Ok(v)
-        })?;
-        let acted = self.act_on_machine(&a, &v, action);
-        if acted.is_err() {
-            // The machine stays: so does its state as it was.
-            self.write(|tx| {
-                tx.execute(
-                    "UPDATE vms SET status = ?2, metadata = json_remove(metadata, '$.force_off_at')
-                     WHERE id = ?1 AND status = 'STOPPING'",
-                    params![v.id, v.status],
-                )?;
-                Ok(())
-            })?;
-        }
-        acted
-    }
-
-    fn act_on_machine(&self, a: &User, v: &Vm, action: VmAction) -> Result<Vm> {
+    /// Does an action to a VM's machine; the state it leaves the VM in, and
+    /// whether the guest had to be forced off.
+    fn act_on_machine(&self, v: &Vm, action: VmAction) -> Result<(VmStatus, bool)> {
         let machine = self.machine_spec(v).machine_name;
         let p = self.provider(&v.host)?;
         let err = |source| Error::Provider {
@@ -585,7 +305,7 @@ impl Core {
             source,
         };
         let timeout = self.opts.shutdown_timeout;
-        let (status, forced) = match action {
+        Ok(match action {
             VmAction::Start => {
                 self.ensure_machine(p.as_ref(), v)?;
                 p.start(&machine).map_err(err)?;
@@ -627,29 +347,6 @@ impl Core {
                 p.delete_disk(&machine).map_err(err)?;
                 (VmStatus::Destroyed, false)
             }
-        };
-        if let Some(t) = self.team() {
-            let as_system = a.name == crate::core::SYSTEM;
-            t.vm_action_done(v.id, action, v.status, status, forced, as_system)?;
-            return t.vm(&v.id.to_string());
-        }
-        self.write(|tx| {
-            let ts = now();
-            tx.execute(
-                "UPDATE vms SET status = ?2, updated_at = ?3,
-                        last_stopped = CASE WHEN ?2 IN ('STOPPED', 'DESTROYED') THEN ?3 ELSE last_stopped END,
-                        metadata = json_remove(metadata, '$.force_off_at')
-                 WHERE id = ?1",
-                params![v.id, status, ts],
-            )?;
-            let event_type = if a.role == Role::Admin && v.owner.as_deref() != Some(a.name.as_str()) { EventType::Admin } else { EventType::Vm };
-            events::record(
-                tx,
-                NewEvent::info(event_type, &format!("vm.{}", action_name(action)), &a.name,
-                               json!({"vm": v.name, "was": v.status, "now": status, "forced_off": forced}))
-                    .vm(v.id),
-            )?;
-            vm_by_id(tx, v.id)
         })
     }
 
@@ -783,18 +480,13 @@ impl Core {
 
     /// The events of a VM the actor may see, newest first.
     pub fn vm_events(&self, actor: &str, vm: &str, limit: i64) -> Result<Vec<Event>> {
-        if let Some(t) = self.team_as(actor)? {
-            let v = t.vm(vm)?;
-            let q = crate::EventQuery {
-                limit: limit.clamp(1, 10_000),
-                ..Default::default()
-            };
-            return t.events_query(&q, Some(v.id));
-        }
-        let conn = self.db();
-        let a = user(&conn, actor)?;
-        let v = self.vm_show_in(&conn, &a, vm)?;
-        events::of_vm(&conn, v.id, limit.clamp(1, 10_000))
+        let store = self.acting(actor)?;
+        let v = store.vms().vm(vm)?;
+        let q = crate::EventQuery {
+            limit: limit.clamp(1, 10_000),
+            ..Default::default()
+        };
+        store.events().events_query(&q, Some(v.id))
     }
 
     /// The OS catalog: the built-ins and the imported images.
@@ -970,39 +662,9 @@ impl Core {
             })?;
             patch.insert(k.clone(), json!(v));
         }
-        if let Some(t) = self.team_as(actor)? {
-            return t.vm_meta(vm, &serde_json::Value::Object(patch));
-        }
-        self.write(|tx| {
-            let a = user(tx, actor)?;
-            let v = self.vm_show_in(tx, &a, vm)?;
-            may_act(&a, &v)?;
-            if v.status == VmStatus::Destroyed {
-                return Err(Error::invalid(format!(
-                    "VM {} is destroyed: its metadata can no longer change",
-                    v.name
-                )));
-            }
-            tx.execute(
-                "UPDATE vms SET metadata = json_patch(metadata, ?2), updated_at = ?3 WHERE id = ?1",
-                params![
-                    v.id,
-                    serde_json::Value::Object(patch.clone()).to_string(),
-                    now()
-                ],
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Vm,
-                    "vm.meta",
-                    &a.name,
-                    json!({"vm": v.name, "set": patch}),
-                )
-                .vm(v.id),
-            )?;
-            vm_by_id(tx, v.id)
-        })
+        self.acting(actor)?
+            .vms()
+            .vm_meta(vm, &serde_json::Value::Object(patch))
     }
 }
 
@@ -1026,9 +688,4 @@ fn action_name(a: VmAction) -> &'static str {
         VmAction::Restart => "restart",
         VmAction::Destroy => "destroy",
     }
-}
-
-/// Events of a creation are the owner's (or the system's for a pool VM).
-fn actor_of(vm: &Vm) -> &str {
-    vm.owner.as_deref().unwrap_or(crate::core::SYSTEM)
 }

@@ -13,6 +13,8 @@ use postgres::{Client, Row, Statement};
 use rand::distr::{Alphanumeric, SampleString};
 use serde_json::Value;
 use vmdesk_core::model::*;
+use vmdesk_core::provider::{PowerState, ProviderError};
+use vmdesk_core::team::Observed;
 use vmdesk_core::{
     Billed, Error as CoreError, ImportMachine, OpenConsole, Result as CoreResult, RuntimeCharge,
     SyncChange,
@@ -924,34 +926,67 @@ impl Vms for PgStore {
         Ok(())
     }
 
-    fn vm_synced(
-        &self,
-        id: i64,
-        state: &str,
-        error: Option<&str>,
-        source: &str,
-    ) -> CoreResult<Option<SyncChange>> {
+    fn vm_list_active(&self) -> CoreResult<Vec<Vm>> {
+        self.require_admin("list every user's VMs")?;
+        self.conn.query(
+            &format!(
+                "{VM_SELECT} WHERE v.live_session_id IN
+                   (SELECT id FROM vmdesk.sessions WHERE status = 'ACTIVE')
+                 ORDER BY h.name, v.id"
+            ),
+            &[],
+            vm_row,
+        )
+    }
+
+    fn vm_by_machine(&self, uri: &str, machine: &str) -> CoreResult<Option<Vm>> {
+        self.require_admin("list every user's VMs")?;
+        Ok(self
+            .conn
+            .query(
+                &format!(
+                    "{VM_SELECT} WHERE v.provider_id = $1 AND h.uri = $2 AND v.status <> 'DESTROYED'"
+                ),
+                &[&machine, &uri],
+                vm_row,
+            )?
+            .pop())
+    }
+
+    /// One locked function call per VM.
+    fn vms_synced(&self, seen: Vec<(i64, Observed)>, source: &str) -> CoreResult<Vec<SyncChange>> {
         let _changed = self.changed();
-        let r = self.conn.with(|c| {
-            c.query_one(
-                "SELECT vm, was, now_status, terminated_session FROM vmdesk.vm_synced($1, $2, $3, $4)",
-                &[&id, &state, &error, &source],
-            )
-        })?;
-        let (Some(vm), Some(was), Some(now)) = (
-            r.get::<_, Option<String>>(0),
-            r.get::<_, Option<String>>(1),
-            r.get::<_, Option<String>>(2),
-        ) else {
-            return Ok(None);
-        };
-        Ok(Some(SyncChange {
-            vm,
-            was: parse(&was)?,
-            now: parse(&now)?,
-            terminated_session: r.get(3),
-            source: source.to_owned(),
-        }))
+        let mut changes = Vec::new();
+        for (id, observed) in seen {
+            let (state, error) = match &observed {
+                Ok(PowerState::Running) => ("running", None),
+                Ok(s) if s.is_off() => ("off", None),
+                Ok(_) => ("between", None),
+                Err(ProviderError::NotFound(_)) => ("not_found", None),
+                Err(e) => ("error", Some(e.to_string())),
+            };
+            let r = self.conn.with(|c| {
+                c.query_one(
+                    "SELECT vm, was, now_status, terminated_session FROM vmdesk.vm_synced($1, $2, $3, $4)",
+                    &[&id, &state, &error, &source],
+                )
+            })?;
+            let (Some(vm), Some(was), Some(now)) = (
+                r.get::<_, Option<String>>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<String>>(2),
+            ) else {
+                continue;
+            };
+            changes.push(SyncChange {
+                vm,
+                was: parse(&was)?,
+                now: parse(&now)?,
+                terminated_session: r.get(3),
+                source: source.to_owned(),
+            });
+        }
+        Ok(changes)
     }
 
     fn vm_import(

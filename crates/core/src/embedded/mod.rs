@@ -22,6 +22,9 @@ mod log;
 mod people;
 mod places;
 mod quarantine;
+pub(crate) mod sessions;
+mod vms;
+mod work;
 
 /// The data directory's store, acting as `actor`.
 pub(crate) struct Embedded<'a> {
