@@ -174,3 +174,32 @@ both!(a_pass_bills_the_running_time_it_reconciled, |d: &Desks| {
     });
     assert_eq!(runtime, 1);
 });
+
+both!(
+    the_watcher_finds_the_libvirt_hosts_and_a_machine_by_its_host,
+    |d: &Desks| {
+        d.pool(1);
+        // The watcher asks without naming a user: the embedded store answers
+        // as the system, the team store as its login (here an admin's).
+        let uris = d.with(&d.admin(), |c, _| c.libvirt_uris().unwrap());
+        assert_eq!(uris, vec!["test:///default".to_owned()]);
+        let m = machine(d, "vm0");
+        let found = d.with(&d.admin(), |c, _| {
+            c.reconcile_machine("test:///default", &m, "event", true)
+                .unwrap()
+        });
+        assert!(
+            matches!(found, vmdesk_core::Reconciled::Unchanged),
+            "{found:?}"
+        );
+        d.host().start(&m).unwrap();
+        let found = d.with(&d.admin(), |c, _| {
+            c.reconcile_machine("test:///default", &m, "event", true)
+                .unwrap()
+        });
+        assert!(
+            matches!(found, vmdesk_core::Reconciled::Changed(ref c) if c.now == VmStatus::Running),
+            "{found:?}"
+        );
+    }
+);

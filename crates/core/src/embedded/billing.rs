@@ -43,7 +43,7 @@ impl Embedded<'_> {
     /// Billing is the system's (and admins'): it charges everyone.
     fn billing_admin(&self, conn: &rusqlite::Connection) -> Result<()> {
         if !self.system {
-            super::admin(conn, self.actor, "run billing")?;
+            self.admin_me(conn, "run billing")?;
         }
         Ok(())
     }

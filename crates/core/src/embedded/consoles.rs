@@ -57,7 +57,7 @@ impl Consoles for Embedded<'_> {
         expires_at: &str,
     ) -> Result<(u16, Vm)> {
         self.core.write(|tx| {
-            let a = user(tx, self.actor)?;
+            let a = self.me(tx)?;
             let v = vm_by_ref(tx, vm)?;
             may_show(tx, &a, &v, vm)?;
             let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());

@@ -3,7 +3,7 @@
 use rusqlite::params;
 use serde_json::Value;
 
-use super::{user, Embedded};
+use super::Embedded;
 use crate::core::SYSTEM;
 use crate::error::Result;
 use crate::events::{self, NewEvent};
@@ -28,7 +28,7 @@ impl Events for Embedded<'_> {
         let only = if self.system {
             None
         } else {
-            let a = user(&conn, self.actor)?;
+            let a = self.me(&conn)?;
             (a.role != Role::Admin).then_some(a.id)
         };
         let list = |v: Vec<&str>| v.join(",");

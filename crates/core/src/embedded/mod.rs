@@ -10,6 +10,7 @@
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 use serde_json::json;
 
+use crate::core::system_actor;
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::ledger::{self, Entry};
@@ -33,6 +34,27 @@ pub(crate) struct Embedded<'a> {
     /// Acting as the system itself (reads that check no actor): not a user
     /// anyone can name with `--as`.
     pub(crate) system: bool,
+}
+
+impl Embedded<'_> {
+    /// The acting user: the system (which may do what an admin may), or the
+    /// user the caller named.
+    pub(crate) fn me(&self, conn: &Connection) -> Result<User> {
+        if self.system {
+            return Ok(system_actor());
+        }
+        user(conn, self.actor)
+    }
+
+    /// The acting user if an admin (the system is one); else
+    /// [`Error::AdminOnly`] naming `action`.
+    pub(crate) fn admin_me(&self, conn: &Connection, action: &'static str) -> Result<User> {
+        let a = self.me(conn)?;
+        if a.role != Role::Admin {
+            return Err(Error::AdminOnly(action));
+        }
+        Ok(a)
+    }
 }
 
 pub(crate) fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {

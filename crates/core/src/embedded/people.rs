@@ -3,7 +3,7 @@
 use rusqlite::params;
 use serde_json::json;
 
-use super::{admin, grant, statement, user, user_row, Embedded};
+use super::{grant, statement, user, user_row, Embedded};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::ledger::{self, Entry};
@@ -34,7 +34,7 @@ impl Users for Embedded<'_> {
     /// The embedded store has no logins: `password` is not used.
     fn user_add(&self, name: &str, admin_role: bool, _password: Option<&str>) -> Result<User> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "add users")?;
+            let a = self.admin_me(tx, "add users")?;
             let role = if admin_role { Role::Admin } else { Role::User };
             tx.execute(
                 "INSERT INTO users (name, role, balance, created_at) VALUES (?1, ?2, 0, ?3)",
@@ -56,7 +56,7 @@ impl Users for Embedded<'_> {
 
     fn user_list(&self) -> Result<Vec<User>> {
         let conn = self.core.db();
-        admin(&conn, self.actor, "list users")?;
+        self.admin_me(&conn, "list users")?;
         let mut stmt =
             conn.prepare("SELECT id, name, role, balance, created_at FROM users ORDER BY name")?;
         let rows = stmt.query_map([], user_row)?;
@@ -65,7 +65,7 @@ impl Users for Embedded<'_> {
 
     fn user_role(&self, name: &str, role: Role) -> Result<User> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "change roles")?;
+            let a = self.admin_me(tx, "change roles")?;
             let u = user(tx, name)?;
             if u.role == role {
                 return Ok(u);
@@ -100,7 +100,7 @@ impl Users for Embedded<'_> {
 
     fn credits_grant(&self, to: &str, amount: i64, reason: &str) -> Result<CreditStatement> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "grant credits")?;
+            let a = self.admin_me(tx, "grant credits")?;
             let u = user(tx, to)?;
             grant(tx, &a.name, u.id, &u.name, amount, reason)?;
             statement(tx, &u)
@@ -115,7 +115,7 @@ impl Users for Embedded<'_> {
         reason: &str,
     ) -> Result<LedgerEntry> {
         self.core.write(|tx| {
-            let a = user(tx, self.actor)?;
+            let a = self.me(tx)?;
             let u = user(tx, from)?;
             if a.id != u.id && a.role != Role::Admin {
                 return Err(Error::Forbidden {
@@ -151,7 +151,7 @@ impl Users for Embedded<'_> {
 
     fn credits_show(&self, of: &str) -> Result<CreditStatement> {
         let conn = self.core.db();
-        let a = user(&conn, self.actor)?;
+        let a = self.me(&conn)?;
         let u = if of == a.name {
             a
         } else if a.role != Role::Admin {

@@ -3,7 +3,7 @@
 use rusqlite::params;
 use serde_json::json;
 
-use super::{admin, already_exists, host, project_id, user, Embedded};
+use super::{already_exists, host, project_id, Embedded};
 use crate::error::Result;
 use crate::events::{self, NewEvent};
 use crate::model::*;
@@ -13,7 +13,7 @@ use crate::team::Places;
 impl Places for Embedded<'_> {
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> Result<Host> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "add hosts")?;
+            let a = self.admin_me(tx, "add hosts")?;
             tx.execute(
                 "INSERT INTO hosts (name, kind, uri, created_at) VALUES (?1, ?2, ?3, ?4)",
                 params![name, kind, uri, now()],
@@ -38,7 +38,7 @@ impl Places for Embedded<'_> {
 
     fn host_list(&self) -> Result<Vec<Host>> {
         let conn = self.core.db();
-        user(&conn, self.actor)?;
+        self.me(&conn)?;
         let mut stmt = conn.prepare("SELECT name FROM hosts ORDER BY name")?;
         let names: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
@@ -48,7 +48,7 @@ impl Places for Embedded<'_> {
 
     fn project_create(&self, name: &str) -> Result<Project> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "create projects")?;
+            let a = self.admin_me(tx, "create projects")?;
             let created_at = now();
             tx.execute(
                 "INSERT INTO projects (name, created_at) VALUES (?1, ?2)",
@@ -75,7 +75,7 @@ impl Places for Embedded<'_> {
 
     fn workspace_create(&self, name: &str, project: &str) -> Result<Workspace> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "create workspaces")?;
+            let a = self.admin_me(tx, "create workspaces")?;
             let pid = project_id(tx, project)?;
             let created_at = now();
             tx.execute(

@@ -26,7 +26,7 @@ impl Embedded<'_> {
         if self.system {
             return Ok(SYSTEM.to_owned());
         }
-        Ok(super::admin(conn, self.actor, action)?.name)
+        Ok(self.admin_me(conn, action)?.name)
     }
 }
 

@@ -4,9 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
-use super::{
-    admin, already_exists, host, project_id, user, vm_by_id, vm_by_ref, vm_row, vm_select, Embedded,
-};
+use super::{already_exists, host, project_id, vm_by_id, vm_by_ref, vm_row, vm_select, Embedded};
 use crate::core::{system_actor, SYSTEM};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
@@ -43,15 +41,6 @@ fn action_name(a: VmAction) -> &'static str {
 }
 
 impl Embedded<'_> {
-    /// The acting user: the system (which may do what an admin may), or the
-    /// user the caller named.
-    pub(crate) fn me(&self, conn: &Connection) -> Result<User> {
-        if self.system {
-            return Ok(system_actor());
-        }
-        user(conn, self.actor)
-    }
-
     /// A VM `a` may see: a pool VM, their own, or any for an admin.
     pub(crate) fn visible(&self, conn: &Connection, a: &User, reference: &str) -> Result<Vm> {
         let v = vm_by_ref(conn, reference)?;
@@ -118,7 +107,7 @@ impl Vms for Embedded<'_> {
     fn vm_add(&self, spec: &NewVm, machine: &str, worker: &str) -> Result<Vm> {
         // The intent is durable before the host is touched.
         self.core.write(|tx| {
-            admin(tx, self.actor, "add VMs to a pool")?;
+            self.admin_me(tx, "add VMs to a pool")?;
             let pid = project_id(tx, &spec.pool)?;
             let h = host(tx, &spec.host)?;
             let ts = now();
@@ -138,7 +127,7 @@ impl Vms for Embedded<'_> {
 
     fn vm_add_done(&self, id: i64, ok: bool, details: serde_json::Value) -> Result<()> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "add VMs to a pool")?;
+            let a = self.admin_me(tx, "add VMs to a pool")?;
             if ok {
                 tx.execute(
                     "UPDATE vms SET status = 'STOPPED', worker = NULL, updated_at = ?2 WHERE id = ?1",
@@ -163,7 +152,7 @@ impl Vms for Embedded<'_> {
     fn vm_create(&self, spec: &VmCreate, machine: &str, worker: Option<&str>) -> Result<Vm> {
         let cost = ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?.cost;
         self.core.write(|tx| {
-            let u = user(tx, self.actor)?;
+            let u = self.me(tx)?;
             let host_id: i64 = match &spec.host {
                 Some(h) => host(tx, h)?.id,
                 None => {
@@ -417,7 +406,7 @@ impl Vms for Embedded<'_> {
         machines: &[ImportMachine],
     ) -> Result<ImportReport> {
         self.core.write(|tx| {
-            let a = admin(tx, self.actor, "import VMs")?;
+            let a = self.admin_me(tx, "import VMs")?;
             let pid = project_id(tx, pool)?;
             let h = host(tx, host_name)?;
             let mut report = ImportReport::default();
