@@ -1,15 +1,12 @@
 //! [`Core`]: the API shared by the desktop app and the CLI.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
-pub(crate) use crate::embedded::{admin, already_exists};
 use crate::error::{Error, Result};
-use crate::events::{self, NewEvent};
 use crate::model::*;
 use crate::provider::{MachineSpec, PowerState, Provider, ProviderFactory};
 use crate::store::{self};
@@ -71,49 +68,6 @@ pub struct Core {
     pub(crate) last_bill: Mutex<Option<crate::billing::Pass>>,
 }
 
-/// The database connection, held; when released, requesters waiting to
-/// allocate are woken so that one of them can lead the next batch.
-pub(crate) struct DbGuard<'a> {
-    guard: Option<MutexGuard<'a, store::Db>>,
-    alloc: &'a crate::embedded::sessions::AllocQueue,
-}
-
-impl<'a> DbGuard<'a> {
-    pub(crate) fn new(
-        guard: MutexGuard<'a, store::Db>,
-        alloc: &'a crate::embedded::sessions::AllocQueue,
-    ) -> Self {
-        Self {
-            guard: Some(guard),
-            alloc,
-        }
-    }
-}
-
-impl std::ops::Deref for DbGuard<'_> {
-    type Target = store::Db;
-    fn deref(&self) -> &store::Db {
-        self.guard
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("held until drop"))
-    }
-}
-
-impl std::ops::DerefMut for DbGuard<'_> {
-    fn deref_mut(&mut self) -> &mut store::Db {
-        self.guard
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("held until drop"))
-    }
-}
-
-impl Drop for DbGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        self.alloc.wake();
-    }
-}
-
 impl Drop for Core {
     fn drop(&mut self) {
         if let Err(e) = self.checkpoint() {
@@ -145,75 +99,13 @@ fn add_details(vm: &Vm, pool: &str) -> serde_json::Value {
            "vm_type": vm.vm_type, "os_type": vm.os_type})
 }
 
-/// The install id of this data directory. A copy of a data directory (or a
-/// database moved into another one) gets a new id, with an event: the
-/// machines the original marked on shared hosts stay the original's, and the
-/// copy's recovery leaves them alone.
-fn own_install_id(db: &mut store::Db, dir: &Path) -> Result<String> {
-    let here = store::dir_identity(dir).map_err(|source| Error::DataDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let read = |conn: &Connection| -> Result<(String, Option<String>)> {
-        let seen: Option<String> = conn
-            .query_row(
-                "SELECT value FROM settings WHERE key = 'install_dir'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok((store::install_id(conn)?, seen))
-    };
-    let (id, seen) = read(db)?;
-    if seen.as_deref() == Some(here.as_str()) {
-        return Ok(id);
-    }
-    store::write(db, |tx| {
-        let (id, seen) = read(tx)?;
-        match seen {
-            Some(s) if s == here => Ok(id),
-            None => {
-                tx.execute(
-                    "INSERT INTO settings (key, value) VALUES ('install_dir', ?1)",
-                    [&here],
-                )?;
-                Ok(id)
-            }
-            Some(_) => {
-                let new_id = uuid::Uuid::new_v4().simple().to_string();
-                tx.execute(
-                    "UPDATE settings SET value = ?1 WHERE key = 'install_id'",
-                    [&new_id],
-                )?;
-                tx.execute(
-                    "UPDATE settings SET value = ?1 WHERE key = 'install_dir'",
-                    [&here],
-                )?;
-                events::record(
-                    tx,
-                    NewEvent::info(
-                        EventType::System,
-                        "install.copied",
-                        SYSTEM,
-                        json!({"was": id, "now": new_id, "data_dir": dir.display().to_string(),
-                               "reason": "this data directory is a copy (or was moved): it takes a new install id, \
-                                          and machines marked by the original are not its own"}),
-                    )
-                    .severity(Severity::Warning),
-                )?;
-                Ok(new_id)
-            }
-        }
-    })
-}
-
 impl Core {
     /// Opens a data directory, creating and migrating its database as needed,
     /// then settles work that a crashed process left behind.
     pub fn open(opts: OpenOptions) -> Result<Core> {
         let mut conn = store::open(&opts.data_dir)?;
         conn.set_lock_wait(opts.lock_wait);
-        let desk = own_install_id(&mut conn, &opts.data_dir)?;
+        let desk = crate::embedded::own_install_id(&mut conn, &opts.data_dir)?;
         let install_id = match &opts.team {
             // The team's machines carry the store's mark, whichever desk made them.
             Some(t) => t.install_id()?,
@@ -242,15 +134,6 @@ impl Core {
         &self.opts.data_dir
     }
 
-    pub(crate) fn db(&self) -> DbGuard<'_> {
-        DbGuard::new(
-            self.conn
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            &self.alloc,
-        )
-    }
-
     /// Moves the write-ahead log into the database file (see [`store::checkpoint`]).
     pub fn checkpoint(&self) -> Result<()> {
         store::checkpoint(&self.opts.data_dir)
@@ -268,36 +151,10 @@ impl Core {
         Ok(true)
     }
 
-    pub(crate) fn write<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        // Every change of the shared data goes to the team store in team
-        // mode; one that is not offered there yet must not land in the
-        // desk's own file.
-        self.embedded_only("this change")?;
-        self.write_local(f)
-    }
-
-    /// A write to the data directory's own file in either mode: what belongs
-    /// to this desk alone (its OS catalog).
-    pub(crate) fn write_local<T>(
-        &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let out = store::write(&mut self.db(), f)?;
-        if let Some(notify) = &self.opts.on_change {
-            notify();
-        }
-        Ok(out)
-    }
-
     /// A number that changes whenever another process commits to the database
     /// (SQLite's `data_version`); a cheap way to notice their changes.
     pub fn data_version(&self) -> Result<i64> {
-        Ok(self
-            .db()
-            .pragma_query_value(None, "data_version", |r| r.get(0))?)
+        crate::embedded::data_version(&self.db())
     }
 
     /// This process's worker id, registering it on first use.
@@ -355,7 +212,7 @@ impl Core {
     /// The spec of a VM's machine with its OS image, for creating its disk.
     pub(crate) fn full_spec(&self, vm: &Vm) -> Result<MachineSpec> {
         let mut spec = self.machine_spec(vm);
-        spec.image = crate::vms::os_image(&self.db(), &self.opts.data_dir, &vm.os_type)?;
+        spec.image = self.os_image(&vm.os_type)?;
         Ok(spec)
     }
 
@@ -602,9 +459,9 @@ impl Core {
     pub fn vm_add(&self, actor: &str, spec: &NewVm) -> Result<Vm> {
         validate::vm_name(&spec.name)?;
         validate::name("VM type", &spec.vm_type)?;
-        crate::vms::os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
+        self.os_image(&spec.os_type)?;
         validate::size(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
-        crate::vms::check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
+        self.check_os_minimum(&spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = self.worker_id()?.to_owned();
         let store = self.acting(actor)?;
         let vms = store.vms();

@@ -5,7 +5,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
@@ -140,18 +139,7 @@ pub fn database(dir: &Path) -> Check {
             ),
         );
     }
-    let look = || -> rusqlite::Result<(String, i64)> {
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let mut stmt = conn.prepare("PRAGMA quick_check")?;
-        let problems: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok((problems.join("; "), version))
-    };
+    let look = || crate::embedded::inspect(&path);
     let supported = schema_version();
     match look() {
         Err(e) => Check::new(
@@ -205,20 +193,15 @@ pub fn hosts(dir: &Path) -> Vec<HostRow> {
     if !path.exists() {
         return Vec::new();
     }
-    let read = || -> rusqlite::Result<Vec<HostRow>> {
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = conn.prepare("SELECT name, uri FROM hosts ORDER BY name")?;
-        let rows = stmt.query_map([], |r| {
-            let uri: String = r.get(1)?;
-            Ok(HostRow {
-                name: r.get(0)?,
-                kind: HostKind::of_uri(&uri),
-                uri,
-            })
-        })?;
-        rows.collect()
-    };
-    read().unwrap_or_default()
+    crate::embedded::host_rows(&path)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, uri)| HostRow {
+            name,
+            kind: HostKind::of_uri(&uri),
+            uri,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -250,7 +233,7 @@ mod tests {
     fn a_newer_schema_is_an_error() {
         let dir = tempfile::tempdir().expect("dir");
         drop(crate::store::open(dir.path()).expect("open"));
-        let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).expect("open");
         conn.pragma_update(None, "user_version", 10_000)
             .expect("set version");
         drop(conn);

@@ -18,11 +18,11 @@ mod consoles;
 mod core;
 mod desk;
 mod embedded;
-mod events;
+// The embedded store's file and its event log, by their short paths.
+use crate::embedded::{events, store};
 mod images;
 mod ledger;
 mod sessions;
-mod store;
 mod sync;
 mod vms;
 mod worker;

@@ -31,6 +31,37 @@ impl<T> Store for T where
 {
 }
 
+/// An image of the desk's own OS catalog, as its store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogImage {
+    /// Its name in the catalog.
+    pub name: String,
+    /// Its file in the data directory's image folder.
+    pub file: String,
+    /// Its size.
+    pub bytes: i64,
+    /// Its SHA-256 (none for an image imported before it was recorded).
+    pub sha256: Option<String>,
+    /// The least memory it boots with (none: the general minimum).
+    pub min_ram_mb: Option<i64>,
+    /// The least disk it boots with (none: the general minimum).
+    pub min_disk_gb: Option<i64>,
+}
+
+/// The desk's own OS catalog: images are files of the desk's data
+/// directory, so the catalog is the desk's in both modes (the embedded
+/// store keeps it, on a team desk too).
+pub trait Catalog: Send + Sync {
+    /// The imported images, by name.
+    fn os_images(&self) -> Result<Vec<CatalogImage>>;
+
+    /// Records an imported image, with its event by `actor`.
+    fn os_add(&self, actor: &str, image: &CatalogImage) -> Result<()>;
+
+    /// Sets an image's least memory and disk (`was`: before), with its event.
+    fn os_minimum(&self, actor: &str, name: &str, now: (i64, i64), was: (i64, i64)) -> Result<()>;
+}
+
 /// Every store trait in scope, unnamed: `use vmdesk_core::team::prelude::*`
 /// to call a store's methods.
 pub mod prelude {
@@ -508,6 +539,15 @@ impl Core {
                 actor: crate::core::SYSTEM,
                 system: true,
             }),
+        }
+    }
+
+    /// The desk's own OS catalog (in its data directory, in both modes).
+    pub(crate) fn catalog(&self) -> crate::embedded::Embedded<'_> {
+        crate::embedded::Embedded {
+            core: self,
+            actor: crate::core::SYSTEM,
+            system: true,
         }
     }
 

@@ -4,116 +4,74 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::events::{self, NewEvent};
 use crate::ledger::{self};
 use crate::model::*;
 use crate::provider::{OsImage, PowerState};
 use crate::sessions::{power_off, vm_status_of, wait_for};
-use crate::store::now;
-use crate::team::Acting;
+use crate::team::{Acting, Catalog};
 use crate::validate;
 
 /// The built-in operating systems (no image: the VM boots to firmware).
 pub const OS_BUILTIN: &[&str] = &["blank"];
 
-/// The image of an OS of the catalog: `None` for a built-in, an error naming
-/// the catalog for an unknown one.
-pub(crate) fn os_image(conn: &Connection, data_dir: &Path, name: &str) -> Result<Option<OsImage>> {
-    if OS_BUILTIN.contains(&name) {
-        return Ok(None);
-    }
-    let row: Option<(String, i64, Option<String>)> = conn
-        .prepare_cached("SELECT file, bytes, sha256 FROM os_images WHERE name = ?1")?
-        .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    match row {
-        Some((file, bytes, sha256)) => {
-            let path = crate::images::path_of(data_dir, name, &file)?;
-            let sha256 = match sha256 {
-                Some(s) => s,
-                None => crate::images::sha256_of(&path)?,
-            };
-            Ok(Some(OsImage {
-                name: name.to_owned(),
-                path,
-                bytes: u64::try_from(bytes).unwrap_or(0),
-                sha256,
-            }))
-        }
-        None => {
-            let catalog: Vec<String> = os_list(conn)?.into_iter().map(|o| o.name).collect();
-            Err(Error::invalid(format!(
-                "unknown OS {name:?}; the catalog has: {}",
-                catalog.join(", ")
-            )))
-        }
-    }
+/// The catalog's names, for an error that names an unknown OS.
+fn unknown_os(name: &str, catalog: &[OsEntry]) -> Error {
+    let names: Vec<&str> = catalog.iter().map(|o| o.name.as_str()).collect();
+    Error::invalid(format!(
+        "unknown OS {name:?}; the catalog has: {}",
+        names.join(", ")
+    ))
 }
 
-fn os_list(conn: &Connection) -> Result<Vec<OsEntry>> {
-    let mut out: Vec<OsEntry> = OS_BUILTIN
-        .iter()
-        .map(|n| OsEntry {
-            name: (*n).to_owned(),
-            kind: "builtin".into(),
-            bytes: 0,
-            min_ram_mb: validate::RAM_MB.0,
-            min_disk_gb: validate::DISK_GB.0,
-            boots: false,
-        })
-        .collect();
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, bytes, min_ram_mb, min_disk_gb FROM os_images ORDER BY name",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(OsEntry {
-            name: r.get(0)?,
-            kind: "image".into(),
-            bytes: r.get(1)?,
-            min_ram_mb: r.get::<_, Option<i64>>(2)?.unwrap_or(validate::RAM_MB.0),
-            min_disk_gb: r.get::<_, Option<i64>>(3)?.unwrap_or(validate::DISK_GB.0),
-            boots: true,
-        })
-    })?;
-    for row in rows {
-        out.push(row?);
+impl Core {
+    /// The image of an OS of the catalog: `None` for a built-in, an error
+    /// naming the catalog for an unknown one.
+    pub(crate) fn os_image(&self, name: &str) -> Result<Option<OsImage>> {
+        if OS_BUILTIN.contains(&name) {
+            return Ok(None);
+        }
+        let images = self.catalog().os_images()?;
+        let Some(row) = images.into_iter().find(|i| i.name == name) else {
+            return Err(unknown_os(name, &self.os_list()?));
+        };
+        let path = crate::images::path_of(&self.opts.data_dir, name, &row.file)?;
+        let sha256 = match row.sha256 {
+            Some(s) => s,
+            None => crate::images::sha256_of(&path)?,
+        };
+        Ok(Some(OsImage {
+            name: name.to_owned(),
+            path,
+            bytes: u64::try_from(row.bytes).unwrap_or(0),
+            sha256,
+        }))
     }
-    Ok(out)
-}
 
-/// Refuses a size below what OS `os` boots with (an unknown OS is refused
-/// too). Called before anything is charged or defined.
-pub(crate) fn check_os_minimum(
-    conn: &Connection,
-    os: &str,
-    ram_mb: i64,
-    disk_gb: i64,
-) -> Result<()> {
-    let Some(entry) = os_list(conn)?.into_iter().find(|o| o.name == os) else {
-        let catalog: Vec<String> = os_list(conn)?.into_iter().map(|o| o.name).collect();
-        return Err(Error::invalid(format!(
-            "unknown OS {os:?}; the catalog has: {}",
-            catalog.join(", ")
-        )));
-    };
-    if ram_mb < entry.min_ram_mb {
-        return Err(Error::invalid(format!(
-            "{os} needs at least {} MB of memory to boot; {ram_mb} MB is too little",
-            entry.min_ram_mb
-        )));
+    /// Refuses a size below what OS `os` boots with (an unknown OS is
+    /// refused too). Called before anything is charged or defined.
+    pub(crate) fn check_os_minimum(&self, os: &str, ram_mb: i64, disk_gb: i64) -> Result<()> {
+        let catalog = self.os_list()?;
+        let Some(entry) = catalog.iter().find(|o| o.name == os) else {
+            return Err(unknown_os(os, &catalog));
+        };
+        if ram_mb < entry.min_ram_mb {
+            return Err(Error::invalid(format!(
+                "{os} needs at least {} MB of memory to boot; {ram_mb} MB is too little",
+                entry.min_ram_mb
+            )));
+        }
+        if disk_gb < entry.min_disk_gb {
+            return Err(Error::invalid(format!(
+                "{os} needs a disk of at least {} GB; {disk_gb} GB is too small",
+                entry.min_disk_gb
+            )));
+        }
+        Ok(())
     }
-    if disk_gb < entry.min_disk_gb {
-        return Err(Error::invalid(format!(
-            "{os} needs a disk of at least {} GB; {disk_gb} GB is too small",
-            entry.min_disk_gb
-        )));
-    }
-    Ok(())
 }
 
 /// Receives the progress of a creation.
@@ -132,9 +90,9 @@ impl Core {
         progress: Option<ProgressFn<'_>>,
     ) -> Result<Vm> {
         validate::vm_name(&spec.name)?;
-        os_image(&self.db(), &self.opts.data_dir, &spec.os_type)?;
+        self.os_image(&spec.os_type)?;
         ledger::quote(spec.ram_mb, spec.disk_gb, spec.cpu_cores)?;
-        check_os_minimum(&self.db(), &spec.os_type, spec.ram_mb, spec.disk_gb)?;
+        self.check_os_minimum(&spec.os_type, spec.ram_mb, spec.disk_gb)?;
         let worker = if wait {
             Some(self.worker_id()?.to_owned())
         } else {
@@ -491,7 +449,26 @@ impl Core {
 
     /// The OS catalog: the built-ins and the imported images.
     pub fn os_list(&self) -> Result<Vec<OsEntry>> {
-        os_list(&self.db())
+        let mut out: Vec<OsEntry> = OS_BUILTIN
+            .iter()
+            .map(|n| OsEntry {
+                name: (*n).to_owned(),
+                kind: "builtin".into(),
+                bytes: 0,
+                min_ram_mb: validate::RAM_MB.0,
+                min_disk_gb: validate::DISK_GB.0,
+                boots: false,
+            })
+            .collect();
+        out.extend(self.catalog().os_images()?.into_iter().map(|i| OsEntry {
+            name: i.name,
+            kind: "image".into(),
+            bytes: i.bytes,
+            min_ram_mb: i.min_ram_mb.unwrap_or(validate::RAM_MB.0),
+            min_disk_gb: i.min_disk_gb.unwrap_or(validate::DISK_GB.0),
+            boots: true,
+        }));
+        Ok(out)
     }
 
     /// The price of creating a VM of this OS and size, and its hourly running
@@ -499,7 +476,7 @@ impl Core {
     /// refuse for the OS or the size (the launch form asks as you type).
     pub fn price(&self, os: &str, ram_mb: i64, disk_gb: i64, cpus: i64) -> Result<Price> {
         let cost = ledger::quote(ram_mb, disk_gb, cpus)?.cost;
-        check_os_minimum(&self.db(), os, ram_mb, disk_gb)?;
+        self.check_os_minimum(os, ram_mb, disk_gb)?;
         Ok(Price {
             cost,
             hourly_milli: ledger::hourly_milli(cost, self.opts.billing.hourly_percent),
@@ -530,7 +507,7 @@ impl Core {
         )
         .map_err(|e| Error::invalid(format!("the OS minimum is out of range: {}", e)))?;
         self.catalog_keeper(actor, "import OS images")?;
-        if OS_BUILTIN.contains(&name) || os_image(&self.db(), &self.opts.data_dir, name).is_ok() {
+        if OS_BUILTIN.contains(&name) || self.os_image(name).is_ok() {
             return Err(Error::AlreadyExists {
                 kind: "OS",
                 name: name.to_owned(),
@@ -542,41 +519,29 @@ impl Core {
             .data_dir
             .join(crate::images::OS_DIR)
             .join(&img.file);
-        let bytes = img.bytes;
-        let added = self.write_local(|tx| {
-            tx.execute(
-                "INSERT INTO os_images (name, file, bytes, sha256, created_at, min_ram_mb, min_disk_gb)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    name,
-                    img.file,
-                    i64::try_from(bytes).unwrap_or(i64::MAX),
-                    img.sha256,
-                    now(),
+        let _bytes = img.bytes;
+        let bytes = i64::try_from(img.bytes).unwrap_or(i64::MAX);
+        let added = self
+            .catalog()
+            .os_add(
+                actor,
+                &crate::team::CatalogImage {
+                    name: name.to_owned(),
+                    file: img.file.clone(),
+                    bytes,
+                    sha256: Some(img.sha256.clone()),
                     min_ram_mb,
-                    min_disk_gb
-                ],
+                    min_disk_gb,
+                },
             )
-            .map_err(crate::core::already_exists("OS", name))?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "os.import",
-                    actor,
-                    json!({"os": name, "bytes": bytes, "sha256": img.sha256,
-                           "min_ram_mb": min_ram_mb, "min_disk_gb": min_disk_gb}),
-                ),
-            )?;
-            Ok(OsEntry {
+            .map(|()| OsEntry {
                 name: name.to_owned(),
                 kind: "image".into(),
-                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                bytes,
                 min_ram_mb: min_ram_mb.unwrap_or(validate::RAM_MB.0),
                 min_disk_gb: min_disk_gb.unwrap_or(validate::DISK_GB.0),
                 boots: true,
-            })
-        });
+            });
         if added.is_err() {
             let _ = std::fs::remove_file(&dest);
         }
@@ -589,7 +554,12 @@ impl Core {
     fn catalog_keeper(&self, actor: &str, action: &'static str) -> Result<()> {
         match self.team_as(actor)? {
             Some(_) => Ok(()),
-            None => crate::core::admin(&self.db(), actor, action).map(|_| ()),
+            None => {
+                if self.acting(actor)?.users().whoami()?.role != Role::Admin {
+                    return Err(Error::AdminOnly(action));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -604,7 +574,7 @@ impl Core {
         min_disk_gb: Option<i64>,
     ) -> Result<OsEntry> {
         self.catalog_keeper(actor, "change the OS catalog")?;
-        let Some(old) = os_list(&self.db())?.into_iter().find(|o| o.name == name) else {
+        let Some(old) = self.os_list()?.into_iter().find(|o| o.name == name) else {
             return Err(Error::invalid(format!(
                 "there is no OS {name:?} in the catalog"
             )));
@@ -623,23 +593,8 @@ impl Core {
         if (ram, disk) == (old.min_ram_mb, old.min_disk_gb) {
             return Ok(old);
         }
-        self.write_local(|tx| {
-            tx.execute(
-                "UPDATE os_images SET min_ram_mb = ?2, min_disk_gb = ?3 WHERE name = ?1",
-                params![name, ram, disk],
-            )?;
-            events::record(
-                tx,
-                NewEvent::info(
-                    EventType::Admin,
-                    "os.minimum",
-                    actor,
-                    json!({"os": name, "min_ram_mb": ram, "min_disk_gb": disk,
-                           "was": {"min_ram_mb": old.min_ram_mb, "min_disk_gb": old.min_disk_gb}}),
-                ),
-            )?;
-            Ok(())
-        })?;
+        self.catalog()
+            .os_minimum(actor, name, (ram, disk), (old.min_ram_mb, old.min_disk_gb))?;
         Ok(OsEntry {
             min_ram_mb: ram,
             min_disk_gb: disk,

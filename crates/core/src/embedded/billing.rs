@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
+use super::ledger::{self as rows, Entry};
 use super::Embedded;
 use crate::core::SYSTEM;
 use crate::error::Result;
 use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
+use crate::ledger;
 use crate::model::*;
 use crate::team::{Billed, Billing};
 use crate::{BillingConfig, RuntimeCharge};
@@ -157,7 +158,7 @@ impl Billing for Embedded<'_> {
             let taken = due.min(balance);
             if taken > 0 {
                 let reason = format!("{seconds} s of running VM {name}");
-                ledger::append(
+                rows::append(
                     tx,
                     &user,
                     Entry { user_id: uid, amount: -taken, kind: LedgerKind::Runtime, reason: &reason, vm_id: Some(vm_id), session_id: session, actor: SYSTEM },

@@ -7,17 +7,25 @@
 //! The embedded store holds its rules itself, as the team store's database
 //! does: who may do what is checked in the same transaction as the change.
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
+use std::path::Path;
+use std::sync::MutexGuard;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 use serde_json::json;
 
-use crate::core::system_actor;
+use self::events::NewEvent;
+use self::ledger::Entry;
+use crate::core::{system_actor, SYSTEM};
 use crate::error::{Error, Result};
-use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
 use crate::model::*;
 use crate::Core;
 
+pub(crate) mod events;
+mod ledger;
+pub(crate) mod store;
+
 mod billing;
+mod catalog;
 mod consoles;
 mod log;
 mod people;
@@ -72,14 +80,6 @@ pub(crate) fn user(conn: &Connection, name: &str) -> Result<User> {
         .query_row([name], user_row)
         .optional()?
         .ok_or_else(|| Error::UnknownUser(name.to_owned()))
-}
-
-pub(crate) fn admin(conn: &Connection, actor: &str, action: &'static str) -> Result<User> {
-    let u = user(conn, actor)?;
-    if u.role != Role::Admin {
-        return Err(Error::AdminOnly(action));
-    }
-    Ok(u)
 }
 
 pub(crate) fn project_id(conn: &Connection, name: &str) -> Result<i64> {
@@ -280,4 +280,171 @@ pub(crate) fn session_by_id(conn: &Connection, id: i64) -> Result<Session> {
         .query_row([id], session_row)
         .optional()?
         .ok_or(Error::UnknownSession(id))
+}
+
+/// The install id of this data directory. A copy of a data directory (or a
+/// database moved into another one) gets a new id, with an event: the
+/// machines the original marked on shared hosts stay the original's, and the
+/// copy's recovery leaves them alone.
+pub(crate) fn own_install_id(db: &mut store::Db, dir: &Path) -> Result<String> {
+    let here = store::dir_identity(dir).map_err(|source| Error::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let read = |conn: &Connection| -> Result<(String, Option<String>)> {
+        let seen: Option<String> = conn
+            .query_row(
+                "SELECT value FROM settings WHERE key = 'install_dir'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((store::install_id(conn)?, seen))
+    };
+    let (id, seen) = read(db)?;
+    if seen.as_deref() == Some(here.as_str()) {
+        return Ok(id);
+    }
+    store::write(db, |tx| {
+        let (id, seen) = read(tx)?;
+        match seen {
+            Some(s) if s == here => Ok(id),
+            None => {
+                tx.execute(
+                    "INSERT INTO settings (key, value) VALUES ('install_dir', ?1)",
+                    [&here],
+                )?;
+                Ok(id)
+            }
+            Some(_) => {
+                let new_id = uuid::Uuid::new_v4().simple().to_string();
+                tx.execute(
+                    "UPDATE settings SET value = ?1 WHERE key = 'install_id'",
+                    [&new_id],
+                )?;
+                tx.execute(
+                    "UPDATE settings SET value = ?1 WHERE key = 'install_dir'",
+                    [&here],
+                )?;
+                events::record(
+                    tx,
+                    NewEvent::info(
+                        EventType::System,
+                        "install.copied",
+                        SYSTEM,
+                        json!({"was": id, "now": new_id, "data_dir": dir.display().to_string(),
+                               "reason": "this data directory is a copy (or was moved): it takes a new install id, \
+                                          and machines marked by the original are not its own"}),
+                    )
+                    .severity(Severity::Warning),
+                )?;
+                Ok(new_id)
+            }
+        }
+    })
+}
+
+/// A number that changes whenever another process commits to the file.
+pub(crate) fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+}
+
+/// A look at a data directory's file without opening it for writing: its
+/// integrity check ("ok" when intact) and schema version.
+pub(crate) fn inspect(path: &Path) -> rusqlite::Result<(String, i64)> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let mut stmt = conn.prepare("PRAGMA quick_check")?;
+    let problems: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok((problems.join("; "), version))
+}
+
+/// The hosts (name, URI) of a data directory's file, read-only.
+pub(crate) fn host_rows(path: &Path) -> rusqlite::Result<Vec<(String, String)>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare("SELECT name, uri FROM hosts ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// The database connection, held; when released, requesters waiting to
+/// allocate are woken so that one of them can lead the next batch.
+pub(crate) struct DbGuard<'a> {
+    guard: Option<MutexGuard<'a, store::Db>>,
+    alloc: &'a sessions::AllocQueue,
+}
+
+impl<'a> DbGuard<'a> {
+    pub(crate) fn new(guard: MutexGuard<'a, store::Db>, alloc: &'a sessions::AllocQueue) -> Self {
+        Self {
+            guard: Some(guard),
+            alloc,
+        }
+    }
+}
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = store::Db;
+    fn deref(&self) -> &store::Db {
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl std::ops::DerefMut for DbGuard<'_> {
+    fn deref_mut(&mut self) -> &mut store::Db {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("held until drop"))
+    }
+}
+
+impl Drop for DbGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.alloc.wake();
+    }
+}
+
+/// The data directory's file, as the embedded store and the desk's own
+/// data use it.
+impl Core {
+    pub(crate) fn db(&self) -> DbGuard<'_> {
+        DbGuard::new(
+            self.conn
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            &self.alloc,
+        )
+    }
+
+    pub(crate) fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        // Every change of the shared data goes to the team store in team
+        // mode; one that is not offered there yet must not land in the
+        // desk's own file.
+        self.embedded_only("this change")?;
+        self.write_local(f)
+    }
+
+    /// A write to the data directory's own file in either mode: what belongs
+    /// to this desk alone (its OS catalog).
+    pub(crate) fn write_local<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let out = store::write(&mut self.db(), f)?;
+        if let Some(notify) = &self.opts.on_change {
+            notify();
+        }
+        Ok(out)
+    }
 }

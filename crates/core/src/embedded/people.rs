@@ -3,10 +3,10 @@
 use rusqlite::params;
 use serde_json::json;
 
+use super::ledger::{self, Entry};
 use super::{grant, statement, user, user_row, Embedded};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
 use crate::model::*;
 use crate::store::now;
 use crate::team::Users;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
+use super::DbGuard;
 use super::{session_by_id, session_row, session_select, user, Embedded};
-use crate::core::DbGuard;
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;

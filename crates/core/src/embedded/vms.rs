@@ -4,11 +4,12 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
+use super::ledger::{self as rows, Entry};
 use super::{already_exists, host, project_id, vm_by_id, vm_by_ref, vm_row, vm_select, Embedded};
 use crate::core::{system_actor, SYSTEM};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
-use crate::ledger::{self, Entry};
+use crate::ledger;
 use crate::model::*;
 use crate::provider::{PowerState, ProviderError};
 use crate::store::now;
@@ -180,7 +181,7 @@ impl Vms for Embedded<'_> {
             .map_err(already_exists("VM", &spec.name))?;
             let vm_id = tx.last_insert_rowid();
             let reason = format!("create VM {}", spec.name);
-            ledger::append(
+            rows::append(
                 tx,
                 &u.name,
                 Entry { user_id: u.id, amount: -cost, kind: LedgerKind::VmCreate, reason: &reason, vm_id: Some(vm_id), session_id: None, actor: &u.name },
