@@ -134,7 +134,7 @@ impl Core {
         &self.opts.data_dir
     }
 
-    /// Moves the write-ahead log into the database file (see [`store::checkpoint`]).
+    /// Moves the write-ahead log into the database file (see the embedded store's `store::checkpoint`).
     pub fn checkpoint(&self) -> Result<()> {
         store::checkpoint(&self.opts.data_dir)
     }

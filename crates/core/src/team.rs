@@ -3,11 +3,11 @@
 //! [`Users::login`]) and holds the invariants itself; core keeps the
 //! orchestration (hosts, workers, waits) and calls the store at each step.
 //!
-//! The team store (crates/postgres) implements them all: who acts is its
-//! login, and the database enforces what they may do. The embedded store
-//! (crate::embedded) implements them domain by domain as its SQL leaves
-//! core's domain files; until a domain has moved, core still reaches the
-//! data directory's file directly for it. An operation the team store does
+//! Both stores implement them all: the team store (crates/postgres), where
+//! who acts is its login and the database enforces what they may do, and
+//! the embedded store (`crate::embedded`), the data directory's SQLite
+//! file. Core's domain files reach a store only through these traits (see
+//! `Core::acting` and `Core::reading`). An operation the team store does
 //! not offer answers [`Error::NotOnTeamStore`] in team mode instead of
 //! touching the desk's own file, so a team desk never mixes the two.
 
@@ -423,75 +423,56 @@ pub struct Billed {
 }
 
 /// The store a call acts on, as the user it acts as: the team store (as its
-/// login) or the embedded one (as the actor the caller named). A domain's
-/// accessor is here once the embedded store implements it.
+/// login) or the embedded one (as the actor the caller named, or the system).
+/// Each accessor gives one domain's trait of it.
 pub(crate) enum Acting<'a> {
     Team(&'a dyn Store),
     Embedded(crate::embedded::Embedded<'a>),
 }
 
-impl Acting<'_> {
-    pub(crate) fn users(&self) -> &dyn Users {
+impl<'a> Acting<'a> {
+    /// The store, as every domain's trait at once.
+    pub(crate) fn all(&self) -> &(dyn Store + 'a) {
         match self {
             Acting::Team(t) => *t,
             Acting::Embedded(e) => e,
         }
+    }
+
+    pub(crate) fn users(&self) -> &dyn Users {
+        self.all()
     }
 
     pub(crate) fn places(&self) -> &dyn Places {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn events(&self) -> &dyn Events {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn billing(&self) -> &dyn Billing {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn consoles(&self) -> &dyn Consoles {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn sessions(&self) -> &dyn Sessions {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn work(&self) -> &dyn Work {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn vms(&self) -> &dyn Vms {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 
     pub(crate) fn quarantine(&self) -> &dyn Quarantine {
-        match self {
-            Acting::Team(t) => *t,
-            Acting::Embedded(e) => e,
-        }
+        self.all()
     }
 }
 

@@ -636,7 +636,8 @@ pub(crate) fn force_off_at(timeout: Duration) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn action_name(a: VmAction) -> &'static str {
+/// An action's name in events (`vm.stop`).
+pub(crate) fn action_name(a: VmAction) -> &'static str {
     match a {
         VmAction::Start => "start",
         VmAction::Stop => "stop",

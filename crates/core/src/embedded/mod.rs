@@ -1,8 +1,9 @@
 //! The embedded store: the data directory's SQLite file as a store of the
 //! shared data ([`crate::Store`]), acting as the user the caller names
-//! (`--as`). Its SQL lives here, one file per domain; a domain's SQL moves
-//! here from core's domain files as the domain moves behind the store's
-//! traits (see docs/design.md). What is not here yet is still in those files.
+//! (`--as`) or as the system. Every SQLite statement of vmdesk lives in this
+//! module, one file per domain, with the file itself ([`store`]), its event
+//! log ([`events`]) and its ledger rows; the rest of core reaches it through
+//! the store traits and a few functions for the desk's own file.
 //!
 //! The embedded store holds its rules itself, as the team store's database
 //! does: who may do what is checked in the same transaction as the change.

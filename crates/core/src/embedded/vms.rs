@@ -32,15 +32,6 @@ fn actor_of(vm: &Vm) -> &str {
     vm.owner.as_deref().unwrap_or(SYSTEM)
 }
 
-fn action_name(a: VmAction) -> &'static str {
-    match a {
-        VmAction::Start => "start",
-        VmAction::Stop => "stop",
-        VmAction::Restart => "restart",
-        VmAction::Destroy => "destroy",
-    }
-}
-
 impl Embedded<'_> {
     /// A VM `a` may see: a pool VM, their own, or any for an admin.
     pub(crate) fn visible(&self, conn: &Connection, a: &User, reference: &str) -> Result<Vm> {
@@ -357,7 +348,7 @@ impl Vms for Embedded<'_> {
             };
             events::record(
                 tx,
-                NewEvent::info(event_type, &format!("vm.{}", action_name(action)), &a.name,
+                NewEvent::info(event_type, &format!("vm.{}", crate::vms::action_name(action)), &a.name,
                                json!({"vm": v.name, "was": was, "now": status, "forced_off": forced_off}))
                     .vm(id),
             )?;
