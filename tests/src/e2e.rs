@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
@@ -28,8 +29,50 @@ pub struct App {
     pub c: Client,
     name: String,
     shots: AtomicU32,
+    /// Stops the X server's watch; dropped before the driver and the X
+    /// server (fields drop in this order).
+    _watch: Watch,
     _driver: KillOnDrop,
     _x: KillOnDrop,
+}
+
+/// Tells the X server's watch that the app is closing on purpose.
+struct Watch(Arc<AtomicBool>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether process `pid` is gone or a zombie.
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+/// Ends the test process if the X server under the app dies: the app dies
+/// with it, and a WebDriver call to it would wait for ever (make test would
+/// hang until CI's limit instead of failing).
+fn watch_display(pid: u32, display: String, name: String, closing: Arc<AtomicBool>) {
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if closing.load(Ordering::SeqCst) {
+            return;
+        }
+        if gone(pid) {
+            eprintln!(
+                "{name}: the X server of display {display} (Xvfb, pid {pid}) died under the app; \
+                 ending the test process rather than waiting for the app for ever"
+            );
+            std::process::exit(101);
+        }
+    });
 }
 
 /// Starts the app on `v`'s data directory with `args` added (and `v.env`
@@ -86,10 +129,18 @@ pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
             Err(e) => panic!("a WebDriver session on the app: {e}"),
         }
     };
+    let closing = Arc::new(AtomicBool::new(false));
+    watch_display(
+        x.0.id(),
+        display.clone(),
+        name.to_owned(),
+        Arc::clone(&closing),
+    );
     App {
         c,
         name: name.to_owned(),
         shots: AtomicU32::new(0),
+        _watch: Watch(closing),
         _driver: driver,
         _x: x,
     }
