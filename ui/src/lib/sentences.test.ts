@@ -42,6 +42,8 @@ describe("event sentences", () => {
   it("takes the VM's name from its id when the details lack it", () => {
     expect(plain(sentence(ev("vm.meta", {}), names))).toBe("ann changed the metadata of lab-3");
     expect(plain(sentence(ev("vm.meta", {}, { vm_id: 9 }), names))).toBe("ann changed the metadata of VM #9");
+    // A state an admin wrote by hand on a team store (vmdesk.vm_set_status).
+    expect(plain(sentence(ev("vm.status", { status: "STOPPED" }), names))).toBe("ann set lab-3 to STOPPED");
   });
 
   it("words credits: a grant, a charge, running time, running out", () => {

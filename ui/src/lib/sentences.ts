@@ -121,6 +121,10 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return ["Creating ", vm, " failed" + reason(str(d, "reason")) + (d.refunded === false ? " (not refunded)" : "")];
       case "meta":
         return [`${actor} changed the metadata of `, vm];
+      case "status": {
+        const status = str(d, "status");
+        return [`${actor} set `, vm, status ? ` to ${status}` : "'s state"];
+      }
       case "add":
         return [`${actor} added `, vm, " to a pool"];
       case "add_failed":
