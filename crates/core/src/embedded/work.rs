@@ -129,42 +129,34 @@ impl Work for Embedded<'_> {
                 return Ok(());
             }
             let s = session_by_id(tx, id)?;
-            let details =
+            let mut details =
                 json!({"was": s.status, "worker": dead, "reason": "its worker stopped before it finished"});
-            if s.status == SessionStatus::Terminating {
-                // Its worker goes on with the shutdown (see Core::recover).
-                events::record(
-                    tx,
-                    NewEvent::info(EventType::System, "recovery.session", SYSTEM, details)
-                        .severity(Severity::Warning)
-                        .vm(s.vm_id)
-                        .session(id),
+            // A session being closed only gets its event: its worker goes on
+            // with the shutdown (see Core::recover).
+            if s.status != SessionStatus::Terminating {
+                let ts = now();
+                let now_status = if vm_status == VmStatus::Running {
+                    SessionStatus::Active
+                } else {
+                    SessionStatus::Failed
+                };
+                tx.execute(
+                    "UPDATE sessions SET status = ?2, worker = NULL, updated_at = ?3,
+                            started_at = CASE WHEN ?2 = 'ACTIVE' THEN ?3 ELSE started_at END,
+                            ended_at = CASE WHEN ?2 = 'FAILED' THEN ?3 ELSE ended_at END,
+                            error = CASE WHEN ?2 = 'FAILED' THEN ?4 ELSE error END
+                     WHERE id = ?1",
+                    params![id, now_status, ts, "its worker stopped before the VM was started"],
                 )?;
-                return Ok(());
+                tx.execute(
+                    "UPDATE vms SET status = ?2, updated_at = ?3,
+                            last_stopped = CASE WHEN ?2 = 'STOPPED' THEN ?3 ELSE last_stopped END
+                     WHERE id = ?1",
+                    params![s.vm_id, vm_status, ts],
+                )?;
+                details["now"] = json!(now_status);
+                details["vm_status"] = json!(vm_status);
             }
-            let ts = now();
-            let now_status = if vm_status == VmStatus::Running {
-                SessionStatus::Active
-            } else {
-                SessionStatus::Failed
-            };
-            tx.execute(
-                "UPDATE sessions SET status = ?2, worker = NULL, updated_at = ?3,
-                        started_at = CASE WHEN ?2 = 'ACTIVE' THEN ?3 ELSE started_at END,
-                        ended_at = CASE WHEN ?2 = 'FAILED' THEN ?3 ELSE ended_at END,
-                        error = CASE WHEN ?2 = 'FAILED' THEN ?4 ELSE error END
-                 WHERE id = ?1",
-                params![id, now_status, ts, "its worker stopped before the VM was started"],
-            )?;
-            tx.execute(
-                "UPDATE vms SET status = ?2, updated_at = ?3,
-                        last_stopped = CASE WHEN ?2 = 'STOPPED' THEN ?3 ELSE last_stopped END
-                 WHERE id = ?1",
-                params![s.vm_id, vm_status, ts],
-            )?;
-            let mut details = details;
-            details["now"] = json!(now_status);
-            details["vm_status"] = json!(vm_status);
             events::record(
                 tx,
                 NewEvent::info(EventType::System, "recovery.session", SYSTEM, details)
