@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test setup ui build libvirt postgres os-image lint bench package clean
+.PHONY: run test setup ui build libvirt postgres remote-host os-image lint bench package clean
 
 ## Debian packages, the libvirt user, tauri-driver (idempotent, quick when done).
 setup:
@@ -31,12 +31,18 @@ libvirt: setup
 postgres: setup
 	@bash scripts/postgres.sh start
 
+## A second libvirt host for the remote-host tests: its own network namespace,
+## an sshd inside it and a session libvirtd of the user vmdesk-remote, reached
+## as qemu+ssh://vmdesk-remote@10.213.47.2/session (root; see the script).
+remote-host: libvirt
+	@bash scripts/remote-host.sh start
+
 ## Opens the desktop window on the default data dir, with a demo pool on first run.
 run: build os-image
 	@bash scripts/run.sh
 
 ## Every test: Rust (core, libvirt, whole-system on real QEMU) and the UI's Vitest.
-test: build libvirt postgres os-image
+test: build libvirt postgres remote-host os-image
 	cargo test --workspace
 	cd ui && npm test
 
@@ -46,7 +52,7 @@ lint: ui
 	cd ui && npm run check
 
 ## Allocation on a file database; VM creation on the real QEMU host.
-bench: build libvirt postgres os-image
+bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-core --bench allocation
 	cargo bench -p vmdesk-postgres --bench allocation
 	cargo bench -p vmdesk-tests --bench create

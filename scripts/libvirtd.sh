@@ -80,10 +80,10 @@ unix_sock_rw_perms="0770"
 auth_unix_rw="none"
 auth_unix_ro="none"
 CONF
-  if ! pgrep -x virtlogd >/dev/null; then
+  if ! pgrep -u 0 -x virtlogd >/dev/null; then
     virtlogd -d -f "$STATE_DIR/virtlogd.conf" -p "$STATE_DIR/virtlogd.pid"
   fi
-  if ! pgrep -x libvirtd >/dev/null; then
+  if ! pgrep -u 0 -x libvirtd >/dev/null; then
     # Under a child subreaper that reaps at once, a destroyed QEMU does not
     # linger as a zombie until PID 1 gets to it (destroy: ~2 s -> ~0.25 s).
     setsid python3 "$HERE/subreaper.py" libvirtd -f "$STATE_DIR/libvirtd.conf" -p "$STATE_DIR/libvirtd.pid" \
@@ -99,10 +99,10 @@ CONF
 }
 
 stop() {
-  pkill -x libvirtd 2>/dev/null || true
-  pkill -x virtlogd 2>/dev/null || true
+  pkill -u 0 -x libvirtd 2>/dev/null || true
+  pkill -u 0 -x virtlogd 2>/dev/null || true
   for _ in $(seq 1 100); do
-    pgrep -x libvirtd >/dev/null || pgrep -x virtlogd >/dev/null || return 0
+    pgrep -u 0 -x libvirtd >/dev/null || pgrep -u 0 -x virtlogd >/dev/null || return 0
     sleep 0.1
   done
   echo "libvirtd: still running 10 s after it was told to stop" >&2

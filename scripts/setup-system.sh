@@ -27,6 +27,11 @@ NODE_PKGS="nodejs npm"
 # PostgreSQL for the team-store tests (scripts/postgres.sh runs its own cluster)
 # and openssl for that cluster's throwaway TLS certificates.
 PG_PKGS="postgresql-15 postgresql-client-15 openssl"
+# The remote-host tests (scripts/remote-host.sh): an sshd in a network
+# namespace, and on that "remote" host netcat with unix sockets, which joins
+# an SSH channel to a VM's display socket (as for virt-manager); iproute2 for
+# the namespace and its veth pair.
+REMOTE_PKGS="openssh-server openssh-client netcat-openbsd iproute2"
 
 missing() {
   local out=()
@@ -36,7 +41,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS

@@ -3,6 +3,7 @@
 
 pub mod arm;
 pub mod e2e;
+pub mod remote;
 pub mod vnc;
 
 use std::path::{Path, PathBuf};
@@ -291,6 +292,37 @@ impl KillOnDrop {
 }
 
 impl Vmdesk {
+    /// `vmdesk --json console open VM --origin TEST_ORIGIN`, running; its JSON.
+    pub fn open_console(&self, vm: &str) -> (KillOnDrop, Value) {
+        use std::io::BufRead;
+        let mut child = self
+            .command(&[
+                "--json",
+                "console",
+                "open",
+                vm,
+                "--origin",
+                vnc::TEST_ORIGIN,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("vmdesk console open");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut text = String::new();
+        let json = loop {
+            let mut line = String::new();
+            assert!(
+                out.read_line(&mut line).expect("read") > 0,
+                "no console: {text}"
+            );
+            text.push_str(&line);
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                break v;
+            }
+        };
+        (KillOnDrop(child), json)
+    }
+
     /// `vmdesk sync --watch` in the background, given 1.5 s to connect and
     /// register for the hosts' events.
     pub fn watcher(&self) -> KillOnDrop {

@@ -2,36 +2,10 @@
 //! (`vmdesk console open`), seen by a WebSocket viewer speaking RFB.
 #![allow(missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
 use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
-use vmdesk_tests::{virsh, KillOnDrop, Vmdesk};
-
-/// `vmdesk --json console open VM --origin TEST_ORIGIN`, running; its JSON.
-fn open_console(v: &Vmdesk, vm: &str) -> (KillOnDrop, Value) {
-    let mut child = v
-        .command(&["--json", "console", "open", vm, "--origin", TEST_ORIGIN])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("vmdesk console open");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut text = String::new();
-    let json = loop {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).expect("read") > 0,
-            "no console: {text}"
-        );
-        text.push_str(&line);
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            break v;
-        }
-    };
-    (KillOnDrop(child), json)
-}
+use vmdesk_tests::{virsh, Vmdesk};
 
 fn allocated(v: &Vmdesk) -> i64 {
     v.json(&["ports"])["allocated"].as_i64().expect("allocated")
@@ -46,7 +20,7 @@ fn through_the_bridge_the_rfb_handshake_completes_and_a_framebuffer_update_arriv
     let v = Vmdesk::new();
     let (_machine, _cleanup) = v.qemu_pool_vm("c1");
     v.json(&["session", "open", "--project", "lab"]);
-    let (mut bridge, console) = open_console(&v, "c1");
+    let (mut bridge, console) = v.open_console("c1");
     let url = console["url"].as_str().expect("url").to_owned();
     assert!(url.starts_with("ws://127.0.0.1:"), "{url}");
     assert_eq!(allocated(&v), 1);
@@ -75,7 +49,7 @@ fn the_bridge_refuses_what_it_must_and_the_pool_stays_consistent() {
     let v = Vmdesk::new();
     let (_machine, _cleanup) = v.qemu_pool_vm("c2");
     v.json(&["session", "open", "--project", "lab"]);
-    let (mut bridge, console) = open_console(&v, "c2");
+    let (mut bridge, console) = v.open_console("c2");
     let url = console["url"].as_str().expect("url").to_owned();
     let port = console["port"].as_i64().expect("port");
     let base = format!("ws://127.0.0.1:{port}/");
@@ -113,7 +87,7 @@ fn an_expired_token_is_refused_and_the_unused_console_closes() {
     v.write_settings("[console]\ntoken_ttl_secs = 1\n");
     let (_machine, _cleanup) = v.qemu_pool_vm("c3");
     v.json(&["session", "open", "--project", "lab"]);
-    let (mut bridge, console) = open_console(&v, "c3");
+    let (mut bridge, console) = v.open_console("c3");
     let url = console["url"].as_str().expect("url").to_owned();
 
     std::thread::sleep(Duration::from_millis(1300));
@@ -136,7 +110,7 @@ fn ports_of_a_killed_console_process_are_freed_at_the_next_start() {
     let v = Vmdesk::new();
     let (_machine, _cleanup) = v.qemu_pool_vm("c4");
     v.json(&["session", "open", "--project", "lab"]);
-    let (mut bridge, _console) = open_console(&v, "c4");
+    let (mut bridge, _console) = v.open_console("c4");
     assert_eq!(allocated(&v), 1);
 
     bridge.0.kill().expect("kill -9");

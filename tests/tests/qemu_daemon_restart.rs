@@ -49,7 +49,7 @@ fn after_a_daemon_restart_the_watcher_reconnects_and_the_state_is_right() {
     let _restart = Restart;
     // Only the daemon: virtlogd (and the QEMUs it logs for) stay up.
     Command::new("pkill")
-        .args(["-x", "libvirtd"])
+        .args(["-u", "0", "-x", "libvirtd"])
         .status()
         .expect("stop libvirtd");
     std::thread::sleep(Duration::from_millis(500));

@@ -1,0 +1,106 @@
+//! The second libvirt host of the remote-host tests: a session libvirtd of
+//! the user `vmdesk-remote` in the network namespace `vmdesk-remote`, reached
+//! over SSH (`scripts/remote-host.sh`, which `make test` runs).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The remote host, started if it is not running.
+pub struct Remote {
+    /// Its libvirt URI (`qemu+ssh://vmdesk-remote@ADDR/session`).
+    pub uri: String,
+    /// Its network namespace.
+    pub ns: String,
+}
+
+/// Runs `scripts/remote-host.sh ACTION`; its stdout.
+pub fn script(action: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/remote-host.sh");
+    let out = Command::new("bash")
+        .arg(path)
+        .arg(action)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run scripts/remote-host.sh");
+    assert!(out.status.success(), "remote-host.sh {action} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Remote {
+    /// The remote host, started (idempotent); `None` when this process
+    /// cannot make one (not root).
+    pub fn get() -> Option<Self> {
+        if !std::fs::metadata("/proc/self")
+            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        {
+            eprintln!("skipped: the remote test host needs root (network namespaces)");
+            return None;
+        }
+        script("start");
+        let env = script("env");
+        let var = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("{k} in remote-host.sh env"))
+                .to_owned()
+        };
+        Some(Self {
+            uri: var("VMDESK_REMOTE_URI"),
+            ns: var("VMDESK_REMOTE_NS"),
+        })
+    }
+
+    /// `virsh -c URI ARGS` (through SSH), its stdout trimmed.
+    pub fn virsh(&self, args: &[&str]) -> String {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri])
+            .args(args)
+            .output()
+            .expect("run virsh");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The TCP sockets listening in the host's namespace (`ss -Htlnp`).
+    pub fn tcp_listeners(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "ss", "-Htlnp"])
+            .output()
+            .expect("run ss in the namespace");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A guard that removes `machine` (domain and disk) from the host.
+    pub fn machine(&self, machine: &str) -> RemoteMachine {
+        RemoteMachine {
+            uri: self.uri.clone(),
+            machine: machine.to_owned(),
+        }
+    }
+}
+
+/// Removes a machine from the remote host when dropped.
+pub struct RemoteMachine {
+    uri: String,
+    machine: String,
+}
+
+impl Drop for RemoteMachine {
+    fn drop(&mut self) {
+        let virsh = |args: &[&str]| {
+            let _ = Command::new("virsh")
+                .args(["-q", "-c", &self.uri])
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        virsh(&["destroy", &self.machine]);
+        virsh(&["undefine", &self.machine]);
+        virsh(&[
+            "vol-delete",
+            "--pool",
+            "vmdesk",
+            &format!("{}.qcow2", self.machine),
+        ]);
+    }
+}
