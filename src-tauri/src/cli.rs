@@ -310,7 +310,7 @@ pub enum HostCmd {
         #[arg(long)]
         vm_type: Option<String>,
     },
-    /// List hosts
+    /// List hosts: reachability, VMs, free memory and disk, console path, last event
     List,
 }
 
@@ -794,13 +794,43 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             })
         }
         Command::Host(HostCmd::List) => {
-            let hosts = core.host_list(a)?;
+            let hosts = core.host_overview(a)?;
+            let size = |m: Option<i64>| m.map_or_else(|| "-".to_owned(), |m| format!("{m} MB"));
             emit(g, &hosts, || {
                 table(
-                    &["NAME", "KIND", "URI"],
-                    hosts
-                        .iter()
-                        .map(|h| vec![h.name.clone(), h.kind.to_string(), h.uri.clone()]),
+                    &[
+                        "NAME",
+                        "KIND",
+                        "STATE",
+                        "VMS",
+                        "FREE MEMORY",
+                        "FREE DISK",
+                        "CONSOLE",
+                        "LAST EVENT",
+                        "URI",
+                    ],
+                    hosts.iter().map(|h| {
+                        vec![
+                            h.host.name.clone(),
+                            h.host.kind.to_string(),
+                            match &h.error {
+                                None => "reachable".to_owned(),
+                                Some(e) => format!("unreachable ({e})"),
+                            },
+                            format!("{} ({} running)", h.vms, h.running),
+                            size(h.free_memory_mb),
+                            size(h.free_disk_mb),
+                            serde_json::to_value(h.console)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
+                            h.last_event.as_ref().map_or_else(
+                                || "-".to_owned(),
+                                |e| format!("{} {} {}", e.at, e.vm, e.action),
+                            ),
+                            h.host.uri.clone(),
+                        ]
+                    }),
                 )
             })
         }

@@ -18,6 +18,8 @@ pub const WAL_LIMIT: u64 = 1 << 20;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// How often the libvirt connections are looked at (and reopened).
 const CONNECTIONS_EVERY: Duration = Duration::from_secs(2);
+/// How long one look at the connections waits for a host to connect.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// What one sync pass found, as the child tells the app (one JSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +132,8 @@ pub fn watch(
     let mut last_check = Instant::now() - CONNECTIONS_EVERY * 5;
     let mut last_checkpoint = Instant::now();
     let mut unreachable: Vec<String> = Vec::new();
+    // The URIs found down at the last look.
+    let mut was_down: Vec<String> = Vec::new();
     // Machines seen off under a session, to look at again once the reboot
     // grace is over.
     let mut again: Vec<(Instant, String, String)> = Vec::new();
@@ -170,18 +174,25 @@ pub fn watch(
             last_check = Instant::now();
             let mut down = Vec::new();
             for uri in core.libvirt_uris().unwrap_or_default() {
-                if factory.is_connected(&uri) {
+                let back = if factory.is_connected(&uri) {
+                    // Connected in the background since the last look.
+                    was_down.contains(&uri)
+                } else if factory.provider_within(&uri, CONNECT_WAIT).is_ok() {
+                    true
+                } else {
+                    // The connect goes on in the background; a host that
+                    // hangs costs this loop CONNECT_WAIT, not its timeout.
+                    down.push(uri);
                     continue;
-                }
-                if factory.provider(&uri).is_ok() {
+                };
+                if back {
                     // (Re)connected: events may have been missed meanwhile.
                     tracing::info!(%uri, "watching");
                     full = true;
-                } else {
-                    down.push(uri);
                 }
             }
             unreachable = host_names(core, actor, &down);
+            was_down = down;
         }
         if full || last_fast.elapsed() >= fast_every {
             last_fast = Instant::now();

@@ -48,6 +48,8 @@ pub enum Error {
     },
     /// project "{0}" has no VMs in its pool
     PoolEmpty(String),
+    /// {0}
+    NoRoom(String),
     /// all {total} VMs of project "{project}" are in use
     AllInUse {
         /// The project.
@@ -159,6 +161,7 @@ impl Error {
             Error::AdminOnly(_) => "admin_only",
             Error::Forbidden { .. } => "forbidden",
             Error::PoolEmpty(_) => "pool_empty",
+            Error::NoRoom(_) => "no_room",
             Error::AllInUse { .. } => "all_in_use",
             Error::NoVmOfType { .. } => "no_vm_of_type",
             Error::NoneReady { .. } => "none_ready",

@@ -136,6 +136,12 @@ pub trait Provider: Send + Sync {
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
         Err(ProviderError::Unsupported("importing machines".into()))
     }
+    /// What the host has: its memory, free memory and the free space of
+    /// vmdesk's storage there. Unsupported where the figures mean nothing
+    /// (libvirt's test driver) or are the cloud's business (Azure).
+    fn capacity(&self) -> Result<Capacity, ProviderError> {
+        Err(ProviderError::Unsupported("capacity".into()))
+    }
     /// The machine's counters now (CPU time and memory), while it runs.
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
         let _ = machine;
@@ -155,6 +161,17 @@ pub struct MachineStats {
     /// Memory it uses, in KiB: what the guest reports as used when its
     /// balloon driver tells, else the resident size of its process.
     pub used_kib: Option<u64>,
+}
+
+/// What a host has room for, as [`Provider::capacity`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// The host's memory, in MiB.
+    pub total_memory_mb: u64,
+    /// Its free memory now (`virNodeGetFreeMemory`), in MiB.
+    pub free_memory_mb: u64,
+    /// Free space in vmdesk's storage pool, in MiB (none: not known).
+    pub free_disk_mb: Option<u64>,
 }
 
 /// A machine found on a host, as [`Provider::inventory`] lists it.

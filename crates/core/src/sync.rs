@@ -80,10 +80,33 @@ impl Core {
         let mut changes = Vec::new();
         let mut second_look = Vec::new();
         // One batch of reads per host (a provider may answer a full pass
-        // with one listing).
-        for batch in vms.chunk_by(|a, b| a.host == b.host) {
+        // with one listing), the hosts read in parallel: a host that hangs
+        // delays the pass by its own timeout, not by the sum of all.
+        let batches: Vec<&[Vm]> = vms.chunk_by(|a, b| a.host == b.host).collect();
+        let observed: Vec<Vec<Observed>> = if batches.len() > 1 {
+            std::thread::scope(|s| {
+                let reads: Vec<_> = batches
+                    .iter()
+                    .map(|b| s.spawn(move || self.observe_all(b, all)))
+                    .collect();
+                reads
+                    .into_iter()
+                    .zip(&batches)
+                    .map(|(r, b)| {
+                        r.join().unwrap_or_else(|_| {
+                            b.iter()
+                                .map(|_| Err(ProviderError::Unreachable("the read failed".into())))
+                                .collect()
+                        })
+                    })
+                    .collect()
+            })
+        } else {
+            batches.iter().map(|b| self.observe_all(b, all)).collect()
+        };
+        for (batch, seen) in batches.into_iter().zip(observed) {
             let mut now = Vec::with_capacity(batch.len());
-            for (vm, observed) in batch.iter().zip(self.observe_all(batch, all)) {
+            for (vm, observed) in batch.iter().zip(seen) {
                 if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
                     second_look.push(vm.clone());
                 } else {

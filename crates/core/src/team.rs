@@ -122,6 +122,12 @@ pub trait Places: Send + Sync {
     /// Every host.
     fn host_list(&self) -> Result<Vec<Host>>;
 
+    /// The memory (MB) held on each host by the VMs that run there or are
+    /// on their way (CREATING, STARTING, RUNNING, STOPPING), whoever owns
+    /// them: what placement subtracts from a host's memory. Any user may
+    /// read these sums, not the VMs behind them.
+    fn host_memory(&self) -> Result<Vec<(String, i64)>>;
+
     /// Creates a project (admin).
     fn project_create(&self, name: &str) -> Result<Project>;
 

@@ -98,6 +98,12 @@ impl Core {
         } else {
             None
         };
+        // Where it runs, and that it fits there, before anything is charged.
+        let placed = self.placement(actor, spec.ram_mb, &spec.os_type, spec.host.as_deref())?;
+        let spec = &VmCreate {
+            host: Some(placed.host),
+            ..spec.clone()
+        };
         let store = self.acting(actor)?;
         let vm = match store.vms().vm_create(
             spec,

@@ -2,12 +2,14 @@
 //! a domain defined from its spec and marked as vmdesk's in its metadata.
 
 pub mod events;
+pub mod ssh;
 mod xml;
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::time::Duration;
 
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
@@ -18,9 +20,11 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
-    MachineSpec, MachineStats, OsImage, PowerState, Provider, ProviderError, ProviderFactory,
+    Capacity, MachineSpec, MachineStats, OsImage, PowerState, Provider, ProviderError,
+    ProviderFactory,
 };
 use vmdesk_core::validate;
+use vmdesk_core::ConsolePath;
 
 pub use xml::{domain as domain_xml, DiskRef, VirtType, MARKER_NS};
 
@@ -562,18 +566,53 @@ impl Provider for LibvirtProvider {
 
     fn console_stream(&self, machine: &str) -> Result<UnixStream, ProviderError> {
         let uri = self.conn.uri().unwrap_or_default();
-        if !is_local_uri(&uri) {
-            // The display's socket is on the remote host: an SSH channel to it
-            // is still to come.
-            return Err(ProviderError::Unsupported(format!(
-                "opening the console of a VM on a remote host ({uri})"
-            )));
-        }
         let dom = self.domain(machine)?;
-        let fd = dom.open_graphics_fd(0, 0).map_err(|e| {
-            ProviderError::Refused(format!("the display of {machine}: {}", e.message()))
-        })?;
-        Ok(UnixStream::from(owned_fd(fd)?))
+        match ConsolePath::of(&uri) {
+            ConsolePath::Local => {
+                let fd = dom.open_graphics_fd(0, 0).map_err(|e| {
+                    ProviderError::Refused(format!("the display of {machine}: {}", e.message()))
+                })?;
+                Ok(UnixStream::from(owned_fd(fd)?))
+            }
+            ConsolePath::Ssh => {
+                let target = ssh::SshTarget::of(&uri)
+                    .ok_or_else(|| ProviderError::Refused(format!("{uri} names no ssh host")))?;
+                let live = dom.xml_desc(0).map_err(|e| map_err(machine, e))?;
+                let path = xml::vnc_socket(&live).ok_or_else(|| {
+                    ProviderError::Refused(format!(
+                        "the display of {machine} does not listen on a unix socket on its host"
+                    ))
+                })?;
+                target.open(&path)
+            }
+            ConsolePath::Unavailable | ConsolePath::None => {
+                Err(ProviderError::Unsupported(format!(
+                "a console of a VM on {uri}: its display listens on a unix socket of that host, \
+                 which vmdesk reaches only through ssh; add the host with a qemu+ssh:// URI"
+            )))
+            }
+        }
+    }
+
+    fn capacity(&self) -> Result<Capacity, ProviderError> {
+        if self.virt == VirtType::Test {
+            return Err(ProviderError::Unsupported(
+                "capacity (the test driver's figures are made up)".into(),
+            ));
+        }
+        let err = |e: virt::error::Error| ProviderError::Unreachable(e.message().to_owned());
+        let total_kib = self.conn.node_info().map_err(err)?.memory;
+        let free = self.conn.free_memory().map_err(err)?;
+        let free_disk_mb = self
+            .pool()
+            .ok()
+            .and_then(|p| p.info().ok())
+            .map(|i| i.available >> 20);
+        Ok(Capacity {
+            total_memory_mb: total_kib >> 10,
+            free_memory_mb: free >> 20,
+            free_disk_mb,
+        })
     }
 
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {
@@ -652,13 +691,31 @@ impl Provider for LibvirtProvider {
     }
 }
 
-/// One URI's place in the cache: its connection once made. Its lock is held
-/// while connecting, so one connect per URI runs at a time.
-type Slot = Arc<Mutex<Option<Arc<LibvirtProvider>>>>;
+/// How long a caller waits for a connection to a host (an ssh host that
+/// accepts TCP but never answers would otherwise hold it for ever).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connect under way, on a thread of its own: callers wait for it with a
+/// timeout, and a later caller joins it instead of starting another.
+#[derive(Default)]
+struct Attempt {
+    done: Mutex<Option<Result<Arc<LibvirtProvider>, String>>>,
+    cv: Condvar,
+}
+
+/// A URI's cached connection, and the connect under way if any.
+#[derive(Default)]
+struct SlotState {
+    provider: Option<Arc<LibvirtProvider>>,
+    attempt: Option<Arc<Attempt>>,
+}
+
+type Slot = Arc<Mutex<SlotState>>;
 
 /// Makes libvirt providers, one cached connection per URI, reopened when it
-/// dies. A connect that hangs (an ssh host that never answers) holds up only
-/// the callers of its own URI.
+/// dies. Connecting happens on a thread of its own, outside every lock a
+/// caller holds: a connect that hangs (an ssh host that never answers) makes
+/// the callers of its own URI wait [`CONNECT_TIMEOUT`] and no one else.
 pub struct LibvirtFactory {
     cache: Mutex<HashMap<String, Slot>>,
     events: Option<Mutex<std::sync::mpsc::Sender<events::LifecycleEvent>>>,
@@ -711,33 +768,80 @@ impl LibvirtFactory {
                 None => return false,
             }
         };
-        let guard = match slot.try_lock() {
-            Ok(g) => g,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return false,
-        };
-        guard.as_ref().is_some_and(|p| p.is_alive())
+        let st = slot.lock().unwrap_or_else(|p| p.into_inner());
+        st.provider.as_ref().is_some_and(|p| p.is_alive())
     }
 
-    /// The provider of a URI, connecting if no live connection is cached.
-    /// The URI must pass [`validate::uri_with`] under this factory's policy.
+    /// The provider of a URI, connecting if no live connection is cached
+    /// (waiting at most [`CONNECT_TIMEOUT`]). The URI must pass
+    /// [`validate::uri_with`] under this factory's policy.
     pub fn provider(&self, uri: &str) -> Result<Arc<LibvirtProvider>, ProviderError> {
+        self.provider_within(uri, CONNECT_TIMEOUT)
+    }
+
+    /// [`LibvirtFactory::provider`], waiting at most `wait` for a connect
+    /// (which goes on in the background if it takes longer).
+    pub fn provider_within(
+        &self,
+        uri: &str,
+        wait: Duration,
+    ) -> Result<Arc<LibvirtProvider>, ProviderError> {
         validate::uri_with(uri, self.policy).map_err(|e| ProviderError::Refused(e.to_string()))?;
         let slot = self.slot(uri);
-        let mut cached = slot.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cached.as_ref().filter(|p| p.is_alive()) {
-            return Ok(Arc::clone(p));
+        let attempt = {
+            let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = st.provider.as_ref().filter(|p| p.is_alive()) {
+                return Ok(Arc::clone(p));
+            }
+            st.provider = None;
+            match &st.attempt {
+                Some(a) => Arc::clone(a),
+                None => {
+                    let a = Arc::new(Attempt::default());
+                    st.attempt = Some(Arc::clone(&a));
+                    self.spawn_connect(uri, &slot, &a);
+                    a
+                }
+            }
+        };
+        let done = attempt.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, _) = attempt
+            .cv
+            .wait_timeout_while(done, wait, |d| d.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        match done.as_ref() {
+            Some(Ok(p)) => Ok(Arc::clone(p)),
+            Some(Err(e)) => Err(ProviderError::Unreachable(e.clone())),
+            None => Err(ProviderError::Unreachable(format!(
+                "{uri} did not answer within {} s",
+                wait.as_secs_f32()
+            ))),
         }
+    }
+
+    fn spawn_connect(&self, uri: &str, slot: &Slot, attempt: &Arc<Attempt>) {
         let tx = self
             .events
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        let p = Arc::new(match tx {
-            Some(tx) => LibvirtProvider::open_watched(uri, tx)?,
-            None => LibvirtProvider::open(uri)?,
+        let (uri, slot, attempt) = (uri.to_owned(), Arc::clone(slot), Arc::clone(attempt));
+        std::thread::spawn(move || {
+            let opened = match tx {
+                Some(tx) => LibvirtProvider::open_watched(&uri, tx),
+                None => LibvirtProvider::open(&uri),
+            }
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+            {
+                let mut st = slot.lock().unwrap_or_else(|p| p.into_inner());
+                st.attempt = None;
+                if let Ok(p) = &opened {
+                    st.provider = Some(Arc::clone(p));
+                }
+            }
+            *attempt.done.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
+            attempt.cv.notify_all();
         });
-        *cached = Some(Arc::clone(&p));
-        Ok(p)
     }
 }
 

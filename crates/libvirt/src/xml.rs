@@ -488,9 +488,46 @@ pub fn vnc_on_tcp(domain_xml: &str) -> bool {
     }
 }
 
+/// The unix socket a running domain's VNC display listens on, from its live
+/// XML (`<graphics type='vnc' socket='PATH'>`, or its `<listen type='socket'
+/// socket='PATH'/>`).
+pub fn vnc_socket(domain_xml: &str) -> Option<String> {
+    use quick_xml::events::Event;
+    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.local_name().into_inner() == name)
+            .map(|a| a.value.into_owned())
+    };
+    let mut reader = quick_xml::Reader::from_str(domain_xml);
+    let mut in_vnc = false;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Eof => return None,
+            Event::Start(e) | Event::Empty(e) if e.local_name().into_inner() == "graphics" => {
+                in_vnc = attr(&e, "type").as_deref() == Some("vnc");
+                if let Some(path) = attr(&e, "socket").filter(|_| in_vnc) {
+                    return Some(path);
+                }
+            }
+            Event::Start(e) | Event::Empty(e)
+                if in_vnc
+                    && e.local_name().into_inner() == "listen"
+                    && attr(&e, "type").as_deref() == Some("socket") =>
+            {
+                if let Some(path) = attr(&e, "socket") {
+                    return Some(path);
+                }
+            }
+            Event::End(e) if e.local_name().into_inner() == "graphics" => in_vnc = false,
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod vnc_tests {
-    use super::vnc_on_tcp;
+    use super::{vnc_on_tcp, vnc_socket};
 
     #[test]
     fn a_display_defined_on_a_tcp_port_is_found() {
@@ -498,6 +535,24 @@ mod vnc_tests {
             "<domain><devices><graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'>\
                    <listen type='address' address='127.0.0.1'/></graphics></devices></domain>";
         assert!(vnc_on_tcp(xml));
+    }
+
+    #[test]
+    fn the_socket_of_a_running_display_is_read_from_its_live_xml() {
+        let live = "<domain><devices><graphics type='spice' socket='/x/spice.sock'/>\
+            <graphics type='vnc' socket='/h/.config/libvirt/qemu/lib/domain-2-a/vnc.sock'>\
+            <listen type='socket' socket='/h/.config/libvirt/qemu/lib/domain-2-a/vnc.sock'/>\
+            </graphics></devices></domain>";
+        assert_eq!(
+            vnc_socket(live).as_deref(),
+            Some("/h/.config/libvirt/qemu/lib/domain-2-a/vnc.sock")
+        );
+        let listen_only = "<domain><devices><graphics type='vnc'>\
+            <listen type='socket' socket='/s/vnc.sock'/></graphics></devices></domain>";
+        assert_eq!(vnc_socket(listen_only).as_deref(), Some("/s/vnc.sock"));
+        let tcp = "<domain><devices><graphics type='vnc' port='5900'>\
+            <listen type='address' address='127.0.0.1'/></graphics></devices></domain>";
+        assert_eq!(vnc_socket(tcp), None);
     }
 
     #[test]

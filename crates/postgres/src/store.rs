@@ -572,6 +572,13 @@ impl Places for PgStore {
         )
     }
 
+    fn host_memory(&self) -> CoreResult<Vec<(String, i64)>> {
+        self.conn
+            .query("SELECT host, ram_mb FROM vmdesk.host_memory()", &[], |r| {
+                Ok((r.get(0), r.get(1)))
+            })
+    }
+
     fn project_create(&self, name: &str) -> CoreResult<Project> {
         let _changed = self.changed();
         self.conn.one(

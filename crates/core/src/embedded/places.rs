@@ -46,6 +46,20 @@ impl Places for Embedded<'_> {
         names.iter().map(|n| host(&conn, n)).collect()
     }
 
+    fn host_memory(&self) -> Result<Vec<(String, i64)>> {
+        let conn = self.core.db();
+        self.me(&conn)?;
+        let mut stmt = conn.prepare(
+            "SELECT h.name, SUM(v.ram_mb) FROM vms v JOIN hosts h ON h.id = v.host_id
+              WHERE v.status IN ('CREATING', 'STARTING', 'RUNNING', 'STOPPING')
+              GROUP BY h.name ORDER BY h.name",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
     fn project_create(&self, name: &str) -> Result<Project> {
         self.core.write(|tx| {
             let a = self.admin_me(tx, "create projects")?;

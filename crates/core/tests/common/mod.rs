@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
-    Machine, MachineSpec, PowerState, Provider, ProviderError, ProviderFactory,
+    Capacity, Machine, MachineSpec, PowerState, Provider, ProviderError, ProviderFactory,
 };
 use vmdesk_core::{Core, NewVm, OpenOptions};
 
@@ -26,13 +26,15 @@ pub struct MemoryHost {
     pub force_off_delay: Mutex<Duration>,
     /// What an import finds on the host.
     pub inventory: Mutex<Vec<Machine>>,
+    /// What each host (by URI) has room for; a host not in it does not tell.
+    pub capacity: Mutex<HashMap<String, Capacity>>,
 }
 
 impl MemoryHost {
     pub fn state(&self, machine: &str) -> Option<PowerState> {
         self.machines.lock().unwrap().get(machine).copied()
     }
-    fn check(&self) -> Result<(), ProviderError> {
+    pub fn check(&self) -> Result<(), ProviderError> {
         if *self.unreachable.lock().unwrap() {
             return Err(ProviderError::Unreachable("the host is down".into()));
         }
@@ -121,8 +123,61 @@ impl ProviderFactory for MemoryFactory {
         }
         Ok(())
     }
-    fn connect(&self, _host: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+    fn connect(&self, host: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        if self.0.capacity.lock().unwrap().contains_key(&host.uri) {
+            return Ok(Arc::new(OneHost {
+                machines: self.0.clone(),
+                uri: host.uri.clone(),
+            }));
+        }
         Ok(self.0.clone())
+    }
+}
+
+/// The in-memory host seen as one of several hosts: its machines are the
+/// shared ones, its capacity its own (placement tests).
+pub struct OneHost {
+    machines: Arc<MemoryHost>,
+    uri: String,
+}
+
+impl Provider for OneHost {
+    fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
+        self.machines.ensure_disk(spec)
+    }
+    fn delete_disk(&self, machine: &str) -> Result<(), ProviderError> {
+        self.machines.delete_disk(machine)
+    }
+    fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
+        self.machines.ensure_defined(spec)
+    }
+    fn start(&self, machine: &str) -> Result<(), ProviderError> {
+        self.machines.start(machine)
+    }
+    fn shutdown(&self, machine: &str) -> Result<(), ProviderError> {
+        self.machines.shutdown(machine)
+    }
+    fn force_off(&self, machine: &str) -> Result<(), ProviderError> {
+        self.machines.force_off(machine)
+    }
+    fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError> {
+        self.machines.marked(install_id)
+    }
+    fn undefine(&self, machine: &str) -> Result<(), ProviderError> {
+        self.machines.undefine(machine)
+    }
+    fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {
+        self.machines.power_state(machine)
+    }
+    fn capacity(&self) -> Result<Capacity, ProviderError> {
+        self.machines.check()?;
+        self.machines
+            .capacity
+            .lock()
+            .unwrap()
+            .get(&self.uri)
+            .copied()
+            .ok_or_else(|| ProviderError::Unsupported("capacity".into()))
     }
 }
 

@@ -1,0 +1,239 @@
+//! A libvirt host that is really elsewhere: a session libvirtd in its own
+//! network namespace, reached as `qemu+ssh://` (scripts/remote-host.sh).
+//! VMs are made, watched and shown there as on the local host; their
+//! consoles come through an SSH channel to the display's unix socket, since
+//! the host's loopback is not the desk's.
+#![allow(missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use vmdesk_tests::remote::Remote;
+use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
+use vmdesk_tests::{qemu_uri, tiny_linux, Machine, Vmdesk};
+
+/// A desk with the local QEMU host `local`, the remote host `remote`,
+/// tiny-linux in its catalog and credits for the admin.
+fn desk(remote: &Remote) -> Vmdesk {
+    let v = Vmdesk::new();
+    v.json(&["host", "add", "local", "--uri", &qemu_uri()]);
+    v.json(&["host", "add", "remote", "--uri", &remote.uri]);
+    v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
+    let image = tiny_linux();
+    v.json(&["os", "import", "tiny-linux", image.to_str().expect("path")]);
+    v
+}
+
+fn create_on(v: &Vmdesk, name: &str, host: &str) -> serde_json::Value {
+    v.json(&[
+        "vm",
+        "create",
+        name,
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "128",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+        "--host",
+        host,
+    ])
+}
+
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_remote_vm_runs_and_its_console_comes_through_ssh_with_nothing_listening_on_tcp() {
+    let Some(remote) = Remote::get() else { return };
+    let v = desk(&remote);
+    let vm = create_on(&v, "far", "remote");
+    assert_eq!(vm["status"], "RUNNING", "{vm}");
+    assert_eq!(vm["host"], "remote");
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _gone = remote.machine(&machine);
+    assert_eq!(remote.virsh(&["domstate", &machine]), "running");
+
+    // Nothing of the VM listens on TCP on the remote host: only its sshd.
+    let listening = remote.tcp_listeners();
+    for line in listening.lines() {
+        assert!(
+            line.contains("\"sshd\""),
+            "a TCP listener that is not sshd: {line}"
+        );
+    }
+
+    // The console: the bridge reaches the display over SSH. (Dialling the
+    // host's 127.0.0.1 from here would reach the desk's own loopback.)
+    let (mut bridge, console) = v.open_console("far");
+    let url = console["url"].as_str().expect("url").to_owned();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let ws = connect(&url, TEST_ORIGIN).await.expect("accepted");
+            let mut rfb = Rfb::new(ws);
+            let init = rfb.handshake().await;
+            assert!(init.width > 0 && init.height > 0, "{init:?}");
+            assert!(rfb.framebuffer_update(init.width, init.height).await > 0);
+            rfb.into_inner().close(None).await.expect("close");
+        });
+    bridge
+        .exits_within(Duration::from_secs(10))
+        .expect("the console ended with its viewer");
+
+    // The host view: reachable, one VM running, its console through ssh.
+    let hosts = v.json(&["host", "list"]);
+    let row = hosts
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .find(|h| h["name"] == "remote")
+        .expect("remote in the list")
+        .clone();
+    assert_eq!(row["reachable"], true, "{row}");
+    assert_eq!(row["console"], "ssh", "{row}");
+    assert_eq!(row["vms"], 1, "{row}");
+    assert_eq!(row["running"], 1, "{row}");
+    assert!(
+        row["free_memory_mb"].as_i64().expect("free memory") > 0,
+        "{row}"
+    );
+    assert!(
+        row["free_disk_mb"].as_i64().expect("free disk") > 0,
+        "{row}"
+    );
+    assert_eq!(row["last_event"]["vm"], "far", "{row}");
+    let local = hosts
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .find(|h| h["name"] == "local")
+        .expect("local");
+    assert_eq!(local["console"], "local", "{local}");
+
+    // Destroyed through vmdesk: gone from the remote host too.
+    v.json(&["--yes", "vm", "destroy", "far"]);
+    assert!(
+        !remote
+            .virsh(&["list", "--all", "--name"])
+            .contains(&machine),
+        "the machine is gone from the remote host"
+    );
+}
+
+#[test]
+fn a_pool_session_on_the_remote_host_ends_when_its_vm_is_destroyed_behind_vmdesks_back() {
+    let Some(remote) = Remote::get() else { return };
+    let v = desk(&remote);
+    v.json(&["project", "create", "lab"]);
+    let vm = v.json(&[
+        "vm",
+        "add",
+        "far-pool",
+        "--pool",
+        "lab",
+        "--host",
+        "remote",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _gone = remote.machine(&machine);
+    let _watcher = v.watcher();
+    let s = v.json(&["session", "open", "--project", "lab"]);
+    assert_eq!(s["status"], "ACTIVE", "{s}");
+    assert_eq!(remote.virsh(&["domstate", &machine]), "running");
+
+    remote.virsh(&["destroy", &machine]);
+    wait_for(
+        "the session TERMINATED through the remote host's events",
+        Duration::from_secs(20),
+        || v.json(&["session", "list"])[0]["status"] == "TERMINATED",
+    );
+    let events = v.json(&["events", "--limit", "50"]);
+    let synced = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["action"] == "sync.status" && e["details"]["source"] == "event");
+    assert!(
+        synced.is_some(),
+        "seen through an event, not only a poll: {events}"
+    );
+}
+
+#[test]
+fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
+    let Some(remote) = Remote::get() else { return };
+    let v = desk(&remote);
+    let before = v.json(&["credits", "show"])["balance"].clone();
+    let out = v.fails(&[
+        "vm",
+        "create",
+        "huge",
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "1000000",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    assert!(out.contains("no host has room"), "{out}");
+    assert!(out.contains("the most free memory is"), "{out}");
+    assert!(out.contains("nothing was charged"), "{out}");
+    assert_eq!(v.json(&["credits", "show"])["balance"], before);
+    assert_eq!(v.count("SELECT COUNT(*) FROM vms"), 0);
+
+    // Named, the remote host refuses it the same way.
+    let out = v.fails(&[
+        "vm",
+        "create",
+        "huge",
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "1000000",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+        "--host",
+        "remote",
+    ]);
+    assert!(out.contains("on remote"), "{out}");
+    assert_eq!(v.json(&["credits", "show"])["balance"], before);
+
+    // Without a host, a VM that fits goes where `host list` shows the most
+    // free memory (both hosts share this machine's memory: either may win,
+    // but it lands on one of them and is paid for once).
+    let vm = v.json(&[
+        "vm",
+        "create",
+        "placed",
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "128",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _gone_remote = remote.machine(&machine);
+    let _gone_local = Machine(machine);
+    assert!(vm["host"] == "local" || vm["host"] == "remote", "{vm}");
+    assert_eq!(vm["status"], "RUNNING", "{vm}");
+}
