@@ -191,6 +191,11 @@ pub fn watch(
                     full = true;
                 }
             }
+            if down.iter().any(|u| !was_down.contains(u)) {
+                // A host just went away: its VMs are UNKNOWN now, not at the
+                // next full pass.
+                full = true;
+            }
             unreachable = host_names(core, actor, &down);
             was_down = down;
         }

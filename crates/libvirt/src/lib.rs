@@ -693,14 +693,26 @@ impl Provider for LibvirtProvider {
 
 /// How long a caller waits for a connection to a host (an ssh host that
 /// accepts TCP but never answers would otherwise hold it for ever).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connect under way, on a thread of its own: callers wait for it with a
-/// timeout, and a later caller joins it instead of starting another.
-#[derive(Default)]
+/// A connect under way, on a thread of its own: callers wait for it until
+/// [`CONNECT_TIMEOUT`] after it began, and a later caller joins it instead of
+/// starting another (so once a hung connect is past its time, callers of its
+/// URI fail at once until it ends).
 struct Attempt {
+    began: std::time::Instant,
     done: Mutex<Option<Result<Arc<LibvirtProvider>, String>>>,
     cv: Condvar,
+}
+
+impl Default for Attempt {
+    fn default() -> Self {
+        Self {
+            began: std::time::Instant::now(),
+            done: Mutex::default(),
+            cv: Condvar::new(),
+        }
+    }
 }
 
 /// A URI's cached connection, and the connect under way if any.
@@ -804,6 +816,9 @@ impl LibvirtFactory {
                 }
             }
         };
+        let wait = wait.min(
+            (attempt.began + CONNECT_TIMEOUT).saturating_duration_since(std::time::Instant::now()),
+        );
         let done = attempt.done.lock().unwrap_or_else(|p| p.into_inner());
         let (done, _) = attempt
             .cv
@@ -813,8 +828,8 @@ impl LibvirtFactory {
             Some(Ok(p)) => Ok(Arc::clone(p)),
             Some(Err(e)) => Err(ProviderError::Unreachable(e.clone())),
             None => Err(ProviderError::Unreachable(format!(
-                "{uri} did not answer within {} s",
-                wait.as_secs_f32()
+                "{uri} has not answered for {} s",
+                attempt.began.elapsed().as_secs()
             ))),
         }
     }
