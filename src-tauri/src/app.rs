@@ -592,6 +592,29 @@ async fn price(
     blocking(&ctx, move |core, _| core.price(&os, ram_mb, disk_gb, cpus)).await
 }
 
+/// Where the launch form's VM would run and the room there (`host` none:
+/// placed by capacity); refuses, with the core's sentence, when it fits no
+/// host. Nothing is charged.
+#[tauri::command]
+async fn placement(
+    ctx: State<'_, Ctx>,
+    ram_mb: i64,
+    os: String,
+    host: Option<String>,
+) -> Result<vmdesk_core::Placement, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.placement(actor, ram_mb, &os, host.as_deref())
+    })
+    .await
+}
+
+/// The hosts with their reachability, VMs, room, console path and last
+/// event (the Hosts table), each host asked in parallel.
+#[tauri::command]
+async fn host_overview(ctx: State<'_, Ctx>) -> Result<Vec<vmdesk_core::HostView>, ApiError> {
+    blocking(&ctx, move |core, actor| core.host_overview(actor)).await
+}
+
 /// Checks a VM name with the core's rule (the launch form, as you type).
 #[tauri::command]
 async fn validate_vm_name(name: String) -> Result<(), ApiError> {
@@ -1261,6 +1284,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             close_session,
             quote,
             price,
+            placement,
+            host_overview,
             validate_vm_name,
             os_catalog,
             my_vms,

@@ -68,7 +68,7 @@ pub struct Global {
         global = true,
         env = "VMDESK_VIEW",
         value_name = "VIEW",
-        value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles"]
+        value_parser = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles", "hosts"]
     )]
     pub view: Option<String>,
     /// Do not ask before destroying a VM or closing a session (only a

@@ -19,7 +19,14 @@ fn desk(remote: &Remote) -> Vmdesk {
     v.json(&["host", "add", "remote", "--uri", &remote.uri]);
     v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
     let image = tiny_linux();
-    v.json(&["os", "import", "tiny-linux", image.to_str().expect("path")]);
+    v.json(&[
+        "os",
+        "import",
+        "tiny-linux",
+        image.to_str().expect("path"),
+        "--min-ram-mb",
+        "96",
+    ]);
     v
 }
 

@@ -62,7 +62,14 @@ fn a_hung_or_dead_remote_host_degrades_to_unknown_without_stalling_the_local_one
     v.json(&["host", "add", "remote", "--uri", &remote.uri]);
     v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
     let image = tiny_linux();
-    v.json(&["os", "import", "tiny-linux", image.to_str().expect("path")]);
+    v.json(&[
+        "os",
+        "import",
+        "tiny-linux",
+        image.to_str().expect("path"),
+        "--min-ram-mb",
+        "96",
+    ]);
     let near = create(&v, "near", "local");
     let _near = Machine(near.clone());
     let far = create(&v, "far", "remote");

@@ -8,6 +8,8 @@ import type { SessionRequest } from "../bindings/SessionRequest";
 import type { Progress } from "../bindings/Progress";
 import type { Quote } from "../bindings/Quote";
 import type { Price } from "../bindings/Price";
+import type { Placement } from "../bindings/Placement";
+import type { HostView } from "../bindings/HostView";
 import type { OsEntry } from "../bindings/OsEntry";
 import type { Vm } from "../bindings/Vm";
 import type { Event } from "../bindings/Event";
@@ -64,6 +66,11 @@ export const api = {
   /** The creation's price and hourly running cost; refuses a size below the OS's minimum. */
   price: (os: string, ramMb: number, diskGb: number, cpus: number) =>
     call<Price>("price", { os, ramMb, diskGb, cpus }),
+  /** Where a VM of this memory would run (host null: placed by capacity); rejects when it fits no host. */
+  placement: (ramMb: number, os: string, host: string | null) =>
+    call<Placement>("placement", { ramMb, os, host }),
+  /** The hosts with reachability, VMs, room, console path and last event. */
+  hostOverview: () => call<HostView[]>("host_overview"),
   /** Resolves when the core accepts `name` as a VM name; rejects with its sentence. */
   validateVmName: (name: string) => call<null>("validate_vm_name", { name }),
   osCatalog: () => call<OsEntry[]>("os_catalog"),

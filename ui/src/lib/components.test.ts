@@ -26,6 +26,32 @@ beforeEach(() => vi.clearAllMocks());
 afterEach(() => cleanup());
 
 describe("the launch form", () => {
+  it("says where the VM will run and refuses in advance when no host has room", async () => {
+    api.price.mockResolvedValue({ cost: 8, hourly_milli: 800 });
+    api.hostOverview.mockResolvedValue([
+      { id: 1, name: "local", kind: "libvirt", uri: "qemu:///system" },
+      { id: 2, name: "lab-2", kind: "libvirt", uri: "qemu+ssh://lab@lab-2/system" },
+    ]);
+    api.placement.mockImplementation(async (ram: number, _os: string, host: string | null) => {
+      if (ram > 4096) throw { code: "no_room", message: "no host has room for a VM of 8192 MB of memory; the most free memory is 4096 MB, on lab-2; nothing was charged" };
+      return { host: host ?? "lab-2", free_memory_mb: 4096, free_disk_mb: 90000 };
+    });
+    render(Launch, { balance: 100, onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("launch-where").textContent).toBe(
+      "Runs on lab-2: 4,096 MB of memory free (the host with the most free memory)"));
+    await waitFor(() => expect(screen.getByTestId("launch-host").querySelectorAll("option").length).toBe(3));
+    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "big" } });
+    await fireEvent.input(screen.getByTestId("launch-ram"), { target: { value: "8192" } });
+    await waitFor(() => expect(screen.getByTestId("launch-where").textContent).toMatch(/no host has room.*4096 MB, on lab-2/));
+    expect(screen.getByTestId("launch-why").textContent).toMatch(/No host has room/);
+    expect((screen.getByTestId("launch-submit") as HTMLButtonElement).disabled).toBe(true);
+    // The form keeps its choices across visits: leave it as the next test expects.
+    await fireEvent.input(screen.getByTestId("launch-ram"), { target: { value: "128" } });
+    await fireEvent.input(screen.getByTestId("launch-name"), { target: { value: "" } });
+    api.placement.mockImplementation(async (_r: number, _o: string, host: string | null) => ({ host: host ?? "local", free_memory_mb: 8000, free_disk_mb: 50000 }));
+    api.hostOverview.mockResolvedValue([]);
+  });
+
   it("shows the core's sentence for a bad size and cannot be submitted", async () => {
     api.price.mockImplementation(async (_os: string, ram: number) => {
       if (ram < 128) throw { code: "invalid_input", message: "tiny-linux needs at least 128 MB of memory to boot; 64 MB is too little" };

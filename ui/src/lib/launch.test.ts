@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { defaultOs, disabledReason, hourlyText, osHint } from "./launch";
+import { defaultOs, disabledReason, hourlyText, osHint, placementText } from "./launch";
 import type { OsEntry } from "../bindings/OsEntry";
 
 const blank: OsEntry = { name: "blank", kind: "builtin", bytes: 0, min_ram_mb: 64, min_disk_gb: 1, boots: false };
@@ -37,5 +37,15 @@ describe("why Create is disabled", () => {
     expect(disabledReason({ ...ok, nameError: "bad" })).toBe("Fix the name first.");
     expect(disabledReason({ ...ok, sizeError: "too small" })).toBe("Fix the size first.");
     expect(disabledReason({ ...ok, cost: 68 })).toMatch(/costs 68 credits and you have 50/);
+    expect(disabledReason({ ...ok, roomError: "no host has room" })).toMatch(/No host has room/);
+  });
+});
+
+describe("where it runs", () => {
+  it("says the host and its free memory, and why it was chosen", () => {
+    expect(placementText({ host: "lab-2", free_memory_mb: 8960 }, true)).toBe(
+      "Runs on lab-2: 8,960 MB of memory free (the host with the most free memory)",
+    );
+    expect(placementText({ host: "local", free_memory_mb: null }, false)).toBe("On local");
   });
 });

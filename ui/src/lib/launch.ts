@@ -28,14 +28,23 @@ export function disabledReason(s: {
   sizeError: string | null;
   cost: number | null;
   balance: number;
+  /** The core's refusal when the VM fits no host (or the chosen one). */
+  roomError?: string | null;
 }): string | null {
   if (s.busy) return "Creating…";
   if (s.name.trim() === "") return "Give the VM a name.";
   if (s.nameError) return "Fix the name first.";
   if (s.sizeError) return "Fix the size first.";
   if (s.cost === null) return "Pricing…";
+  if (s.roomError) return "No host has room for it: choose less memory, or another host.";
   if (s.cost > s.balance) {
     return `It costs ${s.cost} credits and you have ${s.balance}: choose a smaller size, or ask an admin for credits.`;
   }
   return null;
+}
+
+/** Where the VM will run, for the launch form ("Runs on lab-2: 8,960 MB free"). */
+export function placementText(p: { host: string; free_memory_mb: number | null }, auto: boolean): string {
+  const room = p.free_memory_mb === null ? "" : `: ${p.free_memory_mb.toLocaleString("en")} MB of memory free`;
+  return `${auto ? "Runs on" : "On"} ${p.host}${room}${auto ? " (the host with the most free memory)" : ""}`;
 }

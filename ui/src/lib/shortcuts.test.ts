@@ -9,7 +9,7 @@ describe("shortcuts", () => {
     expect(shortcut(k("2", { altKey: true }))).toEqual({ kind: "view", view: "vms" });
     expect(shortcut(k("8", { altKey: true }))).toEqual({ kind: "view", view: "settings" });
     expect(shortcut(k("9", { altKey: true }))).toEqual({ kind: "view", view: "consoles" });
-    expect(shortcut(k("0", { altKey: true }))).toBeNull();
+    expect(shortcut(k("0", { altKey: true }))).toEqual({ kind: "view", view: "hosts" });
   });
 
   it("Ctrl shortcuts work even while typing", () => {

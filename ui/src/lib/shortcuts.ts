@@ -5,7 +5,8 @@
 // Consoles are a view of their own (Alt+9), not a strip above every view: an
 // open console then never pushes another view down or takes its wheel, and it
 // stays connected (kept mounted, hidden) while another view is shown.
-export const VIEWS = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles"] as const;
+// Hosts came last, on Alt+0, so that no older shortcut moved.
+export const VIEWS = ["dashboard", "vms", "launch", "pools", "events", "credits", "admin", "settings", "consoles", "hosts"] as const;
 export type View = (typeof VIEWS)[number];
 
 export const VIEW_LABELS: Record<View, string> = {
@@ -18,7 +19,13 @@ export const VIEW_LABELS: Record<View, string> = {
   admin: "Admin",
   settings: "Settings",
   consoles: "Consoles",
+  hosts: "Hosts",
 };
+
+/** The key that shows the i-th view with Alt: 1 to 9, then 0. */
+export function viewKey(i: number): string {
+  return i === 9 ? "0" : String(i + 1);
+}
 
 export type Action =
   | { kind: "view"; view: View }
@@ -45,8 +52,9 @@ export function isView(v: string | null | undefined): v is View {
 /** The action of a key press, or null. */
 export function shortcut(k: Key): Action | null {
   const ctrl = k.ctrlKey || k.metaKey;
-  if (k.altKey && !ctrl && /^[1-9]$/.test(k.key)) {
-    return { kind: "view", view: VIEWS[Number(k.key) - 1] };
+  if (k.altKey && !ctrl && /^[0-9]$/.test(k.key)) {
+    const i = k.key === "0" ? 9 : Number(k.key) - 1;
+    return i < VIEWS.length ? { kind: "view", view: VIEWS[i] } : null;
   }
   if (ctrl && !k.altKey) {
     switch (k.key.toLowerCase()) {
@@ -68,7 +76,7 @@ export function shortcut(k: Key): Action | null {
 
 /** Shortcut help: [keys, what]. */
 export const HELP: [string, string][] = [
-  ...VIEWS.map((v, i): [string, string] => [`Alt+${i + 1}`, VIEW_LABELS[v]]),
+  ...VIEWS.map((v, i): [string, string] => [`Alt+${viewKey(i)}`, VIEW_LABELS[v]]),
   ["Ctrl+N", "Launch a new VM"],
   ["/ or Ctrl+F", "Search the VMs"],
   ["Escape", "Close the detail or the error"],

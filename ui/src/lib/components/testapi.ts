@@ -12,6 +12,8 @@ export function on(event: string, f: (...args: never[]) => void): Promise<() => 
 export const api = {
   quote: vi.fn(),
   price: vi.fn(),
+  placement: vi.fn(async (_ram: number, _os: string, host: string | null) => ({ host: host ?? "local", free_memory_mb: 8000, free_disk_mb: 50000 })),
+  hostOverview: vi.fn(async (): Promise<unknown[]> => []),
   validateVmName: vi.fn(async (_name: string): Promise<null> => null),
   osCatalog: vi.fn(async () => [
     { name: "blank", kind: "builtin", bytes: 0, min_ram_mb: 64, min_disk_gb: 1, boots: false },
