@@ -59,6 +59,7 @@ bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-tests --bench drift
 	cargo bench -p vmdesk-tests --bench azure_sync
 	cargo bench -p vmdesk-tests --bench console
+	cargo bench -p vmdesk-tests --bench remote_console
 	@bash scripts/setup-system.sh bench
 	cd ui && npm run build
 	cargo build --release -p vmdesk

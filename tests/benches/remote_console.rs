@@ -18,8 +18,20 @@ use vmdesk_tests::remote::Remote;
 const BYTES: u64 = 1 << 30;
 const SOCKET: &str = "/var/lib/vmdesk-remote/bench-source.sock";
 
+/// The source (`runuser` kept for its kill on drop; its child by name).
+struct Source(#[allow(dead_code)] vmdesk_tests::KillOnDrop);
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-u", "vmdesk-remote", "-f", "bench-source.sock"])
+            .status();
+        let _ = std::fs::remove_file(SOCKET);
+    }
+}
+
 /// A source on the remote host, as its user: writes BYTES to each client.
-fn source() -> vmdesk_tests::KillOnDrop {
+fn source() -> Source {
     let _ = std::fs::remove_file(SOCKET);
     let script = format!(
         "import socket,os\n\
@@ -31,14 +43,18 @@ fn source() -> vmdesk_tests::KillOnDrop {
     let child = Command::new("runuser")
         .args(["-u", "vmdesk-remote", "--", "python3", "-c", &script])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("the source");
     let t = Instant::now();
     while !std::path::Path::new(SOCKET).exists() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the source did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the source did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    vmdesk_tests::KillOnDrop(child)
+    Source(vmdesk_tests::KillOnDrop(child))
 }
 
 fn cpu_seconds() -> f64 {
@@ -83,5 +99,4 @@ fn main() {
             ssh / direct
         );
     }
-    let _ = std::fs::remove_file(SOCKET);
 }
