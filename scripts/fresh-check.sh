@@ -8,8 +8,9 @@
 # directory), the QEMU driver's state, log, cache and run directories, the
 # libvirtd.sh state directory, the postgres.sh cluster directory (its data,
 # password, certificates and env file), the tiny-linux image (target/os) and
-# the UI build (ui/dist). Stops the libvirt daemons and that PostgreSQL first
-# if they run.
+# the UI build (ui/dist), and the remote test host of scripts/remote-host.sh
+# (its namespace, user, home, keys and ssh config). Stops the libvirt daemons,
+# that PostgreSQL and the remote host first if they run.
 # Run as root (it removes system directories); not while tests run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,18 @@ if command -v virsh >/dev/null && timeout 5 virsh -q -c "$URI" version >/dev/nul
     virsh_ pool-destroy "$POOL" >/dev/null 2>&1 || true
     virsh_ pool-undefine "$POOL" >/dev/null
     say "removed storage pool $POOL"
+  fi
+fi
+
+# The remote test host (scripts/remote-host.sh): its namespace, daemons and
+# the QEMUs of its user go first, then its user, home, keys and ssh config.
+if [ -f scripts/remote-host.sh ]; then
+  bash scripts/remote-host.sh stop
+  if id vmdesk-remote >/dev/null 2>&1; then
+    pkill -9 -u vmdesk-remote 2>/dev/null || true
+    for _ in $(seq 1 50); do pgrep -u vmdesk-remote >/dev/null || break; sleep 0.1; done
+    userdel vmdesk-remote
+    say "removed the user vmdesk-remote"
   fi
 fi
 
@@ -81,6 +94,9 @@ for path in \
   /run/libvirt \
   "$STATE_DIR" \
   "$PG_DIR" \
+  /run/vmdesk-remote \
+  /var/lib/vmdesk-remote \
+  /etc/ssh/ssh_config.d/vmdesk-remote-host.conf \
   target/os \
   ui/dist; do
   if [ -e "$path" ] || [ -L "$path" ]; then

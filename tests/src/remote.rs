@@ -4,6 +4,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{qemu_uri, tiny_linux, Vmdesk};
 
 /// The remote host, started if it is not running.
 pub struct Remote {
@@ -48,6 +51,26 @@ impl Remote {
             uri: var("VMDESK_REMOTE_URI"),
             ns: var("VMDESK_REMOTE_NS"),
         })
+    }
+
+    /// A desk with the local QEMU host `local` and this host as `remote`,
+    /// tiny-linux in its catalog (96 MB, as `make run` imports it) and
+    /// credits for the admin.
+    pub fn desk(&self) -> Vmdesk {
+        let v = Vmdesk::new();
+        v.json(&["host", "add", "local", "--uri", &qemu_uri()]);
+        v.json(&["host", "add", "remote", "--uri", &self.uri]);
+        v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
+        let image = tiny_linux();
+        v.json(&[
+            "os",
+            "import",
+            "tiny-linux",
+            image.to_str().expect("path"),
+            "--min-ram-mb",
+            "96",
+        ]);
+        v
     }
 
     /// `virsh -c URI ARGS` (through SSH), its stdout trimmed.
@@ -103,4 +126,15 @@ impl Drop for RemoteMachine {
             &format!("{}.qcow2", self.machine),
         ]);
     }
+}
+
+/// Waits until `ok` holds, at most `limit` (panics then, naming `what`);
+/// how long it took.
+pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !ok() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t.elapsed()
 }

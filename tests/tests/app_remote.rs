@@ -9,24 +9,12 @@
 use std::time::Duration;
 
 use vmdesk_tests::remote::Remote;
-use vmdesk_tests::{e2e, qemu_uri, tiny_linux, Vmdesk};
+use vmdesk_tests::e2e;
 
 #[test]
 fn a_vm_is_launched_on_the_remote_host_and_its_console_opens_through_ssh() {
     let Some(remote) = Remote::get() else { return };
-    let v = Vmdesk::new();
-    v.json(&["host", "add", "local", "--uri", &qemu_uri()]);
-    v.json(&["host", "add", "remote", "--uri", &remote.uri]);
-    v.json(&["credits", "grant", "admin", "1000", "--reason", "tests"]);
-    let image = tiny_linux();
-    v.json(&[
-        "os",
-        "import",
-        "tiny-linux",
-        image.to_str().expect("path"),
-        "--min-ram-mb",
-        "96",
-    ]);
+    let v = remote.desk();
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let machine = rt.block_on(async {

@@ -5,30 +5,11 @@
 //! the host's loopback is not the desk's.
 #![allow(missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vmdesk_tests::remote::Remote;
+use vmdesk_tests::remote::{wait_for, Remote};
 use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
-use vmdesk_tests::{qemu_uri, tiny_linux, Machine, Vmdesk};
-
-/// A desk with the local QEMU host `local`, the remote host `remote`,
-/// tiny-linux in its catalog and credits for the admin.
-fn desk(remote: &Remote) -> Vmdesk {
-    let v = Vmdesk::new();
-    v.json(&["host", "add", "local", "--uri", &qemu_uri()]);
-    v.json(&["host", "add", "remote", "--uri", &remote.uri]);
-    v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
-    let image = tiny_linux();
-    v.json(&[
-        "os",
-        "import",
-        "tiny-linux",
-        image.to_str().expect("path"),
-        "--min-ram-mb",
-        "96",
-    ]);
-    v
-}
+use vmdesk_tests::{Machine, Vmdesk};
 
 fn create_on(v: &Vmdesk, name: &str, host: &str) -> serde_json::Value {
     v.json(&[
@@ -48,18 +29,10 @@ fn create_on(v: &Vmdesk, name: &str, host: &str) -> serde_json::Value {
     ])
 }
 
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn a_remote_vm_runs_and_its_console_comes_through_ssh_with_nothing_listening_on_tcp() {
     let Some(remote) = Remote::get() else { return };
-    let v = desk(&remote);
+    let v = remote.desk();
     let vm = create_on(&v, "far", "remote");
     assert_eq!(vm["status"], "RUNNING", "{vm}");
     assert_eq!(vm["host"], "remote");
@@ -137,7 +110,7 @@ fn a_remote_vm_runs_and_its_console_comes_through_ssh_with_nothing_listening_on_
 #[test]
 fn a_pool_session_on_the_remote_host_ends_when_its_vm_is_destroyed_behind_vmdesks_back() {
     let Some(remote) = Remote::get() else { return };
-    let v = desk(&remote);
+    let v = remote.desk();
     v.json(&["project", "create", "lab"]);
     let vm = v.json(&[
         "vm",
@@ -182,7 +155,7 @@ fn a_pool_session_on_the_remote_host_ends_when_its_vm_is_destroyed_behind_vmdesk
 #[test]
 fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
     let Some(remote) = Remote::get() else { return };
-    let v = desk(&remote);
+    let v = remote.desk();
     let before = v.json(&["credits", "show"])["balance"].clone();
     let out = v.fails(&[
         "vm",

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmdesk_tests::remote::{script, Remote};
-use vmdesk_tests::{qemu_uri, tiny_linux, virsh, Machine, Vmdesk};
+use vmdesk_tests::remote::{script, wait_for, Remote};
+use vmdesk_tests::{virsh, Machine, Vmdesk};
 
 /// Brings the remote host back whatever happens to the test.
 struct Restore;
@@ -23,15 +23,6 @@ impl Drop for Restore {
 
 fn status(v: &Vmdesk, vm: &str) -> Value {
     v.json(&["vm", "show", vm])["status"].clone()
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t = Instant::now();
-    while !ok() {
-        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    t.elapsed()
 }
 
 fn create(v: &Vmdesk, name: &str, host: &str) -> String {
@@ -57,19 +48,7 @@ fn create(v: &Vmdesk, name: &str, host: &str) -> String {
 #[test]
 fn a_hung_or_dead_remote_host_degrades_to_unknown_without_stalling_the_local_one() {
     let Some(remote) = Remote::get() else { return };
-    let v = Vmdesk::new();
-    v.json(&["host", "add", "local", "--uri", &qemu_uri()]);
-    v.json(&["host", "add", "remote", "--uri", &remote.uri]);
-    v.json(&["credits", "grant", "admin", "100000", "--reason", "tests"]);
-    let image = tiny_linux();
-    v.json(&[
-        "os",
-        "import",
-        "tiny-linux",
-        image.to_str().expect("path"),
-        "--min-ram-mb",
-        "96",
-    ]);
+    let v = remote.desk();
     let near = create(&v, "near", "local");
     let _near = Machine(near.clone());
     let far = create(&v, "far", "remote");

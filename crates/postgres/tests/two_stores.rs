@@ -524,6 +524,18 @@ fn a_session_whose_desk_died_mid_start_is_settled_by_an_admins_recovery() {
     assert!(alive, "the worker lives while its connection does");
     drop(dead);
     let a = d.admin();
+    // The server lets the lock go when the dead connection's backend has
+    // ended, a moment after the client closed it.
+    let t = std::time::Instant::now();
+    while d.with(&a, |c, _| {
+        c.team().unwrap().worker_alive("ann-desk-1234").unwrap()
+    }) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the dead worker's lock stays"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // Its machine never started: the session fails and its VM is freed.
     let repaired = d.with(&a, |c, _| c.recover().unwrap());
     assert_eq!(repaired, 1);
