@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use vmdesk_tests::remote::Remote;
 use vmdesk_tests::e2e;
+use vmdesk_tests::remote::Remote;
 
 #[test]
 fn a_vm_is_launched_on_the_remote_host_and_its_console_opens_through_ssh() {

@@ -217,3 +217,49 @@ fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
     assert!(vm["host"] == "local" || vm["host"] == "remote", "{vm}");
     assert_eq!(vm["status"], "RUNNING", "{vm}");
 }
+
+#[test]
+fn a_remote_machine_whose_row_is_lost_is_quarantined_there_and_purged() {
+    let Some(remote) = Remote::get() else { return };
+    let v = remote.desk();
+    let vm = v.json(&[
+        "vm",
+        "create",
+        "lost",
+        "--os",
+        "tiny-linux",
+        "--ram-mb",
+        "96",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+        "--host",
+        "remote",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _gone = remote.machine(&machine);
+    // As if the database had lost the row (restored from an older copy, say).
+    v.db()
+        .execute("DELETE FROM vms WHERE name = 'lost'", [])
+        .expect("delete the row");
+
+    let done = v.json(&["recover"]);
+    assert_eq!(
+        done["quarantined"][0]["machine"],
+        machine.as_str(),
+        "{done}"
+    );
+    assert_eq!(done["quarantined"][0]["host"], "remote", "{done}");
+    assert_eq!(remote.virsh(&["domstate", &machine]), "shut off");
+    let disk = || remote.virsh(&["vol-info", "--pool", "vmdesk", &format!("{machine}.qcow2")]);
+    assert_ne!(disk(), "", "the disk is kept");
+    let purged = v.json(&["recover", "--purge", "--grace-secs", "0"]);
+    assert_eq!(purged["purged"][0]["machine"], machine.as_str(), "{purged}");
+    assert_eq!(
+        remote.virsh(&["domstate", &machine]),
+        "",
+        "the domain is gone"
+    );
+    assert_eq!(disk(), "", "the disk is gone");
+}
