@@ -32,6 +32,9 @@ PG_PKGS="postgresql-15 postgresql-client-15 openssl"
 # an SSH channel to a VM's display socket (as for virt-manager); iproute2 for
 # the namespace and its veth pair.
 REMOTE_PKGS="openssh-server openssh-client netcat-openbsd iproute2"
+# SSH access to VMs: ssh-keygen makes each user's key pair; mkfs.fat and
+# mcopy make the cloud-init NoCloud seed disk (crates/core/src/access.rs).
+SEED_PKGS="openssh-client dosfstools mtools"
 
 missing() {
   local out=()
@@ -41,7 +44,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS $SEED_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS

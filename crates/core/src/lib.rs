@@ -13,6 +13,7 @@ pub mod settings;
 pub mod team;
 pub mod validate;
 
+pub mod access;
 mod billing;
 mod consoles;
 mod core;
