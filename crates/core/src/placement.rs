@@ -206,22 +206,8 @@ impl Core {
                 "there is no libvirt host yet: add one with 'vmdesk host add'",
             ));
         }
-        // Each host asked in a thread of its own: one that hangs costs its
-        // own connect timeout, not the others'.
-        let answers: Vec<Result<Placement>> = std::thread::scope(|s| {
-            let asks: Vec<_> = libvirt
-                .iter()
-                .map(|h| {
-                    let committed = &committed;
-                    s.spawn(move || self.placement_on(h, committed).map(|(pl, _)| pl))
-                })
-                .collect();
-            asks.into_iter()
-                .map(|a| {
-                    a.join()
-                        .unwrap_or_else(|_| Err(Error::invalid("a host's check failed")))
-                })
-                .collect()
+        let answers = each_host(&libvirt, |h| {
+            self.placement_on(h, &committed).map(|(pl, _)| pl)
         });
         let mut seen = Vec::new();
         let mut last_error = None;
@@ -259,35 +245,19 @@ impl Core {
         };
         let committed = self.committed_memory()?;
         let events = store.events().events(1000)?;
-        let views = std::thread::scope(|s| {
-            let asks: Vec<_> = hosts
-                .iter()
-                .map(|h| {
-                    let committed = &committed;
-                    s.spawn(move || {
-                        if h.kind == HostKind::Libvirt {
-                            self.placement_on(h, committed)
-                        } else {
-                            self.provider(&h.name).map(|_| {
-                                (
-                                    Placement {
-                                        host: h.name.clone(),
-                                        free_memory_mb: None,
-                                        free_disk_mb: None,
-                                    },
-                                    None,
-                                )
-                            })
-                        }
-                    })
+        let views = each_host(&hosts.iter().collect::<Vec<_>>(), |h| {
+            if h.kind == HostKind::Libvirt {
+                self.placement_on(h, &committed)
+            } else {
+                self.provider(&h.name).map(|_| {
+                    let pl = Placement {
+                        host: h.name.clone(),
+                        free_memory_mb: None,
+                        free_disk_mb: None,
+                    };
+                    (pl, None)
                 })
-                .collect();
-            asks.into_iter()
-                .map(|a| {
-                    a.join()
-                        .unwrap_or_else(|_| Err(Error::invalid("a host's check failed")))
-                })
-                .collect::<Vec<_>>()
+            }
         });
         Ok(hosts
             .into_iter()
@@ -326,6 +296,20 @@ impl Core {
             })
             .collect())
     }
+}
+
+/// `ask` of each host, each on a thread of its own (one host that hangs
+/// costs its own connect timeout, not the others'), in order.
+fn each_host<T: Send>(hosts: &[&Host], ask: impl Fn(&Host) -> Result<T> + Sync) -> Vec<Result<T>> {
+    std::thread::scope(|s| {
+        let asks: Vec<_> = hosts.iter().map(|h| s.spawn(|| ask(h))).collect();
+        asks.into_iter()
+            .map(|a| {
+                a.join()
+                    .unwrap_or_else(|_| Err(Error::invalid("a host's check failed")))
+            })
+            .collect()
+    })
 }
 
 /// The refusal when a VM fits no host: what it needs and the largest room.

@@ -440,17 +440,19 @@ mod tests {
     }
 }
 
+/// An attribute of an element, by local name.
+fn attr(e: &quick_xml::events::BytesStart<'_>, name: &str) -> Option<String> {
+    e.attributes()
+        .flatten()
+        .find(|a| a.key.local_name().into_inner() == name)
+        .map(|a| a.value.into_owned())
+}
+
 /// Whether a domain's XML has a VNC display that listens on a TCP port (how
 /// vmdesk defined displays before they moved to a unix socket): a
 /// `<graphics type='vnc'>` whose listens are not all `type='socket'`.
 pub fn vnc_on_tcp(domain_xml: &str) -> bool {
     use quick_xml::events::Event;
-    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
-        e.attributes()
-            .flatten()
-            .find(|a| a.key.local_name().into_inner() == name)
-            .map(|a| a.value.into_owned())
-    };
     let mut reader = quick_xml::Reader::from_str(domain_xml);
     // Inside a VNC graphics element: whether it has a listen, and whether one is not a socket.
     let mut vnc: Option<(bool, bool)> = None;
@@ -493,12 +495,6 @@ pub fn vnc_on_tcp(domain_xml: &str) -> bool {
 /// socket='PATH'/>`).
 pub fn vnc_socket(domain_xml: &str) -> Option<String> {
     use quick_xml::events::Event;
-    let attr = |e: &quick_xml::events::BytesStart<'_>, name: &str| {
-        e.attributes()
-            .flatten()
-            .find(|a| a.key.local_name().into_inner() == name)
-            .map(|a| a.value.into_owned())
-    };
     let mut reader = quick_xml::Reader::from_str(domain_xml);
     let mut in_vnc = false;
     loop {
