@@ -95,6 +95,9 @@ pub enum Command {
         #[arg(long)]
         cpus: i64,
     },
+    /// Your SSH public key for VMs (the key pair is made on first use, in the
+    /// data directory, private key 0600; it never goes into a store)
+    SshKey,
     /// Hosts (libvirt URIs, Azure subscriptions)
     #[command(subcommand)]
     Host(HostCmd),
@@ -735,6 +738,10 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 ));
                 out
             })
+        }
+        Command::SshKey => {
+            let k = core.ssh_key(a)?;
+            emit(g, &k, || k.public.clone())
         }
         Command::Quote {
             ram_mb,

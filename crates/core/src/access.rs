@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::validate;
 
 /// A user's key pair for their VMs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UserKey {
     /// The private key (mode 0600, in a 0700 directory).
     pub private: PathBuf,

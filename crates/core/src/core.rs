@@ -275,6 +275,14 @@ impl Core {
         }
     }
 
+    /// The actor's SSH key pair for their VMs, made on first use in this
+    /// desk's data directory (see [`crate::access::user_key`]); never in a
+    /// store.
+    pub fn ssh_key(&self, actor: &str) -> Result<crate::access::UserKey> {
+        let me = self.acting(actor)?.users().whoami()?;
+        crate::access::user_key(self.data_dir(), &me.name)
+    }
+
     /// The user named `name`.
     pub fn user(&self, name: &str) -> Result<User> {
         self.reading().users().user(name)
