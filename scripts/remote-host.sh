@@ -108,9 +108,8 @@ AuthenticationMethods publickey
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-AllowTcpForwarding no
-X11Forwarding no
-AllowStreamLocalForwarding local
+# Consoles come through `nc -U` in a session; no forwarding of any kind.
+DisableForwarding yes
 PermitTunnel no
 LogLevel VERBOSE
 CONF

@@ -73,6 +73,38 @@ impl Remote {
         v
     }
 
+    /// `vmdesk vm create NAME` of tiny-linux with `ram_mb` and 1 CPU, on
+    /// `host` (none: placed); its JSON, and a guard that removes its machine
+    /// from this host.
+    pub fn create(
+        &self,
+        v: &Vmdesk,
+        name: &str,
+        ram_mb: &str,
+        host: Option<&str>,
+    ) -> (serde_json::Value, RemoteMachine) {
+        let mut args = vec![
+            "vm",
+            "create",
+            name,
+            "--os",
+            "tiny-linux",
+            "--ram-mb",
+            ram_mb,
+            "--disk-gb",
+            "1",
+            "--cpus",
+            "1",
+        ];
+        if let Some(h) = host {
+            args.extend(["--host", h]);
+        }
+        let vm = v.json(&args);
+        let machine = vm["provider_id"].as_str().expect("machine name");
+        let guard = self.machine(machine);
+        (vm, guard)
+    }
+
     /// `virsh -c URI ARGS` (through SSH), its stdout trimmed.
     pub fn virsh(&self, args: &[&str]) -> String {
         let out = Command::new("virsh")

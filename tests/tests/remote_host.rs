@@ -9,35 +9,16 @@ use std::time::Duration;
 
 use vmdesk_tests::remote::{wait_for, Remote};
 use vmdesk_tests::vnc::{connect, Rfb, TEST_ORIGIN};
-use vmdesk_tests::{Machine, Vmdesk};
-
-fn create_on(v: &Vmdesk, name: &str, host: &str) -> serde_json::Value {
-    v.json(&[
-        "vm",
-        "create",
-        name,
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "128",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-        "--host",
-        host,
-    ])
-}
+use vmdesk_tests::Machine;
 
 #[test]
 fn a_remote_vm_runs_and_its_console_comes_through_ssh_with_nothing_listening_on_tcp() {
     let Some(remote) = Remote::get() else { return };
     let v = remote.desk();
-    let vm = create_on(&v, "far", "remote");
+    let (vm, _gone) = remote.create(&v, "far", "128", Some("remote"));
     assert_eq!(vm["status"], "RUNNING", "{vm}");
     assert_eq!(vm["host"], "remote");
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _gone = remote.machine(&machine);
     assert_eq!(remote.virsh(&["domstate", &machine]), "running");
 
     // Nothing of the VM listens on TCP on the remote host: only its sshd.
@@ -198,21 +179,8 @@ fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
     // Without a host, a VM that fits goes where `host list` shows the most
     // free memory (both hosts share this machine's memory: either may win,
     // but it lands on one of them and is paid for once).
-    let vm = v.json(&[
-        "vm",
-        "create",
-        "placed",
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "128",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
+    let (vm, _gone_remote) = remote.create(&v, "placed", "128", None);
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _gone_remote = remote.machine(&machine);
     let _gone_local = Machine(machine);
     assert!(vm["host"] == "local" || vm["host"] == "remote", "{vm}");
     assert_eq!(vm["status"], "RUNNING", "{vm}");
@@ -222,23 +190,8 @@ fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
 fn a_remote_machine_whose_row_is_lost_is_quarantined_there_and_purged() {
     let Some(remote) = Remote::get() else { return };
     let v = remote.desk();
-    let vm = v.json(&[
-        "vm",
-        "create",
-        "lost",
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "96",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-        "--host",
-        "remote",
-    ]);
+    let (vm, _gone) = remote.create(&v, "lost", "96", Some("remote"));
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _gone = remote.machine(&machine);
     // As if the database had lost the row (restored from an older copy, say).
     v.db()
         .execute("DELETE FROM vms WHERE name = 'lost'", [])

@@ -167,6 +167,7 @@ impl Core {
         os: &str,
         host: Option<&str>,
     ) -> Result<Placement> {
+        crate::validate::size(ram_mb, crate::validate::DISK_GB.0, crate::validate::CPUS.0)?;
         let image_mb = self.os_image(os)?.map_or(0, |i| i.bytes.div_ceil(1 << 20));
         let disk_mb = mb(FIRST_WRITES_MB + image_mb);
         let fits = |pl: &Placement| {

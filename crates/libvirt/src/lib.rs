@@ -427,16 +427,7 @@ fn has_hardware_virtualization(conn: &Connect) -> bool {
 /// host name and no transport but the local unix socket. Only such a
 /// connection can pass a display's descriptor to this process.
 pub fn is_local_uri(uri: &str) -> bool {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return false;
-    };
-    let transport_local = match scheme.split_once('+') {
-        None => true,
-        Some((_, transport)) => transport == "unix",
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    transport_local && host.is_empty()
+    ConsolePath::of(uri) == ConsolePath::Local
 }
 
 /// Takes ownership of a descriptor libvirt handed over (from

@@ -103,6 +103,11 @@ both!(
             })
             .unwrap_err();
         assert!(matches!(err, Error::NoRoom(_)), "{err}");
+        // A size that is no size is refused as such, not placed.
+        let err = d
+            .with(&ann, |c, me| c.placement(me, -1, "blank", None))
+            .unwrap_err();
+        assert_eq!(err.code(), "invalid_input", "{err}");
         let after = d.with(&ann, |c, me| c.credits_show(me, None)).unwrap();
         assert_eq!(after.balance, before, "nothing charged");
         let mine = d.with(&ann, |c, me| c.vm_list(me, false)).unwrap();
