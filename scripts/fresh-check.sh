@@ -4,7 +4,7 @@
 # one machine happens to have, a fresh one lacks: without this, a set-up step
 # that forgets to make something passes on every machine that once had it.
 #
-# Removes: vmdesk's libvirt domains and its storage pool `vmdesk` (with its
+# Removes: vmdesk's libvirt domains, its NAT network and its storage pool `vmdesk` (with its
 # directory), the QEMU driver's state, log, cache and run directories, the
 # libvirtd.sh state directory, the postgres.sh cluster directory (its data,
 # password, certificates and env file), the tiny-linux image (target/os) and
@@ -39,6 +39,12 @@ if command -v virsh >/dev/null && timeout 5 virsh -q -c "$URI" version >/dev/nul
       say "removed domain $dom"
     fi
   done
+  # vmdesk's NAT network (crates/libvirt: NETWORK), made on first use.
+  if virsh_ net-info vmdesk >/dev/null 2>&1; then
+    virsh_ net-destroy vmdesk >/dev/null 2>&1 || true
+    virsh_ net-undefine vmdesk >/dev/null
+    say "removed network vmdesk"
+  fi
   if virsh_ pool-info "$POOL" >/dev/null 2>&1; then
     virsh_ pool-destroy "$POOL" >/dev/null 2>&1 || true
     virsh_ pool-undefine "$POOL" >/dev/null

@@ -35,6 +35,10 @@ REMOTE_PKGS="openssh-server openssh-client netcat-openbsd iproute2"
 # SSH access to VMs: ssh-keygen makes each user's key pair; mkfs.fat and
 # mcopy make the cloud-init NoCloud seed disk (crates/core/src/access.rs).
 SEED_PKGS="openssh-client dosfstools mtools"
+# VM networks: libvirt's network driver (in libvirt-daemon) runs dnsmasq for
+# DHCP and DNS and sets NAT with iptables (nf_tables) for vmdesk's network;
+# tiny-linux carries Debian's dropbear as its SSH server.
+NET_PKGS="dnsmasq-base iptables dropbear-bin"
 
 missing() {
   local out=()
@@ -44,7 +48,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS $SEED_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS $SEED_PKGS $NET_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS

@@ -98,6 +98,20 @@ pub enum Command {
     /// Your SSH public key for VMs (the key pair is made on first use, in the
     /// data directory, private key 0600; it never goes into a store)
     SshKey,
+    /// Logs in to a running VM of yours (or lent to you) by SSH: the system
+    /// `ssh` with your key, the VM's address and its host key (fixed by the
+    /// VM's seed); through its host for a remote libvirt host
+    Ssh {
+        /// The VM (name or id)
+        vm: String,
+        /// Print the ssh command line instead of running it (with --json:
+        /// the target as JSON)
+        #[arg(long)]
+        print: bool,
+        /// The command to run there (none: a login shell)
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Hosts (libvirt URIs, Azure subscriptions)
     #[command(subcommand)]
     Host(HostCmd),
@@ -523,6 +537,7 @@ pub fn open_core(
         opts.team = Some(Arc::new(store));
     }
     opts.billing = settings.billing_config();
+    opts.network = settings.network.clone();
     opts.reboot_grace = settings.reboot_grace();
     opts.shutdown_timeout = Duration::from_secs(global.shutdown_timeout);
     opts.on_change = on_change;
@@ -742,6 +757,26 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::SshKey => {
             let k = core.ssh_key(a)?;
             emit(g, &k, || k.public.clone())
+        }
+        Command::Ssh { vm, print, command } => {
+            let t = core.ssh_target(a, &vm)?;
+            if print || g.json {
+                let line = t.command_line();
+                return emit(
+                    g,
+                    &serde_json::json!({"target": t, "command_line": line}),
+                    || line.clone(),
+                );
+            }
+            use std::os::unix::process::CommandExt;
+            let mut ssh = std::process::Command::new("ssh");
+            ssh.args(t.args());
+            ssh.args(&command);
+            // ssh takes over this process: its exit status is vmdesk's.
+            let e = ssh.exec();
+            Err(anyhow::anyhow!(
+                "cannot run ssh (Debian's openssh-client): {e}"
+            ))
         }
         Command::Quote {
             ram_mb,
@@ -1081,9 +1116,19 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             // The fast pass (active sessions), then the full one.
             let mut changes = core.sync_and_bill(false, "poll")?;
             changes.extend(core.sync_and_bill(true, "poll")?);
+            // Then the addresses of running VMs (JSON: the status changes only).
+            let addresses = core.sync_addresses(true, "poll")?;
             emit(g, &changes, || {
+                let moved = addresses.iter().map(|c| {
+                    format!(
+                        "\nVM {}: address {} -> {}",
+                        c.vm,
+                        c.was.as_deref().unwrap_or("none"),
+                        c.now.as_deref().unwrap_or("none")
+                    )
+                });
                 if changes.is_empty() {
-                    "in sync".to_owned()
+                    std::iter::once("in sync".to_owned()).chain(moved).collect()
                 } else {
                     table(
                         &["VM", "WAS", "NOW", "TERMINATED SESSION"],

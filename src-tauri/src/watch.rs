@@ -20,6 +20,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 const CONNECTIONS_EVERY: Duration = Duration::from_secs(2);
 /// How long one look at the connections waits for a host to connect.
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How often running VMs without a known address are asked for one.
+const ADDRESSES_EVERY: Duration = Duration::from_secs(2);
 
 /// What one sync pass found, as the child tells the app (one JSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,7 @@ pub fn watch(
     // Machines seen off under a session, to look at again once the reboot
     // grace is over.
     let mut again: Vec<(Instant, String, String)> = Vec::new();
+    let mut last_addresses = Instant::now();
     while keep_going() {
         // Writers never checkpoint (see vmdesk_core::store); a headless
         // watcher is the one long-lived process, so it keeps the log short.
@@ -168,6 +171,15 @@ pub fn watch(
                 reconciled(r, report);
             }
             continue;
+        }
+        // Addresses come by DHCP some seconds after a start, with no event:
+        // running VMs without one are asked often, every running VM at each
+        // sync pass (a lease that changed).
+        if last_addresses.elapsed() >= ADDRESSES_EVERY {
+            last_addresses = Instant::now();
+            if let Err(e) = core.sync_addresses(false, "poll") {
+                tracing::warn!(error = %e.one_line(), "addresses");
+            }
         }
         let mut full = full_due || last_full.elapsed() >= full_every;
         if last_check.elapsed() >= CONNECTIONS_EVERY {
@@ -204,6 +216,9 @@ pub fn watch(
             if full {
                 last_full = last_fast;
                 full_due = false;
+            }
+            if let Err(e) = core.sync_addresses(true, "poll") {
+                tracing::warn!(error = %e.one_line(), "addresses");
             }
             let (changes, error) = match core.sync_and_bill(full, "poll") {
                 Ok(changes) => {

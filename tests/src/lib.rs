@@ -213,12 +213,9 @@ impl Drop for Machine {
         }
         virsh(&["destroy", &self.0]);
         virsh(&["undefine", &self.0]);
-        virsh(&[
-            "vol-delete",
-            "--pool",
-            "vmdesk",
-            &format!("{}.qcow2", self.0),
-        ]);
+        for volume in [format!("{}.qcow2", self.0), format!("{}-seed.img", self.0)] {
+            virsh(&["vol-delete", "--pool", "vmdesk", &volume]);
+        }
     }
 }
 

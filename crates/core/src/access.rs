@@ -6,8 +6,10 @@
 //!
 //! The key pair is made by the system's `ssh-keygen` (ed25519, no
 //! passphrase: vmdesk runs `ssh` for the user), the seed by `mkfs.fat` and
-//! `mcopy` (dosfstools, mtools). Wiring them into VM definitions and the
-//! `vmdesk ssh` command is still to come.
+//! `mcopy` (dosfstools, mtools). Each seed also fixes the VM's SSH host key
+//! (cloud-init's `ssh_keys`), made for it and remembered in the user's
+//! `known_hosts` under the VM's alias, so `vmdesk ssh` checks the host key
+//! strictly from the first connection on.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -118,6 +120,36 @@ pub fn public_key(line: &str) -> Result<()> {
     Ok(())
 }
 
+/// An SSH host key pair for a VM, made for its seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKey {
+    /// The private key, OpenSSH's format (what cloud-init's `ssh_keys` takes).
+    pub private: String,
+    /// The public key line.
+    pub public: String,
+}
+
+impl HostKey {
+    /// A new ed25519 host key (the system's `ssh-keygen`).
+    pub fn new(comment: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| Error::invalid(format!("a temporary directory: {e}")))?;
+        let path = dir.path().join("host_ed25519");
+        run(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(&path),
+            "ssh-keygen (Debian's openssh-client)",
+        )?;
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(io(p));
+        let pub_path = path.with_extension("pub");
+        Ok(Self {
+            private: read(&path)?,
+            public: read(&pub_path)?.trim().to_owned(),
+        })
+    }
+}
+
 /// A NoCloud seed: who the VM is and whose keys it lets in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seed {
@@ -127,6 +159,11 @@ pub struct Seed {
     pub hostname: String,
     /// The public keys allowed in.
     pub keys: Vec<String>,
+    /// The SSH host key the VM takes (none: it makes its own).
+    pub host_key: Option<HostKey>,
+    /// Whether keys that an earlier instance let in are removed first (a
+    /// pool VM lent to the next user).
+    pub revoke: bool,
 }
 
 impl Seed {
@@ -141,6 +178,8 @@ impl Seed {
             instance_id: format!("vmdesk-{vm}-{generation}"),
             hostname: vm.to_ascii_lowercase(),
             keys,
+            host_key: None,
+            revoke: false,
         })
     }
 
@@ -152,17 +191,46 @@ impl Seed {
         )
     }
 
-    /// `user-data` (`#cloud-config`; each key a quoted YAML string).
+    /// `user-data` (`#cloud-config`; each key a quoted YAML string). Root
+    /// gets the keys as well as the image's default user (`disable_root:
+    /// false`), so that `root@` works on every image.
     pub fn user_data(&self) -> String {
         let mut s = format!(
-            "#cloud-config\nhostname: {}\nssh_authorized_keys:\n",
+            "#cloud-config\nhostname: {}\ndisable_root: false\nssh_authorized_keys:\n",
             self.hostname
         );
         for k in &self.keys {
             // JSON strings are YAML strings; the key was checked to be one line.
             s.push_str(&format!("  - {}\n", serde_json::Value::String(k.clone())));
         }
+        if let Some(h) = &self.host_key {
+            s.push_str("ssh_deletekeys: true\nssh_keys:\n  ed25519_private: |\n");
+            for line in h.private.lines() {
+                s.push_str(&format!("    {line}\n"));
+            }
+            s.push_str(&format!(
+                "  ed25519_public: {}\n",
+                serde_json::Value::String(h.public.clone())
+            ));
+        }
+        if self.revoke {
+            // Once per instance, before cloud-init writes this instance's
+            // keys: the keys earlier instances let in are removed.
+            s.push_str(
+                "bootcmd:\n  - [cloud-init-per, instance, vmdesk-revoke-keys, sh, -c, \
+                 \"rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys\"]\n",
+            );
+        }
         s
+    }
+
+    /// The seed as the bytes of its vfat disk ([`Seed::write_vfat`]).
+    pub fn vfat(&self) -> Result<Vec<u8>> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| Error::invalid(format!("a temporary directory: {e}")))?;
+        let path = dir.path().join("seed.img");
+        self.write_vfat(&path)?;
+        std::fs::read(&path).map_err(io(&path))
     }
 
     /// Writes the seed as a 1 MiB vfat disk image labelled `cidata` at
@@ -208,6 +276,53 @@ impl Seed {
         )?;
         std::fs::rename(&image, path).map_err(io(path))
     }
+}
+
+/// Remembers `public` as the host key of `alias` in `user`'s `known_hosts`
+/// in `data_dir` (`ssh/USER/known_hosts`, 0600), replacing what it said of
+/// that alias before. Returns the file.
+pub fn remember_host_key(
+    data_dir: &Path,
+    user: &str,
+    alias: &str,
+    public: &str,
+) -> Result<PathBuf> {
+    validate::name("user", user)?;
+    public_key(public)?;
+    let dir = data_dir.join("ssh").join(user);
+    private_dir(&data_dir.join("ssh"))?;
+    private_dir(&dir)?;
+    let file = dir.join("known_hosts");
+    let old = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(&file)(e)),
+    };
+    let key: Vec<&str> = public.split(' ').take(2).collect();
+    let mut text: String = old
+        .lines()
+        .filter(|l| l.split(' ').next() != Some(alias))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("{alias} {}\n", key.join(" ")));
+    let tmp = dir.join(".known_hosts.new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, &file).map_err(io(&file))?;
+    Ok(file)
+}
+
+/// Whether `user`'s `known_hosts` in `data_dir` holds a key for `alias`.
+pub fn knows_host(data_dir: &Path, user: &str, alias: &str) -> bool {
+    std::fs::read_to_string(data_dir.join("ssh").join(user).join("known_hosts"))
+        .is_ok_and(|t| t.lines().any(|l| l.split(' ').next() == Some(alias)))
 }
 
 fn run(c: &mut Command, what: &str) -> Result<()> {
@@ -278,11 +393,68 @@ mod tests {
         );
         assert_eq!(
             s.user_data(),
-            "#cloud-config\nhostname: lab-3\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nz vmdesk:ann\"\n"
+            "#cloud-config\nhostname: lab-3\ndisable_root: false\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nz vmdesk:ann\"\n"
         );
         // A key with a line break cannot add YAML of its own.
         assert!(Seed::new("a", 1, vec!["ssh-ed25519 AAAA\nruncmd: [x]".into()]).is_err());
         assert!(Seed::new("12", 1, vec![]).is_err(), "not a VM name");
+    }
+
+    #[test]
+    fn the_seed_fixes_the_host_key_and_a_pool_seed_revokes_earlier_keys() {
+        let mut s = Seed::new("lab-3", 9, vec!["ssh-ed25519 AAAAC3Nz vmdesk:bob".into()]).unwrap();
+        s.host_key = Some(HostKey::new("lab-3").unwrap());
+        s.revoke = true;
+        let u = s.user_data();
+        let h = s.host_key.as_ref().unwrap();
+        assert!(
+            h.private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+            "{}",
+            h.private
+        );
+        assert!(
+            u.contains(
+                "ssh_keys:\n  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n"
+            ),
+            "{u}"
+        );
+        assert!(
+            u.contains(&format!("  ed25519_public: \"{}\"\n", h.public)),
+            "{u}"
+        );
+        assert!(
+            u.contains("cloud-init-per, instance, vmdesk-revoke-keys"),
+            "{u}"
+        );
+        // Each line of the key indented under the block, none left bare.
+        let block: Vec<&str> = u
+            .lines()
+            .skip_while(|l| !l.contains("ed25519_private"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .collect();
+        assert_eq!(block.len(), h.private.lines().count(), "{u}");
+    }
+
+    #[test]
+    fn a_host_key_is_remembered_once_per_alias() {
+        let d = tempfile::tempdir().unwrap();
+        let a = HostKey::new("a").unwrap();
+        let b = HostKey::new("b").unwrap();
+        let f = remember_host_key(d.path(), "ann", "vmdesk-vm-1", &a.public).unwrap();
+        remember_host_key(d.path(), "ann", "vmdesk-vm-2", &a.public).unwrap();
+        remember_host_key(d.path(), "ann", "vmdesk-vm-1", &b.public).unwrap();
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let b_key: Vec<&str> = b.public.split(' ').take(2).collect();
+        assert!(
+            text.contains(&format!("vmdesk-vm-1 {}\n", b_key.join(" "))),
+            "{text}"
+        );
+        assert_eq!(mode(&f), 0o600);
+        assert!(knows_host(d.path(), "ann", "vmdesk-vm-2"));
+        assert!(!knows_host(d.path(), "ann", "vmdesk-vm-3"));
+        assert!(!knows_host(d.path(), "bob", "vmdesk-vm-1"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct OpenOptions {
     /// The shared store to work on instead of the data directory's own
     /// (team mode); the data directory then keeps only this desk's things.
     pub team: Option<Arc<dyn crate::team::Store>>,
+    /// VM networks and SSH ports, per host (`[network]` of the settings).
+    pub network: crate::settings::NetworkSettings,
 }
 
 impl OpenOptions {
@@ -50,6 +52,7 @@ impl OpenOptions {
             reboot_grace: crate::sync::REBOOT_GRACE,
             lock_wait: store::LOCK_WAIT,
             team: None,
+            network: Default::default(),
         }
     }
 }
@@ -206,6 +209,8 @@ impl Core {
             disk_gb: vm.disk_gb,
             os_type: vm.os_type.clone(),
             image: None,
+            network: self.network_of(vm),
+            seed: None,
         }
     }
 
@@ -218,11 +223,16 @@ impl Core {
 
     /// Makes sure a VM's machine exists before it starts: its disk and
     /// definition are re-made if missing, where vmdesk makes them.
-    pub(crate) fn ensure_machine(&self, p: &dyn Provider, vm: &Vm) -> Result<()> {
+    pub(crate) fn ensure_machine(
+        &self,
+        p: &dyn Provider,
+        vm: &Vm,
+        who: &crate::reach::SeedFor,
+    ) -> Result<()> {
         if !p.provisions() {
             return Ok(());
         }
-        let spec = self.full_spec(vm)?;
+        let spec = self.seeded_spec(p, vm, who)?;
         let err = |source| Error::Provider {
             host: vm.host.clone(),
             source,
@@ -239,7 +249,7 @@ impl Core {
             .as_ref()
             .map_err(|e| Error::invalid(e.one_line()))
             .and_then(|p| {
-                let spec = self.full_spec(vm)?;
+                let spec = self.seeded_spec(p.as_ref(), vm, &crate::reach::SeedFor::Nobody)?;
                 let err = |source| Error::Provider {
                     host: vm.host.clone(),
                     source,

@@ -24,6 +24,7 @@ use crate::embedded::{events, store};
 mod images;
 mod ledger;
 mod placement;
+mod reach;
 mod sessions;
 mod sync;
 mod vms;
@@ -37,9 +38,12 @@ pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;
 pub use crate::placement::{ConsolePath, HostEvent, HostView, Placement, FIRST_WRITES_MB};
-pub use crate::settings::{ArmLimits, AzureSettings, ConsoleSettings, Settings, SyncSettings};
+pub use crate::reach::{host_key_alias, jump_host, SshTarget};
+pub use crate::settings::{
+    ArmLimits, AzureSettings, ConsoleSettings, HostNetwork, NetworkSettings, Settings, SyncSettings,
+};
 pub use crate::store::ago;
-pub use crate::sync::{Reconciled, SyncChange, REBOOT_GRACE};
+pub use crate::sync::{AddressChange, Reconciled, SeenAddress, SyncChange, REBOOT_GRACE};
 pub use crate::team::{
     Billed, Billing, Consoles, Events, ImportMachine, OpenConsole, Places, Quarantine, Sessions,
     Store, Users, Vms, Work,

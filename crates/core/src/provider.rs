@@ -80,6 +80,37 @@ pub struct MachineSpec {
     pub os_type: String,
     /// The base image the VM's disk starts from (none: an empty disk).
     pub image: Option<OsImage>,
+    /// The network its NIC is on.
+    pub network: NetworkChoice,
+    /// Its cloud-init NoCloud seed (a vfat image), written to the host
+    /// before the machine starts; none: the seed on the host is kept.
+    pub seed: Option<Vec<u8>>,
+}
+
+/// The network a machine's NIC is on (a host setting, `[network.hosts.NAME]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NetworkChoice {
+    /// vmdesk's own: on a system daemon its NAT network `vmdesk` (a bridge,
+    /// DHCP and DNS by libvirt's dnsmasq, NAT to the host's uplinks),
+    /// defined and started on first use; on a session daemon, which cannot
+    /// make bridges, user-mode networking (out only, no address to reach).
+    #[default]
+    Vmdesk,
+    /// An existing libvirt network of the host, by name.
+    Network(String),
+    /// An existing bridge of the host, by name.
+    Bridge(String),
+    /// No NIC.
+    None,
+}
+
+/// An address of a running machine, and where it was learned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    /// The IPv4 address.
+    pub ip: String,
+    /// `lease` (the network's DHCP), `agent` (the guest agent) or `arp`.
+    pub source: &'static str,
 }
 
 /// One host's machines. Calls block; call them off the UI thread.
@@ -109,6 +140,11 @@ pub trait Provider: Send + Sync {
     /// machines are made elsewhere and imported (Azure) says no.
     fn provisions(&self) -> bool {
         true
+    }
+    /// Whether machines of this host boot with a cloud-init seed that
+    /// [`Provider::ensure_disk`] writes (libvirt's real hypervisors).
+    fn takes_seed(&self) -> bool {
+        false
     }
     /// Reads the power states of several machines, in the order asked. `all`
     /// says the caller asks about every machine it knows on the host (a full
@@ -141,6 +177,13 @@ pub trait Provider: Send + Sync {
     /// (libvirt's test driver) or are the cloud's business (Azure).
     fn capacity(&self) -> Result<Capacity, ProviderError> {
         Err(ProviderError::Unsupported("capacity".into()))
+    }
+    /// The machine's IPv4 address while it runs: from its network's DHCP
+    /// leases first, then the guest agent, then the host's ARP table (the
+    /// order virt-manager asks in); none: not known (yet).
+    fn address(&self, machine: &str) -> Result<Option<Address>, ProviderError> {
+        let _ = machine;
+        Err(ProviderError::Unsupported("addresses".into()))
     }
     /// The machine's counters now (CPU time and memory), while it runs.
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {

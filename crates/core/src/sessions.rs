@@ -12,6 +12,8 @@ use crate::validate;
 
 /// How often a transition re-reads the power state while it waits.
 const POLL: Duration = Duration::from_millis(100);
+/// How often a shutdown asks the guest again while it waits.
+const ASK_AGAIN: Duration = Duration::from_secs(5);
 
 /// Waits until `done` holds for the machine's power state, or the timeout.
 pub(crate) fn wait_for(
@@ -42,9 +44,18 @@ pub(crate) fn power_off(
         return Ok(false);
     }
     // A guest without ACPI support refuses: then only the timeout is left.
-    let _ = p.shutdown(machine);
-    if wait_for(p, machine, timeout, PowerState::is_off)?.is_off() {
-        return Ok(false);
+    // The request is repeated every few seconds: a guest that is still
+    // booting (or missed the first press) takes a later one.
+    let deadline = Instant::now().checked_add(timeout);
+    loop {
+        let _ = p.shutdown(machine);
+        let left = deadline.map_or(ASK_AGAIN, |d| d.saturating_duration_since(Instant::now()));
+        if wait_for(p, machine, left.min(ASK_AGAIN), PowerState::is_off)?.is_off() {
+            return Ok(false);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
     }
     p.force_off(machine)?;
     wait_for(p, machine, Duration::from_secs(30), PowerState::is_off)?;
@@ -125,7 +136,12 @@ impl Core {
                 host: vm.host.clone(),
                 source,
             };
-            self.ensure_machine(p.as_ref(), &vm)?;
+            // The seed lets this session's user in, and nobody before.
+            let who = crate::reach::SeedFor::Session {
+                user: session.user.clone(),
+                session: session.id,
+            };
+            self.ensure_machine(p.as_ref(), &vm, &who)?;
             p.start(&machine).map_err(provider_err)?;
             let state = wait_for(p.as_ref(), &machine, self.opts.start_timeout, |s| {
                 s == PowerState::Running

@@ -174,6 +174,99 @@ impl Default for ConsoleSettings {
     }
 }
 
+/// VM networks and SSH: per libvirt host (by its vmdesk name), the network
+/// its VMs' NICs go on and the port their SSH server listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct NetworkSettings {
+    /// `[network.hosts.NAME]`: a host's choices; a host not named here gets
+    /// vmdesk's own NAT network (user-mode networking on a session daemon).
+    pub hosts: std::collections::BTreeMap<String, HostNetwork>,
+}
+
+/// One host's network choices.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, TS)]
+#[serde(default, deny_unknown_fields)]
+#[ts(export)]
+pub struct HostNetwork {
+    /// An existing libvirt network of the host to use instead of vmdesk's.
+    pub network: String,
+    /// An existing bridge of the host to use instead (e.g. one a session
+    /// daemon may use through qemu-bridge-helper).
+    pub bridge: String,
+    /// `none`: VMs on this host get no NIC.
+    pub mode: String,
+    /// The port the VMs' SSH servers listen on (none: 22).
+    pub ssh_port: Option<u16>,
+}
+
+impl NetworkSettings {
+    /// The network of VMs on host `host`.
+    pub fn choice(&self, host: &str) -> crate::provider::NetworkChoice {
+        use crate::provider::NetworkChoice;
+        match self.hosts.get(host) {
+            Some(h) if h.mode == "none" => NetworkChoice::None,
+            Some(h) if !h.network.is_empty() => NetworkChoice::Network(h.network.clone()),
+            Some(h) if !h.bridge.is_empty() => NetworkChoice::Bridge(h.bridge.clone()),
+            _ => NetworkChoice::Vmdesk,
+        }
+    }
+
+    /// The SSH port of VMs on host `host`.
+    pub fn ssh_port(&self, host: &str) -> u16 {
+        self.hosts.get(host).and_then(|h| h.ssh_port).unwrap_or(22)
+    }
+
+    fn problems(&self, out: &mut Vec<FieldError>) {
+        let is_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && !n.starts_with(['-', '.'])
+        };
+        for (host, h) in &self.hosts {
+            let field = |k: &str| format!("network.hosts.{host}.{k}");
+            if !is_name(host) {
+                out.push(FieldError {
+                    field: format!("network.hosts.{host}"),
+                    message: format!("{host:?} is not a host name."),
+                });
+            }
+            for (k, v, max) in [("network", &h.network, 64), ("bridge", &h.bridge, 15)] {
+                let fits = is_name(v) && v.len() <= max;
+                if !v.is_empty() && !fits {
+                    out.push(FieldError {
+                        field: field(k),
+                        message: format!(
+                            "The {k} must be a name of letters, digits, '-', '_' and '.' (at most {max}), not {v:?}."
+                        ),
+                    });
+                }
+            }
+            if !h.network.is_empty() && !h.bridge.is_empty() {
+                out.push(FieldError {
+                    field: field("bridge"),
+                    message: "Name a network or a bridge, not both.".into(),
+                });
+            }
+            if !matches!(h.mode.as_str(), "" | "none") {
+                out.push(FieldError {
+                    field: field("mode"),
+                    message: format!("The mode can only be \"none\" (no NIC), not {:?}.", h.mode),
+                });
+            }
+            if h.ssh_port == Some(0) {
+                out.push(FieldError {
+                    field: field("ssh_port"),
+                    message: "The SSH port must be 1 to 65535.".into(),
+                });
+            }
+        }
+    }
+}
+
 /// What the person at the desktop chooses for themself: kept in the same
 /// file, and the only part a user who is not an admin may change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -287,6 +380,8 @@ pub struct Settings {
     pub desktop: DesktopSettings,
     /// The store this desk works on (set by `vmdesk login` and `logout`).
     pub store: StoreSettings,
+    /// VM networks and SSH, per host.
+    pub network: NetworkSettings,
 }
 
 impl Settings {
@@ -470,6 +565,7 @@ impl Settings {
         if let Some(m) = store_url_problem(&self.store.url) {
             bad("store.url", m);
         }
+        self.network.problems(&mut out);
         out
     }
 

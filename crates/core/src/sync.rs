@@ -29,6 +29,35 @@ pub struct SyncChange {
     pub source: String,
 }
 
+/// A VM's address as a host gave it, for [`crate::team::Vms::vm_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenAddress {
+    /// The VM.
+    pub vm_id: i64,
+    /// Its IPv4 address (none: it has none now).
+    pub ip: Option<String>,
+    /// The port its SSH server listens on (none with no address).
+    pub ssh_port: Option<i64>,
+    /// What told it: `lease`, `agent` or `arp` (none with no address).
+    pub learned: Option<String>,
+}
+
+/// A VM whose address changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[ts(export)]
+pub struct AddressChange {
+    /// The VM.
+    pub vm: String,
+    /// Its address before.
+    pub was: Option<String>,
+    /// Its address now.
+    pub now: Option<String>,
+    /// What told it (`lease`, `agent`, `arp`).
+    pub learned: Option<String>,
+    /// Which pass saw it (`poll`, `event`, `ssh`).
+    pub source: String,
+}
+
 /// What reconciling one machine did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {

@@ -242,6 +242,17 @@ pub trait Vms: Send + Sync {
         source: &str,
     ) -> Result<Vec<crate::SyncChange>>;
 
+    /// Writes the addresses hosts gave of VMs' machines (admin): each seen
+    /// `(vm id, IPv4 address or none, SSH port)` that differs from its row
+    /// is written, with a `vm.address` event saying what told it
+    /// (`learned`: lease, agent, arp; none when it went away) and which
+    /// pass (`source`). Returns what changed.
+    fn vm_addresses(
+        &self,
+        seen: Vec<crate::SeenAddress>,
+        source: &str,
+    ) -> Result<Vec<crate::AddressChange>>;
+
     /// Adopts machines of a host as VMs of a pool (admin); known machines
     /// are passed over.
     fn vm_import(&self, host: &str, pool: &str, machines: &[ImportMachine])

@@ -153,8 +153,8 @@ impl Core {
         };
         let done = (|| {
             report(0, "connecting to the host");
-            let spec = self.full_spec(&vm)?;
             let p = self.provider(&vm.host)?;
+            let spec = self.seeded_spec(p.as_ref(), &vm, &self.seed_for(&vm))?;
             let err = |source| Error::Provider {
                 host: vm.host.clone(),
                 source,
@@ -271,7 +271,7 @@ impl Core {
         let timeout = self.opts.shutdown_timeout;
         Ok(match action {
             VmAction::Start => {
-                self.ensure_machine(p.as_ref(), v)?;
+                self.ensure_machine(p.as_ref(), v, &self.seed_for(v))?;
                 p.start(&machine).map_err(err)?;
                 (
                     vm_status_of(

@@ -18,15 +18,16 @@ use virt::error::ErrorNumber;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
+use virt::sys;
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
-    Capacity, MachineSpec, MachineStats, OsImage, PowerState, Provider, ProviderError,
-    ProviderFactory,
+    Address, Capacity, MachineSpec, MachineStats, NetworkChoice, OsImage, PowerState, Provider,
+    ProviderError, ProviderFactory,
 };
 use vmdesk_core::validate;
 use vmdesk_core::ConsolePath;
 
-pub use xml::{domain as domain_xml, DiskRef, VirtType, MARKER_NS};
+pub use xml::{domain as domain_xml, Devices, DiskRef, Nic, VirtType, MARKER_NS};
 
 /// The storage pool vmdesk keeps its disks and images in (libvirt's test
 /// driver has only its own).
@@ -50,6 +51,19 @@ pub fn image_volume(image: &str, install_id: &str, sha256: &str) -> String {
     let sum: String = sha256.chars().take(12).collect();
     format!("vmdesk-os-{image}-{tag}-{sum}.qcow2")
 }
+
+/// The volume of a machine's cloud-init seed (raw vfat, labelled `cidata`).
+pub fn seed_volume(machine: &str) -> String {
+    format!("{machine}-seed.img")
+}
+
+/// vmdesk's NAT network on a system daemon, and its bridge.
+pub const NETWORK: &str = "vmdesk";
+/// The bridge of [`NETWORK`].
+pub const NETWORK_BRIDGE: &str = "vmdesk0";
+/// The third octets of the 192.168.X.0/24 subnets vmdesk's network may
+/// take, in order: the first that no interface of the host uses.
+const NETWORK_SUBNETS: [u8; 6] = [213, 214, 215, 216, 217, 218];
 
 /// The prefix of the temporary volumes an image is uploaded to before it is
 /// checked and copied to its [`image_volume`] (a process killed mid-upload
@@ -312,6 +326,110 @@ impl LibvirtProvider {
             .lookup_domain_by_name(machine)
             .map_err(|e| map_err(machine, e))
     }
+
+    /// Whether the connection reaches a system daemon (which can make
+    /// bridges and networks), not a user's session daemon.
+    pub fn is_system(&self) -> bool {
+        let uri = self.conn.uri().unwrap_or_default();
+        let path = uri
+            .split_once("://")
+            .map(|(_, rest)| rest)
+            .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+            .unwrap_or("");
+        path.split(['?', '#']).next() == Some("/system")
+    }
+
+    /// vmdesk's NAT network ([`NETWORK`]), defined, started and set to
+    /// start with the daemon on first use; another process defining it at
+    /// the same time is no error. Its subnet is the first of
+    /// 192.168.213-218.0/24 that the host's interfaces leave free.
+    pub fn ensure_network(&self) -> Result<(), ProviderError> {
+        let err = |e: virt::error::Error| {
+            ProviderError::Refused(format!("network {NETWORK}: {}", e.message()))
+        };
+        if let Ok(net) = self.conn.lookup_network_by_name(NETWORK) {
+            if !net.is_active().map_err(err)? {
+                net.create().map_err(err)?;
+            }
+            if !net.autostart().unwrap_or(true) {
+                let _ = net.set_autostart(true);
+            }
+            return Ok(());
+        }
+        let mut last = None;
+        for third in NETWORK_SUBNETS {
+            let xml = xml::nat_network(NETWORK, NETWORK_BRIDGE, third);
+            let net = match self.conn.define_network_xml(&xml) {
+                Ok(n) => n,
+                // Defined by another process in between: use that one.
+                Err(_) if self.conn.lookup_network_by_name(NETWORK).is_ok() => {
+                    return self.ensure_network()
+                }
+                Err(e) => return Err(err(e)),
+            };
+            match net.create() {
+                Ok(()) => {
+                    let _ = net.set_autostart(true);
+                    return Ok(());
+                }
+                // Started by another process in between.
+                Err(_) if net.is_active().unwrap_or(false) => return Ok(()),
+                Err(e) => {
+                    // Most likely its subnet is in use on the host: try the next.
+                    let _ = net.undefine();
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.map_or_else(
+            || ProviderError::Refused(format!("network {NETWORK}: no free subnet")),
+            err,
+        ))
+    }
+
+    /// The NIC of a machine on this host.
+    fn nic<'a>(&self, choice: &'a NetworkChoice) -> Result<Option<Nic<'a>>, ProviderError> {
+        Ok(match choice {
+            NetworkChoice::None => None,
+            NetworkChoice::Network(n) => Some(Nic::Network(n)),
+            NetworkChoice::Bridge(b) => Some(Nic::Bridge(b)),
+            NetworkChoice::Vmdesk if self.is_system() => {
+                self.ensure_network()?;
+                Some(Nic::Network(NETWORK))
+            }
+            NetworkChoice::Vmdesk => Some(Nic::User),
+        })
+    }
+
+    /// Writes a machine's seed volume (made if missing) with `bytes`.
+    fn write_seed(
+        &self,
+        pool: &StoragePool,
+        machine: &str,
+        bytes: &[u8],
+    ) -> Result<(), ProviderError> {
+        let name = seed_volume(machine);
+        let err =
+            |e: virt::error::Error| ProviderError::Refused(format!("seed {name}: {}", e.message()));
+        let len = bytes.len() as u64;
+        let vol = match pool.lookup_storage_vol_by_name(&name) {
+            Ok(v) if v.info().map(|i| i.capacity == len).unwrap_or(false) => v,
+            found => {
+                if let Ok(v) = found {
+                    v.delete(0).map_err(err)?;
+                }
+                StorageVol::create_xml(pool, &xml::raw_volume(&name, len), 0).map_err(err)?
+            }
+        };
+        let stream = Stream::new(&self.conn, 0).map_err(err)?;
+        vol.upload(&stream, 0, len, 0).map_err(err)?;
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let k = stream.send(&bytes[sent..]).map_err(err)?;
+            sent += usize::try_from(k).unwrap_or(0).max(1);
+        }
+        stream.finish().map_err(err)
+    }
 }
 
 /// The user this process runs as, for the paths of a per-user daemon.
@@ -458,6 +576,9 @@ fn power_state_of(state: DomainState) -> PowerState {
 impl Provider for LibvirtProvider {
     fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
         let pool = self.pool()?;
+        if let (Some(seed), false) = (&spec.seed, self.virt == VirtType::Test) {
+            self.write_seed(&pool, &spec.machine_name, seed)?;
+        }
         let name = disk_volume(&spec.machine_name);
         if pool.lookup_storage_vol_by_name(&name).is_ok() {
             return Ok(());
@@ -481,6 +602,9 @@ impl Provider for LibvirtProvider {
 
     fn delete_disk(&self, machine: &str) -> Result<(), ProviderError> {
         let pool = self.pool()?;
+        if let Ok(v) = pool.lookup_storage_vol_by_name(&seed_volume(machine)) {
+            v.delete(0).map_err(|e| map_err(machine, e))?;
+        }
         match pool.lookup_storage_vol_by_name(&disk_volume(machine)) {
             Ok(v) => v.delete(0).map_err(|e| map_err(machine, e)),
             Err(_) => Ok(()),
@@ -494,9 +618,15 @@ impl Provider for LibvirtProvider {
         let uuid = match self.domain(machine) {
             Ok(dom) => {
                 let stored = dom
-                    .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+                    .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
                     .map_err(|e| map_err(machine, e))?;
-                if !xml::vnc_on_tcp(&stored) {
+                // Defined before VMs had a seed and a NIC: defined again
+                // while it is off, so that it gets them at its next start.
+                let lacks_seed = spec.seed.is_some()
+                    && self.virt != VirtType::Test
+                    && !stored.contains(&seed_volume(machine))
+                    && !dom.is_active().unwrap_or(true);
+                if !xml::vnc_on_tcp(&stored) && !lacks_seed {
                     return Ok(());
                 }
                 Some(dom.uuid_string().map_err(|e| map_err(machine, e))?)
@@ -507,10 +637,24 @@ impl Provider for LibvirtProvider {
         let volume = disk_volume(machine);
         let has_disk =
             self.virt != VirtType::Test && self.pool()?.lookup_storage_vol_by_name(&volume).is_ok();
-        let disk = has_disk.then(|| DiskRef {
-            pool: pool_name(self.virt),
-            volume: &volume,
-        });
+        let seed_name = seed_volume(machine);
+        let has_seed = self.virt != VirtType::Test
+            && self.pool()?.lookup_storage_vol_by_name(&seed_name).is_ok();
+        let devices = Devices {
+            disk: has_disk.then(|| DiskRef {
+                pool: pool_name(self.virt),
+                volume: &volume,
+            }),
+            seed: has_seed.then(|| DiskRef {
+                pool: pool_name(self.virt),
+                volume: &seed_name,
+            }),
+            nic: if self.virt == VirtType::Test {
+                None
+            } else {
+                self.nic(&spec.network)?
+            },
+        };
         if let (true, Some(dir)) = (self.paths.local, &self.paths.log_dir) {
             // A fresh machine (or user) may lack it; virtlogd does not create it.
             let _ = std::fs::create_dir_all(dir);
@@ -518,7 +662,7 @@ impl Provider for LibvirtProvider {
         let xml = xml::domain_on(
             spec,
             self.virt,
-            disk.as_ref(),
+            &devices,
             uuid.as_deref(),
             self.paths.log_dir.as_deref(),
         );
@@ -668,6 +812,43 @@ impl Provider for LibvirtProvider {
             Err(ProviderError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    fn takes_seed(&self) -> bool {
+        self.virt != VirtType::Test
+    }
+
+    fn address(&self, machine: &str) -> Result<Option<Address>, ProviderError> {
+        if self.virt == VirtType::Test {
+            return Err(ProviderError::Unsupported("addresses".into()));
+        }
+        let dom = self.domain(machine)?;
+        if !dom.is_active().map_err(|e| map_err(machine, e))? {
+            return Ok(None);
+        }
+        for (source, name) in [
+            (sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, "lease"),
+            (sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, "agent"),
+            (sys::VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP, "arp"),
+        ] {
+            // A source that cannot answer (no agent, no lease file) is
+            // passed over for the next.
+            let Ok(ifaces) = dom.interface_addresses(source, 0) else {
+                continue;
+            };
+            let ip = ifaces
+                .iter()
+                .filter(|i| i.name != "lo")
+                .flat_map(|i| &i.addrs)
+                .find(|a| {
+                    a.typed == i64::from(sys::VIR_IP_ADDR_TYPE_IPV4) && !a.addr.starts_with("127.")
+                })
+                .map(|a| a.addr.clone());
+            if let Some(ip) = ip {
+                return Ok(Some(Address { ip, source: name }));
+            }
+        }
+        Ok(None)
     }
 
     fn power_state(&self, machine: &str) -> Result<PowerState, ProviderError> {

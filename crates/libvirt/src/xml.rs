@@ -46,12 +46,38 @@ pub struct DiskRef<'a> {
     pub volume: &'a str,
 }
 
+/// A NIC: what it is plugged into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic<'a> {
+    /// A libvirt network of the host.
+    Network(&'a str),
+    /// A bridge of the host.
+    Bridge(&'a str),
+    /// QEMU's user-mode networking (a session daemon's only choice).
+    User,
+}
+
+/// A domain's devices beyond the fixed ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Devices<'a> {
+    /// Its disk (none: no disk).
+    pub disk: Option<DiskRef<'a>>,
+    /// Its cloud-init seed, a raw read-only disk.
+    pub seed: Option<DiskRef<'a>>,
+    /// Its NIC (a virtio one).
+    pub nic: Option<Nic<'a>>,
+}
+
 /// The XML of a domain for a VM: memory, CPUs, its disk, a VGA display served
 /// by VNC on a unix socket only (reached through libvirt, never a TCP port), a
 /// serial console, and vmdesk's marker (install id, VM id and name) in its
 /// metadata.
 pub fn domain(spec: &MachineSpec, virt: VirtType, disk: Option<&DiskRef<'_>>) -> String {
-    domain_with_uuid(spec, virt, disk, None, Some(SYSTEM_LOG_DIR))
+    let devices = Devices {
+        disk: disk.cloned(),
+        ..Devices::default()
+    };
+    domain_with_uuid(spec, virt, &devices, None, Some(SYSTEM_LOG_DIR))
 }
 
 /// Where a system daemon (`qemu:///system`) keeps its domains' logs.
@@ -69,17 +95,17 @@ pub fn serial_log(log_dir: &str, machine: &str) -> String {
 pub fn domain_on(
     spec: &MachineSpec,
     virt: VirtType,
-    disk: Option<&DiskRef<'_>>,
+    devices: &Devices<'_>,
     uuid: Option<&str>,
     log_dir: Option<&str>,
 ) -> String {
-    domain_with_uuid(spec, virt, disk, uuid, log_dir)
+    domain_with_uuid(spec, virt, devices, uuid, log_dir)
 }
 
 fn domain_with_uuid(
     spec: &MachineSpec,
     virt: VirtType,
-    disk: Option<&DiskRef<'_>>,
+    devices: &Devices<'_>,
     uuid: Option<&str>,
     log_dir: Option<&str>,
 ) -> String {
@@ -132,7 +158,7 @@ fn domain_with_uuid(
                     Ok(())
                 })?;
                 w.create_element("devices").write_inner_content(|w| {
-                    if let Some(d) = disk {
+                    if let Some(d) = &devices.disk {
                         w.create_element("disk")
                             .with_attributes([("type", "volume"), ("device", "disk")])
                             .write_inner_content(|w| {
@@ -144,6 +170,43 @@ fn domain_with_uuid(
                                     .write_empty()?;
                                 w.create_element("target")
                                     .with_attributes([("dev", "vda"), ("bus", "virtio")])
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                    }
+                    if let Some(d) = &devices.seed {
+                        w.create_element("disk")
+                            .with_attributes([("type", "volume"), ("device", "disk")])
+                            .write_inner_content(|w| {
+                                w.create_element("driver")
+                                    .with_attributes([("name", "qemu"), ("type", "raw")])
+                                    .write_empty()?;
+                                w.create_element("source")
+                                    .with_attributes([("pool", d.pool), ("volume", d.volume)])
+                                    .write_empty()?;
+                                w.create_element("target")
+                                    .with_attributes([("dev", "vdb"), ("bus", "virtio")])
+                                    .write_empty()?;
+                                w.create_element("readonly").write_empty()?;
+                                Ok(())
+                            })?;
+                    }
+                    if let Some(nic) = &devices.nic {
+                        let (kind, source) = match nic {
+                            Nic::Network(n) => ("network", Some(("network", *n))),
+                            Nic::Bridge(b) => ("bridge", Some(("bridge", *b))),
+                            Nic::User => ("user", None),
+                        };
+                        w.create_element("interface")
+                            .with_attribute(("type", kind))
+                            .write_inner_content(|w| {
+                                if let Some(attr) = source {
+                                    w.create_element("source")
+                                        .with_attribute(attr)
+                                        .write_empty()?;
+                                }
+                                w.create_element("model")
+                                    .with_attribute(("type", "virtio"))
                                     .write_empty()?;
                                 Ok(())
                             })?;
@@ -282,6 +345,43 @@ pub fn copy_volume(name: &str, bytes: u64, format: &str) -> String {
     volume_xml(name, (&bytes.to_string(), "bytes"), format, None)
 }
 
+/// The XML of vmdesk's NAT network `name` on bridge `bridge`: the subnet
+/// 192.168.`third`.0/24, the host at .1, DHCP from .10 (libvirt's dnsmasq),
+/// NAT to the host's uplinks.
+pub fn nat_network(name: &str, bridge: &str, third: u8) -> String {
+    let net = format!("192.168.{third}");
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    let written: io::Result<_> = w.create_element("network").write_inner_content(|w| {
+        text(w, "name", name)?;
+        w.create_element("forward")
+            .with_attribute(("mode", "nat"))
+            .write_empty()?;
+        w.create_element("bridge")
+            .with_attributes([("name", bridge), ("stp", "on"), ("delay", "0")])
+            .write_empty()?;
+        w.create_element("ip")
+            .with_attributes([
+                ("address", format!("{net}.1").as_str()),
+                ("netmask", "255.255.255.0"),
+            ])
+            .write_inner_content(|w| {
+                w.create_element("dhcp").write_inner_content(|w| {
+                    w.create_element("range")
+                        .with_attributes([
+                            ("start", format!("{net}.10").as_str()),
+                            ("end", format!("{net}.254").as_str()),
+                        ])
+                        .write_empty()?;
+                    Ok(())
+                })?;
+                Ok(())
+            })?;
+        Ok(())
+    });
+    debug_assert!(written.is_ok());
+    String::from_utf8(w.into_inner()).unwrap_or_default()
+}
+
 /// The XML of a directory storage pool.
 pub fn dir_pool(name: &str, path: &str) -> String {
     let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
@@ -313,6 +413,8 @@ mod tests {
             disk_gb: 1,
             os_type: "blank".into(),
             image: None,
+            network: Default::default(),
+            seed: None,
         }
     }
 
@@ -321,7 +423,7 @@ mod tests {
         let xml = domain_on(
             &spec("a"),
             VirtType::Qemu,
-            None,
+            &Devices::default(),
             None,
             Some("/home/u/.cache/libvirt/qemu/log"),
         );
@@ -336,7 +438,7 @@ mod tests {
 
     #[test]
     fn without_a_log_dir_the_serial_console_is_not_logged() {
-        let xml = domain_on(&spec("a"), VirtType::Qemu, None, None, None);
+        let xml = domain_on(&spec("a"), VirtType::Qemu, &Devices::default(), None, None);
         assert!(xml.contains(r#"<serial type="pty"/>"#), "{xml}");
         assert!(!xml.contains("<log "), "{xml}");
     }
@@ -387,6 +489,73 @@ mod tests {
     }
 
     #[test]
+    fn the_seed_is_a_read_only_raw_disk_and_the_nic_a_virtio_one() {
+        let devices = |nic| Devices {
+            disk: None,
+            seed: Some(DiskRef {
+                pool: "vmdesk",
+                volume: "a-seed.img",
+            }),
+            nic,
+        };
+        let xml = domain_on(
+            &spec("a"),
+            VirtType::Qemu,
+            &devices(Some(Nic::Network("vmdesk"))),
+            None,
+            None,
+        );
+        let seed = &xml[xml.find(r#"volume="a-seed.img""#).expect("seed")..];
+        assert!(
+            seed.contains(r#"<target dev="vdb" bus="virtio"/>"#),
+            "{xml}"
+        );
+        assert!(seed.contains("<readonly/>"), "{xml}");
+        assert!(xml.contains(r#"<driver name="qemu" type="raw"/>"#), "{xml}");
+        assert!(xml.contains(r#"<interface type="network">"#), "{xml}");
+        assert!(xml.contains(r#"<source network="vmdesk"/>"#), "{xml}");
+        assert!(xml.contains(r#"<model type="virtio"/>"#), "{xml}");
+        let bridged = domain_on(
+            &spec("a"),
+            VirtType::Qemu,
+            &devices(Some(Nic::Bridge("br0"))),
+            None,
+            None,
+        );
+        assert!(
+            bridged.contains(r#"<interface type="bridge">"#),
+            "{bridged}"
+        );
+        assert!(bridged.contains(r#"<source bridge="br0"/>"#), "{bridged}");
+        let user = domain_on(
+            &spec("a"),
+            VirtType::Qemu,
+            &devices(Some(Nic::User)),
+            None,
+            None,
+        );
+        assert!(user.contains(r#"<interface type="user">"#), "{user}");
+        let none = domain_on(&spec("a"), VirtType::Qemu, &devices(None), None, None);
+        assert!(!none.contains("<interface"), "{none}");
+    }
+
+    /// The XML of vmdesk's NAT network.
+    #[test]
+    fn the_nat_network_has_dhcp_on_its_subnet() {
+        let xml = nat_network("vmdesk", "vmdesk0", 213);
+        assert!(xml.contains(r#"<forward mode="nat"/>"#), "{xml}");
+        assert!(xml.contains(r#"<bridge name="vmdesk0""#), "{xml}");
+        assert!(
+            xml.contains(r#"<ip address="192.168.213.1" netmask="255.255.255.0">"#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<range start="192.168.213.10" end="192.168.213.254"/>"#),
+            "{xml}"
+        );
+    }
+
+    #[test]
     fn an_overlay_volume_names_its_backing_file() {
         let xml = volume("a.qcow2", 20, Some("/images/base.qcow2"));
         assert!(
@@ -420,7 +589,13 @@ mod tests {
     #[test]
     fn a_redefinition_keeps_the_domains_uuid() {
         let uuid = "0b5b8a4e-6f1c-4a3e-9d5e-1c2b3a4d5e6f";
-        let xml = domain_on(&spec("a"), VirtType::Qemu, None, Some(uuid), None);
+        let xml = domain_on(
+            &spec("a"),
+            VirtType::Qemu,
+            &Devices::default(),
+            Some(uuid),
+            None,
+        );
         assert!(xml.contains(&format!("<uuid>{uuid}</uuid>")), "{xml}");
         assert!(!domain(&spec("a"), VirtType::Qemu, None).contains("<uuid>"));
     }

@@ -15,6 +15,8 @@ fn spec(name: &str) -> MachineSpec {
         disk_gb: 1,
         os_type: "blank".into(),
         image: None,
+        network: Default::default(),
+        seed: None,
     }
 }
 

@@ -12,6 +12,7 @@ pub const STEPS: &[&str] = &[
     include_str!("../sql/004_speed.sql"),
     include_str!("../sql/005_admin.sql"),
     include_str!("../sql/006_hosts.sql"),
+    include_str!("../sql/007_network.sql"),
 ];
 
 /// The store's roles, named after its database so that one cluster can hold

@@ -996,6 +996,34 @@ impl Vms for PgStore {
         Ok(changes)
     }
 
+    fn vm_addresses(
+        &self,
+        seen: Vec<vmdesk_core::SeenAddress>,
+        source: &str,
+    ) -> CoreResult<Vec<vmdesk_core::AddressChange>> {
+        let _changed = self.changed();
+        let mut out = Vec::new();
+        for a in seen {
+            let port = a.ssh_port.and_then(|p| i32::try_from(p).ok());
+            let r = self.conn.with(|c| {
+                c.query_one(
+                    "SELECT vm, was FROM vmdesk.vm_address($1, $2, $3, $4, $5)",
+                    &[&a.vm_id, &a.ip, &port, &a.learned, &source],
+                )
+            })?;
+            if let Some(vm) = r.get::<_, Option<String>>(0) {
+                out.push(vmdesk_core::AddressChange {
+                    vm,
+                    was: r.get(1),
+                    now: a.ip,
+                    learned: a.learned,
+                    source: source.to_owned(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
     fn vm_import(
         &self,
         host: &str,

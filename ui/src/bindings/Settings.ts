@@ -3,6 +3,7 @@ import type { AzureSettings } from "./AzureSettings";
 import type { BillingSettings } from "./BillingSettings";
 import type { ConsoleSettings } from "./ConsoleSettings";
 import type { DesktopSettings } from "./DesktopSettings";
+import type { NetworkSettings } from "./NetworkSettings";
 import type { StoreSettings } from "./StoreSettings";
 import type { SyncSettings } from "./SyncSettings";
 
@@ -33,4 +34,8 @@ desktop: DesktopSettings,
 /**
  * The store this desk works on (set by `vmdesk login` and `logout`).
  */
-store: StoreSettings, };
+store: StoreSettings, 
+/**
+ * VM networks and SSH, per host.
+ */
+network: NetworkSettings, };

@@ -391,6 +391,50 @@ impl Vms for Embedded<'_> {
         Ok(changes)
     }
 
+    fn vm_addresses(
+        &self,
+        seen: Vec<crate::SeenAddress>,
+        source: &str,
+    ) -> Result<Vec<crate::AddressChange>> {
+        {
+            let conn = self.core.db();
+            if self.me(&conn)?.role != Role::Admin {
+                return Err(Error::AdminOnly("sync VMs"));
+            }
+        }
+        self.core.write(|tx| {
+            let mut out = Vec::new();
+            for a in &seen {
+                let row: Option<(String, Option<String>, Option<i64>, VmStatus)> = tx
+                    .prepare_cached("SELECT name, ip_address, ssh_port, status FROM vms WHERE id = ?1")?
+                    .query_row([a.vm_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()?;
+                let Some((name, ip, port, status)) = row else { continue };
+                if (ip.as_deref(), port) == (a.ip.as_deref(), a.ssh_port) || status == VmStatus::Destroyed {
+                    continue;
+                }
+                tx.prepare_cached("UPDATE vms SET ip_address = ?2, ssh_port = ?3, updated_at = ?4 WHERE id = ?1")?
+                    .execute(params![a.vm_id, a.ip, a.ssh_port, now()])?;
+                if ip != a.ip {
+                    events::record(
+                        tx,
+                        NewEvent::info(EventType::Vm, "vm.address", SYSTEM,
+                                       json!({"vm": name, "was": ip, "now": a.ip, "learned": a.learned, "source": source}))
+                            .vm(a.vm_id),
+                    )?;
+                    out.push(crate::AddressChange {
+                        vm: name,
+                        was: ip,
+                        now: a.ip.clone(),
+                        learned: a.learned.clone(),
+                        source: source.to_owned(),
+                    });
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn vm_import(
         &self,
         host_name: &str,
