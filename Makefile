@@ -58,6 +58,7 @@ bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-tests --bench create
 	cargo bench -p vmdesk-tests --bench drift
 	cargo bench -p vmdesk-tests --bench azure_sync
+	cargo bench -p vmdesk-tests --bench ssh_ready
 	cargo bench -p vmdesk-tests --bench console
 	cargo bench -p vmdesk-tests --bench remote_console
 	@bash scripts/setup-system.sh bench

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-target/os}"
 IMG="$OUT/tiny-linux.qcow2"
 # Raised whenever what goes into the image changes, so that `make` rebuilds it.
-VERSION=2
+VERSION=3
 STAMP="$OUT/tiny-linux.version"
 if [ -f "$IMG" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
   echo "tiny-linux: $IMG exists (version $VERSION)"; exit 0
@@ -20,7 +20,8 @@ fi
 
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=""
-for p in busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio qemu-utils dropbear-bin; do
+for p in busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio qemu-utils dropbear-bin \
+         libglib2.0-0 libnuma1 libudev1 liburing2; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -34,6 +35,10 @@ kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {
 (cd "$work" && apt-get download -q "$kpkg" >/dev/null)
 dpkg-deb -x "$work"/"$kpkg"_*.deb "$work/kernel"
 vmlinuz=$(ls "$work"/kernel/boot/vmlinuz-*)
+# QEMU's guest agent (it tells the host the guest's addresses), from its
+# package; the libraries it links are the host's (installed above).
+(cd "$work" && apt-get download -q qemu-guest-agent >/dev/null 2>&1)
+dpkg-deb -x "$work"/qemu-guest-agent_*.deb "$work/qga"
 
 # The initramfs: busybox, the kernel modules for virtio disks and NICs and
 # vfat, dropbear with the libraries it links, and the init.
@@ -55,11 +60,12 @@ add_module() {
   cp "$path" "$root/lib/modules/"
   echo "$name.ko" >> "$root/lib/modules/order"
 }
-for m in virtio_pci virtio_blk virtio_net vfat nls_cp437 nls_ascii button evdev; do add_module "$m"; done
-# dropbear and dropbearconvert, with every library they link.
+for m in virtio_pci virtio_blk virtio_net virtio_console vfat nls_cp437 nls_ascii button evdev; do add_module "$m"; done
+# dropbear, dropbearconvert and qemu-ga, with every library they link.
 cp /usr/sbin/dropbear "$root/sbin/dropbear"
 cp /usr/lib/dropbear/dropbearconvert "$root/bin/dropbearconvert" 2>/dev/null || cp /usr/bin/dropbearconvert "$root/bin/dropbearconvert"
-for lib in $(ldd /usr/sbin/dropbear /usr/lib/dropbear/dropbearconvert 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | sort -u); do
+cp "$work/qga/usr/sbin/qemu-ga" "$root/sbin/qemu-ga"
+for lib in $(ldd /usr/sbin/dropbear /usr/lib/dropbear/dropbearconvert "$work/qga/usr/sbin/qemu-ga" 2>/dev/null | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | sort -u); do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
@@ -141,6 +147,12 @@ for n in /sys/class/net/*; do
   udhcpc -i "$n" -b -t 10 -T 2 -A 5 -s /etc/udhcpc/default.script
 done
 acpid
+# The guest agent, on the virtio port libvirt names org.qemu.guest_agent.0.
+mkdir -p /var/run
+for p in /sys/class/virtio-ports/*; do
+  [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
+  qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -l /var/log/qemu-ga.log
+done
 # SSH: keys only (-s), root may log in, host key from the seed or made now (-R).
 dropbear -R -s -E 2>/var/log/dropbear.log
 for tty in tty1 ttyS0; do

@@ -101,7 +101,7 @@ for path in \
   "$STATE_DIR" \
   "$PG_DIR" \
   /run/vmdesk-remote \
-  /var/lib/vmdesk-remote \
+  /var/lib/vmdr \
   /etc/ssh/ssh_config.d/vmdesk-remote-host.conf \
   target/os \
   ui/dist; do
@@ -110,4 +110,16 @@ for path in \
     say "removed $path"
   fi
 done
+# The remote host's bridge permission for qemu-bridge-helper, and the
+# helper's setuid bit (a dpkg-statoverride of scripts/remote-host.sh).
+if [ -f /etc/qemu/bridge.conf ] && grep -qx "allow vmdbr0" /etc/qemu/bridge.conf; then
+  sed -i '/^allow vmdbr0$/d' /etc/qemu/bridge.conf
+  [ -s /etc/qemu/bridge.conf ] || rm -f /etc/qemu/bridge.conf
+  say "removed vmdbr0 from /etc/qemu/bridge.conf"
+fi
+if dpkg-statoverride --list /usr/lib/qemu/qemu-bridge-helper >/dev/null 2>&1; then
+  dpkg-statoverride --remove /usr/lib/qemu/qemu-bridge-helper >/dev/null
+  chmod 0755 /usr/lib/qemu/qemu-bridge-helper
+  say "removed the setuid bit of qemu-bridge-helper"
+fi
 say "set-up must now make these again"

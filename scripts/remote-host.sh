@@ -20,8 +20,16 @@
 # /etc/ssh/ssh_config.d/vmdesk-remote-host.conf points ssh (root's, and so
 # libvirt's ssh transport and vmdesk's console channel) at that key and
 # known_hosts for the namespace's address only. The remote user's home is
-# /var/lib/vmdesk-remote (its session daemon keeps disks under
+# /var/lib/vmdr (its session daemon keeps disks under
 # ~/.local/share/libvirt/images/vmdesk, the pool vmdesk).
+#
+# The host's VM network, as its admin would set it up for a session daemon
+# (which cannot make bridges itself): a bridge vmdbr0 at 10.213.48.1/24 in
+# the namespace, dnsmasq (root) giving DHCP leases on it, and QEMU's
+# qemu-bridge-helper allowed on it (/etc/qemu/bridge.conf, the helper setuid
+# root through dpkg-statoverride). The desk names it in its settings:
+# [network.hosts.remote] bridge = "vmdbr0". The desk has no route to it:
+# `vmdesk ssh` reaches the VMs through the host's sshd (ssh -J).
 set -euo pipefail
 
 NS="${VMDESK_REMOTE_NS:-vmdesk-remote}"
@@ -29,8 +37,11 @@ DESK_IF=vmdr0
 HOST_IF=vmdr1
 DESK_ADDR=10.213.47.1
 HOST_ADDR=10.213.47.2
+VM_BRIDGE=vmdbr0
+VM_NET=10.213.48
+BRIDGE_HELPER=/usr/lib/qemu/qemu-bridge-helper
 RUSER=vmdesk-remote
-RHOME=/var/lib/vmdesk-remote
+RHOME=/var/lib/vmdr
 STATE=/run/vmdesk-remote
 SSH_CONF=/etc/ssh/ssh_config.d/vmdesk-remote-host.conf
 URI="qemu+ssh://$RUSER@$HOST_ADDR/session"
@@ -68,6 +79,29 @@ network() {
   ip link set "$DESK_IF" up
   in_ns ip addr replace "$HOST_ADDR/30" dev "$HOST_IF"
   in_ns ip link set "$HOST_IF" up
+}
+
+vm_network() {
+  if ! in_ns ip link show "$VM_BRIDGE" >/dev/null 2>&1; then
+    in_ns ip link add "$VM_BRIDGE" type bridge
+  fi
+  in_ns ip addr replace "$VM_NET.1/24" dev "$VM_BRIDGE"
+  in_ns ip link set "$VM_BRIDGE" up
+  if ! daemon_pid "$STATE/dnsmasq.pid" >/dev/null; then
+    in_ns dnsmasq --conf-file=/dev/null --port=0 --bind-interfaces --interface="$VM_BRIDGE" \
+      --except-interface=lo --dhcp-range="$VM_NET.10,$VM_NET.254,1h" \
+      --dhcp-leasefile="$STATE/dnsmasq.leases" --pid-file="$STATE/dnsmasq.pid"
+  fi
+  mkdir -p /etc/qemu
+  grep -qx "allow $VM_BRIDGE" /etc/qemu/bridge.conf 2>/dev/null || echo "allow $VM_BRIDGE" >> /etc/qemu/bridge.conf
+  # The helper opens /dev/net/tun as the user (with CAP_NET_ADMIN only):
+  # it needs the mode udev gives it on Debian, 0666 (a container may have 0600).
+  [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ] && chmod 0666 /dev/net/tun
+  if [ ! -u "$BRIDGE_HELPER" ]; then
+    dpkg-statoverride --list "$BRIDGE_HELPER" >/dev/null 2>&1 || \
+      dpkg-statoverride --update --add root root 4755 "$BRIDGE_HELPER"
+    chmod 4755 "$BRIDGE_HELPER"
+  fi
 }
 
 remote_user() {
@@ -108,8 +142,13 @@ AuthenticationMethods publickey
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-# Consoles come through `nc -U` in a session; no forwarding of any kind.
-DisableForwarding yes
+# Consoles come through `nc -U` in a session. TCP forwarding from the desk
+# only (ssh -J to the VMs' SSH ports); nothing else is forwarded.
+AllowTcpForwarding local
+PermitOpen any
+AllowStreamLocalForwarding no
+AllowAgentForwarding no
+X11Forwarding no
 PermitTunnel no
 LogLevel VERBOSE
 CONF
@@ -152,6 +191,7 @@ start() {
   network
   remote_user
   keys
+  vm_network
   sshd_up
   libvirtd_up
   storage_pool
@@ -177,6 +217,8 @@ kill_daemons() {
 
 stop() {
   kill_daemons
+  local pid
+  if pid=$(daemon_pid "$STATE/dnsmasq.pid"); then kill "$pid"; fi
   pkill -u "$RUSER" 2>/dev/null || true
   [ -e "/run/netns/$NS" ] && ip netns delete "$NS"
   ip link delete "$DESK_IF" 2>/dev/null || true
@@ -200,6 +242,7 @@ case "${1:-start}" in
     echo "VMDESK_REMOTE_NS=$NS"
     echo "VMDESK_REMOTE_ADDR=$HOST_ADDR"
     echo "VMDESK_REMOTE_USER=$RUSER"
+    echo "VMDESK_REMOTE_BRIDGE=$VM_BRIDGE"
     ;;
   *) echo "usage: $0 [start|stop|freeze|thaw|kill-daemons|status|env]" >&2; exit 2 ;;
 esac

@@ -39,6 +39,9 @@ SEED_PKGS="openssh-client dosfstools mtools"
 # DHCP and DNS and sets NAT with iptables (nf_tables) for vmdesk's network;
 # tiny-linux carries Debian's dropbear as its SSH server.
 NET_PKGS="dnsmasq-base iptables dropbear-bin"
+# The window's *Open terminal* (a terminal emulator: x-terminal-emulator)
+# and reading the clipboard under Xvfb in its tests.
+TERMINAL_PKGS="xterm xclip"
 
 missing() {
   local out=()
@@ -48,7 +51,7 @@ missing() {
   echo "${out[@]:-}"
 }
 
-need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS $SEED_PKGS $NET_PKGS)
+need_base=$(missing $TAURI_PKGS $LIBVIRT_PKGS $KEYRING_PKGS $BENCH_PKGS $DESKTOP_BENCH_PKGS $PG_PKGS $REMOTE_PKGS $SEED_PKGS $NET_PKGS $TERMINAL_PKGS)
 need_qemu=$(missing $QEMU_PKGS)
 need_node=""
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need_node=$NODE_PKGS

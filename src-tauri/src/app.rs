@@ -514,6 +514,49 @@ async fn host_import(
     .await
 }
 
+/// How the actor logs in to a VM by SSH: the command line to paste.
+#[tauri::command]
+async fn ssh_command(ctx: State<'_, Ctx>, vm: String) -> Result<String, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.ssh_target(actor, &vm).map(|t| t.command_line())
+    })
+    .await
+}
+
+/// Puts the SSH command of a VM on the desktop's clipboard; returns it.
+#[tauri::command]
+async fn copy_ssh_command(
+    app: AppHandle,
+    ctx: State<'_, Ctx>,
+    vm: String,
+) -> Result<String, ApiError> {
+    let line = blocking(&ctx, move |core, actor| {
+        core.ssh_target(actor, &vm).map(|t| t.command_line())
+    })
+    .await?;
+    copy_text(&app, &line)?;
+    Ok(line)
+}
+
+fn copy_text(app: &AppHandle, text: &str) -> Result<(), ApiError> {
+    use tauri_plugin_clipboard_manager::ClipboardExt;
+    app.clipboard().write_text(text).map_err(|e| ApiError {
+        code: "clipboard",
+        message: format!("the clipboard cannot be written: {e}"),
+    })
+}
+
+/// Opens the desktop's terminal emulator logged in to a VM; returns the
+/// terminal's name.
+#[tauri::command]
+async fn open_terminal(ctx: State<'_, Ctx>, vm: String) -> Result<String, ApiError> {
+    let target = blocking(&ctx, move |core, actor| core.ssh_target(actor, &vm)).await?;
+    crate::terminal::open("ssh", &target.args()).map_err(|e| ApiError {
+        code: "no_terminal",
+        message: e.to_string(),
+    })
+}
+
 /// An error as the window gets it: a stable code and the core's sentence.
 #[derive(Debug, Serialize)]
 struct ApiError {
@@ -881,12 +924,15 @@ fn tray_model(core: &Core, actor: &str) -> Option<TrayModel> {
     let user = core.user(actor).ok()?;
     let own = core.vm_list_own(actor).ok()?;
     let sessions = core.session_list(actor, false).ok()?;
-    Some(tray::model(
-        &user,
-        &own,
-        &sessions,
-        recent_warnings(core, actor),
-    ))
+    let mut m = tray::model(&user, &own, &sessions, recent_warnings(core, actor));
+    // Addresses: own VMs' from their rows, a session's VM's asked for.
+    for v in &mut m.vms {
+        v.ip = match own.iter().find(|o| o.name == v.name) {
+            Some(o) => o.ip_address.clone(),
+            None => core.vm_show(actor, &v.name).ok().and_then(|o| o.ip_address),
+        };
+    }
+    Some(m)
 }
 
 fn tray_icon(app: &AppHandle, look: Look) -> Option<Image<'static>> {
@@ -915,11 +961,26 @@ fn tray_menu(app: &AppHandle, m: &TrayModel) -> tauri::Result<Menu<tauri::Wry>> 
             None => (TrayAction::Stop(vm.name.clone()).id(), "Stop".to_owned()),
         };
         let stop = MenuItem::with_id(app, stop_id, stop_label, vm.stoppable(), None::<&str>)?;
+        let reachable = vm.stoppable() && vm.ip.is_some();
+        let copy = MenuItem::with_id(
+            app,
+            TrayAction::CopySsh(vm.name.clone()).id(),
+            "Copy SSH command",
+            reachable,
+            None::<&str>,
+        )?;
+        let terminal = MenuItem::with_id(
+            app,
+            TrayAction::Terminal(vm.name.clone()).id(),
+            "Open terminal",
+            reachable,
+            None::<&str>,
+        )?;
         menu.append(&Submenu::with_items(
             app,
             vm.label(),
             true,
-            &[&console, &stop],
+            &[&console, &copy, &terminal, &stop],
         )?)?;
     }
     if m.more > 0 {
@@ -1011,6 +1072,27 @@ fn on_tray_action(app: &AppHandle, action: TrayAction) {
         TrayAction::Console(vm) => {
             show_window(app);
             let _ = app.emit(OPEN_CONSOLE, vm);
+        }
+        TrayAction::CopySsh(vm) => {
+            let app = app.clone();
+            run(Box::new(move || {
+                let line = core.ssh_target(&actor, &vm)?.command_line();
+                match copy_text(&app, &line) {
+                    Ok(()) => notify(&app, &format!("SSH command of {vm} copied"), &line),
+                    Err(e) => notify(&app, "Copy SSH command", &e.message),
+                }
+                Ok(())
+            }))
+        }
+        TrayAction::Terminal(vm) => {
+            let app = app.clone();
+            run(Box::new(move || {
+                let target = core.ssh_target(&actor, &vm)?;
+                if let Err(e) = crate::terminal::open("ssh", &target.args()) {
+                    notify(&app, "Open terminal", &e.to_string());
+                }
+                Ok(())
+            }))
         }
         TrayAction::Stop(vm) => {
             let app = app.clone();
@@ -1264,6 +1346,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
         )
         .plugin(tauri_plugin_window_state::Builder::default().build())
         .plugin(tauri_plugin_notification::init())
+        .plugin(tauri_plugin_clipboard_manager::init())
         .manage(Ctx {
             core: Arc::clone(&core),
             actor: actor.clone(),
@@ -1279,6 +1362,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             started,
         })
         .invoke_handler(tauri::generate_handler![
+            ssh_command,
+            copy_ssh_command,
+            open_terminal,
             overview,
             open_session,
             close_session,

@@ -1334,7 +1334,7 @@ fn broken_pipe(e: &anyhow::Error) -> bool {
 fn vm_table(vms: &[vmdesk_core::Vm]) -> String {
     table(
         &[
-            "NAME", "STATUS", "POOL", "OWNER", "HOST", "TYPE", "RAM_MB", "CPUS",
+            "NAME", "STATUS", "POOL", "OWNER", "HOST", "IP", "TYPE", "RAM_MB", "CPUS",
         ],
         vms.iter().map(|v| {
             vec![
@@ -1343,6 +1343,7 @@ fn vm_table(vms: &[vmdesk_core::Vm]) -> String {
                 v.pool.clone().unwrap_or_else(|| "-".into()),
                 v.owner.clone().unwrap_or_else(|| "-".into()),
                 v.host.clone(),
+                v.ip_address.clone().unwrap_or_else(|| "-".into()),
                 v.vm_type.clone(),
                 v.ram_mb.to_string(),
                 v.cpu_cores.to_string(),

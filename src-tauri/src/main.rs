@@ -9,6 +9,7 @@ mod serve;
 mod store;
 mod supervise;
 mod team_watch;
+mod terminal;
 mod tray;
 mod watch;
 

@@ -28,14 +28,21 @@ pub struct TrayVm {
     pub session: Option<i64>,
     /// Its state in words ("running", "stopping", "closing", "starting").
     pub state: &'static str,
+    /// Its IPv4 address, where known.
+    pub ip: Option<String>,
 }
 
 impl TrayVm {
     /// The menu label: name and state, and the session it belongs to.
     pub fn label(&self) -> String {
+        let ip = self
+            .ip
+            .as_deref()
+            .map(|ip| format!(", {ip}"))
+            .unwrap_or_default();
         match self.session {
-            Some(id) => format!("{} (session {id}, {})", self.name, self.state),
-            None => format!("{} ({})", self.name, self.state),
+            Some(id) => format!("{} (session {id}, {}{ip})", self.name, self.state),
+            None => format!("{} ({}{ip})", self.name, self.state),
         }
     }
 
@@ -71,6 +78,10 @@ pub enum TrayAction {
     Quit,
     /// Open a VM's console in the window.
     Console(String),
+    /// Put a VM's SSH command on the clipboard.
+    CopySsh(String),
+    /// Open a terminal logged in to a VM.
+    Terminal(String),
     /// Stop a user's own VM.
     Stop(String),
     /// Close a session (its VM is stopped and returned to the pool).
@@ -84,6 +95,8 @@ impl TrayAction {
             Self::Show => "show".into(),
             Self::Quit => "quit".into(),
             Self::Console(vm) => format!("console:{vm}"),
+            Self::CopySsh(vm) => format!("copy-ssh:{vm}"),
+            Self::Terminal(vm) => format!("terminal:{vm}"),
             Self::Stop(vm) => format!("stop:{vm}"),
             Self::CloseSession(id) => format!("close:{id}"),
         }
@@ -95,6 +108,8 @@ impl TrayAction {
             None if id == "show" => Some(Self::Show),
             None if id == "quit" => Some(Self::Quit),
             Some(("console", vm)) if !vm.is_empty() => Some(Self::Console(vm.into())),
+            Some(("copy-ssh", vm)) if !vm.is_empty() => Some(Self::CopySsh(vm.into())),
+            Some(("terminal", vm)) if !vm.is_empty() => Some(Self::Terminal(vm.into())),
             Some(("stop", vm)) if !vm.is_empty() => Some(Self::Stop(vm.into())),
             Some(("close", id)) => id.parse().ok().map(Self::CloseSession),
             _ => None,
@@ -130,6 +145,7 @@ pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> 
                 name: s.vm_name.clone(),
                 session: Some(s.id),
                 state: session_state(s)?,
+                ip: None,
             })
         })
         .chain(own.iter().filter_map(|v| {
@@ -143,6 +159,7 @@ pub fn model(user: &User, own: &[Vm], sessions: &[Session], warnings: usize) -> 
                 name: v.name.clone(),
                 session: None,
                 state,
+                ip: v.ip_address.clone(),
             })
         }))
         .collect();
@@ -522,27 +539,39 @@ mod tests {
                     name: "api".into(),
                     session: None,
                     state: "running",
+                    ip: None,
                 },
                 TrayVm {
                     name: "lab-1".into(),
                     session: Some(7),
                     state: "running",
+                    ip: None,
                 },
                 TrayVm {
                     name: "lab-2".into(),
                     session: Some(8),
                     state: "starting",
+                    ip: None,
                 },
                 TrayVm {
                     name: "web".into(),
                     session: None,
                     state: "running",
+                    ip: None,
                 },
             ]
         );
         assert_eq!(m.summary, "120 credits · 3 running · 1 active session");
         assert_eq!(m.vms[1].label(), "lab-1 (session 7, running)");
         assert_eq!(m.vms[0].label(), "api (running)");
+        let reachable = TrayVm {
+            ip: Some("192.168.213.20".into()),
+            ..m.vms[1].clone()
+        };
+        assert_eq!(
+            reachable.label(),
+            "lab-1 (session 7, running, 192.168.213.20)"
+        );
         assert_eq!(m.look, Look::Running);
         assert_eq!(
             m.tooltip,
@@ -602,6 +631,8 @@ mod tests {
             TrayAction::Show,
             TrayAction::Quit,
             TrayAction::Console("web-1".into()),
+            TrayAction::CopySsh("web-1".into()),
+            TrayAction::Terminal("web-1".into()),
             TrayAction::Stop("a:b".into()),
             TrayAction::CloseSession(42),
         ] {

@@ -16,7 +16,7 @@ use vmdesk_libvirt::ssh::SshTarget;
 use vmdesk_tests::remote::Remote;
 
 const BYTES: u64 = 1 << 30;
-const SOCKET: &str = "/var/lib/vmdesk-remote/bench-source.sock";
+const SOCKET: &str = "/var/lib/vmdr/bench-source.sock";
 
 /// The source (`runuser` kept for its kill on drop; its child by name).
 struct Source(#[allow(dead_code)] vmdesk_tests::KillOnDrop);

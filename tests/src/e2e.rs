@@ -27,6 +27,8 @@ pub fn artifacts() -> PathBuf {
 pub struct App {
     /// The WebDriver client.
     pub c: Client,
+    /// The X display the app runs on (`:N`).
+    pub display: String,
     name: String,
     shots: AtomicU32,
     /// Stops the X server's watch; dropped before the driver and the X
@@ -138,6 +140,7 @@ pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
     );
     App {
         c,
+        display: display.clone(),
         name: name.to_owned(),
         shots: AtomicU32::new(0),
         _watch: Watch(closing),

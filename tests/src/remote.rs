@@ -54,7 +54,7 @@ impl Remote {
     }
 
     /// A desk with the local QEMU host `local` and this host as `remote`,
-    /// tiny-linux in its catalog (96 MB, as `make run` imports it) and
+    /// tiny-linux in its catalog (128 MB, as `make run` imports it) and
     /// credits for the admin.
     pub fn desk(&self) -> Vmdesk {
         let v = Vmdesk::new();
@@ -68,7 +68,7 @@ impl Remote {
             "tiny-linux",
             image.to_str().expect("path"),
             "--min-ram-mb",
-            "96",
+            "128",
         ]);
         v
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use vmdesk_tests::{e2e, has_shell, tiny_linux, Machine, PoolVolumes, Vmdesk};
 
 /// What make run records for tiny-linux (scripts/run.sh, TINY_MIN_RAM_MB).
-const TINY_MIN_RAM_MB: &str = "96";
+const TINY_MIN_RAM_MB: &str = "128";
 
 #[test]
 fn a_new_users_first_run_launches_a_vm_that_boots_to_a_shell() {

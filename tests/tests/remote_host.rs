@@ -190,7 +190,7 @@ fn a_vm_that_fits_no_host_is_refused_before_anything_is_charged() {
 fn a_remote_machine_whose_row_is_lost_is_quarantined_there_and_purged() {
     let Some(remote) = Remote::get() else { return };
     let v = remote.desk();
-    let (vm, _gone) = remote.create(&v, "lost", "96", Some("remote"));
+    let (vm, _gone) = remote.create(&v, "lost", "128", Some("remote"));
     let machine = vm["provider_id"].as_str().expect("machine").to_owned();
     // As if the database had lost the row (restored from an older copy, say).
     v.db()
@@ -215,4 +215,64 @@ fn a_remote_machine_whose_row_is_lost_is_quarantined_there_and_purged() {
         "the domain is gone"
     );
     assert_eq!(disk(), "", "the disk is gone");
+}
+
+#[test]
+fn a_remote_vm_on_its_hosts_bridge_gets_an_address_and_ssh_goes_through_the_host() {
+    let Some(remote) = Remote::get() else { return };
+    let v = remote.desk();
+    // The remote host's own network: the bridge its admin made for the
+    // session daemon (scripts/remote-host.sh), named in the desk's settings.
+    v.write_settings("[network.hosts.remote]\nbridge = \"vmdbr0\"\n");
+    let (vm, _guard) = remote.create(&v, "rnet", "128", Some("remote"));
+    assert_eq!(vm["status"], "RUNNING", "{vm}");
+    let machine = vm["provider_id"].as_str().expect("machine");
+    let xml = remote.virsh(&["dumpxml", machine]);
+    assert!(xml.contains("<source bridge='vmdbr0'/>"), "{xml}");
+
+    // No lease that libvirt knows (dnsmasq is the host's own): the guest
+    // agent tells the address.
+    let mut ip = String::new();
+    wait_for("an address", Duration::from_secs(90), || {
+        v.json(&["sync", "--once"]);
+        ip = v.json(&["vm", "show", "rnet"])["ip_address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        !ip.is_empty()
+    });
+    assert!(
+        ip.starts_with("10.213.48."),
+        "{ip}: not on the remote host's network"
+    );
+    let learned: Vec<serde_json::Value> = v
+        .json(&["events", "--limit", "200"])
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["action"] == "vm.address")
+        .cloned()
+        .collect();
+    assert_eq!(learned[0]["details"]["learned"], "agent", "{learned:?}");
+
+    // The desk has no route to that network: ssh jumps through the host.
+    let line = v.json(&["ssh", "rnet", "--print"]);
+    let cmd = line["command_line"].as_str().expect("line");
+    assert!(cmd.contains(" -J vmdesk-remote@10.213.47.2 "), "{cmd}");
+    let mut said = String::new();
+    wait_for(
+        "vmdesk ssh through the remote host",
+        Duration::from_secs(60),
+        || {
+            let o = v
+                .command(&["ssh", "rnet", "--", "uname", "-s"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("vmdesk ssh");
+            said = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            o.status.success()
+        },
+    );
+    assert_eq!(said, "Linux");
+    v.json(&["--shutdown-timeout", "1", "-y", "vm", "destroy", "rnet"]);
 }

@@ -677,7 +677,30 @@ impl Provider for LibvirtProvider {
         if dom.is_active().map_err(|e| map_err(machine, e))? {
             return Ok(());
         }
-        dom.create().map_err(|e| map_err(machine, e))
+        match dom.create() {
+            // A session daemon under a long home directory cannot bind the
+            // guest agent's socket (unix paths end at 108 bytes): the
+            // machine runs without the agent rather than not at all.
+            Err(e) if e.message().contains("too long") => {
+                let stored = dom
+                    .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                    .map_err(|e| map_err(machine, e))?;
+                let Some(without) = xml::without_agent(&stored) else {
+                    return Err(map_err(machine, e));
+                };
+                tracing::warn!(
+                    machine,
+                    "the guest agent's socket path is too long here: started without the agent"
+                );
+                self.conn
+                    .define_domain_xml(&without)
+                    .map_err(|e| map_err(machine, e))?;
+                self.domain(machine)?
+                    .create()
+                    .map_err(|e| map_err(machine, e))
+            }
+            other => other.map_err(|e| map_err(machine, e)),
+        }
     }
 
     fn shutdown(&self, machine: &str) -> Result<(), ProviderError> {

@@ -46,6 +46,17 @@ pub struct DiskRef<'a> {
     pub volume: &'a str,
 }
 
+/// The virtio-serial port QEMU's guest agent listens on.
+pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
+
+/// A domain's XML without the guest agent's channel (none: it has none).
+pub fn without_agent(domain_xml: &str) -> Option<String> {
+    let at = domain_xml.find(&format!("name='{AGENT_CHANNEL}'"))?;
+    let start = domain_xml[..at].rfind("<channel")?;
+    let end = at + domain_xml[at..].find("</channel>")? + "</channel>".len();
+    Some(format!("{}{}", &domain_xml[..start], &domain_xml[end..]))
+}
+
 /// A NIC: what it is plugged into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nic<'a> {
@@ -231,6 +242,16 @@ fn domain_with_uuid(
                     w.create_element("console")
                         .with_attribute(("type", "pty"))
                         .write_empty()?;
+                    // The guest agent's channel (libvirt picks its socket):
+                    // the guest tells its addresses where no lease does.
+                    w.create_element("channel")
+                        .with_attribute(("type", "unix"))
+                        .write_inner_content(|w| {
+                            w.create_element("target")
+                                .with_attributes([("type", "virtio"), ("name", AGENT_CHANNEL)])
+                                .write_empty()?;
+                            Ok(())
+                        })?;
                     // No port: the display is reached through
                     // virDomainOpenGraphicsFD only.
                     w.create_element("graphics")
@@ -515,6 +536,10 @@ mod tests {
         assert!(xml.contains(r#"<interface type="network">"#), "{xml}");
         assert!(xml.contains(r#"<source network="vmdesk"/>"#), "{xml}");
         assert!(xml.contains(r#"<model type="virtio"/>"#), "{xml}");
+        assert!(
+            xml.contains(r#"<target type="virtio" name="org.qemu.guest_agent.0"/>"#),
+            "{xml}"
+        );
         let bridged = domain_on(
             &spec("a"),
             VirtType::Qemu,
@@ -537,6 +562,17 @@ mod tests {
         assert!(user.contains(r#"<interface type="user">"#), "{user}");
         let none = domain_on(&spec("a"), VirtType::Qemu, &devices(None), None, None);
         assert!(!none.contains("<interface"), "{none}");
+    }
+
+    #[test]
+    fn the_agent_channel_can_be_taken_out() {
+        let xml = "<domain><devices><serial/><channel type='unix'>\n  <source mode='bind'/>\n  \
+                   <target type='virtio' name='org.qemu.guest_agent.0'/>\n</channel><video/></devices></domain>";
+        assert_eq!(
+            without_agent(xml).as_deref(),
+            Some("<domain><devices><serial/><video/></devices></domain>")
+        );
+        assert_eq!(without_agent("<domain/>"), None);
     }
 
     /// The XML of vmdesk's NAT network.

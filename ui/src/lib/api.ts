@@ -100,6 +100,12 @@ export const api = {
   /** The acting user. */
   me: () => call<User>("me"),
   vmShow: (vm: string) => call<Vm>("vm_show", { vm }),
+  /** The command line that logs in to a VM by SSH (its address, the user's key, the host key). */
+  sshCommand: (vm: string) => call<string>("ssh_command", { vm }),
+  /** Puts a VM's SSH command on the desktop's clipboard; returns it. */
+  copySshCommand: (vm: string) => call<string>("copy_ssh_command", { vm }),
+  /** Opens the desktop's terminal emulator logged in to a VM; returns its name. */
+  openTerminal: (vm: string) => call<string>("open_terminal", { vm }),
   /** Every VM the user can see (pool VMs and their own); `all`: every user's (admin). */
   vmList: (all: boolean) => call<Vm[]>("vm_list", { all }),
   /** The event feed, newest first, filtered. */

@@ -17,6 +17,7 @@ const defaults = (): S => ({
   console: { port_start: 6100, port_end: 6999, token_ttl_secs: 60, idle_timeout_secs: 1800, allowed_origins: [] },
   desktop: { theme: "system", notifications: true, clipboard: true },
   store: { url: "" },
+  network: { hosts: {} },
 });
 
 /** The core's rule, as settings_check answers. */

@@ -22,6 +22,11 @@ describe("the VM list", () => {
     expect(filterVms(vms, { ...NO_FILTER, search: "  " })).toHaveLength(3);
   });
 
+  it("finds a VM by its address", () => {
+    const vms = [vm("web-1", { ip_address: "192.168.213.17" }), vm("web-2", { ip_address: null })];
+    expect(filterVms(vms, { ...NO_FILTER, search: "213.17" }).map((v) => v.name)).toEqual(["web-1"]);
+  });
+
   it("filters 10,000 VMs by state, owner and host together", () => {
     const f = filterVms(many, { search: "", status: "RUNNING", owner: "ann", host: "west" });
     // i % 3 == 0, i % 10 == 0, even: multiples of 30.

@@ -6,7 +6,7 @@ import type { VmStatus } from "../bindings/VmStatus";
 export type SortKey = "name" | "status" | "owner" | "host" | "vm_type" | "ram_mb" | "cpu_cores" | "updated_at";
 
 export interface VmFilter {
-  /** Words that must all appear in the name, host, owner, pool or type. */
+  /** Words that must all appear in the name, host, address, owner, pool or type. */
   search: string;
   /** Only this state (empty: any). */
   status: VmStatus | "";
@@ -27,7 +27,7 @@ export function ownerOf(vm: Vm): string {
 }
 
 function haystack(vm: Vm): string {
-  return `${vm.name} ${vm.host} ${vm.owner ?? ""} ${vm.pool ?? ""} ${vm.vm_type}`.toLowerCase();
+  return `${vm.name} ${vm.host} ${vm.ip_address ?? ""} ${vm.owner ?? ""} ${vm.pool ?? ""} ${vm.vm_type}`.toLowerCase();
 }
 
 /** The VMs that pass the filter, in their order. */
