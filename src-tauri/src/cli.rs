@@ -108,6 +108,10 @@ pub enum Command {
         /// the target as JSON)
         #[arg(long)]
         print: bool,
+        /// Log in as this user (default: root, whom every vmdesk seed lets
+        /// in; an Azure VM's admin user is whoever created it)
+        #[arg(long, short = 'l', value_name = "USER")]
+        login: Option<String>,
         /// The command to run there (none: a login shell)
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -758,8 +762,17 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             let k = core.ssh_key(a)?;
             emit(g, &k, || k.public.clone())
         }
-        Command::Ssh { vm, print, command } => {
-            let t = core.ssh_target(a, &vm)?;
+        Command::Ssh {
+            vm,
+            print,
+            login,
+            command,
+        } => {
+            let mut t = core.ssh_target(a, &vm)?;
+            if let Some(user) = login {
+                vmdesk_core::validate::name("login", &user)?;
+                t.user = user;
+            }
             if print || g.json {
                 let line = t.command_line();
                 return emit(
@@ -1117,7 +1130,7 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             let mut changes = core.sync_and_bill(false, "poll")?;
             changes.extend(core.sync_and_bill(true, "poll")?);
             // Then the addresses of running VMs (JSON: the status changes only).
-            let addresses = core.sync_addresses(true, "poll")?;
+            let addresses = core.sync_addresses(true, true, "poll")?;
             emit(g, &changes, || {
                 let moved = addresses.iter().map(|c| {
                     format!(

@@ -177,7 +177,7 @@ pub fn watch(
         // sync pass (a lease that changed).
         if last_addresses.elapsed() >= ADDRESSES_EVERY {
             last_addresses = Instant::now();
-            if let Err(e) = core.sync_addresses(false, "poll") {
+            if let Err(e) = core.sync_addresses(false, false, "poll") {
                 tracing::warn!(error = %e.one_line(), "addresses");
             }
         }
@@ -217,7 +217,7 @@ pub fn watch(
                 last_full = last_fast;
                 full_due = false;
             }
-            if let Err(e) = core.sync_addresses(true, "poll") {
+            if let Err(e) = core.sync_addresses(true, full, "poll") {
                 tracing::warn!(error = %e.one_line(), "addresses");
             }
             let (changes, error) = match core.sync_and_bill(full, "poll") {

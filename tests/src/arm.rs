@@ -1,8 +1,10 @@
 //! An Azure Resource Manager test server on 127.0.0.1: the token endpoint of
 //! `ClientSecretCredential` and the Compute routes vmdesk uses (list,
 //! list_all with statusOnly, get, instanceView, start/powerOff/deallocate with
-//! their operations, vmSizes) at api-version 2024-07-01, with ARM's throttling
-//! as token buckets, injected faults and call counters.
+//! their operations, vmSizes) at api-version 2024-07-01, and the Network
+//! reads of a VM's addresses (its network interface and public IP address,
+//! `{name}-nic` and `{name}-ip`), with ARM's throttling as token buckets,
+//! injected faults and call counters.
 //!
 //! Every ARM request passes, in order: the outage (if set), the next injected
 //! fault, the bearer token check, the `api-version` check, the route, the
@@ -143,6 +145,8 @@ pub struct Calls {
     pub operation: u64,
     /// vmSizes reads.
     pub sizes: u64,
+    /// Network interface and public IP address reads.
+    pub network: u64,
     /// ARM requests to no known route.
     pub unknown: u64,
     /// Answers 429 by the limits (not injected).
@@ -176,6 +180,10 @@ struct Vm {
     power: Power,
     /// A running transition: when it ends, and the state it ends in.
     pending: Option<(Instant, Power)>,
+    /// Its network interface's private address.
+    private_ip: String,
+    /// Its public address, if it has a public IP resource.
+    public_ip: Option<String>,
 }
 
 impl Vm {
@@ -401,6 +409,23 @@ impl ArmServer {
     }
 
     /// Removes a VM; false if there was none.
+    /// Gives a VM a public IP address (none: takes it away).
+    pub fn set_public_ip(&self, sub: &str, rg: &str, name: &str, ip: Option<&str>) {
+        if let Some(vm) = self.shared.lock().vms.get_mut(&key(sub, rg, name)) {
+            vm.public_ip = ip.map(str::to_owned);
+        }
+    }
+
+    /// A VM's private address.
+    pub fn private_ip(&self, sub: &str, rg: &str, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .vms
+            .get(&key(sub, rg, name))
+            .map(|vm| vm.private_ip.clone())
+    }
+
+    /// Removes a VM; whether it existed.
     pub fn remove_vm(&self, sub: &str, rg: &str, name: &str) -> bool {
         self.shared.lock().vms.remove(&key(sub, rg, name)).is_some()
     }
@@ -495,6 +520,8 @@ impl Inner {
             vm_id: uuid::Uuid::new_v4().to_string(),
             power,
             pending: None,
+            private_ip: format!("10.0.{}.{}", self.vms.len() / 250, self.vms.len() % 250 + 4),
+            public_ip: None,
         };
         self.vms.insert(k, vm);
     }
@@ -589,14 +616,43 @@ impl Action {
 /// An ARM route, parsed from the method and path.
 #[derive(Debug)]
 enum Route {
-    ListAll { sub: String },
-    List { sub: String, rg: String },
+    ListAll {
+        sub: String,
+    },
+    List {
+        sub: String,
+        rg: String,
+    },
     Get(VmRef),
     InstanceView(VmRef),
     Action(VmRef, Action),
-    Operation { sub: String, id: String },
-    Sizes { sub: String },
+    Operation {
+        sub: String,
+        id: String,
+    },
+    Sizes {
+        sub: String,
+    },
+    /// A VM's network interface (`{vm}-nic`) or public IP (`{vm}-ip`).
+    Network {
+        sub: String,
+        rg: String,
+        kind: NetKind,
+        name: String,
+    },
+    /// Every network interface or public IP of a subscription.
+    NetworkList {
+        sub: String,
+        kind: NetKind,
+    },
     Unknown,
+}
+
+/// A Network resource kind that the server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetKind {
+    Nic,
+    PublicIp,
 }
 
 /// The `*` segments of `path` if it matches `pattern` (literals case-insensitively).
@@ -688,6 +744,36 @@ impl Route {
                 id: c[2].to_owned(),
             };
         }
+        for (word, kind) in [
+            ("networkInterfaces", NetKind::Nic),
+            ("publicIPAddresses", NetKind::PublicIp),
+        ] {
+            let pattern = [
+                "subscriptions",
+                "*",
+                "resourceGroups",
+                "*",
+                "providers",
+                "Microsoft.Network",
+                word,
+                "*",
+            ];
+            let all = ["subscriptions", "*", "providers", "Microsoft.Network", word];
+            if let (true, Some(c)) = (get, capture(&segs, &all)) {
+                return Route::NetworkList {
+                    sub: c[0].to_owned(),
+                    kind,
+                };
+            }
+            if let (true, Some(c)) = (get, capture(&segs, &pattern)) {
+                return Route::Network {
+                    sub: c[0].to_owned(),
+                    rg: c[1].to_owned(),
+                    kind,
+                    name: c[2].to_owned(),
+                };
+            }
+        }
         if let (true, Some(c)) = (get, location(&["vmSizes"])) {
             return Route::Sizes {
                 sub: c[0].to_owned(),
@@ -705,6 +791,7 @@ impl Route {
             Route::Action(..) => &mut calls.action,
             Route::Operation { .. } => &mut calls.operation,
             Route::Sizes { .. } => &mut calls.sizes,
+            Route::Network { .. } | Route::NetworkList { .. } => &mut calls.network,
             Route::Unknown => &mut calls.unknown,
         };
         *counter += 1;
@@ -723,6 +810,8 @@ impl Route {
                 vec![vm_key(v, VM_READ), sub_key(&v.sub, SUBSCRIPTION_READ)]
             }
             Route::Action(v, _) => vec![vm_key(v, VM_ACTION)],
+            Route::Network { sub, .. } => vec![sub_key(sub, SUBSCRIPTION_READ)],
+            Route::NetworkList { sub, .. } => vec![sub_key(sub, VM_LIST)],
             Route::Operation { .. } | Route::Sizes { .. } | Route::Unknown => Vec::new(),
         }
     }
@@ -965,8 +1054,58 @@ impl Answer<'_> {
             Route::Action(v, action) => self.action(v, *action),
             Route::Operation { sub, id } => self.operation(sub, id),
             Route::Sizes { sub } => self.sizes(sub),
+            Route::Network {
+                sub,
+                rg,
+                kind,
+                name,
+            } => self.network(sub, rg, *kind, name),
+            Route::NetworkList { sub, kind } => self.network_list(sub, *kind),
             Route::Unknown => arm_error(StatusCode::NOT_FOUND, "NotFound", "no such route"),
         }
+    }
+
+    /// A VM's network interface or public IP address, by the names the
+    /// VM's model gives them.
+    fn network(self, sub: &str, rg: &str, kind: NetKind, name: &str) -> Response {
+        let suffix = match kind {
+            NetKind::Nic => "-nic",
+            NetKind::PublicIp => "-ip",
+        };
+        let vm = name
+            .strip_suffix(suffix)
+            .and_then(|vm| self.inner.vms.get(&key(sub, rg, vm)));
+        let found = match (vm, kind) {
+            (Some(vm), NetKind::Nic) => Some(nic_json(vm)),
+            (Some(vm), NetKind::PublicIp) => ip_json(vm),
+            (None, _) => None,
+        };
+        match found {
+            Some(v) => Json(v).into_response(),
+            None => arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                format!("The Resource '{name}' under resource group '{rg}' was not found."),
+            ),
+        }
+    }
+
+    /// Every network interface or public IP of a subscription, one page.
+    fn network_list(self, sub: &str, kind: NetKind) -> Response {
+        if let Some(rsp) = self.unknown_scope(sub, None) {
+            return rsp;
+        }
+        let value: Vec<Value> = self
+            .inner
+            .vms
+            .values()
+            .filter(|vm| vm.sub.eq_ignore_ascii_case(sub))
+            .filter_map(|vm| match kind {
+                NetKind::Nic => Some(nic_json(vm)),
+                NetKind::PublicIp => ip_json(vm),
+            })
+            .collect();
+        Json(json!({ "value": value })).into_response()
     }
 
     /// 404 for a subscription (and resource group) no VM was ever added to.
@@ -1168,6 +1307,52 @@ fn not_found(v: &VmRef) -> Response {
     )
 }
 
+/// A VM's network interface: one primary IP configuration with its private
+/// address and, if the VM has one, its public IP resource.
+fn nic_json(vm: &Vm) -> Value {
+    let mut config = json!({
+        "name": "ipconfig1",
+        "properties": {"primary": true, "privateIPAddress": vm.private_ip,
+                       "privateIPAllocationMethod": "Dynamic"},
+    });
+    if vm.public_ip.is_some() {
+        config["properties"]["publicIPAddress"] =
+            json!({"id": net_id(vm, "publicIPAddresses", "-ip")});
+    }
+    json!({
+        "id": net_id(vm, "networkInterfaces", "-nic"),
+        "name": format!("{}-nic", vm.name),
+        "type": "Microsoft.Network/networkInterfaces",
+        "location": LOCATION,
+        "properties": {
+            "ipConfigurations": [config],
+            "primary": true,
+            "virtualMachine": {"id": vm_id(vm)},
+        },
+    })
+}
+
+/// A VM's public IP resource, if it has one.
+fn ip_json(vm: &Vm) -> Option<Value> {
+    vm.public_ip.as_ref().map(|ip| {
+        json!({
+            "id": net_id(vm, "publicIPAddresses", "-ip"),
+            "name": format!("{}-ip", vm.name),
+            "type": "Microsoft.Network/publicIPAddresses",
+            "location": LOCATION,
+            "properties": {"ipAddress": ip, "publicIPAllocationMethod": "Static"},
+        })
+    })
+}
+
+/// The id of a VM's network resource (`networkInterfaces`, `{name}-nic`).
+fn net_id(vm: &Vm, kind: &str, suffix: &str) -> String {
+    format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Network/{kind}/{}{suffix}",
+        vm.sub, vm.rg, vm.name
+    )
+}
+
 fn vm_id(vm: &Vm) -> String {
     format!(
         "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachines/{}",
@@ -1234,6 +1419,9 @@ fn model_view(vm: &Vm, instance_view: Option<Value>) -> Value {
                     "createOption": "FromImage",
                     "diskSizeGB": OS_DISK_GB,
                 },
+            },
+            "networkProfile": {
+                "networkInterfaces": [{"id": net_id(vm, "networkInterfaces", "-nic"), "properties": {"primary": true}}],
             },
             "provisioningState": "Succeeded",
         },

@@ -129,6 +129,8 @@ fn a_full_sync_of_1000_vms_costs_at_most_two_calls() {
 
     let calls = server.calls();
     assert!(calls.arm() <= 2, "{calls:?}");
+    // The running VMs' addresses: two listings (interfaces, public IPs).
+    assert!(calls.network <= 2, "{calls:?}");
     assert_eq!(changes.as_array().map(Vec::len), Some(10), "{changes}");
     assert_eq!(
         v.count("SELECT count(*) FROM vms WHERE status = 'STOPPED'"),
@@ -138,6 +140,68 @@ fn a_full_sync_of_1000_vms_costs_at_most_two_calls() {
         v.count("SELECT count(*) FROM vms WHERE synced_by = 'poll'"),
         1000
     );
+}
+
+#[test]
+fn azure_vms_show_their_private_and_public_addresses_through_the_network_api() {
+    let server = ArmServer::start();
+    server.add_vm(SUB, RG, "web01", "Standard_B1s", Power::Running);
+    server.add_vm(SUB, RG, "db01", "Standard_B1s", Power::Running);
+    server.set_public_ip(SUB, RG, "web01", Some("20.50.1.7"));
+    let v = imported(&server, "");
+    // A 429 on the way is waited out and retried by the transport.
+    server.fail_next(
+        1,
+        Fault::Throttle {
+            retry_after_secs: 1,
+        },
+    );
+    v.json(&["sync", "--once"]);
+
+    let web = v.json(&["vm", "show", "web01"]);
+    let private = server.private_ip(SUB, RG, "web01").expect("web01");
+    assert_eq!(web["ip_address"], private.as_str(), "{web}");
+    assert_eq!(web["metadata"]["public_ip"], "20.50.1.7", "{web}");
+    let db = v.json(&["vm", "show", "db01"]);
+    assert_eq!(
+        db["ip_address"],
+        server.private_ip(SUB, RG, "db01").expect("db01").as_str()
+    );
+    assert_eq!(db["metadata"]["public_ip"], Value::Null, "{db}");
+    assert!(server.calls().network >= 2, "{:?}", server.calls());
+    let learned: Vec<Value> = v
+        .json(&["events", "--limit", "100"])
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["action"] == "vm.address")
+        .cloned()
+        .collect();
+    assert_eq!(learned.len(), 2, "{learned:?}");
+    assert!(
+        learned.iter().all(|e| e["details"]["learned"] == "azure"),
+        "{learned:?}"
+    );
+
+    // The public address goes away and comes back: each change is seen.
+    server.set_public_ip(SUB, RG, "web01", None);
+    v.json(&["sync", "--once"]);
+    assert_eq!(
+        v.json(&["vm", "show", "web01"])["metadata"]["public_ip"],
+        Value::Null
+    );
+    // `vmdesk ssh` goes to the public address when there is one.
+    server.set_public_ip(SUB, RG, "web01", Some("20.50.1.8"));
+    v.json(&["sync", "--once"]);
+    v.json(&["session", "open", "--project", "lab"]);
+    let line = v.json(&["ssh", "web01", "--print"]);
+    assert_eq!(line["target"]["ip"], "20.50.1.8", "{line}");
+    // Deallocated, it has no address.
+    server.set_power(SUB, RG, "web01", Power::Deallocated);
+    v.json(&["sync", "--once"]);
+    let web = v.json(&["vm", "show", "web01"]);
+    assert_eq!(web["ip_address"], Value::Null, "{web}");
+    assert_eq!(web["metadata"]["public_ip"], Value::Null, "{web}");
 }
 
 #[test]
@@ -233,7 +297,15 @@ fn a_vm_gone_from_the_subscription_is_marked_unknown_and_kept() {
 
     assert_eq!(status(&v, "web02"), "UNKNOWN");
     assert_eq!(status(&v, "web01"), "RUNNING");
-    let e = &v.json(&["events", "--limit", "1"])[0];
+    // The newest status event (web01's address, learned in the same pass,
+    // is a vm.address event).
+    let events = v.json(&["events", "--limit", "10"]);
+    let e = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["action"] != "vm.address")
+        .expect("a status event");
     assert_eq!(
         (e["action"].as_str(), e["severity"].as_str()),
         (Some("sync.status"), Some("warning"))

@@ -12,11 +12,31 @@ use azure_core::error::ErrorKind;
 use azure_core::{HttpClient, Method, Request};
 use azure_mgmt_compute::models::{InstanceViewStatus, VirtualMachine};
 use futures::{StreamExt, TryStreamExt};
-use vmdesk_core::provider::{Machine, MachineSpec, PowerState, Provider, ProviderError};
+use vmdesk_core::provider::{Address, Machine, MachineSpec, PowerState, Provider, ProviderError};
 use vmdesk_core::{AzureSettings, SyncSettings};
 
 use crate::transport::{retry_after, Transport};
 use crate::{Target, ARM_SCOPE};
+
+/// The api-versions of the reads of a VM's addresses.
+const COMPUTE_API: &str = "2024-07-01";
+const NETWORK_API: &str = "2024-05-01";
+
+/// The item marked primary, else the first.
+fn primary_first(items: &[serde_json::Value]) -> Option<serde_json::Value> {
+    items
+        .iter()
+        .find(|i| i["properties"]["primary"] == true)
+        .or_else(|| items.first())
+        .cloned()
+}
+
+/// An IPv4 address as a JSON string holds it.
+fn ipv4(v: &serde_json::Value) -> Option<String> {
+    v.as_str()
+        .filter(|s| s.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+}
 
 /// How long a start or stop may take before vmdesk stops waiting for it.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(600);
@@ -304,6 +324,199 @@ impl AzureProvider {
         }
     }
 
+    /// GETs an ARM resource by its id (`/subscriptions/…`) through the
+    /// transport (its buckets, retries and the ARM origin only), as JSON.
+    async fn get_resource(&self, id: &str, api: &str) -> Result<serde_json::Value, ProviderError> {
+        if !id.starts_with("/subscriptions/") || id.contains(['?', '#']) || id.contains("..") {
+            return Err(ProviderError::Refused(format!(
+                "ARM named a resource {id:?} that is not one"
+            )));
+        }
+        let base = self.transport.arm_origin().ascii_serialization();
+        let url = url::Url::parse(&format!("{base}{id}?api-version={api}"))
+            .map_err(|e| ProviderError::Refused(format!("a bad resource id {id:?}: {e}")))?;
+        self.get_url(url).await
+    }
+
+    /// GETs an ARM URL (of the ARM origin) through the transport, as JSON.
+    async fn get_url(&self, url: url::Url) -> Result<serde_json::Value, ProviderError> {
+        let id = url.path().to_owned();
+        let token = self
+            .credential
+            .get_token(&[ARM_SCOPE])
+            .await
+            .map_err(arm_error)?;
+        let mut req = Request::new(url, Method::Get);
+        req.insert_header(
+            azure_core::headers::AUTHORIZATION,
+            format!("Bearer {}", token.token.secret()),
+        );
+        let rsp = self
+            .transport
+            .execute_request(&req)
+            .await
+            .map_err(arm_error)?;
+        let (status, _, body) = rsp.deconstruct();
+        let body = body.collect().await.map_err(arm_error)?;
+        let code = u16::from(status);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        match code {
+            200..=299 => Ok(v),
+            404 => Err(ProviderError::NotFound(id.to_owned())),
+            _ => Err(ProviderError::Unreachable(format!(
+                "ARM answered {code} for {id}: {}",
+                v["error"]["message"].as_str().unwrap_or("no reason given")
+            ))),
+        }
+    }
+
+    /// A VM's private address (its primary network interface's primary IP
+    /// configuration) and public address (the public IP resource that
+    /// configuration names), read through the network API.
+    async fn address_async(&self, machine: &str) -> Result<Option<Address>, ProviderError> {
+        let (rg, name) = split(machine)?;
+        let sub = &self.target.subscription;
+        let vm = self
+            .get_resource(
+                &format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{name}"),
+                COMPUTE_API,
+            )
+            .await?;
+        let nics = vm["properties"]["networkProfile"]["networkInterfaces"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(nic_id) = primary_first(&nics).and_then(|n| n["id"].as_str().map(str::to_owned))
+        else {
+            return Ok(None);
+        };
+        let nic = self.get_resource(&nic_id, NETWORK_API).await?;
+        let configs = nic["properties"]["ipConfigurations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let Some(config) = primary_first(&configs) else {
+            return Ok(None);
+        };
+        let Some(ip) = ipv4(&config["properties"]["privateIPAddress"]) else {
+            return Ok(None);
+        };
+        let public_ip = match config["properties"]["publicIPAddress"]["id"].as_str() {
+            Some(id) => ipv4(&self.get_resource(id, NETWORK_API).await?["properties"]["ipAddress"]),
+            None => None,
+        };
+        Ok(Some(Address {
+            ip,
+            source: "azure",
+            public_ip,
+        }))
+    }
+
+    /// Every item of a paged ARM list (`value`, `nextLink`), through the
+    /// transport; a `nextLink` off the ARM origin is not followed.
+    async fn list_resources(
+        &self,
+        path: &str,
+        api: &str,
+    ) -> Result<Vec<serde_json::Value>, ProviderError> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_owned());
+        while let Some(id) = next.take() {
+            let page = if id.starts_with('/') {
+                self.get_resource(&id, api).await?
+            } else {
+                let url = url::Url::parse(&id).map_err(|e| {
+                    ProviderError::Refused(format!("ARM gave a bad nextLink {id:?}: {e}"))
+                })?;
+                if !crate::endpoint::same_origin(&url, self.transport.arm_origin()) {
+                    return Err(ProviderError::Refused(format!(
+                        "ARM named a next page on another origin ({}); vmdesk does not follow it",
+                        crate::endpoint::describe(&url.origin())
+                    )));
+                }
+                self.get_url(url).await?
+            };
+            items.extend(page["value"].as_array().cloned().unwrap_or_default());
+            next = page["nextLink"].as_str().map(str::to_owned);
+        }
+        Ok(items)
+    }
+
+    /// The addresses of many VMs from two listings of the subscription
+    /// (its network interfaces and its public IP addresses), however many
+    /// VMs there are.
+    async fn addresses_async(
+        &self,
+        machines: &[String],
+    ) -> Result<HashMap<String, Address>, ProviderError> {
+        let sub = &self.target.subscription;
+        let nics = self
+            .list_resources(
+                &format!("/subscriptions/{sub}/providers/Microsoft.Network/networkInterfaces"),
+                NETWORK_API,
+            )
+            .await?;
+        let ips = self
+            .list_resources(
+                &format!("/subscriptions/{sub}/providers/Microsoft.Network/publicIPAddresses"),
+                NETWORK_API,
+            )
+            .await?;
+        let public: HashMap<String, String> = ips
+            .iter()
+            .filter_map(|ip| {
+                Some((
+                    ip["id"].as_str()?.to_lowercase(),
+                    ipv4(&ip["properties"]["ipAddress"])?,
+                ))
+            })
+            .collect();
+        let wanted: std::collections::HashSet<String> =
+            machines.iter().map(|m| m.to_lowercase()).collect();
+        let mut out: HashMap<String, (bool, Address)> = HashMap::new();
+        for nic in &nics {
+            let Some(machine) = nic["properties"]["virtualMachine"]["id"]
+                .as_str()
+                .and_then(machine_of)
+            else {
+                continue;
+            };
+            if !wanted.contains(&machine) {
+                continue;
+            }
+            let configs = nic["properties"]["ipConfigurations"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let Some(config) = primary_first(&configs) else {
+                continue;
+            };
+            let Some(ip) = ipv4(&config["properties"]["privateIPAddress"]) else {
+                continue;
+            };
+            let public_ip = config["properties"]["publicIPAddress"]["id"]
+                .as_str()
+                .and_then(|id| public.get(&id.to_lowercase()).cloned());
+            let primary = nic["properties"]["primary"] == true;
+            // The VM's primary interface wins over its others.
+            if out.get(&machine).is_some_and(|(p, _)| *p) {
+                continue;
+            }
+            out.insert(
+                machine,
+                (
+                    primary,
+                    Address {
+                        ip,
+                        source: "azure",
+                        public_ip,
+                    },
+                ),
+            );
+        }
+        Ok(out.into_iter().map(|(m, (_, a))| (m, a)).collect())
+    }
+
     async fn inventory_async(&self) -> Result<Vec<Machine>, ProviderError> {
         let models = self.list(false).await?;
         let statuses = self.statuses().await?;
@@ -463,6 +676,26 @@ impl Provider for AzureProvider {
 
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
         self.block_on(|| self.inventory_async())
+    }
+
+    fn address(&self, machine: &str) -> Result<Option<Address>, ProviderError> {
+        self.block_on(|| self.address_async(machine))
+    }
+
+    fn addresses(&self, machines: &[String]) -> Vec<Result<Option<Address>, ProviderError>> {
+        match self.block_on(|| self.addresses_async(machines)) {
+            Ok(mut found) => machines
+                .iter()
+                .map(|m| Ok(found.remove(&m.to_lowercase())))
+                .collect(),
+            Err(e) => {
+                let text = e.to_string();
+                machines
+                    .iter()
+                    .map(|_| Err(ProviderError::Unreachable(text.clone())))
+                    .collect()
+            }
+        }
     }
 }
 

@@ -46,6 +46,9 @@ enum Cost {
     List { sub: String },
     /// A write to one VM (start, powerOff, deallocate, ...).
     VmWrite { vm: String },
+    /// A read of another resource of a subscription (a network interface,
+    /// a public IP address): the subscription's reads.
+    Read { sub: String, resource: String },
     /// Not limited here (operation status, sizes, tokens).
     Free,
 }
@@ -61,7 +64,11 @@ impl Cost {
             return Cost::Free;
         }
         let sub = seg(1).unwrap_or_default().to_owned();
-        if segs.last().map(String::as_str) == Some("virtualmachines") && *method == Method::Get {
+        if matches!(
+            segs.last().map(String::as_str),
+            Some("virtualmachines" | "networkinterfaces" | "publicipaddresses")
+        ) && *method == Method::Get
+        {
             return Cost::List { sub };
         }
         if seg(2) == Some("resourcegroups") && seg(6) == Some("virtualmachines") && segs.len() >= 8
@@ -74,6 +81,14 @@ impl Cost {
                 _ => Cost::Free,
             };
         }
+        if seg(2) == Some("resourcegroups")
+            && seg(5) == Some("microsoft.network")
+            && segs.len() == 8
+            && *method == Method::Get
+        {
+            let resource = format!("{sub}/{}/{}/{}", segs[3], segs[6], segs[7]);
+            return Cost::Read { sub, resource };
+        }
         Cost::Free
     }
 
@@ -81,6 +96,7 @@ impl Cost {
     fn scope(&self) -> Option<String> {
         match self {
             Cost::VmRead { vm, .. } | Cost::VmWrite { vm } => Some(vm.clone()),
+            Cost::Read { resource, .. } => Some(resource.clone()),
             Cost::List { sub } => Some(format!("{sub}/list")),
             Cost::Free => None,
         }
@@ -121,6 +137,7 @@ impl Buckets {
             }
             Cost::List { sub } => self.lists.until_key_ready(sub).await,
             Cost::VmWrite { vm } => self.vm_writes.until_key_ready(vm).await,
+            Cost::Read { sub, .. } => self.sub_reads.until_key_ready(sub).await,
             Cost::Free => {}
         }
     }
@@ -352,6 +369,24 @@ mod tests {
             Cost::VmWrite {
                 vm: "s/rg/vm1".into()
             }
+        );
+    }
+
+    #[test]
+    fn a_network_read_is_a_read_of_its_subscription() {
+        let u = url("/subscriptions/S1/resourceGroups/RG/providers/Microsoft.Network/networkInterfaces/web-nic");
+        assert_eq!(
+            Cost::of(&Method::Get, &u),
+            Cost::Read {
+                sub: "s1".into(),
+                resource: "s1/rg/networkinterfaces/web-nic".into()
+            }
+        );
+        assert_eq!(Cost::of(&Method::Delete, &u), Cost::Free);
+        let all = url("/subscriptions/S1/providers/Microsoft.Network/publicIPAddresses");
+        assert_eq!(
+            Cost::of(&Method::Get, &all),
+            Cost::List { sub: "s1".into() }
         );
     }
 

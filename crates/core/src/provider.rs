@@ -109,8 +109,11 @@ pub enum NetworkChoice {
 pub struct Address {
     /// The IPv4 address.
     pub ip: String,
-    /// `lease` (the network's DHCP), `agent` (the guest agent) or `arp`.
+    /// `lease` (the network's DHCP), `agent` (the guest agent), `arp`, or
+    /// `azure` (its network interface, read through the network API).
     pub source: &'static str,
+    /// Its public IPv4 address, where it has one (Azure).
+    pub public_ip: Option<String>,
 }
 
 /// One host's machines. Calls block; call them off the UI thread.
@@ -184,6 +187,11 @@ pub trait Provider: Send + Sync {
     fn address(&self, machine: &str) -> Result<Option<Address>, ProviderError> {
         let _ = machine;
         Err(ProviderError::Unsupported("addresses".into()))
+    }
+    /// [`Provider::address`] of several machines, in the order asked; a
+    /// provider may answer from one listing of the host.
+    fn addresses(&self, machines: &[String]) -> Vec<Result<Option<Address>, ProviderError>> {
+        machines.iter().map(|m| self.address(m)).collect()
     }
     /// The machine's counters now (CPU time and memory), while it runs.
     fn stats(&self, machine: &str) -> Result<MachineStats, ProviderError> {

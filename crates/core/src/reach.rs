@@ -243,7 +243,9 @@ impl Core {
                 vm.status.as_str()
             )));
         }
-        let ip = match &vm.ip_address {
+        // A public address (Azure's) is the one reachable from a desk.
+        let public = vm.metadata["public_ip"].as_str().map(str::to_owned);
+        let ip = match public.as_ref().or(vm.ip_address.as_ref()) {
             Some(ip) => ip.clone(),
             None => self.address_now(&vm)?.ok_or_else(|| {
                 Error::invalid(format!(
@@ -307,21 +309,30 @@ impl Core {
                 ip: Some(a.ip),
                 ssh_port: Some(i64::from(self.opts.network.ssh_port(&vm.host))),
                 learned: Some(a.source.to_owned()),
+                public_ip: a.public_ip,
             },
             None => SeenAddress {
                 vm_id: vm.id,
                 ip: None,
                 ssh_port: None,
                 learned: None,
+                public_ip: None,
             },
         }
     }
 
     /// Learns the addresses of running VMs from their hosts and records
     /// what changed (a `vm.address` event each); a VM that is off loses
-    /// its address. `all`: every running VM; otherwise only those whose
-    /// address is not known yet (cheap enough to run every few seconds).
-    pub fn sync_addresses(&self, all: bool, source: &str) -> Result<Vec<AddressChange>> {
+    /// its address. `all`: every running libvirt VM; otherwise only those
+    /// whose address is not known yet (cheap enough to run every few
+    /// seconds). `azure`: Azure VMs too (three ARM reads each: the VM, its
+    /// network interface, its public IP; for full passes only).
+    pub fn sync_addresses(
+        &self,
+        all: bool,
+        azure: bool,
+        source: &str,
+    ) -> Result<Vec<AddressChange>> {
         let store = self.reading();
         // Status sync is an admin's (`serve` on a team store).
         if store.users().whoami()?.role != Role::Admin {
@@ -329,28 +340,29 @@ impl Core {
         }
         let vms = store.vms().vm_list(true)?;
         let hosts = store.places().host_list()?;
-        let libvirt: std::collections::HashSet<&str> = hosts
+        let asked_hosts: std::collections::HashSet<&str> = hosts
             .iter()
-            .filter(|h| h.kind == HostKind::Libvirt)
+            .filter(|h| h.kind == HostKind::Libvirt || azure)
+            .map(|h| h.name.as_str())
+            .collect();
+        let on_azure: std::collections::HashSet<&str> = hosts
+            .iter()
+            .filter(|h| h.kind == HostKind::Azure)
             .map(|h| h.name.as_str())
             .collect();
         let mut seen = Vec::new();
+        // The running VMs to ask about, by host (one call per host: a
+        // provider may answer from one listing).
+        let mut ask: std::collections::BTreeMap<&str, Vec<&Vm>> = Default::default();
         for vm in &vms {
-            if !libvirt.contains(vm.host.as_str()) {
+            if !asked_hosts.contains(vm.host.as_str()) {
                 continue;
             }
             match vm.status {
-                VmStatus::Running if all || vm.ip_address.is_none() => {
-                    let Ok(p) = self.provider(&vm.host) else {
-                        continue;
-                    };
-                    let machine = self.machine_spec(vm).machine_name;
-                    match p.address(&machine) {
-                        // Not known yet is no change: a lease may come.
-                        Ok(None) if vm.ip_address.is_none() => {}
-                        Ok(found) => seen.push(self.seen_address(vm, found)),
-                        Err(_) => {}
-                    }
+                VmStatus::Running
+                    if all || (vm.ip_address.is_none() && !on_azure.contains(vm.host.as_str())) =>
+                {
+                    ask.entry(vm.host.as_str()).or_default().push(vm);
                 }
                 VmStatus::Stopped | VmStatus::FailedToStart | VmStatus::Destroyed
                     if vm.ip_address.is_some() =>
@@ -358,6 +370,21 @@ impl Core {
                     seen.push(self.seen_address(vm, None));
                 }
                 _ => {}
+            }
+        }
+        for (host, vms) in ask {
+            let Ok(p) = self.provider(host) else { continue };
+            let machines: Vec<String> = vms
+                .iter()
+                .map(|vm| self.machine_spec(vm).machine_name)
+                .collect();
+            for (vm, found) in vms.into_iter().zip(p.addresses(&machines)) {
+                match found {
+                    // Not known yet is no change: a lease may come.
+                    Ok(None) if vm.ip_address.is_none() => {}
+                    Ok(found) => seen.push(self.seen_address(vm, found)),
+                    Err(_) => {}
+                }
             }
         }
         if seen.is_empty() {

@@ -38,8 +38,11 @@ pub struct SeenAddress {
     pub ip: Option<String>,
     /// The port its SSH server listens on (none with no address).
     pub ssh_port: Option<i64>,
-    /// What told it: `lease`, `agent` or `arp` (none with no address).
+    /// What told it: `lease`, `agent`, `arp` or `azure` (none with no address).
     pub learned: Option<String>,
+    /// Its public IPv4 address, where it has one (kept in its metadata as
+    /// `public_ip`).
+    pub public_ip: Option<String>,
 }
 
 /// A VM whose address changed.

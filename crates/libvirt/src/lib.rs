@@ -868,7 +868,11 @@ impl Provider for LibvirtProvider {
                 })
                 .map(|a| a.addr.clone());
             if let Some(ip) = ip {
-                return Ok(Some(Address { ip, source: name }));
+                return Ok(Some(Address {
+                    ip,
+                    source: name,
+                    public_ip: None,
+                }));
             }
         }
         Ok(None)

@@ -1,8 +1,9 @@
 -- vmdesk team store, step 7: VM addresses. Status sync (an admin's `serve`)
--- writes the IPv4 address and SSH port a host gave of a VM; a change is a
+-- writes the IPv4 address and SSH port a host gave of a VM (and its public
+-- address, Azure's, in its metadata as public_ip); a change is a
 -- `vm.address` event that the VM's owner (or the session's user) sees.
 CREATE FUNCTION vmdesk.vm_address(p_id bigint, p_ip text, p_port integer, p_learned text, p_source text,
-    OUT vm text, OUT was text)
+    p_public text, OUT vm text, OUT was text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
 DECLARE v vmdesk.vms;
 BEGIN
@@ -10,20 +11,27 @@ BEGIN
     IF p_ip IS NOT NULL AND p_ip !~ '^[0-9]{1,3}(\.[0-9]{1,3}){3}$' THEN
         RAISE EXCEPTION '% is not an IPv4 address', p_ip USING ERRCODE = '22023';
     END IF;
+    IF p_public IS NOT NULL AND p_public !~ '^[0-9]{1,3}(\.[0-9]{1,3}){3}$' THEN
+        RAISE EXCEPTION '% is not an IPv4 address', p_public USING ERRCODE = '22023';
+    END IF;
     SELECT * INTO v FROM vmdesk.vms WHERE id = p_id FOR UPDATE;
     IF NOT FOUND OR v.status = 'DESTROYED'
-       OR (v.ip_address IS NOT DISTINCT FROM p_ip AND v.ssh_port IS NOT DISTINCT FROM p_port) THEN
+       OR (v.ip_address IS NOT DISTINCT FROM p_ip AND v.ssh_port IS NOT DISTINCT FROM p_port
+           AND v.metadata->>'public_ip' IS NOT DISTINCT FROM p_public) THEN
         RETURN;
     END IF;
-    UPDATE vmdesk.vms SET ip_address = p_ip, ssh_port = p_port, updated_at = now() WHERE id = p_id;
-    IF v.ip_address IS DISTINCT FROM p_ip THEN
+    UPDATE vmdesk.vms SET ip_address = p_ip, ssh_port = p_port, updated_at = now(),
+           metadata = CASE WHEN p_public IS NULL THEN metadata - 'public_ip'
+                           ELSE metadata || jsonb_build_object('public_ip', p_public) END
+     WHERE id = p_id;
+    IF v.ip_address IS DISTINCT FROM p_ip OR v.metadata->>'public_ip' IS DISTINCT FROM p_public THEN
         PERFORM vmdesk.record('vm', 'vm.address', 'info', 'vmdesk', p_id, v.live_session_id, v.owner_user_id,
-            jsonb_build_object('vm', v.name, 'was', v.ip_address, 'now', p_ip, 'learned', p_learned,
-                'source', p_source));
+            jsonb_build_object('vm', v.name, 'was', v.ip_address, 'now', p_ip, 'public_ip', p_public,
+                'learned', p_learned, 'source', p_source));
         vm := v.name;
         was := v.ip_address;
     END IF;
 END $$;
 
-REVOKE EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text) TO @USERS@;
+REVOKE EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text, text) TO @USERS@;

@@ -1007,8 +1007,8 @@ impl Vms for PgStore {
             let port = a.ssh_port.and_then(|p| i32::try_from(p).ok());
             let r = self.conn.with(|c| {
                 c.query_one(
-                    "SELECT vm, was FROM vmdesk.vm_address($1, $2, $3, $4, $5)",
-                    &[&a.vm_id, &a.ip, &port, &a.learned, &source],
+                    "SELECT vm, was FROM vmdesk.vm_address($1, $2, $3, $4, $5, $6)",
+                    &[&a.vm_id, &a.ip, &port, &a.learned, &source, &a.public_ip],
                 )
             })?;
             if let Some(vm) = r.get::<_, Option<String>>(0) {

@@ -405,21 +405,32 @@ impl Vms for Embedded<'_> {
         self.core.write(|tx| {
             let mut out = Vec::new();
             for a in &seen {
-                let row: Option<(String, Option<String>, Option<i64>, VmStatus)> = tx
-                    .prepare_cached("SELECT name, ip_address, ssh_port, status FROM vms WHERE id = ?1")?
-                    .query_row([a.vm_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                let row: Option<AddressRow> = tx
+                    .prepare_cached(
+                        "SELECT name, ip_address, ssh_port, status, json_extract(metadata, '$.public_ip')
+                         FROM vms WHERE id = ?1",
+                    )?
+                    .query_row([a.vm_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                     .optional()?;
-                let Some((name, ip, port, status)) = row else { continue };
-                if (ip.as_deref(), port) == (a.ip.as_deref(), a.ssh_port) || status == VmStatus::Destroyed {
+                let Some((name, ip, port, status, public)) = row else { continue };
+                let same = (ip.as_deref(), port, public.as_deref())
+                    == (a.ip.as_deref(), a.ssh_port, a.public_ip.as_deref());
+                if same || status == VmStatus::Destroyed {
                     continue;
                 }
-                tx.prepare_cached("UPDATE vms SET ip_address = ?2, ssh_port = ?3, updated_at = ?4 WHERE id = ?1")?
-                    .execute(params![a.vm_id, a.ip, a.ssh_port, now()])?;
-                if ip != a.ip {
+                tx.prepare_cached(
+                    "UPDATE vms SET ip_address = ?2, ssh_port = ?3, updated_at = ?4,
+                            metadata = CASE WHEN ?5 IS NULL THEN json_remove(metadata, '$.public_ip')
+                                            ELSE json_set(metadata, '$.public_ip', ?5) END
+                     WHERE id = ?1",
+                )?
+                .execute(params![a.vm_id, a.ip, a.ssh_port, now(), a.public_ip])?;
+                if ip != a.ip || public != a.public_ip {
                     events::record(
                         tx,
                         NewEvent::info(EventType::Vm, "vm.address", SYSTEM,
-                                       json!({"vm": name, "was": ip, "now": a.ip, "learned": a.learned, "source": source}))
+                                       json!({"vm": name, "was": ip, "now": a.ip, "public_ip": a.public_ip,
+                                              "learned": a.learned, "source": source}))
                             .vm(a.vm_id),
                     )?;
                     out.push(crate::AddressChange {
@@ -434,7 +445,6 @@ impl Vms for Embedded<'_> {
             Ok(out)
         })
     }
-
     fn vm_import(
         &self,
         host_name: &str,
@@ -523,6 +533,9 @@ impl Vms for Embedded<'_> {
 
 /// Writes what the host said of one VM inside a transaction, re-checking
 /// the row (a transition that began since is left alone).
+/// A VM's name, address, SSH port, status and public address.
+type AddressRow = (String, Option<String>, Option<i64>, VmStatus, Option<String>);
+
 fn reconcile_in(
     tx: &Connection,
     vm_id: i64,
