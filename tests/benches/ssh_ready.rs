@@ -10,7 +10,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use vmdesk_tests::{qemu_uri, tiny_linux, Machine, Vmdesk};
+use vmdesk_tests::{qemu_uri, Machine, Vmdesk};
 
 const RUNS: usize = 5;
 
@@ -20,36 +20,14 @@ fn main() {
     }
     let v = Vmdesk::new();
     v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    let image = tiny_linux();
-    v.json(&[
-        "os",
-        "import",
-        "tiny-linux",
-        image.to_str().unwrap(),
-        "--min-ram-mb",
-        "128",
-    ]);
+    v.import_tiny_linux();
     v.json(&["user", "add", "ann", "--credits", "1000000"]);
     let mut created = Vec::new();
     let mut ready = Vec::new();
     for i in 0..RUNS {
         let name = format!("ssh-bench-{i}");
         let t = Instant::now();
-        let vm = v.json(&[
-            "--as",
-            "ann",
-            "vm",
-            "create",
-            &name,
-            "--os",
-            "tiny-linux",
-            "--ram-mb",
-            "128",
-            "--disk-gb",
-            "1",
-            "--cpus",
-            "1",
-        ]);
+        let vm = v.create_tiny(Some("ann"), &name, &[]);
         let _m = Machine(vm["provider_id"].as_str().unwrap().to_owned());
         created.push(t.elapsed());
         // As a person would: `vmdesk ssh` asks the host for the address

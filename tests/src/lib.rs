@@ -219,7 +219,48 @@ impl Drop for Machine {
     }
 }
 
+/// The least memory tiny-linux boots with, as `make run` records it
+/// (scripts/run.sh, TINY_MIN_RAM_MB).
+pub const TINY_RAM_MB: &str = "128";
+
 impl Vmdesk {
+    /// Adds tiny-linux to the catalog with its least memory.
+    pub fn import_tiny_linux(&self) {
+        let image = tiny_linux();
+        self.json(&[
+            "os",
+            "import",
+            "tiny-linux",
+            image.to_str().expect("path"),
+            "--min-ram-mb",
+            TINY_RAM_MB,
+        ]);
+    }
+
+    /// `vmdesk [--as USER] vm create NAME` of tiny-linux with its least
+    /// memory, 1 GB and 1 CPU, then `extra`; its JSON.
+    pub fn create_tiny(&self, user: Option<&str>, name: &str, extra: &[&str]) -> Value {
+        let mut args = Vec::new();
+        if let Some(u) = user {
+            args.extend(["--as", u]);
+        }
+        args.extend([
+            "vm",
+            "create",
+            name,
+            "--os",
+            "tiny-linux",
+            "--ram-mb",
+            TINY_RAM_MB,
+            "--disk-gb",
+            "1",
+            "--cpus",
+            "1",
+        ]);
+        args.extend_from_slice(extra);
+        self.json(&args)
+    }
+
     /// Adds the real QEMU host as `qemu` and a user `ann` with `credits`.
     pub fn qemu_and_ann(&self, credits: i64) {
         self.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vmdesk_tests::{qemu_uri, tiny_linux, virsh, Machine, Vmdesk};
+use vmdesk_tests::{qemu_uri, virsh, Machine, Vmdesk};
 
 /// How long tiny-linux may take from its start to a lease.
 const ADDRESS_WITHIN: Duration = Duration::from_secs(90);
@@ -26,15 +26,7 @@ fn text(o: &Output) -> String {
 fn desk() -> Vmdesk {
     let v = Vmdesk::new();
     v.json(&["host", "add", "qemu", "--uri", &qemu_uri()]);
-    let image = tiny_linux();
-    v.json(&[
-        "os",
-        "import",
-        "tiny-linux",
-        image.to_str().expect("path"),
-        "--min-ram-mb",
-        "128",
-    ]);
+    v.import_tiny_linux();
     for u in ["ann", "bob"] {
         v.json(&["user", "add", u, "--credits", "100000"]);
     }
@@ -112,21 +104,7 @@ fn events(v: &Vmdesk, action: &str) -> Vec<Value> {
 #[test]
 fn a_new_vm_gets_an_address_and_its_owner_logs_in_with_vmdesk_ssh() {
     let v = desk();
-    let created = v.json(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "net1",
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "128",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
+    let created = v.create_tiny(Some("ann"), "net1", &[]);
     let _m = Machine(created["provider_id"].as_str().expect("machine").to_owned());
     assert_eq!(created["status"], "RUNNING", "{created}");
 
@@ -296,39 +274,9 @@ fn a_pool_vm_lets_in_only_the_user_of_its_session() {
 #[test]
 fn the_network_is_defined_once_and_survives_a_daemon_restart() {
     let v = desk();
-    let a = v.json(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "netA",
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "128",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-        "--no-start",
-    ]);
+    let a = v.create_tiny(Some("ann"), "netA", &["--no-start"]);
     let _a = Machine(a["provider_id"].as_str().expect("machine").to_owned());
-    let b = v.json(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "netB",
-        "--os",
-        "tiny-linux",
-        "--ram-mb",
-        "128",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-        "--no-start",
-    ]);
+    let b = v.create_tiny(Some("ann"), "netB", &["--no-start"]);
     let _b = Machine(b["provider_id"].as_str().expect("machine").to_owned());
     let nets = virsh(&["net-list", "--all", "--name"]);
     assert_eq!(

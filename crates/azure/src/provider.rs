@@ -271,24 +271,7 @@ impl AzureProvider {
         let deadline = Instant::now() + OPERATION_TIMEOUT;
         loop {
             tokio::time::sleep(wait).await;
-            let token = self
-                .credential
-                .get_token(&[ARM_SCOPE])
-                .await
-                .map_err(arm_error)?;
-            let mut req = Request::new(url.clone(), Method::Get);
-            req.insert_header(
-                azure_core::headers::AUTHORIZATION,
-                format!("Bearer {}", token.token.secret()),
-            );
-            let rsp = self
-                .transport
-                .execute_request(&req)
-                .await
-                .map_err(arm_error)?;
-            let (status, headers, body) = rsp.deconstruct();
-            let body = body.collect().await.map_err(arm_error)?;
-            let code = u16::from(status);
+            let (code, headers, body) = self.authorized_get(url.clone()).await?;
             if code == 202 && body.is_empty() {
                 // A Location monitor that is still running.
             } else if !(200..300).contains(&code) {
@@ -338,9 +321,12 @@ impl AzureProvider {
         self.get_url(url).await
     }
 
-    /// GETs an ARM URL (of the ARM origin) through the transport, as JSON.
-    async fn get_url(&self, url: url::Url) -> Result<serde_json::Value, ProviderError> {
-        let id = url.path().to_owned();
+    /// GETs a URL of the ARM origin with the bearer token, through the
+    /// transport: the status, headers and body.
+    async fn authorized_get(
+        &self,
+        url: url::Url,
+    ) -> Result<(u16, azure_core::headers::Headers, Vec<u8>), ProviderError> {
         let token = self
             .credential
             .get_token(&[ARM_SCOPE])
@@ -356,9 +342,15 @@ impl AzureProvider {
             .execute_request(&req)
             .await
             .map_err(arm_error)?;
-        let (status, _, body) = rsp.deconstruct();
+        let (status, headers, body) = rsp.deconstruct();
         let body = body.collect().await.map_err(arm_error)?;
-        let code = u16::from(status);
+        Ok((u16::from(status), headers, body.to_vec()))
+    }
+
+    /// GETs an ARM URL (of the ARM origin) through the transport, as JSON.
+    async fn get_url(&self, url: url::Url) -> Result<serde_json::Value, ProviderError> {
+        let id = url.path().to_owned();
+        let (code, _, body) = self.authorized_get(url).await?;
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         match code {
             200..=299 => Ok(v),

@@ -24,6 +24,11 @@ describe("event sentences", () => {
   it("words the lifecycle of a VM", () => {
     expect(plain(sentence(ev("vm.stop", { vm: "lab-3", forced_off: true })))).toBe("ann stopped lab-3 (the guest was forced off)");
     expect(plain(sentence(ev("vm.destroy", { vm: "web" })))).toBe("ann destroyed web");
+    expect(plain(sentence(ev("vm.address", { vm: "web", now: "192.168.213.9", learned: "lease" })))).toBe(
+      "web has the address 192.168.213.9 (from its DHCP lease)");
+    expect(plain(sentence(ev("vm.address", { vm: "az", now: "10.0.0.4", public_ip: "20.1.2.3", learned: "azure" })))).toBe(
+      "az has the address 10.0.0.4 (public 20.1.2.3) (from its Azure network interface)");
+    expect(plain(sentence(ev("vm.address", { vm: "web", now: null })))).toBe("web has no address now");
     expect(plain(sentence(ev("vm.create", { vm: "web", cost: 34 })))).toBe("ann created web for 34 credits");
     expect(plain(sentence(ev("vm.start.failed", { vm: "web", reason: "Not enough credits." })))).toBe(
       "ann could not start web: not enough credits",

@@ -60,6 +60,14 @@ const VM_VERBS: Record<string, string> = {
   destroy: "destroyed",
 };
 
+/** Where an address was learned, as the end of a sentence. */
+const LEARNED: Record<string, string> = {
+  lease: " (from its DHCP lease)",
+  agent: " (from its guest agent)",
+  arp: " (from the host's ARP table)",
+  azure: " (from its Azure network interface)",
+};
+
 const VM_TRIED: Record<string, string> = {
   start: "start",
   stop: "stop",
@@ -131,6 +139,13 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return ["Adding ", vm, " failed" + reason(str(d, "reason"))];
       case "import":
         return [`${actor} imported `, vm];
+      case "address": {
+        const now = str(d, "now");
+        const pub = str(d, "public_ip");
+        const from = LEARNED[str(d, "learned") ?? ""] ?? "";
+        if (!now) return [vm, " has no address now"];
+        return [vm, ` has the address ${now}` + (pub ? ` (public ${pub})` : "") + from];
+      }
     }
   }
   if (kind === "console") {

@@ -534,7 +534,13 @@ impl Vms for Embedded<'_> {
 /// Writes what the host said of one VM inside a transaction, re-checking
 /// the row (a transition that began since is left alone).
 /// A VM's name, address, SSH port, status and public address.
-type AddressRow = (String, Option<String>, Option<i64>, VmStatus, Option<String>);
+type AddressRow = (
+    String,
+    Option<String>,
+    Option<i64>,
+    VmStatus,
+    Option<String>,
+);
 
 fn reconcile_in(
     tx: &Connection,
