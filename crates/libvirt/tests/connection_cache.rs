@@ -19,13 +19,22 @@ fn silent_listener() -> (TcpListener, u16) {
     (l, port)
 }
 
+/// Ends a hung connect: the listener goes, its pending connection is
+/// reset, and the thread that waited on it is joined. The process must not
+/// exit while libvirt is inside a connect on another thread (its teardown
+/// then corrupts the heap: `malloc_consolidate(): invalid chunk size`).
+fn end_hung(listener: TcpListener, waiter: std::thread::JoinHandle<()>) {
+    drop(listener);
+    waiter.join().unwrap();
+}
+
 #[test]
 fn a_hung_connect_to_one_host_does_not_block_another() {
-    let (_listener, port) = silent_listener();
+    let (listener, port) = silent_listener();
     let factory = Arc::new(LibvirtFactory::new().with_policy(UriPolicy { allow_tcp: true }));
     let hung = Arc::clone(&factory);
-    std::thread::spawn(move || {
-        // Never returns while the listener is silent; the process ends it.
+    let waiter = std::thread::spawn(move || {
+        // Does not return while the listener is silent.
         let _ = hung.provider(&format!("qemu+tcp://127.0.0.1:{port}/system"));
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -40,16 +49,17 @@ fn a_hung_connect_to_one_host_does_not_block_another() {
         Ok(true),
         "the test driver's provider waited for the hung host"
     );
+    end_hung(listener, waiter);
 }
 
 #[test]
 fn a_hung_connect_is_not_reported_as_connected() {
-    let (_listener, port) = silent_listener();
+    let (listener, port) = silent_listener();
     let uri = format!("qemu+tcp://127.0.0.1:{port}/system");
     let factory = Arc::new(LibvirtFactory::new().with_policy(UriPolicy { allow_tcp: true }));
     let hung = Arc::clone(&factory);
     let u = uri.clone();
-    std::thread::spawn(move || {
+    let waiter = std::thread::spawn(move || {
         let _ = hung.provider(&u);
     });
     std::thread::sleep(Duration::from_millis(500));
@@ -60,6 +70,7 @@ fn a_hung_connect_is_not_reported_as_connected() {
         let _ = tx.send(f.is_connected(&uri));
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(false));
+    end_hung(listener, waiter);
 }
 
 #[test]

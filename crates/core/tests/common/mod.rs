@@ -28,6 +28,8 @@ pub struct MemoryHost {
     pub inventory: Mutex<Vec<Machine>>,
     /// What each host (by URI) has room for; a host not in it does not tell.
     pub capacity: Mutex<HashMap<String, Capacity>>,
+    /// Each running machine's address, as its network would tell.
+    pub addresses: Mutex<HashMap<String, vmdesk_core::provider::Address>>,
 }
 
 impl MemoryHost {
@@ -109,6 +111,13 @@ impl Provider for MemoryHost {
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
         self.check()?;
         Ok(self.inventory.lock().unwrap().clone())
+    }
+    fn address(
+        &self,
+        machine: &str,
+    ) -> Result<Option<vmdesk_core::provider::Address>, ProviderError> {
+        self.check()?;
+        Ok(self.addresses.lock().unwrap().get(machine).cloned())
     }
 }
 

@@ -1,0 +1,114 @@
+//! VM addresses on both stores (issue 15): status sync records what a host
+//! says of a running VM's address (a `vm.address` event the owner sees, the
+//! public address in the metadata), clears it when the VM stops, is an
+//! admin's; `vmdesk ssh`'s target is the owner's only.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+#[macro_use]
+#[path = "support/stores.rs"]
+mod stores;
+
+use vmdesk_core::provider::Address;
+use vmdesk_core::{Error, EventQuery, VmAction};
+
+both!(
+    an_address_is_recorded_with_an_event_and_cleared_when_the_vm_stops,
+    |d| {
+        d.pool(0);
+        let ann = d.user("ann", false, 10_000);
+        let bob = d.user("bob", false, 10_000);
+        let vm = d.create_vm(&ann, "a1");
+        let machine = vm.provider_id.clone().unwrap();
+        let admin = d.admin();
+        let sync = |all: bool| {
+            d.with(&admin, |c, me| {
+                let _ = me;
+                c.sync_addresses(all, true, "poll")
+            })
+        };
+        // Not known yet: nothing changes.
+        assert!(sync(false).unwrap().is_empty());
+
+        d.host().addresses.lock().unwrap().insert(
+            machine.clone(),
+            Address {
+                ip: "192.168.213.40".into(),
+                source: "lease",
+                public_ip: None,
+            },
+        );
+        let changed = sync(false).unwrap();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].now.as_deref(), Some("192.168.213.40"));
+        let shown = d.with(&ann, |c, me| c.vm_show(me, "a1")).unwrap();
+        assert_eq!(shown.ip_address.as_deref(), Some("192.168.213.40"));
+        assert_eq!(shown.ssh_port, Some(22));
+        // The owner sees the event.
+        let events = d
+            .with(&ann, |c, me| {
+                c.events_query(
+                    me,
+                    &EventQuery {
+                        limit: 50,
+                        ..Default::default()
+                    },
+                )
+            })
+            .unwrap();
+        let e = events
+            .iter()
+            .find(|e| e.action == "vm.address")
+            .expect("a vm.address event");
+        assert_eq!(e.details["learned"], "lease");
+        // The same again is no change; a public address is.
+        assert!(sync(true).unwrap().is_empty());
+        d.host().addresses.lock().unwrap().insert(
+            machine.clone(),
+            Address {
+                ip: "192.168.213.40".into(),
+                source: "azure",
+                public_ip: Some("20.1.2.3".into()),
+            },
+        );
+        assert_eq!(sync(true).unwrap().len(), 1);
+        let shown = d.with(&ann, |c, me| c.vm_show(me, "a1")).unwrap();
+        assert_eq!(shown.metadata["public_ip"], "20.1.2.3");
+
+        // A user's own sync records nothing (it is an admin's).
+        assert!(d
+            .with(&bob, |c, me| {
+                let _ = me;
+                c.sync_addresses(true, true, "poll")
+            })
+            .unwrap()
+            .is_empty());
+        // Bob may not log in to ann's VM; ann may, at the public address.
+        let refused = d.with(&bob, |c, me| c.ssh_target(me, "a1"));
+        assert!(
+            matches!(refused, Err(Error::UnknownVm(_) | Error::Forbidden { .. })),
+            "{refused:?}"
+        );
+        let t = d.with(&ann, |c, me| c.ssh_target(me, "a1")).unwrap();
+        assert_eq!(
+            (t.ip.as_str(), t.port, t.user.as_str()),
+            ("20.1.2.3", 22, "root")
+        );
+        assert!(
+            t.identity.ends_with(format!("ssh/{ann}/id_ed25519")),
+            "{}",
+            t.identity.display()
+        );
+
+        // Stopped, it has no address.
+        d.with(&ann, |c, me| c.vm_action(me, "a1", VmAction::Stop))
+            .unwrap();
+        let changed = sync(false).unwrap();
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(changed[0].now, None);
+        let shown = d.with(&ann, |c, me| c.vm_show(me, "a1")).unwrap();
+        assert_eq!(shown.ip_address, None);
+        assert_eq!(shown.metadata.get("public_ip"), None);
+    }
+);
