@@ -144,8 +144,24 @@ impl Core {
     /// desk, and this desk must not make one for them).
     fn key_here(&self, user: &str) -> Result<Option<String>> {
         match self.team() {
-            Some(t) if t.login() != user => Ok(None),
+            // Another user's key is the one their desk published.
+            Some(t) if t.login() != user => {
+                let key = self.reading().users().ssh_key_of(user)?;
+                Ok(key.filter(|k| access::public_key(k).is_ok()))
+            }
             _ => Ok(Some(access::user_key(self.data_dir(), user)?.public)),
+        }
+    }
+
+    /// On a team store, publishes the actor's public key (made on first
+    /// use), so that a worker starting their VMs lets them in. A failure
+    /// is logged, not the caller's: it costs only that SSH key.
+    pub(crate) fn publish_key(&self, actor: &str) {
+        let Some(team) = self.team() else { return };
+        let published = access::user_key(self.data_dir(), team.login())
+            .and_then(|k| self.acting(actor)?.users().ssh_key_publish(&k.public));
+        if let Err(e) = published {
+            tracing::warn!(error = %e.one_line(), "the SSH key was not published");
         }
     }
 

@@ -89,6 +89,8 @@ impl Core {
         } else {
             None
         };
+        // Whoever starts the VM writes this user's key into its seed.
+        self.publish_key(actor);
         let opened = self
             .acting(actor)?
             .sessions()

@@ -109,6 +109,21 @@ pub trait Users: Send + Sync {
 
     /// A user's balance and ledger (oneself, or anyone for an admin).
     fn credits_show(&self, of: &str) -> Result<CreditStatement>;
+
+    /// Publishes the login's SSH public key, so that whichever desk starts
+    /// its VMs writes it into their seeds. The embedded store's users are
+    /// all on this desk, whose data directory holds their keys: nothing to
+    /// publish there.
+    fn ssh_key_publish(&self, public: &str) -> Result<()> {
+        let _ = public;
+        Ok(())
+    }
+
+    /// The SSH public key `user` published (their own, or any for an admin).
+    fn ssh_key_of(&self, user: &str) -> Result<Option<String>> {
+        let _ = user;
+        Ok(None)
+    }
 }
 
 /// Hosts, projects and workspaces, and the store's install id.

@@ -100,6 +100,8 @@ impl Core {
         };
         // Where it runs, and that it fits there, before anything is charged.
         let placed = self.placement(actor, spec.ram_mb, &spec.os_type, spec.host.as_deref())?;
+        // Whoever provisions the VM writes this user's key into its seed.
+        self.publish_key(actor);
         let spec = &VmCreate {
             host: Some(placed.host),
             ..spec.clone()

@@ -35,3 +35,37 @@ END $$;
 
 REVOKE EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text, text) TO @USERS@;
+
+-- Each user's SSH public key, published by their own desk (the private key
+-- never leaves it), so that a worker starting their VM (`serve`) writes it
+-- into the VM's cloud-init seed. One line of printable characters.
+ALTER TABLE vmdesk.users ADD COLUMN ssh_public_key text
+    CHECK (ssh_public_key IS NULL
+           OR (length(ssh_public_key) <= 16384 AND ssh_public_key !~ '[[:cntrl:]]'
+               AND ssh_public_key ~ '^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( .*)?$'));
+
+CREATE FUNCTION vmdesk.ssh_key_publish(p_key text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE u vmdesk.users;
+BEGIN
+    u := vmdesk.caller();
+    UPDATE vmdesk.users SET ssh_public_key = p_key
+     WHERE id = u.id AND ssh_public_key IS DISTINCT FROM p_key;
+END $$;
+
+CREATE FUNCTION vmdesk.ssh_key_of(p_user text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
+DECLARE u vmdesk.users; k text;
+BEGIN
+    u := vmdesk.caller();
+    IF u.name <> p_user AND NOT vmdesk.is_admin() THEN
+        RAISE EXCEPTION '% may not read the SSH key of %', session_user, p_user USING ERRCODE = '42501';
+    END IF;
+    SELECT ssh_public_key INTO k FROM vmdesk.users WHERE name = p_user;
+    RETURN k;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION vmdesk.ssh_key_publish(text) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION vmdesk.ssh_key_of(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION vmdesk.ssh_key_publish(text) TO @USERS@;
+GRANT EXECUTE ON FUNCTION vmdesk.ssh_key_of(text) TO @USERS@;

@@ -449,6 +449,17 @@ impl Users for PgStore {
         format!("{} @ {}", self.conn.login, self.conn.target.describe())
     }
 
+    fn ssh_key_publish(&self, public: &str) -> CoreResult<()> {
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.ssh_key_publish($1)", &[&public]))?;
+        Ok(())
+    }
+
+    fn ssh_key_of(&self, user: &str) -> CoreResult<Option<String>> {
+        self.conn
+            .one("SELECT vmdesk.ssh_key_of($1)", &[&user], |r| Ok(r.get(0)))
+    }
+
     fn whoami(&self) -> CoreResult<User> {
         self.conn.one(
             &format!("SELECT {USER_COLS} FROM vmdesk.whoami()"),

@@ -1,7 +1,9 @@
 //! VM addresses on both stores (issue 15): status sync records what a host
 //! says of a running VM's address (a `vm.address` event the owner sees, the
 //! public address in the metadata), clears it when the VM stops, is an
-//! admin's; `vmdesk ssh`'s target is the owner's only.
+//! admin's; `vmdesk ssh`'s target is the owner's only; a session driven by
+//! an admin's worker lets in the session user's key (published by their
+//! desk, the private half never leaving it).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 #[path = "../../core/tests/common/mod.rs"]
@@ -110,5 +112,68 @@ both!(
         let shown = d.with(&ann, |c, me| c.vm_show(me, "a1")).unwrap();
         assert_eq!(shown.ip_address, None);
         assert_eq!(shown.metadata.get("public_ip"), None);
+    }
+);
+
+/// The `user-data` of a seed disk (read with mtools, as cloud-init would
+/// read the vfat `cidata` disk).
+fn user_data(seed: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("seed.img");
+    std::fs::write(&img, seed).unwrap();
+    let out = std::process::Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&img)
+        .arg("::user-data")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+both!(
+    a_session_driven_by_a_worker_lets_in_the_session_users_key,
+    |d| {
+        d.pool(1);
+        *d.host().take_seeds.lock().unwrap() = true;
+        let ann = d.user("ann", false, 10_000);
+        let key = d.with(&ann, |c, me| c.ssh_key(me)).unwrap().public;
+        // Opened without waiting: an admin's worker starts it.
+        let s = d
+            .with(&ann, |c, me| c.session_open(me, &stores::req(), false))
+            .unwrap();
+        let admin = d.admin();
+        let driven = d.with(&admin, |c, me| {
+            let _ = me;
+            c.drive_pending()
+        });
+        assert_eq!(driven.unwrap(), 1);
+        let s = d
+            .with(&ann, |c, me| c.session_list(me, false))
+            .unwrap()
+            .into_iter()
+            .find(|x| x.id == s.id)
+            .unwrap();
+        assert_eq!(s.status, vmdesk_core::SessionStatus::Active, "{s:?}");
+        let seeds = d.host().seeds.lock().unwrap().clone();
+        assert_eq!(seeds.len(), 1, "one seed, for the session's VM");
+        let text = user_data(seeds.values().next().unwrap());
+        let keys: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "ssh_authorized_keys:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  - "))
+            .collect();
+        assert_eq!(keys, vec![format!("  - \"{key}\"").as_str()], "{text}");
+        assert!(text.contains("vmdesk-revoke-keys"), "{text}");
+        // Nobody reads another user's key but an admin.
+        let bob = d.user("bob", false, 10);
+        let refused = d.with(&bob, |c, me| c.ssh_target(me, "vm0"));
+        assert!(refused.is_err());
     }
 );

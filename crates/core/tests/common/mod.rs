@@ -30,6 +30,10 @@ pub struct MemoryHost {
     pub capacity: Mutex<HashMap<String, Capacity>>,
     /// Each running machine's address, as its network would tell.
     pub addresses: Mutex<HashMap<String, vmdesk_core::provider::Address>>,
+    /// Whether machines take cloud-init seeds (as a real hypervisor's do).
+    pub take_seeds: Mutex<bool>,
+    /// The seed each machine was given last.
+    pub seeds: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl MemoryHost {
@@ -54,8 +58,17 @@ impl MemoryHost {
 }
 
 impl Provider for MemoryHost {
+    fn takes_seed(&self) -> bool {
+        *self.take_seeds.lock().unwrap()
+    }
     fn ensure_disk(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
         self.check()?;
+        if let Some(seed) = &spec.seed {
+            self.seeds
+                .lock()
+                .unwrap()
+                .insert(spec.machine_name.clone(), seed.clone());
+        }
         self.disks.lock().unwrap().insert(spec.machine_name.clone());
         Ok(())
     }
