@@ -42,7 +42,7 @@ GRANT EXECUTE ON FUNCTION vmdesk.vm_address(bigint, text, integer, text, text, t
 ALTER TABLE vmdesk.users ADD COLUMN ssh_public_key text
     CHECK (ssh_public_key IS NULL
            OR (length(ssh_public_key) <= 16384 AND ssh_public_key !~ '[[:cntrl:]]'
-               AND ssh_public_key ~ '^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/=]+( .*)?$'));
+               AND ssh_public_key ~ '^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)[[:punct:]]openssh\.com) [A-Za-z0-9+/=]+( .*)?$'));
 
 CREATE FUNCTION vmdesk.ssh_key_publish(p_key text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
