@@ -110,6 +110,11 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
+/// `s` as an IPv4 address, if it is one (and nothing else).
+pub(crate) fn ipv4(s: &str) -> Option<std::net::Ipv4Addr> {
+    s.parse().ok()
+}
+
 /// The name a VM's host key is kept under in `known_hosts`.
 pub fn host_key_alias(vm_id: i64) -> String {
     format!("vmdesk-vm-{vm_id}")
@@ -259,10 +264,19 @@ impl Core {
                 vm.status.as_str()
             )));
         }
-        // A public address (Azure's) is the one reachable from a desk.
+        // A public address (Azure's) is the one reachable from a desk. It is
+        // in the metadata, which the owner may set: like every address, it
+        // goes to ssh's command line only as an IPv4 address.
         let public = vm.metadata["public_ip"].as_str().map(str::to_owned);
         let ip = match public.as_ref().or(vm.ip_address.as_ref()) {
-            Some(ip) => ip.clone(),
+            Some(ip) => ipv4(ip)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "VM {}'s address {ip:?} is not an IPv4 address: vmdesk does not give it to ssh",
+                        vm.name
+                    ))
+                })?
+                .to_string(),
             None => self.address_now(&vm)?.ok_or_else(|| {
                 Error::invalid(format!(
                     "VM {} has no IP address yet: its network has not given it one (wait for it to boot, \
@@ -319,6 +333,16 @@ impl Core {
     }
 
     fn seen_address(&self, vm: &Vm, found: Option<crate::provider::Address>) -> SeenAddress {
+        // What a host says may come from the guest (its agent): anything
+        // but an IPv4 address is no address.
+        let found = found.and_then(|mut a| {
+            if ipv4(&a.ip).is_none() {
+                tracing::warn!(vm = %vm.name, address = ?a.ip, "not an IPv4 address: ignored");
+                return None;
+            }
+            a.public_ip = a.public_ip.filter(|p| ipv4(p).is_some());
+            Some(a)
+        });
         match found {
             Some(a) => SeenAddress {
                 vm_id: vm.id,

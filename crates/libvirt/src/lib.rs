@@ -863,8 +863,12 @@ impl Provider for LibvirtProvider {
                 .iter()
                 .filter(|i| i.name != "lo")
                 .flat_map(|i| &i.addrs)
+                .filter(|a| a.typed == i64::from(sys::VIR_IP_ADDR_TYPE_IPV4))
+                // The agent's answer is the guest's: an IPv4 address or nothing.
                 .find(|a| {
-                    a.typed == i64::from(sys::VIR_IP_ADDR_TYPE_IPV4) && !a.addr.starts_with("127.")
+                    a.addr
+                        .parse::<std::net::Ipv4Addr>()
+                        .is_ok_and(|ip| !ip.is_loopback())
                 })
                 .map(|a| a.addr.clone());
             if let Some(ip) = ip {

@@ -177,3 +177,43 @@ both!(
         assert!(refused.is_err());
     }
 );
+
+both!(an_address_that_is_not_ipv4_never_reaches_ssh, |d| {
+    d.pool(0);
+    let ann = d.user("ann", false, 10_000);
+    let vm = d.create_vm(&ann, "a1");
+    let machine = vm.provider_id.clone().unwrap();
+    let admin = d.admin();
+    // A guest agent is the guest's to say: a hostile one may report an
+    // "address" that ssh would take for an option.
+    d.host().addresses.lock().unwrap().insert(
+        machine,
+        Address {
+            ip: "-oProxyCommand=touch /tmp/vmdesk-pwned".into(),
+            source: "agent",
+            public_ip: None,
+        },
+    );
+    let changed = d
+        .with(&admin, |c, _| c.sync_addresses(true, true, "poll"))
+        .unwrap();
+    assert!(changed.is_empty(), "{changed:?}");
+    let shown = d.with(&ann, |c, me| c.vm_show(me, "a1")).unwrap();
+    assert_eq!(shown.ip_address, None);
+    // Nor through the metadata, which the owner may set.
+    d.with(&ann, |c, me| {
+        c.vm_meta(
+            me,
+            "a1",
+            &[(
+                "public_ip".into(),
+                "-oProxyCommand=touch /tmp/vmdesk-pwned".into(),
+            )],
+        )
+    })
+    .unwrap();
+    let refused = d.with(&ann, |c, me| c.ssh_target(me, "a1"));
+    let e = refused.expect_err("an option-like address reached ssh");
+    assert_eq!(e.code(), "invalid_input", "{e}");
+    assert!(e.to_string().contains("not an IPv4 address"), "{e}");
+});

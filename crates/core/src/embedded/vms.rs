@@ -402,6 +402,13 @@ impl Vms for Embedded<'_> {
                 return Err(Error::AdminOnly("sync VMs"));
             }
         }
+        for a in &seen {
+            for ip in a.ip.iter().chain(&a.public_ip) {
+                if crate::reach::ipv4(ip).is_none() {
+                    return Err(Error::invalid(format!("{ip:?} is not an IPv4 address")));
+                }
+            }
+        }
         self.core.write(|tx| {
             let mut out = Vec::new();
             for a in &seen {
