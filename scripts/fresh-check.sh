@@ -4,7 +4,8 @@
 # one machine happens to have, a fresh one lacks: without this, a set-up step
 # that forgets to make something passes on every machine that once had it.
 #
-# Removes: vmdesk's libvirt domains, its NAT network and its storage pool `vmdesk` (with its
+# Removes: vmdesk's libvirt domains, its NAT network (with its bridge and
+# dnsmasq) and its storage pool `vmdesk` (with its
 # directory), the QEMU driver's state, log, cache and run directories, the
 # libvirtd.sh state directory, the postgres.sh cluster directory (its data,
 # password, certificates and env file), the tiny-linux image (target/os) and
@@ -81,12 +82,25 @@ for xml in /etc/libvirt/qemu/*.xml; do
     say "removed domain definition $xml"
   fi
 done
-for path in /etc/libvirt/storage/"$POOL".xml /etc/libvirt/storage/autostart/"$POOL".xml; do
+for path in /etc/libvirt/storage/"$POOL".xml /etc/libvirt/storage/autostart/"$POOL".xml \
+  /etc/libvirt/qemu/networks/vmdesk.xml /etc/libvirt/qemu/networks/autostart/vmdesk.xml; do
   if [ -e "$path" ] || [ -L "$path" ]; then
     rm -f -- "$path"
     say "removed $path"
   fi
 done
+
+# A daemon that stops leaves its networks up: the dnsmasq of vmdesk's
+# network and its bridge (crates/libvirt: NETWORK_CHOICES) outlive it, and
+# with /run/libvirt gone the next daemon would find the bridge in its way.
+pkill -f '^/usr/sbin/dnsmasq --conf-file=/var/lib/libvirt/dnsmasq/vmdesk.conf' 2>/dev/null || true
+for bridge in vmdesk0 vmdesk1 vmdesk2 vmdesk3 vmdesk4 vmdesk5; do
+  if ip link show "$bridge" >/dev/null 2>&1; then
+    ip link del "$bridge"
+    say "removed the bridge $bridge"
+  fi
+done
+rm -f /var/lib/libvirt/dnsmasq/vmdesk*
 
 if [ -f scripts/postgres.sh ]; then
   bash scripts/postgres.sh stop

@@ -57,13 +57,21 @@ pub fn seed_volume(machine: &str) -> String {
     format!("{machine}-seed.img")
 }
 
-/// vmdesk's NAT network on a system daemon, and its bridge.
+/// vmdesk's NAT network on a system daemon.
 pub const NETWORK: &str = "vmdesk";
-/// The bridge of [`NETWORK`].
-pub const NETWORK_BRIDGE: &str = "vmdesk0";
-/// The third octets of the 192.168.X.0/24 subnets vmdesk's network may
-/// take, in order: the first that no interface of the host uses.
-const NETWORK_SUBNETS: [u8; 6] = [213, 214, 215, 216, 217, 218];
+/// The bridges and the third octets of the 192.168.X.0/24 subnets vmdesk's
+/// network may take, in order: the first pair that the host's interfaces
+/// leave free. The bridge changes with the subnet, so that a bridge left
+/// behind by a daemon that died without tearing its network down (its
+/// address still on it) does not keep the network from starting.
+const NETWORK_CHOICES: [(&str, u8); 6] = [
+    ("vmdesk0", 213),
+    ("vmdesk1", 214),
+    ("vmdesk2", 215),
+    ("vmdesk3", 216),
+    ("vmdesk4", 217),
+    ("vmdesk5", 218),
+];
 
 /// The prefix of the temporary volumes an image is uploaded to before it is
 /// checked and copied to its [`image_volume`] (a process killed mid-upload
@@ -341,15 +349,34 @@ impl LibvirtProvider {
 
     /// vmdesk's NAT network ([`NETWORK`]), defined, started and set to
     /// start with the daemon on first use; another process defining it at
-    /// the same time is no error. Its subnet is the first of
-    /// 192.168.213-218.0/24 that the host's interfaces leave free.
+    /// the same time is no error. Its bridge and subnet are the first of
+    /// [`NETWORK_CHOICES`] that the host's interfaces leave free. A network
+    /// that is defined but will not start (its bridge or subnet taken since,
+    /// e.g. by a bridge a killed daemon left behind) is defined again on the
+    /// next free choice: machines name the network, not its bridge.
     pub fn ensure_network(&self) -> Result<(), ProviderError> {
+        self.ensure_network_from(0)
+    }
+
+    fn ensure_network_from(&self, depth: u8) -> Result<(), ProviderError> {
         let err = |e: virt::error::Error| {
             ProviderError::Refused(format!("network {NETWORK}: {}", e.message()))
         };
         if let Ok(net) = self.conn.lookup_network_by_name(NETWORK) {
             if !net.is_active().map_err(err)? {
-                net.create().map_err(err)?;
+                if let Err(e) = net.create() {
+                    // Started by another process in between.
+                    if net.is_active().unwrap_or(false) {
+                        return Ok(());
+                    }
+                    // Defined and unable to start: define it again on a
+                    // free choice (once; a second failure is the answer).
+                    if depth > 0 {
+                        return Err(err(e));
+                    }
+                    let _ = net.undefine();
+                    return self.ensure_network_from(depth + 1);
+                }
             }
             if !net.autostart().unwrap_or(true) {
                 let _ = net.set_autostart(true);
@@ -357,13 +384,13 @@ impl LibvirtProvider {
             return Ok(());
         }
         let mut last = None;
-        for third in NETWORK_SUBNETS {
-            let xml = xml::nat_network(NETWORK, NETWORK_BRIDGE, third);
+        for (bridge, third) in NETWORK_CHOICES {
+            let xml = xml::nat_network(NETWORK, bridge, third);
             let net = match self.conn.define_network_xml(&xml) {
                 Ok(n) => n,
                 // Defined by another process in between: use that one.
-                Err(_) if self.conn.lookup_network_by_name(NETWORK).is_ok() => {
-                    return self.ensure_network()
+                Err(_) if depth < 2 && self.conn.lookup_network_by_name(NETWORK).is_ok() => {
+                    return self.ensure_network_from(depth + 1)
                 }
                 Err(e) => return Err(err(e)),
             };
@@ -375,7 +402,8 @@ impl LibvirtProvider {
                 // Started by another process in between.
                 Err(_) if net.is_active().unwrap_or(false) => return Ok(()),
                 Err(e) => {
-                    // Most likely its subnet is in use on the host: try the next.
+                    // Most likely its subnet or bridge is in use on the
+                    // host: try the next.
                     let _ = net.undefine();
                     last = Some(e);
                 }
@@ -676,6 +704,16 @@ impl Provider for LibvirtProvider {
         let dom = self.domain(machine)?;
         if dom.is_active().map_err(|e| map_err(machine, e))? {
             return Ok(());
+        }
+        // vmdesk's network may be down since the machine was defined (the
+        // daemon restarted and could not start it again): start it first.
+        if self.is_system() {
+            let stored = dom
+                .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE)
+                .map_err(|e| map_err(machine, e))?;
+            if xml::uses_network(&stored, NETWORK) {
+                self.ensure_network()?;
+            }
         }
         match dom.create() {
             // A session daemon under a long home directory cannot bind the

@@ -57,6 +57,16 @@ pub fn without_agent(domain_xml: &str) -> Option<String> {
     Some(format!("{}{}", &domain_xml[..start], &domain_xml[end..]))
 }
 
+/// Whether a domain's XML has a NIC on the libvirt network `network`.
+pub fn uses_network(domain_xml: &str, network: &str) -> bool {
+    [
+        format!("<source network='{network}'"),
+        format!("<source network=\"{network}\""),
+    ]
+    .iter()
+    .any(|s| domain_xml.contains(s.as_str()))
+}
+
 /// A NIC: what it is plugged into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nic<'a> {
@@ -535,6 +545,12 @@ mod tests {
         assert!(xml.contains(r#"<driver name="qemu" type="raw"/>"#), "{xml}");
         assert!(xml.contains(r#"<interface type="network">"#), "{xml}");
         assert!(xml.contains(r#"<source network="vmdesk"/>"#), "{xml}");
+        assert!(uses_network(&xml, "vmdesk"));
+        assert!(uses_network(
+            "<source network='vmdesk' portid='x'/>",
+            "vmdesk"
+        ));
+        assert!(!uses_network(&xml, "vmdesk2"));
         assert!(xml.contains(r#"<model type="virtio"/>"#), "{xml}");
         assert!(
             xml.contains(r#"<target type="virtio" name="org.qemu.guest_agent.0"/>"#),
@@ -579,6 +595,7 @@ mod tests {
     #[test]
     fn the_nat_network_has_dhcp_on_its_subnet() {
         let xml = nat_network("vmdesk", "vmdesk0", 213);
+        assert!(!uses_network(&xml, "vmdesk"));
         assert!(xml.contains(r#"<forward mode="nat"/>"#), "{xml}");
         assert!(xml.contains(r#"<bridge name="vmdesk0""#), "{xml}");
         assert!(
