@@ -13,7 +13,7 @@ use tauri::{AppHandle, Emitter, Manager, State};
 use tauri_plugin_notification::NotificationExt;
 use vmdesk_core::Core;
 use vmdesk_core::{
-    CreditStatement, Event, EventQuery, Overview, PortStats, Progress, Role, Session,
+    CreditStatement, Event, EventQuery, LedgerEntry, Overview, PortStats, Progress, Role, Session,
     SessionRequest, Severity, User, Vm, VmAction, VmCreate, VmStats,
 };
 
@@ -816,6 +816,33 @@ async fn credits_grant(
     .await
 }
 
+/// Adds credits to a balance or takes them, as an adjustment (admin only).
+#[tauri::command]
+async fn credits_adjust(
+    ctx: State<'_, Ctx>,
+    user: String,
+    amount: i64,
+    reason: String,
+) -> Result<CreditStatement, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.credits_adjust(actor, &user, amount, &reason)
+    })
+    .await
+}
+
+/// Refunds the creation charge of a VM whose creation failed (admin only).
+#[tauri::command]
+async fn credits_refund(
+    ctx: State<'_, Ctx>,
+    vm: String,
+    reason: String,
+) -> Result<LedgerEntry, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.credits_refund(actor, &vm, &reason)
+    })
+    .await
+}
+
 /// The console port pool and its open consoles.
 #[tauri::command]
 async fn ports(ctx: State<'_, Ctx>) -> Result<PortStats, ApiError> {
@@ -1399,6 +1426,8 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             user_add,
             user_role,
             credits_grant,
+            credits_adjust,
+            credits_refund,
             ports,
             stats_watch,
             app_info,

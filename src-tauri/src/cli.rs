@@ -159,10 +159,29 @@ pub enum Command {
         #[arg(long, hide = true, requires = "watch")]
         parent_pipe: bool,
     },
-    /// The event log, newest first
+    /// The event log, newest first; the filters combine
     Events {
         #[arg(long, default_value_t = 50, allow_negative_numbers = true)]
         limit: i64,
+        /// Only these types (vm, session, billing, system, admin); repeat
+        /// it or separate them with commas
+        #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only these severities (info, warning, critical)
+        #[arg(long = "severity", value_name = "SEVERITY", value_delimiter = ',')]
+        severities: Vec<String>,
+        /// Only events about this user: what they did and what happened to
+        /// their VMs, sessions and credits (another user's: admins only)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only events since then: RFC 3339 (2026-11-30T09:00:00Z) or a
+        /// while ago (90s, 30m, 2h, 7d)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Print the matching events oldest first, then each new one as it
+        /// comes (with --json: one JSON object a line), until interrupted
+        #[arg(long)]
+        follow: bool,
     },
     /// VNC consoles of running VMs
     #[command(subcommand)]
@@ -262,6 +281,13 @@ pub enum UserCmd {
     },
     /// List users (admin only)
     List,
+    /// Make a user an admin or a plain user (admin only; the last admin
+    /// stays one)
+    Role {
+        name: String,
+        #[arg(value_parser = ["admin", "user"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +297,22 @@ pub enum CreditsCmd {
     Grant {
         user: String,
         amount: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Add credits to a balance, or take them with a negative amount, as
+    /// an adjustment; never below zero (admin only)
+    #[command(allow_negative_numbers = true)]
+    Adjust {
+        user: String,
+        amount: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Give back the creation charge of a VM whose creation failed
+    /// (FAILED_TO_START) to whoever paid it; once per VM (admin only)
+    Refund {
+        vm: String,
         #[arg(long)]
         reason: String,
     },
@@ -714,6 +756,33 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     )),
                 }
                 s
+            })
+        }
+        Command::User(UserCmd::Role { name, role }) => {
+            let role: vmdesk_core::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let u = core.user_role(a, &name, role)?;
+            emit(g, &u, || format!("{} is now {}", u.name, u.role))
+        }
+        Command::Credits(CreditsCmd::Adjust {
+            user,
+            amount,
+            reason,
+        }) => {
+            let s = core.credits_adjust(a, &user, amount, &reason)?;
+            emit(g, &s, || {
+                format!(
+                    "adjusted the credits of {} by {amount:+}; balance {}",
+                    s.user, s.balance
+                )
+            })
+        }
+        Command::Credits(CreditsCmd::Refund { vm, reason }) => {
+            let e = core.credits_refund(a, &vm, &reason)?;
+            emit(g, &e, || {
+                format!(
+                    "refunded {} credits for VM {vm} (ledger entry {})",
+                    e.amount, e.id
+                )
             })
         }
         Command::User(UserCmd::List) => {
@@ -1261,23 +1330,135 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 text
             })
         }
-        Command::Events { limit } => {
-            let events = core.events(a, limit)?;
-            emit(g, &events, || {
-                table(
-                    &["WHEN", "TYPE", "SEVERITY", "ACTOR", "ACTION", "DETAILS"],
-                    events.iter().map(|e| {
-                        vec![
-                            e.created_at.clone(),
-                            e.event_type.to_string(),
-                            e.severity.to_string(),
-                            e.actor.clone(),
-                            e.action.clone(),
-                            e.details.to_string(),
-                        ]
-                    }),
-                )
+        Command::Events {
+            limit,
+            types,
+            severities,
+            user,
+            since,
+            follow,
+        } => {
+            let q = vmdesk_core::EventQuery {
+                types: parse_all(&types, "event type")?,
+                severities: parse_all(&severities, "severity")?,
+                after: None,
+                limit,
+                user,
+                since: since.as_deref().map(since_instant).transpose()?,
+            };
+            let events = core.events_query(a, &q)?;
+            if follow {
+                return follow_events(g, &core, a, q, events);
+            }
+            emit(g, &events, || event_table(&events))
+        }
+    }
+}
+
+/// Each of `values` parsed as a `T` (an event type, a severity), or an
+/// error naming the one that is not and the ones there are.
+fn parse_all<T>(values: &[String], what: &str) -> anyhow::Result<Vec<T>>
+where
+    T: std::str::FromStr + std::fmt::Display + 'static,
+    T: StringEnum,
+{
+    values
+        .iter()
+        .map(|v| {
+            v.trim().parse::<T>().map_err(|_| {
+                let known: Vec<String> = T::all().iter().map(ToString::to_string).collect();
+                anyhow::anyhow!("unknown {what} {v:?}: one of {}", known.join(", "))
             })
+        })
+        .collect()
+}
+
+/// The enums `parse_all` parses.
+trait StringEnum: Sized {
+    fn all() -> &'static [Self];
+}
+impl StringEnum for vmdesk_core::EventType {
+    fn all() -> &'static [Self] {
+        Self::ALL
+    }
+}
+impl StringEnum for vmdesk_core::Severity {
+    fn all() -> &'static [Self] {
+        Self::ALL
+    }
+}
+
+/// `--since`: a while ago (`90s`, `30m`, `2h`, `7d`) as an instant, or an
+/// RFC 3339 time as it is (core checks it).
+fn since_instant(text: &str) -> anyhow::Result<String> {
+    let t = text.trim();
+    let unit = match t.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => return Ok(vmdesk_core::instant(t)?),
+    };
+    let Ok(n) = t[..t.len() - 1].parse::<u64>() else {
+        return Ok(vmdesk_core::instant(t)?);
+    };
+    let secs = n
+        .checked_mul(unit)
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .ok_or_else(|| anyhow::anyhow!("--since {t}: further back than 100 years"))?;
+    Ok(vmdesk_core::ago(std::time::Duration::from_secs(secs)))
+}
+
+/// Events as a table, in the order given.
+fn event_table(events: &[vmdesk_core::model::Event]) -> String {
+    table(
+        &["WHEN", "TYPE", "SEVERITY", "ACTOR", "ACTION", "DETAILS"],
+        events.iter().map(|e| {
+            vec![
+                e.created_at.clone(),
+                e.event_type.to_string(),
+                e.severity.to_string(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.details.to_string(),
+            ]
+        }),
+    )
+}
+
+/// `events --follow`: `first` (newest first, as queried) oldest first, then
+/// each new matching event once a second, until interrupted or the reader
+/// goes. One line an event: tab-separated, or a JSON object with --json.
+fn follow_events(
+    g: &Global,
+    core: &Core,
+    actor: &str,
+    mut q: vmdesk_core::EventQuery,
+    first: Vec<vmdesk_core::model::Event>,
+) -> anyhow::Result<()> {
+    let line = |e: &vmdesk_core::model::Event| -> anyhow::Result<String> {
+        Ok(if g.json {
+            serde_json::to_string(e)?
+        } else {
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}",
+                e.created_at, e.event_type, e.severity, e.actor, e.action, e.details
+            )
+        })
+    };
+    // Nothing matched yet: nothing before now matches, so from the start.
+    let mut last = first.iter().map(|e| e.id).max().unwrap_or(0);
+    for e in first.iter().rev() {
+        out(&line(e)?)?;
+    }
+    q.limit = 1000;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        q.after = Some(last);
+        let new = core.events_query(actor, &q)?;
+        for e in new.iter().rev() {
+            out(&line(e)?)?;
+            last = last.max(e.id);
         }
     }
 }

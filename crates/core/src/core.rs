@@ -360,6 +360,32 @@ impl Core {
             .credits_grant(to, amount, reason)
     }
 
+    /// Adds `amount` credits to a user's balance, or takes them when
+    /// negative, as an `adjustment` entry; never below zero (admin only).
+    pub fn credits_adjust(
+        &self,
+        actor: &str,
+        to: &str,
+        amount: i64,
+        reason: &str,
+    ) -> Result<CreditStatement> {
+        validate::adjust_amount(amount)?;
+        validate::reason(reason)?;
+        self.acting(actor)?
+            .users()
+            .credits_adjust(to, amount, reason)
+    }
+
+    /// Gives back the creation charge of a VM whose creation failed
+    /// (FAILED_TO_START), to whoever paid it, as a `refund` entry linked to
+    /// the VM; a second refund of the same VM is refused (admin only).
+    pub fn credits_refund(&self, actor: &str, vm: &str, reason: &str) -> Result<LedgerEntry> {
+        validate::reason(reason)?;
+        let store = self.acting(actor)?;
+        let v = store.vms().vm(vm)?;
+        store.users().credits_refund(v.id, reason)
+    }
+
     /// Takes `amount` credits from `user` if the balance covers it, in one
     /// atomic step; otherwise changes nothing and says why.
     pub fn charge(

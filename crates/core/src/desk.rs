@@ -24,6 +24,31 @@ pub struct EventQuery {
     pub after: Option<i64>,
     /// At most this many, newest first (1 to 10,000).
     pub limit: i64,
+    /// Only events about this user: what they did, and what happened to
+    /// their VMs, sessions, account and credits (another user's: admins
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub user: Option<String>,
+    /// Only events at or after this instant (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub since: Option<String>,
+}
+
+/// An instant as the stores write and compare them (RFC 3339, UTC,
+/// milliseconds), from RFC 3339 in any offset; a clear error otherwise.
+pub fn instant(text: &str) -> Result<String> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| {
+            t.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .map_err(|e| {
+            Error::invalid(format!(
+                "{text:?} is not a time: give it as RFC 3339, e.g. 2026-11-30T09:00:00Z ({e})"
+            ))
+        })
 }
 
 /// A running VM's counters at one moment, with its CPU use since the
@@ -93,7 +118,20 @@ impl Core {
                 q.limit
             )));
         }
-        self.acting(actor)?.events().events_query(q, None)
+        let mut q = q.clone();
+        if let Some(since) = &q.since {
+            q.since = Some(instant(since)?);
+        }
+        let store = self.acting(actor)?;
+        if let Some(user) = &q.user {
+            let me = store.users().whoami()?;
+            if *user != me.name && me.role != Role::Admin {
+                return Err(Error::AdminOnly("see another user's events"));
+            }
+            // An unknown name is an error, not an empty feed.
+            store.users().user(user)?;
+        }
+        store.events().events_query(&q, None)
     }
 
     /// Makes a user an admin or a plain user (admin only). The last admin

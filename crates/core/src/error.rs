@@ -82,6 +82,22 @@ pub enum Error {
         /// What the user has.
         balance: i64,
     },
+    /// an adjustment of {amount} would take the balance of "{user}" below zero: it is {balance}
+    BelowZero {
+        /// Whose balance.
+        user: String,
+        /// The adjustment asked for.
+        amount: i64,
+        /// What the user has.
+        balance: i64,
+    },
+    /// the creation charge of VM "{vm}" cannot be refunded: {why}
+    NotRefundable {
+        /// The VM.
+        vm: String,
+        /// Why not.
+        why: String,
+    },
     /// session {id} is {status} and cannot be {action}
     SessionState {
         /// The session.
@@ -166,6 +182,8 @@ impl Error {
             Error::NoVmOfType { .. } => "no_vm_of_type",
             Error::NoneReady { .. } => "none_ready",
             Error::InsufficientCredits { .. } => "insufficient_credits",
+            Error::BelowZero { .. } => "below_zero",
+            Error::NotRefundable { .. } => "not_refundable",
             Error::SessionState { .. } => "session_state",
             Error::PortPoolExhausted { .. } => "port_pool_exhausted",
             Error::ConsoleUnavailable(_) => "console_unavailable",

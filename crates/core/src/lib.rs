@@ -33,7 +33,7 @@ mod worker;
 pub use crate::billing::{BillingConfig, Pass, RuntimeCharge};
 pub use crate::consoles::{ConsoleGrant, ConsoleInfo, PortStats};
 pub use crate::core::{Core, OpenOptions};
-pub use crate::desk::{cpu_percent, EventQuery, VmStats};
+pub use crate::desk::{cpu_percent, instant, EventQuery, VmStats};
 pub use crate::error::{Error, Result};
 pub use crate::ledger::quote;
 pub use crate::model::*;

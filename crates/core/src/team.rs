@@ -110,6 +110,14 @@ pub trait Users: Send + Sync {
     /// A user's balance and ledger (oneself, or anyone for an admin).
     fn credits_show(&self, of: &str) -> Result<CreditStatement>;
 
+    /// Adds `amount` (negative: takes) to a user's balance as an
+    /// `adjustment` entry, never below zero (admin only).
+    fn credits_adjust(&self, to: &str, amount: i64, reason: &str) -> Result<CreditStatement>;
+
+    /// Gives back the creation charge of a VM whose creation failed, as a
+    /// `refund` entry linked to the VM; once only (admin only).
+    fn credits_refund(&self, vm: i64, reason: &str) -> Result<LedgerEntry>;
+
     /// Publishes the login's SSH public key, so that whichever desk starts
     /// its VMs writes it into their seeds. The embedded store's users are
     /// all on this desk, whose data directory holds their keys: nothing to

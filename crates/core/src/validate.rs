@@ -81,6 +81,15 @@ pub fn grant_amount(amount: i64) -> Result<()> {
     in_range("a grant", "credits", amount, (1, GRANT_MAX))
 }
 
+/// Checks the amount of an adjustment: not zero, at most a grant's size
+/// either way.
+pub fn adjust_amount(amount: i64) -> Result<()> {
+    if amount == 0 {
+        return Err(Error::invalid("an adjustment of 0 credits changes nothing"));
+    }
+    in_range("an adjustment", "credits", amount, (-GRANT_MAX, GRANT_MAX))
+}
+
 /// Checks the reason of a ledger entry.
 pub fn reason(value: &str) -> Result<()> {
     if value.trim().is_empty() {

@@ -13,6 +13,7 @@ pub const STEPS: &[&str] = &[
     include_str!("../sql/005_admin.sql"),
     include_str!("../sql/006_hosts.sql"),
     include_str!("../sql/007_network.sql"),
+    include_str!("../sql/008_corrections.sql"),
 ];
 
 /// The store's roles, named after its database so that one cluster can hold

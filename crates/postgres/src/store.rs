@@ -237,18 +237,7 @@ impl PgStore {
             "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
              FROM vmdesk.ledger WHERE user_id = $1 ORDER BY id",
             &[&u.id],
-            |r| {
-                Ok(LedgerEntry {
-                    id: r.get(0),
-                    amount: r.get(1),
-                    kind: parse(r.get(2))?,
-                    reason: r.get(3),
-                    vm_id: r.get(4),
-                    session_id: r.get(5),
-                    actor: r.get(6),
-                    created_at: r.get(7),
-                })
-            },
+            ledger_row,
         )?;
         Ok(CreditStatement {
             user: u.name,
@@ -324,6 +313,8 @@ fn admin_action(action: &str) -> &'static str {
         "add users",
         "change roles",
         "grant credits",
+        "adjust credits",
+        "refund credits",
         "add hosts",
         "create projects",
         "create workspaces",
@@ -393,6 +384,15 @@ fn to_core(login: &str, e: postgres::Error) -> CoreError {
             user: s("user").unwrap_or_default(),
             cost: n("cost").unwrap_or_default(),
             balance: n("balance").unwrap_or_default(),
+        },
+        "VDB02" => CoreError::BelowZero {
+            user: s("user").unwrap_or_default(),
+            amount: n("amount").unwrap_or_default(),
+            balance: n("balance").unwrap_or_default(),
+        },
+        "VDB03" => CoreError::NotRefundable {
+            vm: s("vm").unwrap_or_default(),
+            why: s("why").unwrap_or(msg),
         },
         "VDA01" => CoreError::PoolEmpty(s("project").unwrap_or_default()),
         "VDA02" => CoreError::NoVmOfType {
@@ -530,18 +530,28 @@ impl Users for PgStore {
             "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
              FROM vmdesk.charge($1, $2, $3, $4)",
             &[&from, &amount, &kind.as_str(), &reason],
-            |r| {
-                Ok(LedgerEntry {
-                    id: r.get(0),
-                    amount: r.get(1),
-                    kind: parse(r.get(2))?,
-                    reason: r.get(3),
-                    vm_id: r.get(4),
-                    session_id: r.get(5),
-                    actor: r.get(6),
-                    created_at: r.get(7),
-                })
-            },
+            ledger_row,
+        )
+    }
+
+    fn credits_adjust(&self, to: &str, amount: i64, reason: &str) -> CoreResult<CreditStatement> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.credits_adjust($1, $2, $3)",
+                &[&to, &amount, &reason],
+            )
+        })?;
+        self.statement(to)
+    }
+
+    fn credits_refund(&self, vm: i64, reason: &str) -> CoreResult<LedgerEntry> {
+        let _changed = self.changed();
+        self.conn.one(
+            "SELECT id, amount, kind, reason, vm_id, session_id, actor, vmdesk.ts(created_at)
+             FROM vmdesk.credits_refund($1, $2)",
+            &[&vm, &reason],
+            ledger_row,
         )
     }
 
@@ -1110,8 +1120,19 @@ impl Events for PgStore {
              WHERE (cardinality($1::text[]) = 0 OR type = ANY($1))
                AND (cardinality($2::text[]) = 0 OR severity = ANY($2))
                AND id > $3 AND ($4::bigint IS NULL OR vm_id = $4)
+               AND ($6::text IS NULL OR actor = $6
+                    OR subject_id = (SELECT id FROM vmdesk.users WHERE name = $6))
+               AND ($7::text IS NULL OR created_at >= $7::text::timestamptz)
              ORDER BY id DESC LIMIT $5",
-            &[&types, &severities, &q.after.unwrap_or(0), &vm, &q.limit],
+            &[
+                &types,
+                &severities,
+                &q.after.unwrap_or(0),
+                &vm,
+                &q.limit,
+                &q.user,
+                &q.since,
+            ],
             event_row,
         )
     }
@@ -1423,6 +1444,21 @@ fn action_name(a: VmAction) -> &'static str {
         VmAction::Restart => "restart",
         VmAction::Destroy => "destroy",
     }
+}
+
+/// A ledger entry from `id, amount, kind, reason, vm_id, session_id, actor,
+/// vmdesk.ts(created_at)`.
+fn ledger_row(r: &Row) -> CoreResult<LedgerEntry> {
+    Ok(LedgerEntry {
+        id: r.get(0),
+        amount: r.get(1),
+        kind: parse(r.get(2))?,
+        reason: r.get(3),
+        vm_id: r.get(4),
+        session_id: r.get(5),
+        actor: r.get(6),
+        created_at: r.get(7),
+    })
 }
 
 fn event_row(r: &Row) -> CoreResult<Event> {

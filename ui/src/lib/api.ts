@@ -21,6 +21,7 @@ import type { ImportReport } from "../bindings/ImportReport";
 import type { OpenConsole } from "../bindings/OpenConsole";
 import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
+import type { LedgerEntry } from "../bindings/LedgerEntry";
 import type { User } from "../bindings/User";
 import type { UserAdded } from "../bindings/UserAdded";
 import type { Role } from "../bindings/Role";
@@ -119,6 +120,11 @@ export const api = {
   userRole: (name: string, role: Role) => call<User>("user_role", { name, role }),
   creditsGrant: (user: string, amount: number, reason: string) =>
     call<CreditStatement>("credits_grant", { user, amount, reason }),
+  /** Adds credits to a balance, or takes them (negative), as an adjustment; never below zero (admin). */
+  creditsAdjust: (user: string, amount: number, reason: string) =>
+    call<CreditStatement>("credits_adjust", { user, amount, reason }),
+  /** Gives back the creation charge of a VM whose creation failed, once (admin). */
+  creditsRefund: (vm: string, reason: string) => call<LedgerEntry>("credits_refund", { vm, reason }),
   /** The console port pool and the open consoles. */
   ports: () => call<PortStats>("ports"),
   /** Follow a VM's counters through `onStats` (null: stop). */

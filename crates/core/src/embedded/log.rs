@@ -3,7 +3,7 @@
 use rusqlite::params;
 use serde_json::Value;
 
-use super::Embedded;
+use super::{user, Embedded};
 use crate::core::SYSTEM;
 use crate::error::Result;
 use crate::events::{self, NewEvent};
@@ -25,11 +25,17 @@ impl Events for Embedded<'_> {
     /// did and those about their VMs, sessions, account and credits.
     fn events_query(&self, q: &crate::EventQuery, vm: Option<i64>) -> Result<Vec<Event>> {
         let conn = self.core.db();
-        let only = if self.system {
+        // Whose events: a user sees only theirs; an admin, who sees every
+        // event, may ask for one user's (core checked who may ask).
+        let mine = if self.system {
             None
         } else {
             let a = self.me(&conn)?;
             (a.role != Role::Admin).then_some(a.id)
+        };
+        let only = match (&q.user, mine) {
+            (Some(name), None) => Some(user(&conn, name)?.id),
+            _ => mine,
         };
         let list = |v: Vec<&str>| v.join(",");
         let types = list(q.types.iter().map(|t| t.as_str()).collect());
@@ -50,8 +56,9 @@ impl Events for Embedded<'_> {
                AND (?3 = '' OR instr(',' || ?3 || ',', ',' || e.severity || ',') > 0)
                AND e.id > ?4
                AND (?6 IS NULL OR e.vm_id = ?6)
+               AND (?7 IS NULL OR e.created_at >= ?7)
              ORDER BY e.id DESC LIMIT ?5",
-            params![only, types, severities, q.after.unwrap_or(0), q.limit, vm],
+            params![only, types, severities, q.after.unwrap_or(0), q.limit, vm, q.since],
         )
     }
 

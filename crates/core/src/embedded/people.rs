@@ -1,10 +1,10 @@
 //! Users and their credits on the embedded store.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
 use super::ledger::{self, Entry};
-use super::{grant, statement, user, user_row, Embedded};
+use super::{grant, statement, user, user_row, vm_by_id, Embedded};
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
@@ -144,6 +144,119 @@ impl Users for Embedded<'_> {
                     &a.name,
                     json!({"user": u.name, "amount": amount, "kind": kind, "reason": reason}),
                 ),
+            )?;
+            Ok(entry)
+        })
+    }
+
+    fn credits_adjust(&self, to: &str, amount: i64, reason: &str) -> Result<CreditStatement> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "adjust credits")?;
+            let u = user(tx, to)?;
+            let balance: i64 =
+                tx.query_row("SELECT balance FROM users WHERE id = ?1", [u.id], |r| {
+                    r.get(0)
+                })?;
+            if balance + amount < 0 {
+                return Err(Error::BelowZero {
+                    user: u.name,
+                    amount,
+                    balance,
+                });
+            }
+            ledger::append(
+                tx,
+                &u.name,
+                Entry {
+                    user_id: u.id,
+                    amount,
+                    kind: LedgerKind::Adjustment,
+                    reason,
+                    vm_id: None,
+                    session_id: None,
+                    actor: &a.name,
+                },
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "credits.adjust",
+                    &a.name,
+                    json!({"user": u.name, "amount": amount, "reason": reason,
+                           "balance": balance + amount}),
+                ),
+            )?;
+            statement(tx, &u)
+        })
+    }
+
+    fn credits_refund(&self, vm: i64, reason: &str) -> Result<LedgerEntry> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "refund credits")?;
+            let v = vm_by_id(tx, vm)?;
+            let refusal = |why: String| Error::NotRefundable {
+                vm: v.name.clone(),
+                why,
+            };
+            if v.status != VmStatus::FailedToStart {
+                return Err(refusal(format!(
+                    "it is {}; only a creation that failed is refunded",
+                    v.status
+                )));
+            }
+            let charge: Option<(i64, i64, String)> = tx
+                .query_row(
+                    "SELECT l.id, l.amount, u.name FROM ledger l JOIN users u ON u.id = l.user_id
+                     WHERE l.vm_id = ?1 AND l.kind = 'vm_create' ORDER BY l.id LIMIT 1",
+                    [v.id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((charge_id, charged, to)) = charge else {
+                return Err(refusal("nothing was charged for its creation".into()));
+            };
+            let done: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM ledger WHERE vm_id = ?1 AND kind = 'refund'",
+                    [v.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(entry) = done {
+                return Err(refusal(format!(
+                    "it was refunded already (ledger entry {entry})"
+                )));
+            }
+            let u = user(tx, &to)?;
+            let entry = ledger::append(
+                tx,
+                &u.name,
+                Entry {
+                    user_id: u.id,
+                    amount: -charged,
+                    kind: LedgerKind::Refund,
+                    reason,
+                    vm_id: Some(v.id),
+                    session_id: None,
+                    actor: &a.name,
+                },
+            )?;
+            // The VM says so too, for lists that show what is left to refund.
+            tx.execute(
+                "UPDATE vms SET metadata = json_set(metadata, '$.refunded', ?2) WHERE id = ?1",
+                params![v.id, entry.id],
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Billing,
+                    "credits.refund",
+                    &a.name,
+                    json!({"user": u.name, "vm": v.name, "amount": -charged,
+                           "reason": reason, "charge": charge_id}),
+                )
+                .vm(v.id),
             )?;
             Ok(entry)
         })

@@ -237,6 +237,11 @@ UPDATE os_images SET file = substr(file, 4) WHERE file LIKE 'os/%';
 ALTER TABLE os_images ADD COLUMN min_ram_mb INTEGER;
 ALTER TABLE os_images ADD COLUMN min_disk_gb INTEGER;
 "#,
+    r#"
+-- A VM's creation charge is refunded once: a second refund entry for the
+-- same VM is refused by the database, whoever races for it.
+CREATE UNIQUE INDEX ledger_refund_once ON ledger (vm_id) WHERE kind = 'refund';
+"#,
 ];
 
 /// Name of the database file inside the data directory.

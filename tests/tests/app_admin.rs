@@ -1,0 +1,102 @@
+//! A lab admin's corrections in the real app (Xvfb + tauri-driver +
+//! WebKitWebDriver), on the real QEMU host, screenshots in target/artifacts/:
+//! an adjustment that would go below zero is stopped as it is typed, one
+//! that fits shows in the user's ledger (the Credits view's *Whose*), and a
+//! creation the host refused is refunded once from *Failed creations*.
+#![allow(missing_docs)]
+
+use vmdesk_tests::{e2e, Machine, Vmdesk};
+
+#[test]
+fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(300);
+    let cost = v.cost("64", "1", "256");
+    // The host refuses 256 vCPUs: ann's VM is FAILED_TO_START, charged.
+    let out = v.run(&[
+        "--as", "ann", "vm", "create", "wide", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "256",
+    ]);
+    assert!(!out.status.success());
+    let vm = v.json(&["vm", "show", "wide"]);
+    let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(vm["status"], "FAILED_TO_START");
+    let after_charge = 300 - cost;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let app = e2e::open(&v, &[], 0, "admin").await;
+        app.nav("admin").await;
+        let ann_balance = r#"[data-testid="user-balance-ann"]"#;
+        app.wait_text(ann_balance, "ann's balance", |s| {
+            s.replace(',', "") == after_charge.to_string()
+        })
+        .await;
+
+        // Too much: the form says so as it is typed and will not submit.
+        app.select(r#"select[aria-label="Adjust the credits of"]"#, "ann")
+            .await;
+        app.fill(r#"[data-testid="adjust-amount"]"#, "-5000").await;
+        app.fill(r#"[data-testid="adjust-reason"]"#, "a double grant")
+            .await;
+        let problem = app
+            .wait_text(r#"[data-testid="adjust-problem"]"#, "the problem", |s| {
+                !s.is_empty()
+            })
+            .await;
+        assert!(problem.contains("below zero"), "{problem}");
+        let submit = app.find(r#"[data-testid="adjust-submit"]"#).await;
+        assert!(!submit.is_enabled().await.expect("enabled?"));
+        app.shot("adjust-too-much").await;
+
+        // One that fits: the balance follows.
+        app.fill(r#"[data-testid="adjust-amount"]"#, "-40").await;
+        app.click(r#"[data-testid="adjust-submit"]"#).await;
+        let want = (after_charge - 40).to_string();
+        app.wait_text(ann_balance, &want, |s| s.replace(',', "") == want)
+            .await;
+        app.shot("adjusted").await;
+
+        // The failed creation: refunded once, then no longer listed.
+        app.fill(r#"[data-testid="refund-reason-wide"]"#, "the host refused it")
+            .await;
+        app.click(r#"[data-testid="refund-wide"]"#).await;
+        app.wait_text(r#"[data-testid="refunds-empty"]"#, "nothing to refund", |s| {
+            !s.is_empty()
+        })
+        .await;
+        let want = (300 - 40).to_string();
+        app.wait_text(ann_balance, &want, |s| s.replace(',', "") == want)
+            .await;
+        app.shot("refunded").await;
+
+        // ann's ledger, from the admin's Credits view.
+        app.nav("credits").await;
+        app.select(r#"[data-testid="credits-whose"]"#, "ann").await;
+        app.wait_text(r#"[data-testid="credits-user"]"#, "ann", |s| s == "ann")
+            .await;
+        let rows = app
+            .wait_text(r#"[data-testid="ledger-row"]"#, "the newest entry", |s| {
+                s.contains("Refund")
+            })
+            .await;
+        assert!(rows.contains("the host refused it"), "{rows}");
+        let all = app
+            .c
+            .execute(
+                r#"return [...document.querySelectorAll('[data-testid="ledger-row"]')].map(r => r.innerText).join('\n');"#,
+                vec![],
+            )
+            .await
+            .expect("ledger rows");
+        let all = all.as_str().unwrap_or_default().to_owned();
+        assert!(all.contains("Adjustments") && all.contains("a double grant"), "{all}");
+        assert!(all.contains("-40"), "{all}");
+        app.shot("ann-ledger").await;
+        app.close().await;
+    });
+    assert_eq!(v.json(&["credits", "show", "ann"])["balance"], 260);
+    assert_eq!(
+        v.count("SELECT count(*) FROM ledger WHERE kind = 'refund'"),
+        1
+    );
+}

@@ -1,0 +1,217 @@
+//! A lab admin's corrections and look-ups from the command line (issue 16):
+//! `credits adjust`, `credits refund` of a creation the real QEMU host
+//! refused, `user role`, and the event filters with `--follow`.
+#![allow(missing_docs)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use vmdesk_tests::{Machine, Vmdesk};
+
+fn balance(v: &Vmdesk, user: &str) -> i64 {
+    v.json(&["credits", "show", user])["balance"]
+        .as_i64()
+        .expect("balance")
+}
+
+#[test]
+fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(3000);
+    let cost = v.cost("64", "1", "256");
+    // 256 vCPUs are more than QEMU's 'pc' machine takes: the host refuses,
+    // the VM is FAILED_TO_START and its charge stays taken.
+    let out = v.run(&[
+        "--as", "ann", "vm", "create", "wide", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "256",
+    ]);
+    assert!(!out.status.success());
+    let vm = v.json(&["--as", "ann", "vm", "show", "wide"]);
+    let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(vm["status"], "FAILED_TO_START");
+    assert_eq!(balance(&v, "ann"), 3000 - cost);
+
+    // ann cannot refund herself.
+    let err = v.fails(&["--as", "ann", "credits", "refund", "wide", "--reason", "mine"]);
+    assert!(err.contains("only an administrator may refund credits"), "{err}");
+
+    let entry = v.json(&["credits", "refund", "wide", "--reason", "the host refused it"]);
+    assert_eq!(entry["kind"], "refund");
+    assert_eq!(entry["amount"].as_i64(), Some(cost));
+    assert_eq!(entry["vm_id"], vm["id"]);
+    assert_eq!(balance(&v, "ann"), 3000);
+    let shown = v.json(&["vm", "show", "wide"]);
+    assert_eq!(shown["metadata"]["refunded"], entry["id"], "{shown}");
+
+    // Once only: the second is refused and changes nothing.
+    let err = v.fails(&["credits", "refund", "wide", "--reason", "again"]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("the creation charge of VM \"wide\" cannot be refunded: it was refunded already"),
+        "{err}"
+    );
+    assert_eq!(balance(&v, "ann"), 3000);
+    assert_eq!(
+        v.count("SELECT count(*) FROM ledger WHERE kind = 'refund'"),
+        1
+    );
+
+    // A VM that did not fail is not refunded.
+    v.json(&["credits", "grant", "admin", "1000", "--reason", "tests"]);
+    let err = v.fails(&["credits", "refund", "nosuch", "--reason", "x"]);
+    assert!(err.contains("no VM named \"nosuch\""), "{err}");
+
+    // Adjustments: either way, never below zero, with a reason.
+    let s = v.json(&["credits", "adjust", "ann", "-100", "--reason", "a double grant"]);
+    assert_eq!(s["balance"].as_i64(), Some(2900));
+    assert_eq!(s["entries"].as_array().expect("entries").last().expect("entry")["kind"], "adjustment");
+    let text = v.run(&["credits", "adjust", "ann", "+25", "--reason", "goodwill"]);
+    assert!(text.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout).trim(),
+        "adjusted the credits of ann by +25; balance 2925"
+    );
+    let before = v.snapshot();
+    let err = v.fails(&["credits", "adjust", "ann", "-5000", "--reason", "too much"]);
+    assert!(
+        err.contains("an adjustment of -5000 would take the balance of \"ann\" below zero: it is 2925"),
+        "{err}"
+    );
+    let err = v.fails(&["credits", "adjust", "ann", "0", "--reason", "nothing"]);
+    assert!(err.contains("an adjustment of 0 credits changes nothing"), "{err}");
+    let err = v.fails(&["credits", "adjust", "ann", "5", "--reason", " "]);
+    assert!(err.contains("the reason is empty"), "{err}");
+    let err = v.fails(&["--as", "ann", "credits", "adjust", "ann", "5", "--reason", "me"]);
+    assert!(err.contains("only an administrator may adjust credits"), "{err}");
+    assert_eq!(v.snapshot(), before, "a refused adjustment changed nothing");
+
+    // Each correction is an event, found by the filters.
+    let refunds = v.json(&["events", "--type", "billing", "--user", "ann"]);
+    let refund = refunds
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["action"] == "credits.refund")
+        .expect("a credits.refund event");
+    assert_eq!(refund["details"]["vm"], "wide");
+    assert_eq!(refund["details"]["amount"].as_i64(), Some(cost));
+    let adjusts = v.json(&["events", "--type", "admin", "--user", "ann"]);
+    let actions: Vec<&str> = adjusts
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "credits.adjust").count(),
+        2,
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn roles_change_from_the_command_line_and_the_last_admin_stays() {
+    let v = Vmdesk::new();
+    v.json(&["user", "add", "bob"]);
+    let err = v.fails(&["--as", "bob", "user", "list"]);
+    assert!(err.contains("only an administrator"), "{err}");
+    let u = v.json(&["user", "role", "bob", "admin"]);
+    assert_eq!(u["role"], "admin");
+    assert!(v.run(&["--as", "bob", "user", "list"]).status.success());
+    let out = v.run(&["--as", "bob", "user", "role", "bob", "user"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bob is now user");
+    let err = v.fails(&["user", "role", "admin", "user"]);
+    assert!(err.contains("admin"), "{err}");
+    assert_eq!(
+        v.json(&["user", "list"])
+            .as_array()
+            .expect("users")
+            .iter()
+            .find(|u| u["name"] == "admin")
+            .expect("admin")["role"],
+        "admin"
+    );
+    let err = v.fails(&["user", "role", "bob", "root"]);
+    assert!(err.contains("root"), "{err}");
+    let err = v.fails(&["--as", "bob", "user", "role", "bob", "admin"]);
+    assert!(err.contains("only an administrator may change roles"), "{err}");
+}
+
+#[test]
+fn events_filter_by_type_severity_user_and_time_and_follow_new_ones() {
+    let v = Vmdesk::new();
+    v.json(&["user", "add", "ann", "--credits", "10"]);
+    v.json(&["user", "add", "bob", "--credits", "20"]);
+    v.json(&["credits", "grant", "bob", "5", "--reason", "bob's"]);
+
+    let names = |e: &Value| -> Vec<String> {
+        e.as_array()
+            .expect("events")
+            .iter()
+            .map(|e| format!("{} {}", e["action"].as_str().unwrap_or(""), e["details"]["user"].as_str().unwrap_or("")))
+            .collect()
+    };
+    let anns = names(&v.json(&["events", "--user", "ann"]));
+    assert!(anns.iter().all(|a| a.ends_with(" ann")), "{anns:?}");
+    assert!(anns.iter().any(|a| a.starts_with("credits.grant")), "{anns:?}");
+    // ann sees her own, not bob's; asking for bob's is refused.
+    assert_eq!(names(&v.json(&["--as", "ann", "events", "--user", "ann"])), anns);
+    let err = v.fails(&["--as", "ann", "events", "--user", "bob"]);
+    assert!(err.contains("only an administrator may see another user's events"), "{err}");
+    let err = v.fails(&["events", "--user", "nobody"]);
+    assert!(err.contains("no user named \"nobody\""), "{err}");
+
+    // Time: a while ago, an RFC 3339 instant, and a mistake.
+    assert!(!names(&v.json(&["events", "--since", "1h"])).is_empty());
+    assert!(names(&v.json(&["events", "--since", "2999-01-01T00:00:00Z"])).is_empty());
+    let err = v.fails(&["events", "--since", "yesterday"]);
+    assert!(err.contains("\"yesterday\" is not a time"), "{err}");
+    let err = v.fails(&["events", "--type", "vm,bogus"]);
+    assert!(
+        err.contains("unknown event type \"bogus\": one of vm, session, billing, system, admin"),
+        "{err}"
+    );
+    assert!(names(&v.json(&["events", "--severity", "critical"])).is_empty());
+    let admin = v.json(&["events", "--type", "admin", "--severity", "info"]);
+    let admin = admin.as_array().expect("events");
+    assert!(admin.len() >= 5, "{admin:?}");
+    assert!(
+        admin.iter().all(|e| e["type"] == "admin" && e["severity"] == "info"),
+        "{admin:?}"
+    );
+
+    // --follow: what matches now, oldest first, then each new event.
+    let mut child = v
+        .command(&["--json", "events", "--follow", "--user", "bob", "--type", "admin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("follow");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.expect("line")).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("an event line");
+        serde_json::from_str(&line).expect("one JSON object a line")
+    };
+    let first = next();
+    assert_eq!(first["action"], "user.add", "{first}");
+    assert_eq!(next()["details"]["reason"], "opening balance");
+    assert_eq!(next()["details"]["reason"], "bob's");
+    v.json(&["credits", "grant", "ann", "1", "--reason", "not bob's"]);
+    v.json(&["credits", "adjust", "bob", "-3", "--reason", "followed"]);
+    let adjusted = next();
+    assert_eq!(adjusted["action"], "credits.adjust", "{adjusted}");
+    assert_eq!(adjusted["details"]["user"], "bob");
+    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err(), "nothing else");
+    let _ = child.kill();
+    let _ = child.wait();
+}
