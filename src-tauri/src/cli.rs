@@ -1406,7 +1406,7 @@ fn since_instant(text: &str) -> anyhow::Result<String> {
         .checked_mul(unit)
         .filter(|s| *s <= 100 * 365 * 86_400)
         .ok_or_else(|| anyhow::anyhow!("--since {t}: further back than 100 years"))?;
-    Ok(vmdesk_core::ago(std::time::Duration::from_secs(secs)))
+    Ok(vmdesk_core::ago(Duration::from_secs(secs)))
 }
 
 /// Events as a table, in the order given.
@@ -1453,7 +1453,7 @@ fn follow_events(
     }
     q.limit = 1000;
     loop {
-        std::thread::sleep(std::time::Duration::from_secs(1));
+        std::thread::sleep(Duration::from_secs(1));
         q.after = Some(last);
         let new = core.events_query(actor, &q)?;
         for e in new.iter().rev() {

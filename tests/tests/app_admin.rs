@@ -10,17 +10,27 @@ use vmdesk_tests::{e2e, Machine, Vmdesk};
 #[test]
 fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
     let v = Vmdesk::new();
-    v.qemu_and_ann(300);
+    v.qemu_and_ann(5000);
     let cost = v.cost("64", "1", "256");
     // The host refuses 256 vCPUs: ann's VM is FAILED_TO_START, charged.
     let out = v.run(&[
-        "--as", "ann", "vm", "create", "wide", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "256",
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "wide",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "256",
     ]);
     assert!(!out.status.success());
     let vm = v.json(&["vm", "show", "wide"]);
     let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
     assert_eq!(vm["status"], "FAILED_TO_START");
-    let after_charge = 300 - cost;
+    let after_charge = 5000 - cost;
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
@@ -35,7 +45,7 @@ fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
         // Too much: the form says so as it is typed and will not submit.
         app.select(r#"select[aria-label="Adjust the credits of"]"#, "ann")
             .await;
-        app.fill(r#"[data-testid="adjust-amount"]"#, "-5000").await;
+        app.fill(r#"[data-testid="adjust-amount"]"#, "-99999").await;
         app.fill(r#"[data-testid="adjust-reason"]"#, "a double grant")
             .await;
         let problem = app
@@ -64,7 +74,7 @@ fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
             !s.is_empty()
         })
         .await;
-        let want = (300 - 40).to_string();
+        let want = (5000 - 40).to_string();
         app.wait_text(ann_balance, &want, |s| s.replace(',', "") == want)
             .await;
         app.shot("refunded").await;
@@ -94,7 +104,7 @@ fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
         app.shot("ann-ledger").await;
         app.close().await;
     });
-    assert_eq!(v.json(&["credits", "show", "ann"])["balance"], 260);
+    assert_eq!(v.json(&["credits", "show", "ann"])["balance"], 4960);
     assert_eq!(
         v.count("SELECT count(*) FROM ledger WHERE kind = 'refund'"),
         1

@@ -25,19 +25,44 @@ fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
     // 256 vCPUs are more than QEMU's 'pc' machine takes: the host refuses,
     // the VM is FAILED_TO_START and its charge stays taken.
     let out = v.run(&[
-        "--as", "ann", "vm", "create", "wide", "--ram-mb", "64", "--disk-gb", "1", "--cpus", "256",
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "wide",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "256",
     ]);
     assert!(!out.status.success());
     let vm = v.json(&["--as", "ann", "vm", "show", "wide"]);
     let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
     assert_eq!(vm["status"], "FAILED_TO_START");
     assert_eq!(balance(&v, "ann"), 3000 - cost);
+    // Status sync leaves it FAILED_TO_START: the host never made its
+    // machine, so it is not UNKNOWN ("the host no longer knows this VM").
+    v.json(&["sync", "--once"]);
+    assert_eq!(v.json(&["vm", "show", "wide"])["status"], "FAILED_TO_START");
 
     // ann cannot refund herself.
-    let err = v.fails(&["--as", "ann", "credits", "refund", "wide", "--reason", "mine"]);
-    assert!(err.contains("only an administrator may refund credits"), "{err}");
+    let err = v.fails(&[
+        "--as", "ann", "credits", "refund", "wide", "--reason", "mine",
+    ]);
+    assert!(
+        err.contains("only an administrator may refund credits"),
+        "{err}"
+    );
 
-    let entry = v.json(&["credits", "refund", "wide", "--reason", "the host refused it"]);
+    let entry = v.json(&[
+        "credits",
+        "refund",
+        "wide",
+        "--reason",
+        "the host refused it",
+    ]);
     assert_eq!(entry["kind"], "refund");
     assert_eq!(entry["amount"].as_i64(), Some(cost));
     assert_eq!(entry["vm_id"], vm["id"]);
@@ -49,7 +74,9 @@ fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
     let err = v.fails(&["credits", "refund", "wide", "--reason", "again"]);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
-        err.contains("the creation charge of VM \"wide\" cannot be refunded: it was refunded already"),
+        err.contains(
+            "the creation charge of VM \"wide\" cannot be refunded: it was refunded already"
+        ),
         "{err}"
     );
     assert_eq!(balance(&v, "ann"), 3000);
@@ -64,9 +91,23 @@ fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
     assert!(err.contains("no VM named \"nosuch\""), "{err}");
 
     // Adjustments: either way, never below zero, with a reason.
-    let s = v.json(&["credits", "adjust", "ann", "-100", "--reason", "a double grant"]);
+    let s = v.json(&[
+        "credits",
+        "adjust",
+        "ann",
+        "-100",
+        "--reason",
+        "a double grant",
+    ]);
     assert_eq!(s["balance"].as_i64(), Some(2900));
-    assert_eq!(s["entries"].as_array().expect("entries").last().expect("entry")["kind"], "adjustment");
+    assert_eq!(
+        s["entries"]
+            .as_array()
+            .expect("entries")
+            .last()
+            .expect("entry")["kind"],
+        "adjustment"
+    );
     let text = v.run(&["credits", "adjust", "ann", "+25", "--reason", "goodwill"]);
     assert!(text.status.success());
     assert_eq!(
@@ -76,15 +117,25 @@ fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
     let before = v.snapshot();
     let err = v.fails(&["credits", "adjust", "ann", "-5000", "--reason", "too much"]);
     assert!(
-        err.contains("an adjustment of -5000 would take the balance of \"ann\" below zero: it is 2925"),
+        err.contains(
+            "an adjustment of -5000 would take the balance of \"ann\" below zero: it is 2925"
+        ),
         "{err}"
     );
     let err = v.fails(&["credits", "adjust", "ann", "0", "--reason", "nothing"]);
-    assert!(err.contains("an adjustment of 0 credits changes nothing"), "{err}");
+    assert!(
+        err.contains("an adjustment of 0 credits changes nothing"),
+        "{err}"
+    );
     let err = v.fails(&["credits", "adjust", "ann", "5", "--reason", " "]);
     assert!(err.contains("the reason is empty"), "{err}");
-    let err = v.fails(&["--as", "ann", "credits", "adjust", "ann", "5", "--reason", "me"]);
-    assert!(err.contains("only an administrator may adjust credits"), "{err}");
+    let err = v.fails(&[
+        "--as", "ann", "credits", "adjust", "ann", "5", "--reason", "me",
+    ]);
+    assert!(
+        err.contains("only an administrator may adjust credits"),
+        "{err}"
+    );
     assert_eq!(v.snapshot(), before, "a refused adjustment changed nothing");
 
     // Each correction is an event, found by the filters.
@@ -121,7 +172,10 @@ fn roles_change_from_the_command_line_and_the_last_admin_stays() {
     assert_eq!(u["role"], "admin");
     assert!(v.run(&["--as", "bob", "user", "list"]).status.success());
     let out = v.run(&["--as", "bob", "user", "role", "bob", "user"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bob is now user");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "bob is now user"
+    );
     let err = v.fails(&["user", "role", "admin", "user"]);
     assert!(err.contains("admin"), "{err}");
     assert_eq!(
@@ -136,7 +190,10 @@ fn roles_change_from_the_command_line_and_the_last_admin_stays() {
     let err = v.fails(&["user", "role", "bob", "root"]);
     assert!(err.contains("root"), "{err}");
     let err = v.fails(&["--as", "bob", "user", "role", "bob", "admin"]);
-    assert!(err.contains("only an administrator may change roles"), "{err}");
+    assert!(
+        err.contains("only an administrator may change roles"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,16 +207,31 @@ fn events_filter_by_type_severity_user_and_time_and_follow_new_ones() {
         e.as_array()
             .expect("events")
             .iter()
-            .map(|e| format!("{} {}", e["action"].as_str().unwrap_or(""), e["details"]["user"].as_str().unwrap_or("")))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["action"].as_str().unwrap_or(""),
+                    e["details"]["user"].as_str().unwrap_or("")
+                )
+            })
             .collect()
     };
     let anns = names(&v.json(&["events", "--user", "ann"]));
     assert!(anns.iter().all(|a| a.ends_with(" ann")), "{anns:?}");
-    assert!(anns.iter().any(|a| a.starts_with("credits.grant")), "{anns:?}");
+    assert!(
+        anns.iter().any(|a| a.starts_with("credits.grant")),
+        "{anns:?}"
+    );
     // ann sees her own, not bob's; asking for bob's is refused.
-    assert_eq!(names(&v.json(&["--as", "ann", "events", "--user", "ann"])), anns);
+    assert_eq!(
+        names(&v.json(&["--as", "ann", "events", "--user", "ann"])),
+        anns
+    );
     let err = v.fails(&["--as", "ann", "events", "--user", "bob"]);
-    assert!(err.contains("only an administrator may see another user's events"), "{err}");
+    assert!(
+        err.contains("only an administrator may see another user's events"),
+        "{err}"
+    );
     let err = v.fails(&["events", "--user", "nobody"]);
     assert!(err.contains("no user named \"nobody\""), "{err}");
 
@@ -178,13 +250,17 @@ fn events_filter_by_type_severity_user_and_time_and_follow_new_ones() {
     let admin = admin.as_array().expect("events");
     assert!(admin.len() >= 5, "{admin:?}");
     assert!(
-        admin.iter().all(|e| e["type"] == "admin" && e["severity"] == "info"),
+        admin
+            .iter()
+            .all(|e| e["type"] == "admin" && e["severity"] == "info"),
         "{admin:?}"
     );
 
     // --follow: what matches now, oldest first, then each new event.
     let mut child = v
-        .command(&["--json", "events", "--follow", "--user", "bob", "--type", "admin"])
+        .command(&[
+            "--json", "events", "--follow", "--user", "bob", "--type", "admin",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -199,7 +275,9 @@ fn events_filter_by_type_severity_user_and_time_and_follow_new_ones() {
         }
     });
     let next = || -> Value {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect("an event line");
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an event line");
         serde_json::from_str(&line).expect("one JSON object a line")
     };
     let first = next();
@@ -211,7 +289,10 @@ fn events_filter_by_type_severity_user_and_time_and_follow_new_ones() {
     let adjusted = next();
     assert_eq!(adjusted["action"], "credits.adjust", "{adjusted}");
     assert_eq!(adjusted["details"]["user"], "bob");
-    assert!(rx.recv_timeout(Duration::from_secs(2)).is_err(), "nothing else");
+    assert!(
+        rx.recv_timeout(Duration::from_secs(2)).is_err(),
+        "nothing else"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -139,6 +139,14 @@ impl Core {
         for (batch, seen) in batches.into_iter().zip(observed) {
             let mut now = Vec::with_capacity(batch.len());
             for (vm, observed) in batch.iter().zip(seen) {
+                // A creation that failed before the host made its machine
+                // stays FAILED_TO_START: the host never knew it, so it is
+                // not UNKNOWN (and stays listed for a refund).
+                if vm.status == VmStatus::FailedToStart
+                    && matches!(observed, Err(ProviderError::NotFound(_)))
+                {
+                    continue;
+                }
                 if matches!(observed, Ok(s) if s.is_off()) && vm.session_id.is_some() {
                     second_look.push(vm.clone());
                 } else {

@@ -14,7 +14,9 @@ use stores::Desks;
 use vmdesk_core::{EventQuery, LedgerKind, VmStatus};
 
 fn balance(d: &Desks, user: &str) -> i64 {
-    d.with(&d.admin(), |c, a| c.credits_show(a, Some(user)).unwrap().balance)
+    d.with(&d.admin(), |c, a| {
+        c.credits_show(a, Some(user)).unwrap().balance
+    })
 }
 
 fn entries(d: &Desks, user: &str) -> usize {
@@ -28,7 +30,8 @@ fn failed_creation(d: &Desks, user: &str, name: &str) -> i64 {
     *d.host().refuse_start.lock().unwrap() = true;
     let before = balance(d, user);
     d.with(user, |c, me| {
-        c.vm_create(me, &stores::own_vm(name), true, None).unwrap_err()
+        c.vm_create(me, &stores::own_vm(name), true, None)
+            .unwrap_err()
     });
     *d.host().refuse_start.lock().unwrap() = false;
     let vm = d.with(user, |c, me| c.vm_show(me, name).unwrap());
@@ -36,47 +39,56 @@ fn failed_creation(d: &Desks, user: &str, name: &str) -> i64 {
     before - balance(d, user)
 }
 
-both!(adjustments_go_either_way_and_never_below_zero, |d: &Desks| {
-    d.pool(0);
-    let ann = d.user("ann", false, 100);
-    let admin = d.admin();
-    let s = d.with(&admin, |c, a| {
-        c.credits_adjust(a, &ann, 50, "a missed grant").unwrap()
-    });
-    assert_eq!(s.balance, 150);
-    let last = s.entries.last().unwrap();
-    assert_eq!((last.kind, last.amount), (LedgerKind::Adjustment, 50));
-    assert_eq!(last.actor, admin);
-
-    let n = entries(d, &ann);
-    let err = d.with(&admin, |c, a| {
-        c.credits_adjust(a, &ann, -151, "too much").unwrap_err()
-    });
-    assert_eq!(err.code(), "below_zero", "{}", err.one_line());
-    assert_eq!(
-        err.to_string(),
-        format!("an adjustment of -151 would take the balance of \"{ann}\" below zero: it is 150")
-    );
-    assert_eq!((balance(d, &ann), entries(d, &ann)), (150, n));
-
-    let s = d.with(&admin, |c, a| c.credits_adjust(a, &ann, -150, "all of it").unwrap());
-    assert_eq!(s.balance, 0);
-
-    for (amount, reason, code) in [(0, "zero", "invalid_input"), (5, "", "invalid_input")] {
-        let err = d.with(&admin, |c, a| {
-            c.credits_adjust(a, &ann, amount, reason).unwrap_err()
+both!(
+    adjustments_go_either_way_and_never_below_zero,
+    |d: &Desks| {
+        d.pool(0);
+        let ann = d.user("ann", false, 100);
+        let admin = d.admin();
+        let s = d.with(&admin, |c, a| {
+            c.credits_adjust(a, &ann, 50, "a missed grant").unwrap()
         });
-        assert_eq!(err.code(), code, "{}", err.one_line());
-    }
-    let err = d.with(&ann, |c, me| c.credits_adjust(me, me, 5, "mine").unwrap_err());
-    assert_eq!(err.code(), "admin_only");
-    assert_eq!(balance(d, &ann), 0);
+        assert_eq!(s.balance, 150);
+        let last = s.entries.last().unwrap();
+        assert_eq!((last.kind, last.amount), (LedgerKind::Adjustment, 50));
+        assert_eq!(last.actor, admin);
 
-    let ev = d.events_named("credits.adjust");
-    assert_eq!(ev.len(), 2, "{ev:?}");
-    assert_eq!(ev[0].details["user"], ann.as_str());
-    assert_eq!(ev[0].actor, admin);
-});
+        let n = entries(d, &ann);
+        let err = d.with(&admin, |c, a| {
+            c.credits_adjust(a, &ann, -151, "too much").unwrap_err()
+        });
+        assert_eq!(err.code(), "below_zero", "{}", err.one_line());
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "an adjustment of -151 would take the balance of \"{ann}\" below zero: it is 150"
+            )
+        );
+        assert_eq!((balance(d, &ann), entries(d, &ann)), (150, n));
+
+        let s = d.with(&admin, |c, a| {
+            c.credits_adjust(a, &ann, -150, "all of it").unwrap()
+        });
+        assert_eq!(s.balance, 0);
+
+        for (amount, reason, code) in [(0, "zero", "invalid_input"), (5, "", "invalid_input")] {
+            let err = d.with(&admin, |c, a| {
+                c.credits_adjust(a, &ann, amount, reason).unwrap_err()
+            });
+            assert_eq!(err.code(), code, "{}", err.one_line());
+        }
+        let err = d.with(&ann, |c, me| {
+            c.credits_adjust(me, me, 5, "mine").unwrap_err()
+        });
+        assert_eq!(err.code(), "admin_only");
+        assert_eq!(balance(d, &ann), 0);
+
+        let ev = d.events_named("credits.adjust");
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0].details["user"], ann.as_str());
+        assert_eq!(ev[0].actor, admin);
+    }
+);
 
 both!(a_failed_creations_charge_is_refunded_once, |d: &Desks| {
     d.pool(0);
@@ -85,17 +97,26 @@ both!(a_failed_creations_charge_is_refunded_once, |d: &Desks| {
     let charged = failed_creation(d, &ann, "w1");
     assert!(charged > 0);
 
-    let err = d.with(&ann, |c, me| c.credits_refund(me, "w1", "mine").unwrap_err());
+    let err = d.with(&ann, |c, me| {
+        c.credits_refund(me, "w1", "mine").unwrap_err()
+    });
     assert_eq!(err.code(), "admin_only");
 
-    let e = d.with(&admin, |c, a| c.credits_refund(a, "w1", "the host refused").unwrap());
+    let e = d.with(&admin, |c, a| {
+        c.credits_refund(a, "w1", "the host refused").unwrap()
+    });
     let vm = d.with(&admin, |c, a| c.vm_show(a, "w1").unwrap());
-    assert_eq!((e.kind, e.amount, e.vm_id), (LedgerKind::Refund, charged, Some(vm.id)));
+    assert_eq!(
+        (e.kind, e.amount, e.vm_id),
+        (LedgerKind::Refund, charged, Some(vm.id))
+    );
     assert_eq!(vm.metadata["refunded"], e.id);
     assert_eq!(balance(d, &ann), 100);
 
     let n = entries(d, &ann);
-    let err = d.with(&admin, |c, a| c.credits_refund(a, "w1", "again").unwrap_err());
+    let err = d.with(&admin, |c, a| {
+        c.credits_refund(a, "w1", "again").unwrap_err()
+    });
     assert_eq!(err.code(), "not_refundable");
     assert!(
         err.to_string()
@@ -111,7 +132,9 @@ both!(a_failed_creations_charge_is_refunded_once, |d: &Desks| {
     let err = d.with(&admin, |c, a| c.credits_refund(a, "w2", "no").unwrap_err());
     assert_eq!(err.code(), "not_refundable");
     assert!(err.to_string().contains("it is RUNNING"), "{err}");
-    let err = d.with(&admin, |c, a| c.credits_refund(a, "nosuch", "no").unwrap_err());
+    let err = d.with(&admin, |c, a| {
+        c.credits_refund(a, "nosuch", "no").unwrap_err()
+    });
     assert_eq!(err.code(), "unknown_vm");
 
     let ev = d.events_named("credits.refund");
@@ -140,13 +163,22 @@ both!(two_desks_racing_to_refund_refund_once, |d: &Desks| {
             .collect();
         racers.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
     assert!(
-        results.iter().any(|r| matches!(r, Err(c) if c == "not_refundable" || c == "busy")),
+        results
+            .iter()
+            .any(|r| matches!(r, Err(c) if c == "not_refundable" || c == "busy")),
         "{results:?}"
     );
     assert_eq!(balance(d, &ann), 100);
-    let refunds = d.with(&admin, |c, a| c.credits_show(a, Some(&ann)).unwrap().entries)
+    let refunds = d
+        .with(&admin, |c, a| {
+            c.credits_show(a, Some(&ann)).unwrap().entries
+        })
         .into_iter()
         .filter(|e| e.kind == LedgerKind::Refund)
         .map(|e| e.amount)
@@ -159,20 +191,22 @@ both!(events_are_filtered_by_user_and_time, |d: &Desks| {
     let ann = d.user("ann", false, 10);
     let bob = d.user("bob", false, 10);
     let admin = d.admin();
-    d.with(&admin, |c, a| c.credits_adjust(a, &bob, 5, "bob's").unwrap());
+    d.with(&admin, |c, a| {
+        c.credits_adjust(a, &bob, 5, "bob's").unwrap()
+    });
     let q = |user: Option<&str>, since: Option<&str>| EventQuery {
         limit: 100,
         user: user.map(str::to_owned),
         since: since.map(str::to_owned),
         ..Default::default()
     };
-    let about = |who: &str, asking: &str| {
-        d.with(asking, |c, me| c.events_query(me, &q(Some(who), None)))
-    };
+    let about =
+        |who: &str, asking: &str| d.with(asking, |c, me| c.events_query(me, &q(Some(who), None)));
     let bobs = about(&bob, &admin).unwrap();
     assert!(!bobs.is_empty());
     assert!(
-        bobs.iter().all(|e| e.details["user"] == bob.as_str() || e.actor == bob),
+        bobs.iter()
+            .all(|e| e.details["user"] == bob.as_str() || e.actor == bob),
         "{bobs:?}"
     );
     assert!(bobs.iter().any(|e| e.action == "credits.adjust"));

@@ -633,6 +633,7 @@ both!(
                     severities: vec![],
                     after,
                     limit: 100,
+                    ..Default::default()
                 };
             let sessions = c
                 .events_query(me, &q(vec![vmdesk_core::EventType::Session], None))

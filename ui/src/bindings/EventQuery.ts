@@ -21,4 +21,14 @@ after: number | null,
 /**
  * At most this many, newest first (1 to 10,000).
  */
-limit: number, };
+limit: number, 
+/**
+ * Only events about this user: what they did, and what happened to
+ * their VMs, sessions, account and credits (another user's: admins
+ * only).
+ */
+user?: string, 
+/**
+ * Only events at or after this instant (RFC 3339).
+ */
+since?: string, };
