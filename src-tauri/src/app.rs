@@ -843,6 +843,87 @@ async fn credits_refund(
     .await
 }
 
+/// What the Admin view's maintenance buttons did, in one sentence each.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Maintenance {
+    /// What was done, for the window's note.
+    summary: String,
+    /// The details (events, changes, ports), as the CLI's JSON prints them.
+    details: serde_json::Value,
+}
+
+/// The acting user if an admin; else the core's refusal naming `action`.
+fn admin_only(core: &Core, actor: &str, action: &'static str) -> vmdesk_core::Result<()> {
+    if core.user(actor)?.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(vmdesk_core::Error::AdminOnly(action))
+    }
+}
+
+/// `vmdesk recover`, from the Admin view (admin only): settles crashed
+/// work and lists the quarantined leftovers.
+#[tauri::command]
+async fn admin_recover(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
+    blocking(&ctx, |core, actor| {
+        let repairs = core.recover_all(actor)?;
+        let quarantined = core.quarantined(actor)?;
+        let summary = match (repairs.len(), quarantined.len()) {
+            (0, 0) => "Nothing to recover, nothing quarantined.".to_owned(),
+            (r, q) => format!("Recovery settled {r} piece(s) of work; {q} machine(s) quarantined."),
+        };
+        Ok(Maintenance {
+            summary,
+            details: serde_json::json!({"repairs": repairs, "quarantined": quarantined}),
+        })
+    })
+    .await
+}
+
+/// `vmdesk sync --once`, from the Admin view (admin only): the fast and
+/// the full pass, then the addresses.
+#[tauri::command]
+async fn admin_sync_once(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
+    blocking(&ctx, |core, actor| {
+        admin_only(core, actor, "run status sync")?;
+        let mut changes = core.sync_and_bill(false, "poll")?;
+        changes.extend(core.sync_and_bill(true, "poll")?);
+        let addresses = core.sync_addresses(true, true, "poll")?;
+        let summary = if changes.is_empty() && addresses.is_empty() {
+            "Status sync: everything is in sync.".to_owned()
+        } else {
+            format!(
+                "Status sync: {} status change(s), {} address change(s).",
+                changes.len(),
+                addresses.len()
+            )
+        };
+        Ok(Maintenance {
+            summary,
+            details: serde_json::json!({"changes": changes, "addresses": addresses}),
+        })
+    })
+    .await
+}
+
+/// `vmdesk ports cleanup`, from the Admin view (admin only): frees the
+/// ports of consoles whose process is gone.
+#[tauri::command]
+async fn admin_ports_cleanup(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
+    blocking(&ctx, |core, actor| {
+        admin_only(core, actor, "free console ports")?;
+        let freed = core.console_cleanup()?;
+        Ok(Maintenance {
+            summary: match freed.len() {
+                0 => "No console port was held by a process that is gone.".to_owned(),
+                n => format!("Freed {n} console port(s)."),
+            },
+            details: serde_json::json!(freed),
+        })
+    })
+    .await
+}
+
 /// The console port pool and its open consoles.
 #[tauri::command]
 async fn ports(ctx: State<'_, Ctx>) -> Result<PortStats, ApiError> {
@@ -1428,6 +1509,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             credits_grant,
             credits_adjust,
             credits_refund,
+            admin_recover,
+            admin_sync_once,
+            admin_ports_cleanup,
             ports,
             stats_watch,
             app_info,

@@ -2,7 +2,8 @@
 //! WebKitWebDriver), on the real QEMU host, screenshots in target/artifacts/:
 //! an adjustment that would go below zero is stopped as it is typed, one
 //! that fits shows in the user's ledger (the Credits view's *Whose*), and a
-//! creation the host refused is refunded once from *Failed creations*.
+//! creation the host refused is refunded once from *Failed creations*; the
+//! CLI's sync, recovery and port cleanup run from the Admin view.
 #![allow(missing_docs)]
 
 use vmdesk_tests::{e2e, Machine, Vmdesk};
@@ -78,6 +79,21 @@ fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
         app.wait_text(ann_balance, &want, |s| s.replace(',', "") == want)
             .await;
         app.shot("refunded").await;
+
+        // The CLI's maintenance commands, from the Admin view.
+        let note = r#"p.note[role="status"]"#;
+        app.click(r#"[data-testid="admin-sync"]"#).await;
+        app.wait_text(note, "the sync's note", |s| s.starts_with("Status sync:"))
+            .await;
+        app.click(r#"[data-testid="admin-recover"]"#).await;
+        app.wait_text(note, "the recovery's note", |s| {
+            s.contains("recover") || s.contains("Recovery")
+        })
+        .await;
+        app.click(r#"[data-testid="admin-ports-cleanup"]"#).await;
+        app.wait_text(note, "the cleanup's note", |s| s.contains("console port"))
+            .await;
+        app.shot("maintenance").await;
 
         // ann's ledger, from the admin's Credits view.
         app.nav("credits").await;

@@ -22,6 +22,9 @@ import type { OpenConsole } from "../bindings/OpenConsole";
 import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
 import type { LedgerEntry } from "../bindings/LedgerEntry";
+
+/** What a maintenance action of the Admin view did. */
+export type Maintenance = { summary: string; details: unknown };
 import type { User } from "../bindings/User";
 import type { UserAdded } from "../bindings/UserAdded";
 import type { Role } from "../bindings/Role";
@@ -125,6 +128,12 @@ export const api = {
     call<CreditStatement>("credits_adjust", { user, amount, reason }),
   /** Gives back the creation charge of a VM whose creation failed, once (admin). */
   creditsRefund: (vm: string, reason: string) => call<LedgerEntry>("credits_refund", { vm, reason }),
+  /** `vmdesk recover`: settles crashed work, lists quarantined machines (admin). */
+  adminRecover: () => call<Maintenance>("admin_recover"),
+  /** `vmdesk sync --once`: a fast and a full status-sync pass, then addresses (admin). */
+  adminSyncOnce: () => call<Maintenance>("admin_sync_once"),
+  /** `vmdesk ports cleanup`: frees the ports of consoles whose process is gone (admin). */
+  adminPortsCleanup: () => call<Maintenance>("admin_ports_cleanup"),
   /** The console port pool and the open consoles. */
   ports: () => call<PortStats>("ports"),
   /** Follow a VM's counters through `onStats` (null: stop). */

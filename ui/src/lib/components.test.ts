@@ -13,6 +13,7 @@ import Launch from "./Launch.svelte";
 import VmList from "./VmList.svelte";
 import Admin from "./Admin.svelte";
 import Events from "./Events.svelte";
+import Pools from "./Pools.svelte";
 import { vm } from "./components/fixtures";
 
 // jsdom has no layout: the list's viewport size is observed through this.
@@ -157,6 +158,66 @@ describe("the admin view", () => {
     await waitFor(() => expect(screen.getByTestId("user-balance-ann").textContent).toBe("250"));
     expect(api.creditsGrant).toHaveBeenCalledWith("ann", 250, "course");
     expect(screen.getByRole("status").textContent).toContain("Granted 250 credits to ann");
+  });
+});
+
+describe("the admin view's corrections and maintenance", () => {
+  const users = [
+    { id: 1, name: "admin", role: "admin", balance: 10, created_at: "2026-01-01" },
+    { id: 2, name: "ann", role: "user", balance: 30, created_at: "2026-01-01" },
+  ];
+
+  it("stops an adjustment below zero as it is typed, then adjusts", async () => {
+    api.users.mockResolvedValue(users);
+    api.creditsAdjust.mockResolvedValue({ user: "ann", balance: 20, entries: [] });
+    render(Admin, { onerror: vi.fn(), onview: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("user-balance-ann").textContent).toBe("30"));
+    await fireEvent.change(screen.getByLabelText("Adjust the credits of"), { target: { value: "ann" } });
+    await fireEvent.input(screen.getByTestId("adjust-amount"), { target: { value: "-31" } });
+    await fireEvent.input(screen.getByTestId("adjust-reason"), { target: { value: "typo" } });
+    await waitFor(() => expect(screen.getByTestId("adjust-problem").textContent).toContain("below zero (it is 30)"));
+    expect((screen.getByTestId("adjust-submit") as HTMLButtonElement).disabled).toBe(true);
+    await fireEvent.input(screen.getByTestId("adjust-amount"), { target: { value: "-10" } });
+    await waitFor(() => expect((screen.getByTestId("adjust-submit") as HTMLButtonElement).disabled).toBe(false));
+    await fireEvent.click(screen.getByTestId("adjust-submit"));
+    await waitFor(() => expect(screen.getByTestId("user-balance-ann").textContent).toBe("20"));
+    expect(api.creditsAdjust).toHaveBeenCalledWith("ann", -10, "typo");
+  });
+
+  it("runs recovery, a sync pass and the port cleanup and says what each did", async () => {
+    api.users.mockResolvedValue(users);
+    render(Admin, { onerror: vi.fn(), onview: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("user-balance-ann").textContent).toBe("30"));
+    await fireEvent.click(screen.getByTestId("admin-recover"));
+    await waitFor(() => expect(screen.getByRole("status").textContent).toContain("Nothing to recover"));
+    await fireEvent.click(screen.getByTestId("admin-sync"));
+    await waitFor(() => expect(screen.getByRole("status").textContent).toContain("everything is in sync"));
+    await fireEvent.click(screen.getByTestId("admin-ports-cleanup"));
+    await waitFor(() => expect(screen.getByRole("status").textContent).toContain("Freed 2 console port(s)."));
+    expect(api.adminRecover).toHaveBeenCalledTimes(1);
+    expect(api.adminSyncOnce).toHaveBeenCalledTimes(1);
+    expect(api.adminPortsCleanup).toHaveBeenCalledTimes(1);
+  });
+});
+
+describe("the pools view", () => {
+  it("cancels a session that was requested and not started", async () => {
+    const session = (id: number, status: string) => ({
+      id, vm_id: id, vm_name: "vm" + id, user: "ann", project: "lab", workspace: null, status, error: null,
+      created_at: "2026-01-01T00:00:00Z", updated_at: "2026-01-01T00:00:00Z", started_at: null, ended_at: null,
+    });
+    api.overview.mockResolvedValue({
+      user: { id: 2, name: "ann", role: "user", balance: 30, created_at: "2026-01-01" },
+      pools: [],
+      sessions: [session(7, "REQUESTED"), session(8, "ACTIVE")],
+    });
+    api.closeSession.mockResolvedValue(session(7, "COMPLETED"));
+    render(Pools, { onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("session-cancel-7")).toBeTruthy());
+    expect(screen.queryByTestId("session-cancel-8")).toBeNull();
+    expect(screen.getByLabelText("Close session 8")).toBeTruthy();
+    await fireEvent.click(screen.getByTestId("session-cancel-7"));
+    await waitFor(() => expect(api.closeSession).toHaveBeenCalledWith(7));
   });
 });
 
