@@ -56,25 +56,32 @@ pub fn user_key(data_dir: &Path, user: &str) -> Result<UserKey> {
     private_dir(&dir)?;
     let private = dir.join("id_ed25519");
     let public = dir.join("id_ed25519.pub");
-    if !private.exists() || !public.exists() {
-        let _ = std::fs::remove_file(&private);
-        let _ = std::fs::remove_file(&public);
+    if !private.exists() {
+        make_key_pair(&dir, user, &private, &public)?;
+    } else if !public.exists() {
+        // The public half lost: made again from the private key.
         let out = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
-            .arg(format!("vmdesk:{user}"))
+            .arg("-y")
             .arg("-f")
             .arg(&private)
             .output()
             .map_err(|e| {
-                Error::invalid(format!(
-                    "making {user}'s SSH key needs ssh-keygen (Debian's openssh-client): {e}"
-                ))
+                Error::invalid(format!("reading {user}'s SSH key needs ssh-keygen: {e}"))
             })?;
         if !out.status.success() {
             return Err(Error::invalid(format!(
-                "ssh-keygen could not make {user}'s SSH key: {}",
+                "ssh-keygen could not read {user}'s SSH key: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
+        }
+        let tmp = dir.join(format!(".id_ed25519.pub.{}", std::process::id()));
+        std::fs::write(&tmp, &out.stdout).map_err(io(&tmp))?;
+        let linked = std::fs::hard_link(&tmp, &public);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(&public)(e)),
         }
     }
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600))
@@ -86,6 +93,71 @@ pub fn user_key(data_dir: &Path, user: &str) -> Result<UserKey> {
         private,
         public: line,
     })
+}
+
+/// Makes `user`'s key pair at `private`/`public`, safely against other
+/// processes of the same user doing it at the same moment (200 `vmdesk`
+/// processes of one login did, and ssh-keygen refused to overwrite): the
+/// pair is made under a name of this process's own, then linked into place,
+/// the public half first so that whoever finds the private key finds its
+/// public one; a process that finds the public half taken uses the pair of
+/// the one that won.
+fn make_key_pair(dir: &Path, user: &str, private: &Path, public: &Path) -> Result<()> {
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".id_ed25519.{}.{n}", std::process::id()));
+    let tmp_pub = dir.join(format!(".id_ed25519.{}.{n}.pub", std::process::id()));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("vmdesk:{user}"))
+        .arg("-f")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| {
+            Error::invalid(format!(
+                "making {user}'s SSH key needs ssh-keygen (Debian's openssh-client): {e}"
+            ))
+        })?;
+    let clean = || {
+        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&tmp_pub);
+    };
+    if !out.status.success() {
+        clean();
+        return Err(Error::invalid(format!(
+            "ssh-keygen could not make {user}'s SSH key: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let won = match std::fs::hard_link(&tmp_pub, public) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => {
+            clean();
+            return Err(io(public)(e));
+        }
+    };
+    if won {
+        let linked = std::fs::hard_link(&tmp, private);
+        clean();
+        return match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io(private)(e)),
+        };
+    }
+    clean();
+    // Another process's pair: its private half follows its public one.
+    for _ in 0..100 {
+        if private.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(Error::invalid(format!(
+        "{user}'s SSH key is half made ({} has no private key beside it): remove it and try again",
+        public.display()
+    )))
 }
 
 /// Checks an OpenSSH public key line: a key type, base64, and an optional
@@ -347,6 +419,32 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn processes_making_the_same_key_at_once_get_one_pair() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys: Vec<UserKey> = std::thread::scope(|s| {
+            let all: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| user_key(dir.path(), "ann").expect("a key")))
+                .collect();
+            all.into_iter().map(|t| t.join().expect("joined")).collect()
+        });
+        assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("ssh/ann"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("name"))
+            .collect();
+        let mut left = left;
+        left.sort();
+        assert_eq!(
+            left,
+            ["id_ed25519", "id_ed25519.pub"],
+            "no temporary files left"
+        );
+        // The public half lost is made again from the private one.
+        std::fs::remove_file(dir.path().join("ssh/ann/id_ed25519.pub")).expect("rm");
+        assert_eq!(user_key(dir.path(), "ann").expect("a key"), keys[0]);
     }
 
     #[test]
