@@ -843,6 +843,19 @@ async fn credits_refund(
     .await
 }
 
+/// Sets a project's cost controls (admin only).
+#[tauri::command]
+async fn project_limits(
+    ctx: State<'_, Ctx>,
+    project: String,
+    limits: vmdesk_core::ProjectLimits,
+) -> Result<vmdesk_core::Project, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.project_limits(actor, &project, &limits)
+    })
+    .await
+}
+
 /// What the Admin view's maintenance buttons did, in one sentence each.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Maintenance {
@@ -1510,6 +1523,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             credits_adjust,
             credits_refund,
             admin_recover,
+            project_limits,
             admin_sync_once,
             admin_ports_cleanup,
             ports,

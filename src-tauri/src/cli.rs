@@ -401,6 +401,27 @@ pub enum AzureCmd {
 pub enum ProjectCmd {
     /// Create a project (admin only)
     Create { name: String },
+    /// Projects with their workspaces and cost controls
+    List,
+    /// Set a project's cost controls (admin only); a limit not named is
+    /// kept, 0 turns it off
+    Limits {
+        project: String,
+        /// Close a session this many minutes after it started (a warning
+        /// 10 minutes before)
+        #[arg(long, value_name = "MINUTES")]
+        max_session_minutes: Option<i64>,
+        /// Warn a session idle this long (no console, no SSH, CPU under
+        /// --idle-cpu-percent), and close it if still idle 5 minutes later
+        #[arg(long, value_name = "MINUTES")]
+        idle_minutes: Option<i64>,
+        /// The guest CPU use under which a session counts as idle (default 5)
+        #[arg(long, value_name = "PERCENT")]
+        idle_cpu_percent: Option<i64>,
+        /// Hours of sessions each user may hold in the project in any 7 days
+        #[arg(long, value_name = "HOURS")]
+        weekly_hours: Option<i64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -961,6 +982,62 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Project(ProjectCmd::Create { name }) => {
             let p = core.project_create(a, &name)?;
             emit(g, &p, || format!("created project {}", p.name))
+        }
+        Command::Project(ProjectCmd::List) => {
+            let projects = core.projects(a)?;
+            let rows: Vec<serde_json::Value> = projects
+                .iter()
+                .map(|(p, w)| serde_json::json!({"project": p, "workspaces": w}))
+                .collect();
+            emit(g, &rows, || {
+                table(
+                    &["PROJECT", "WORKSPACES", "MAX SESSION", "IDLE", "WEEKLY"],
+                    projects.iter().map(|(p, w)| {
+                        let l = &p.limits;
+                        let or_none = |v: Option<i64>, unit: &str| {
+                            v.map_or_else(|| "-".to_owned(), |n| format!("{n} {unit}"))
+                        };
+                        vec![
+                            p.name.clone(),
+                            if w.is_empty() { "-".into() } else { w.join(",") },
+                            or_none(l.max_session_minutes, "min"),
+                            l.idle_minutes.map_or_else(
+                                || "-".to_owned(),
+                                |n| format!("{n} min under {} % CPU", l.idle_cpu_percent),
+                            ),
+                            or_none(l.weekly_hours, "h"),
+                        ]
+                    }),
+                )
+            })
+        }
+        Command::Project(ProjectCmd::Limits {
+            project,
+            max_session_minutes,
+            idle_minutes,
+            idle_cpu_percent,
+            weekly_hours,
+        }) => {
+            let was = core
+                .projects(a)?
+                .into_iter()
+                .find(|(p, _)| p.name == project)
+                .map(|(p, _)| p.limits)
+                .ok_or_else(|| vmdesk_core::Error::UnknownProject(project.clone()))?;
+            // Not named: kept; 0: off.
+            let set = |new: Option<i64>, old: Option<i64>| match new {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => old,
+            };
+            let limits = vmdesk_core::ProjectLimits {
+                max_session_minutes: set(max_session_minutes, was.max_session_minutes),
+                idle_minutes: set(idle_minutes, was.idle_minutes),
+                idle_cpu_percent: idle_cpu_percent.unwrap_or(was.idle_cpu_percent),
+                weekly_hours: set(weekly_hours, was.weekly_hours),
+            };
+            let p = core.project_limits(a, &project, &limits)?;
+            emit(g, &p, || format!("set the limits of project {}", p.name))
         }
         Command::Workspace(WorkspaceCmd::Create { name, project }) => {
             let w = core.workspace_create(a, &name, &project)?;

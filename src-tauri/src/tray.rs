@@ -316,6 +316,26 @@ pub fn notices(
                         / 60
                 ),
             }),
+            "session.limit_warning" if mine(e) => Some(Notice {
+                title: format!(
+                    "Session {} closes at {}",
+                    e.session_id.unwrap_or_default(),
+                    text(e, "closes_at").get(11..16).unwrap_or("soon")
+                ),
+                body: if text(e, "rule") == "idle" {
+                    format!("{} has been idle: use it to keep it", name(e))
+                } else {
+                    format!("{} reaches the project's maximum session length", name(e))
+                },
+            }),
+            "session.limit_reached" if mine(e) => Some(Notice {
+                title: format!("Session {} is being closed", e.session_id.unwrap_or_default()),
+                body: if text(e, "rule") == "idle" {
+                    format!("{} was idle too long", name(e))
+                } else {
+                    format!("{} reached the project's maximum session length", name(e))
+                },
+            }),
             "credits.exhausted" if mine(e) => Some(Notice {
                 title: "Credits are used up".into(),
                 body: format!("{} is being stopped", name(e)),

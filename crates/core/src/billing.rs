@@ -135,7 +135,7 @@ impl Core {
 
     /// Ends a session whose user's credits ran out (on a team store, as
     /// its login: an admin's process).
-    fn session_end_as_system(&self, id: i64) -> Result<Session> {
+    pub(crate) fn session_end_as_system(&self, id: i64) -> Result<Session> {
         Ok(self.reading().sessions().session_close_by(id, None)?.0)
     }
 

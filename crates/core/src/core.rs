@@ -69,6 +69,10 @@ pub struct Core {
     pub(crate) alloc: crate::embedded::sessions::AllocQueue,
     /// The wall and monotonic clocks at this process's last billing pass.
     pub(crate) last_bill: Mutex<Option<crate::billing::Pass>>,
+    /// What the cost controls saw of each VM's CPU at the previous pass.
+    pub(crate) activity: crate::limits::LiveProbe,
+    /// Pool VMs seen running with no session, and since when (this process).
+    pub(crate) orphans: Mutex<std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Drop for Core {
@@ -122,6 +126,8 @@ impl Core {
             worker: OnceLock::new(),
             alloc: Default::default(),
             last_bill: Mutex::new(None),
+            activity: crate::limits::LiveProbe::default(),
+            orphans: Mutex::new(std::collections::HashMap::new()),
         };
         core.recover()?;
         Ok(core)
@@ -557,6 +563,11 @@ impl Core {
                 ..Default::default()
             },
         )
+    }
+
+    /// Every project with its workspaces' names and its cost controls.
+    pub fn projects(&self, actor: &str) -> Result<Vec<(Project, Vec<String>)>> {
+        self.acting(actor)?.places().projects()
     }
 
     /// What the desktop window shows to the actor.

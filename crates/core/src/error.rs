@@ -98,6 +98,15 @@ pub enum Error {
         /// Why not.
         why: String,
     },
+    /// the weekly quota of project "{project}" is used up: {used_minutes} min of {hours} h held in the last 7 days
+    QuotaUsed {
+        /// The project.
+        project: String,
+        /// Its weekly hours.
+        hours: i64,
+        /// What the user held in the last 7 days, in minutes.
+        used_minutes: i64,
+    },
     /// session {id} is {status} and cannot be {action}
     SessionState {
         /// The session.
@@ -183,6 +192,7 @@ impl Error {
             Error::NoneReady { .. } => "none_ready",
             Error::InsufficientCredits { .. } => "insufficient_credits",
             Error::BelowZero { .. } => "below_zero",
+            Error::QuotaUsed { .. } => "quota_used",
             Error::NotRefundable { .. } => "not_refundable",
             Error::SessionState { .. } => "session_state",
             Error::PortPoolExhausted { .. } => "port_pool_exhausted",

@@ -22,6 +22,7 @@ mod embedded;
 // The embedded store's file and its event log, by their short paths.
 use crate::embedded::{events, store};
 mod images;
+pub mod limits;
 mod ledger;
 mod placement;
 mod reach;

@@ -170,6 +170,13 @@ string_enum! {
     }
 }
 
+impl Default for VmStatus {
+    /// What nothing is known of.
+    fn default() -> Self {
+        VmStatus::Unknown
+    }
+}
+
 impl HostKind {
     /// The kind of host a URI names: `azure://SUBSCRIPTION[/RG,...]` is an
     /// Azure subscription, anything else a libvirt connection.
@@ -228,7 +235,43 @@ pub struct Project {
     pub name: String,
     /// When it was created.
     pub created_at: String,
+    /// Its cost controls, shown to users before they open a session.
+    #[serde(default)]
+    pub limits: ProjectLimits,
 }
+
+/// A project's cost controls, set by admins (none set: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct ProjectLimits {
+    /// A session is closed this many minutes after it started (a warning
+    /// 10 minutes before).
+    pub max_session_minutes: Option<i64>,
+    /// A session idle this long (no console open, no SSH connection, guest
+    /// CPU under `idle_cpu_percent`) is warned, and closed if still idle 5
+    /// minutes later.
+    pub idle_minutes: Option<i64>,
+    /// The guest CPU use (percent of its vCPUs) under which a session counts
+    /// as idle.
+    pub idle_cpu_percent: i64,
+    /// Hours of sessions each user may hold in this project in any 7 days.
+    pub weekly_hours: Option<i64>,
+}
+
+impl Default for ProjectLimits {
+    fn default() -> Self {
+        ProjectLimits {
+            max_session_minutes: None,
+            idle_minutes: None,
+            idle_cpu_percent: DEFAULT_IDLE_CPU_PERCENT,
+            weekly_hours: None,
+        }
+    }
+}
+
+/// The guest CPU use under which a session counts as idle, unless a project
+/// says otherwise.
+pub const DEFAULT_IDLE_CPU_PERCENT: i64 = 5;
 
 /// A team's place inside a project; workspaces share the project's pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -261,7 +304,7 @@ pub struct Host {
 }
 
 /// A virtual machine known to vmdesk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, TS)]
 #[ts(export)]
 pub struct Vm {
     /// Database id.

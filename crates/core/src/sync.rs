@@ -9,7 +9,7 @@ use serde::Serialize;
 use ts_rs::TS;
 
 use crate::core::Core;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::*;
 use crate::provider::ProviderError;
 
@@ -98,6 +98,19 @@ impl Core {
             self.sync_active(source)?
         };
         self.bill_runtime_now()?;
+        // The cost controls: a desk whose login is not an admin leaves them
+        // to one that is (a team store's `serve`).
+        match self.enforce_limits_now() {
+            Ok(_) => {}
+            Err(Error::AdminOnly(_)) => {}
+            Err(e) => tracing::warn!(error = %e.one_line(), "enforcing the cost controls"),
+        }
+        if full {
+            match self.stop_orphans(chrono::Utc::now()) {
+                Ok(_) | Err(Error::AdminOnly(_)) => {}
+                Err(e) => tracing::warn!(error = %e.one_line(), "stopping orphaned pool VMs"),
+            }
+        }
         Ok(changes)
     }
 

@@ -163,6 +163,9 @@ pub trait Places: Send + Sync {
 
     /// Projects with their workspaces' names, by name.
     fn projects(&self) -> Result<Vec<(Project, Vec<String>)>>;
+
+    /// Sets a project's cost controls (admin).
+    fn project_limits_set(&self, project: &str, limits: &ProjectLimits) -> Result<Project>;
 }
 
 /// Pool sessions: allocation and each step of their life.
@@ -202,6 +205,15 @@ pub trait Sessions: Send + Sync {
 
     /// The shutdown failed: left TERMINATING for a later try.
     fn session_close_failed(&self, id: i64, reason: &str) -> Result<()>;
+
+    /// ACTIVE sessions of projects with a session length or idle limit,
+    /// with what the limits need (admin; the system).
+    fn sessions_limited(&self) -> Result<Vec<crate::limits::LimitedSession>>;
+
+    /// Writes what enforcing the limits found of a session: since when it
+    /// has been idle, a warning given (an event), a limit reached (an
+    /// event) (admin; the system).
+    fn session_limit_mark(&self, id: i64, mark: &crate::limits::LimitMark) -> Result<()>;
 }
 
 /// VMs, pools' and users' own: creation, actions, state and metadata.

@@ -36,11 +36,11 @@ use crate::{roles, schema_version, Error, Target, STEPS};
 pub const DB_FILE: &str = "vmdesk.db";
 /// The newest embedded schema this build reads (crates/core's number of
 /// migrations).
-pub const EMBEDDED_SCHEMA: i64 = 12;
-/// The oldest embedded schema with every column copied (quarantine, billing
-/// and sync columns); an older file is brought up to date by opening it once
-/// with vmdesk.
-pub const EMBEDDED_SCHEMA_MIN: i64 = 9;
+pub const EMBEDDED_SCHEMA: i64 = 13;
+/// The oldest embedded schema with every column copied (quarantine, billing,
+/// sync and project limit columns); an older file is brought up to date by
+/// opening it once with vmdesk.
+pub const EMBEDDED_SCHEMA_MIN: i64 = 13;
 
 /// SQLSTATE of a refusal: the team store is not empty (nothing changed).
 pub const NOT_EMPTY: &str = "VDM01";
@@ -254,7 +254,13 @@ impl Embedded {
 /// (stored as text in SQLite).
 const READS: &[(&str, &str, &[&str])] = &[
     ("users", "SELECT id, name, role, balance, created_at FROM users ORDER BY id", &[]),
-    ("projects", "SELECT id, name, created_at FROM projects ORDER BY id", &[]),
+    (
+        "projects",
+        "SELECT id, name, created_at, max_session_minutes, idle_minutes, idle_cpu_percent,
+                weekly_hours
+         FROM projects ORDER BY id",
+        &[],
+    ),
     ("workspaces", "SELECT id, project_id, name, created_at FROM workspaces ORDER BY id", &[]),
     ("hosts", "SELECT id, name, kind, uri, created_at FROM hosts ORDER BY id", &[]),
     (
@@ -409,9 +415,11 @@ const WRITES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "projects",
-        "id, name, created_at",
-        "id bigint, name text, created_at text",
-        "r.id, r.name, r.created_at::timestamptz",
+        "id, name, created_at, max_session_minutes, idle_minutes, idle_cpu_percent, weekly_hours",
+        "id bigint, name text, created_at text, max_session_minutes bigint, idle_minutes bigint,
+         idle_cpu_percent bigint, weekly_hours bigint",
+        "r.id, r.name, r.created_at::timestamptz, r.max_session_minutes, r.idle_minutes,
+         r.idle_cpu_percent, r.weekly_hours",
     ),
     (
         "workspaces",

@@ -315,6 +315,8 @@ fn admin_action(action: &str) -> &'static str {
         "grant credits",
         "adjust credits",
         "refund credits",
+        "set project limits",
+        "enforce project limits",
         "add hosts",
         "create projects",
         "create workspaces",
@@ -393,6 +395,11 @@ fn to_core(login: &str, e: postgres::Error) -> CoreError {
         "VDB03" => CoreError::NotRefundable {
             vm: s("vm").unwrap_or_default(),
             why: s("why").unwrap_or(msg),
+        },
+        "VDQ01" => CoreError::QuotaUsed {
+            project: s("project").unwrap_or_default(),
+            hours: n("hours").unwrap_or_default(),
+            used_minutes: n("used_minutes").unwrap_or_default(),
         },
         "VDA01" => CoreError::PoolEmpty(s("project").unwrap_or_default()),
         "VDA02" => CoreError::NoVmOfType {
@@ -603,15 +610,9 @@ impl Places for PgStore {
     fn project_create(&self, name: &str) -> CoreResult<Project> {
         let _changed = self.changed();
         self.conn.one(
-            "SELECT id, name, vmdesk.ts(created_at) FROM vmdesk.project_create($1)",
+            concat!(project_select!(), " FROM vmdesk.project_create($1)"),
             &[&name],
-            |r| {
-                Ok(Project {
-                    id: r.get(0),
-                    name: r.get(1),
-                    created_at: r.get(2),
-                })
-            },
+            project_row,
         )
     }
 
@@ -641,26 +642,95 @@ impl Places for PgStore {
 
     fn projects(&self) -> CoreResult<Vec<(Project, Vec<String>)>> {
         self.conn.query(
-            "SELECT p.id, p.name, vmdesk.ts(p.created_at),
+            "SELECT p.id, p.name, vmdesk.ts(p.created_at), p.max_session_minutes, p.idle_minutes,
+                    p.idle_cpu_percent, p.weekly_hours,
                     coalesce(array_agg(w.name ORDER BY w.name) FILTER (WHERE w.name IS NOT NULL), '{}')
              FROM vmdesk.projects p LEFT JOIN vmdesk.workspaces w ON w.project_id = p.id
              GROUP BY p.id ORDER BY p.name",
             &[],
-            |r| {
-                Ok((
-                    Project {
-                        id: r.get(0),
-                        name: r.get(1),
-                        created_at: r.get(2),
-                    },
-                    r.get(3),
-                ))
-            },
+            |r| Ok((project_row(r)?, r.get(7))),
+        )
+    }
+
+    fn project_limits_set(&self, project: &str, limits: &ProjectLimits) -> CoreResult<Project> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.project_limits_set($1, $2, $3, $4, $5)",
+                &[
+                    &project,
+                    &limits.max_session_minutes,
+                    &limits.idle_minutes,
+                    &limits.idle_cpu_percent,
+                    &limits.weekly_hours,
+                ],
+            )
+        })?;
+        self.conn.one(
+            concat!(project_select!(), " FROM vmdesk.projects WHERE name = $1"),
+            &[&project],
+            project_row,
         )
     }
 }
 
 impl Sessions for PgStore {
+    fn sessions_limited(&self) -> CoreResult<Vec<vmdesk_core::limits::LimitedSession>> {
+        let rows = self.conn.query(
+            "SELECT o_id, o_user, o_project, o_max, o_idle, o_cpu, o_weekly, o_started,
+                    o_idle_since, o_idle_warned, o_length_warned, o_vm, o_console
+             FROM vmdesk.sessions_limited()",
+            &[],
+            |r| {
+                Ok((
+                    vmdesk_core::limits::LimitedSession {
+                        id: r.get(0),
+                        user: r.get(1),
+                        project: r.get(2),
+                        limits: ProjectLimits {
+                            max_session_minutes: r.get(3),
+                            idle_minutes: r.get(4),
+                            idle_cpu_percent: r.get(5),
+                            weekly_hours: r.get(6),
+                        },
+                        started_at: r.get(7),
+                        idle_since: r.get(8),
+                        idle_warned_at: r.get(9),
+                        length_warned_at: r.get(10),
+                        vm: Vm::default(),
+                        console_open: r.get(12),
+                    },
+                    r.get::<_, i64>(11),
+                ))
+            },
+        )?;
+        rows.into_iter()
+            .map(|(mut s, vm)| {
+                s.vm = self.vm(&vm.to_string())?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    fn session_limit_mark(
+        &self,
+        id: i64,
+        mark: &vmdesk_core::limits::LimitMark,
+    ) -> CoreResult<()> {
+        let _changed = self.changed();
+        let (rule, at) = match &mark.warn {
+            Some((rule, at)) => (Some(rule.as_str()), Some(at.as_str())),
+            None => (None, None),
+        };
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.session_limit_mark($1, $2, $3, $4, $5, $6)",
+                &[&id, &mark.idle_since, &rule, &at, &mark.reached, &mark.at],
+            )
+        })?;
+        Ok(())
+    }
+
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> CoreResult<Session> {
         let _changed = self.changed();
         // One round trip: the session opened and its VM's name. The row
@@ -1444,6 +1514,29 @@ fn action_name(a: VmAction) -> &'static str {
         VmAction::Restart => "restart",
         VmAction::Destroy => "destroy",
     }
+}
+
+/// The columns of a [`Project`] for [`project_row`] (before a FROM).
+macro_rules! project_select {
+    () => {
+        "SELECT id, name, vmdesk.ts(created_at), max_session_minutes, idle_minutes,
+                idle_cpu_percent, weekly_hours"
+    };
+}
+use project_select;
+
+fn project_row(r: &Row) -> CoreResult<Project> {
+    Ok(Project {
+        id: r.get(0),
+        name: r.get(1),
+        created_at: r.get(2),
+        limits: ProjectLimits {
+            max_session_minutes: r.get(3),
+            idle_minutes: r.get(4),
+            idle_cpu_percent: r.get(5),
+            weekly_hours: r.get(6),
+        },
+    })
 }
 
 /// A ledger entry from `id, amount, kind, reason, vm_id, session_id, actor,

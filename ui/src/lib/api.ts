@@ -22,6 +22,8 @@ import type { OpenConsole } from "../bindings/OpenConsole";
 import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
 import type { LedgerEntry } from "../bindings/LedgerEntry";
+import type { Project } from "../bindings/Project";
+import type { ProjectLimits } from "../bindings/ProjectLimits";
 
 /** What a maintenance action of the Admin view did. */
 export type Maintenance = { summary: string; details: unknown };
@@ -134,6 +136,8 @@ export const api = {
   adminSyncOnce: () => call<Maintenance>("admin_sync_once"),
   /** `vmdesk ports cleanup`: frees the ports of consoles whose process is gone (admin). */
   adminPortsCleanup: () => call<Maintenance>("admin_ports_cleanup"),
+  /** Sets a project's cost controls (admin). */
+  projectLimits: (project: string, limits: ProjectLimits) => call<Project>("project_limits", { project, limits }),
   /** The console port pool and the open consoles. */
   ports: () => call<PortStats>("ports"),
   /** Follow a VM's counters through `onStats` (null: stop). */

@@ -221,6 +221,43 @@ describe("the pools view", () => {
   });
 });
 
+describe("a pool's cost controls", () => {
+  const project = (limits: Record<string, number | null>) => ({
+    id: 1, name: "lab", created_at: "2026-01-01",
+    limits: { max_session_minutes: null, idle_minutes: null, idle_cpu_percent: 5, weekly_hours: null, ...limits },
+  });
+
+  it("are shown before a session is opened, and an admin sets them", async () => {
+    api.overview.mockResolvedValue({
+      user: { id: 1, name: "admin", role: "admin", balance: 0, created_at: "2026-01-01" },
+      pools: [{ project: project({ max_session_minutes: 120 }), workspaces: [], vms: [] }],
+      sessions: [],
+    });
+    api.projectLimits.mockResolvedValue(project({ max_session_minutes: 120, weekly_hours: 4 }));
+    render(Pools, { onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn(), admin: true });
+    await waitFor(() => expect(screen.getByTestId("pool-limits-lab").textContent).toBe("Sessions end after 2 h."));
+    await fireEvent.click(screen.getByTestId("limits-edit-lab"));
+    await fireEvent.input(screen.getByTestId("limit-weekly"), { target: { value: "4" } });
+    await fireEvent.click(screen.getByTestId("limits-save"));
+    await waitFor(() =>
+      expect(api.projectLimits).toHaveBeenCalledWith("lab", {
+        max_session_minutes: 120, idle_minutes: null, idle_cpu_percent: 5, weekly_hours: 4,
+      }),
+    );
+  });
+
+  it("have no form for a user", async () => {
+    api.overview.mockResolvedValue({
+      user: { id: 2, name: "ann", role: "user", balance: 0, created_at: "2026-01-01" },
+      pools: [{ project: project({ weekly_hours: 3 }), workspaces: [], vms: [] }],
+      sessions: [],
+    });
+    render(Pools, { onerror: vi.fn(), onconsole: vi.fn(), ondetail: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("pool-limits-lab").textContent).toBe("3 h of sessions a week each."));
+    expect(screen.queryByTestId("limits-edit-lab")).toBeNull();
+  });
+});
+
 describe("the event feed", () => {
   it("fetches once, then only newer events on a change (no loop)", async () => {
     const ev = (id: number) => ({ id, type: "vm", action: "vm.start", severity: "info", actor: "ann", vm_id: null, session_id: null, details: {}, created_at: "2026-01-01T00:00:00Z" });

@@ -21,6 +21,24 @@ describe("event sentences", () => {
     expect(parts).toContainEqual({ session: 7 });
   });
 
+  it("words cost controls, corrections and orphans", () => {
+    const session = { type: "session" as const, actor: "vmdesk", session_id: 7, severity: "warning" as const };
+    expect(plain(sentence(ev("session.limit_warning", { user: "ann", vm: "lab-3", rule: "idle", closes_at: "2026-01-01T10:35:00.000Z" }, session))))
+      .toBe("ann's session 7 on lab-3 closes at 10:35 UTC: it has been idle");
+    expect(plain(sentence(ev("session.limit_warning", { user: "ann", vm: "lab-3", rule: "max_session_length", closes_at: "2026-01-01T11:00:00.000Z" }, session))))
+      .toBe("ann's session 7 on lab-3 closes at 11:00 UTC: it reaches the project's maximum session length");
+    expect(plain(sentence(ev("session.limit_reached", { user: "ann", vm: "lab-3", rule: "idle" }, session))))
+      .toBe("ann's session 7 on lab-3 was closed: idle too long");
+    expect(plain(sentence(ev("vm.orphan_stop", { vm: "lab-3", grace_seconds: 600 }, { type: "system", actor: "vmdesk", vm_id: null }))))
+      .toBe("vmdesk stopped the pool VM lab-3: it ran with no session for 10 min (billed to nobody)");
+    expect(plain(sentence(ev("credits.adjust", { user: "ann", amount: -40, reason: "a double grant" }, { type: "admin", actor: "admin" }))))
+      .toBe("admin adjusted ann's credits by -40: a double grant");
+    expect(plain(sentence(ev("credits.refund", { user: "ann", vm: "wide", amount: 2561, reason: "the host refused it" }, { type: "billing", actor: "admin" }))))
+      .toBe("admin refunded 2561 credits to ann for wide: the host refused it");
+    expect(plain(sentence(ev("project.limits", { project: "lab" }, { type: "admin", actor: "admin", vm_id: null }))))
+      .toBe("admin changed the cost controls of project lab");
+  });
+
   it("words the lifecycle of a VM", () => {
     expect(plain(sentence(ev("vm.stop", { vm: "lab-3", forced_off: true })))).toBe("ann stopped lab-3 (the guest was forced off)");
     expect(plain(sentence(ev("vm.destroy", { vm: "web" })))).toBe("ann destroyed web");

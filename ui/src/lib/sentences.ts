@@ -112,7 +112,18 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return [theirs + " ", session, " on ", vm, " ended" + why(str(d, "reason"))];
       case "close_failed":
         return ["Closing ", session, " on ", vm, " failed" + reason(str(d, "reason"))];
+      case "limit_warning": {
+        const at = (str(d, "closes_at") ?? "").slice(11, 16) || "soon";
+        const what = str(d, "rule") === "idle" ? "it has been idle" : "it reaches the project's maximum session length";
+        return [theirs + " ", session, " on ", vm, ` closes at ${at} UTC: ${what}`];
+      }
+      case "limit_reached":
+        return [theirs + " ", session, " on ", vm, str(d, "rule") === "idle" ? " was closed: idle too long" : " was closed: it reached the project's maximum session length"];
     }
+  }
+  if (kind === "vm" && verb === "orphan_stop") {
+    const minutes = Math.round(Number(str(d, "grace_seconds") ?? "600") / 60);
+    return ["vmdesk stopped the pool VM ", vm, `: it ran with no session for ${minutes} min (billed to nobody)`];
   }
   if (kind === "vm") {
     if (verb === "create" && sub === "refused") return [`${actor} could not create `, vm, reason(str(d, "reason"))];
@@ -172,6 +183,12 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return [`${possessive(who(user))} credits are running low (${str(d, "balance") ?? "?"} left) while `, vm, " runs"];
       case "exhausted":
         return [`${possessive(who(user))} credits ran out: `, vm, " was stopped"];
+      case "adjust": {
+        const n = Number(amount);
+        return [`${actor} adjusted ${possessive(who(user))} credits by ${n > 0 ? "+" : ""}${amount ?? "?"}` + reason(str(d, "reason"))];
+      }
+      case "refund":
+        return [`${actor} refunded ${credits(amount)} to ${who(user)} for `, vm, reason(str(d, "reason"))];
     }
   }
   if (kind === "recovery" && (verb === "quarantine" || verb === "purge")) {
@@ -185,6 +202,7 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
   if (kind === "user" && verb === "role") return [`${actor} made ${str(d, "user") ?? "a user"} ${(str(d, "to") ?? str(d, "role")) === "admin" ? "an admin" : "a " + (str(d, "to") ?? str(d, "role") ?? "user")}`];
   if (kind === "workspace" && verb === "create") return [`${actor} created the workspace ${str(d, "workspace") ?? ""}`.trimEnd()];
   if (kind === "os" && verb === "import") return [`${actor} added ${str(d, "os") ?? str(d, "name") ?? "an OS image"} to the OS catalog`];
+  if (kind === "project" && verb === "limits") return [`${actor} changed the cost controls of project ${str(d, "project") ?? ""}`.trimEnd()];
   if (kind === "project" && verb === "create") return [`${actor} created the project ${str(d, "name") ?? str(d, "project") ?? ""}`.trimEnd()];
   // Anything else: who did what, in the core's words.
   const words = e.action.replace(/[._]/g, " ");

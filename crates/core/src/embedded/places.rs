@@ -10,6 +10,28 @@ use crate::model::*;
 use crate::store::{self, now};
 use crate::team::Places;
 
+/// The columns of a [`Project`], for [`project_row`].
+macro_rules! project_select {
+    () => {
+        "SELECT id, name, created_at, max_session_minutes, idle_minutes, idle_cpu_percent,
+                weekly_hours FROM projects"
+    };
+}
+
+fn project_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at: r.get(2)?,
+        limits: ProjectLimits {
+            max_session_minutes: r.get(3)?,
+            idle_minutes: r.get(4)?,
+            idle_cpu_percent: r.get(5)?,
+            weekly_hours: r.get(6)?,
+        },
+    })
+}
+
 impl Places for Embedded<'_> {
     fn host_add(&self, name: &str, kind: HostKind, uri: &str) -> Result<Host> {
         self.core.write(|tx| {
@@ -83,6 +105,7 @@ impl Places for Embedded<'_> {
                 id,
                 name: name.to_owned(),
                 created_at,
+                limits: ProjectLimits::default(),
             })
         })
     }
@@ -119,14 +142,8 @@ impl Places for Embedded<'_> {
     fn projects(&self) -> Result<Vec<(Project, Vec<String>)>> {
         let conn = self.core.db();
         let projects: Vec<Project> = conn
-            .prepare_cached("SELECT id, name, created_at FROM projects ORDER BY name")?
-            .query_map([], |r| {
-                Ok(Project {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    created_at: r.get(2)?,
-                })
-            })?
+            .prepare_cached(concat!(project_select!(), " ORDER BY name"))?
+            .query_map([], project_row)?
             .collect::<Result<_, _>>()?;
         let mut out = Vec::with_capacity(projects.len());
         for project in projects {
@@ -139,7 +156,40 @@ impl Places for Embedded<'_> {
         Ok(out)
     }
 
+    fn project_limits_set(&self, project: &str, limits: &ProjectLimits) -> Result<Project> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "set project limits")?;
+            let pid = project_id(tx, project)?;
+            let was = tx.query_row(concat!(project_select!(), " WHERE id = ?1"), [pid], project_row)?;
+            tx.execute(
+                "UPDATE projects SET max_session_minutes = ?2, idle_minutes = ?3,
+                        idle_cpu_percent = ?4, weekly_hours = ?5 WHERE id = ?1",
+                params![
+                    pid,
+                    limits.max_session_minutes,
+                    limits.idle_minutes,
+                    limits.idle_cpu_percent,
+                    limits.weekly_hours
+                ],
+            )?;
+            events::record(
+                tx,
+                NewEvent::info(
+                    EventType::Admin,
+                    "project.limits",
+                    &a.name,
+                    json!({"project": project, "was": was.limits, "now": limits}),
+                ),
+            )?;
+            Ok(Project {
+                limits: *limits,
+                ..was
+            })
+        })
+    }
+
     fn install_id(&self) -> Result<String> {
         store::install_id(&self.core.db())
     }
 }
+

@@ -60,11 +60,14 @@ fn open_in_tx(
     worker: Option<&str>,
 ) -> Result<Session> {
     let u = user(tx, actor)?;
-    let pid: i64 = tx
-        .prepare_cached("SELECT id FROM projects WHERE name = ?1")?
-        .query_row([&req.project], |r| r.get(0))
+    let (pid, weekly): (i64, Option<i64>) = tx
+        .prepare_cached("SELECT id, weekly_hours FROM projects WHERE name = ?1")?
+        .query_row([&req.project], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or_else(|| Error::UnknownProject(req.project.clone()))?;
+    if let Some(hours) = weekly {
+        quota_check(tx, u.id, pid, &req.project, hours)?;
+    }
     let wid = match &req.workspace {
         None => None,
         Some(w) => Some(
@@ -94,6 +97,42 @@ fn open_in_tx(
         .session(sid),
     )?;
     session_by_id(tx, sid)
+}
+
+/// Refuses a session when the user held `hours` or more of sessions in the
+/// project over the last 7 days (what ran inside those 7 days counts).
+fn quota_check(tx: &Connection, user_id: i64, pid: i64, project: &str, hours: i64) -> Result<()> {
+    let at = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok()
+    };
+    let now = chrono::Utc::now();
+    let week_ago = now - chrono::Duration::days(7);
+    let since = week_ago.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut used = 0i64;
+    let mut stmt = tx.prepare_cached(
+        "SELECT started_at, ended_at FROM sessions INDEXED BY sessions_user_project
+         WHERE user_id = ?1 AND project_id = ?2 AND started_at IS NOT NULL
+           AND (ended_at IS NULL OR ended_at > ?3)",
+    )?;
+    let rows = stmt.query_map(params![user_id, pid, since], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    for row in rows {
+        let (started, ended) = row?;
+        let from = at(&started).unwrap_or(now).max(week_ago);
+        let to = ended.as_deref().and_then(at).unwrap_or(now).min(now);
+        used += (to - from).num_seconds().max(0);
+    }
+    if used >= hours * 3600 {
+        return Err(Error::QuotaUsed {
+            project: project.to_owned(),
+            hours,
+            used_minutes: used / 60,
+        });
+    }
+    Ok(())
 }
 
 /// An allocation waiting for the next batch.
@@ -257,7 +296,107 @@ impl Embedded<'_> {
     }
 }
 
+impl Embedded<'_> {
+    fn limited(&self, conn: &Connection) -> Result<Vec<crate::limits::LimitedSession>> {
+        let rows: Vec<(crate::limits::LimitedSession, i64)> = conn
+            .prepare_cached(
+                "SELECT s.id, u.name, p.name, p.max_session_minutes, p.idle_minutes,
+                        p.idle_cpu_percent, p.weekly_hours, s.started_at, s.idle_since,
+                        s.idle_warned_at, s.length_warned_at, s.vm_id,
+                        EXISTS (SELECT 1 FROM consoles c WHERE c.vm_id = s.vm_id)
+                 FROM sessions s JOIN users u ON u.id = s.user_id
+                 JOIN projects p ON p.id = s.project_id
+                 WHERE s.status = 'ACTIVE' AND s.started_at IS NOT NULL
+                   AND (p.max_session_minutes IS NOT NULL OR p.idle_minutes IS NOT NULL)
+                 ORDER BY s.id",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    crate::limits::LimitedSession {
+                        id: r.get(0)?,
+                        user: r.get(1)?,
+                        project: r.get(2)?,
+                        limits: ProjectLimits {
+                            max_session_minutes: r.get(3)?,
+                            idle_minutes: r.get(4)?,
+                            idle_cpu_percent: r.get(5)?,
+                            weekly_hours: r.get(6)?,
+                        },
+                        started_at: r.get(7)?,
+                        idle_since: r.get(8)?,
+                        idle_warned_at: r.get(9)?,
+                        length_warned_at: r.get(10)?,
+                        vm: Vm::default(),
+                        console_open: r.get(12)?,
+                    },
+                    r.get(11)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(mut s, vm_id)| {
+                s.vm = super::vm_by_id(conn, vm_id)?;
+                Ok(s)
+            })
+            .collect()
+    }
+}
+
 impl Sessions for Embedded<'_> {
+    fn sessions_limited(&self) -> Result<Vec<crate::limits::LimitedSession>> {
+        let conn = self.core.db();
+        self.admin_me(&conn, "enforce project limits")?;
+        self.limited(&conn)
+    }
+
+    fn session_limit_mark(&self, id: i64, mark: &crate::limits::LimitMark) -> Result<()> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "enforce project limits")?;
+            let s = session_by_id(tx, id)?;
+            let (rule, at) = match &mark.warn {
+                Some((rule, at)) => (Some(rule.as_str()), Some(at.as_str())),
+                None => (None, None),
+            };
+            tx.execute(
+                "UPDATE sessions SET idle_since = ?2,
+                        idle_warned_at = CASE WHEN ?2 IS NULL THEN NULL
+                                              WHEN ?3 = 'idle' THEN ?5 ELSE idle_warned_at END,
+                        length_warned_at = CASE WHEN ?3 = 'max_session_length' THEN ?5
+                                                ELSE length_warned_at END
+                 WHERE id = ?1",
+                params![id, mark.idle_since, rule, at, mark.at],
+            )?;
+            let details = |extra: serde_json::Value| {
+                let mut d = json!({"user": s.user, "vm": s.vm_name, "project": s.project});
+                if let (Some(d), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                    d.extend(e.clone());
+                }
+                d
+            };
+            if let (Some(rule), Some(at)) = (rule, at) {
+                events::record(
+                    tx,
+                    NewEvent::info(EventType::Session, "session.limit_warning", &a.name,
+                                   details(json!({"rule": rule, "closes_at": at})))
+                        .severity(Severity::Warning)
+                        .vm(s.vm_id)
+                        .session(id),
+                )?;
+            }
+            if let Some(rule) = &mark.reached {
+                events::record(
+                    tx,
+                    NewEvent::info(EventType::Session, "session.limit_reached", &a.name,
+                                   details(json!({"rule": rule})))
+                        .severity(Severity::Warning)
+                        .vm(s.vm_id)
+                        .session(id),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn session_open(&self, req: &SessionRequest, worker: Option<&str>) -> Result<Session> {
         self.allocate_batched(self.actor, req, worker.map(str::to_owned))
     }

@@ -242,6 +242,19 @@ ALTER TABLE os_images ADD COLUMN min_disk_gb INTEGER;
 -- same VM is refused by the database, whoever races for it.
 CREATE UNIQUE INDEX ledger_refund_once ON ledger (vm_id) WHERE kind = 'refund';
 "#,
+    r#"
+-- A project's cost controls (NULL: no limit), and what enforcing them
+-- found of each session.
+ALTER TABLE projects ADD COLUMN max_session_minutes INTEGER;
+ALTER TABLE projects ADD COLUMN idle_minutes INTEGER;
+ALTER TABLE projects ADD COLUMN idle_cpu_percent INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE projects ADD COLUMN weekly_hours INTEGER;
+ALTER TABLE sessions ADD COLUMN idle_since TEXT;
+ALTER TABLE sessions ADD COLUMN idle_warned_at TEXT;
+ALTER TABLE sessions ADD COLUMN length_warned_at TEXT;
+-- The weekly quota reads a user's sessions in a project.
+CREATE INDEX sessions_user_project ON sessions (user_id, project_id, started_at);
+"#,
 ];
 
 /// Name of the database file inside the data directory.

@@ -33,6 +33,7 @@ export const api = {
   adminSyncOnce: vi.fn(async () => ({ summary: "Status sync: everything is in sync.", details: {} })),
   adminPortsCleanup: vi.fn(async () => ({ summary: "Freed 2 console port(s).", details: [7001, 7002] })),
   overview: vi.fn(),
+  projectLimits: vi.fn(),
   closeSession: vi.fn(),
   openSession: vi.fn(),
   userRole: vi.fn(),
