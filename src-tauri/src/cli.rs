@@ -999,7 +999,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                         };
                         vec![
                             p.name.clone(),
-                            if w.is_empty() { "-".into() } else { w.join(",") },
+                            if w.is_empty() {
+                                "-".into()
+                            } else {
+                                w.join(",")
+                            },
                             or_none(l.max_session_minutes, "min"),
                             l.idle_minutes.map_or_else(
                                 || "-".to_owned(),

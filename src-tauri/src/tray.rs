@@ -329,7 +329,10 @@ pub fn notices(
                 },
             }),
             "session.limit_reached" if mine(e) => Some(Notice {
-                title: format!("Session {} is being closed", e.session_id.unwrap_or_default()),
+                title: format!(
+                    "Session {} is being closed",
+                    e.session_id.unwrap_or_default()
+                ),
                 body: if text(e, "rule") == "idle" {
                     format!("{} was idle too long", name(e))
                 } else {

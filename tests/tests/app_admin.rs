@@ -3,7 +3,8 @@
 //! an adjustment that would go below zero is stopped as it is typed, one
 //! that fits shows in the user's ledger (the Credits view's *Whose*), and a
 //! creation the host refused is refunded once from *Failed creations*; the
-//! CLI's sync, recovery and port cleanup run from the Admin view.
+//! CLI's sync, recovery and port cleanup run from the Admin view; a
+//! project's cost controls are set and shown in the Pools view.
 #![allow(missing_docs)]
 
 use vmdesk_tests::{e2e, Machine, Vmdesk};
@@ -118,6 +119,25 @@ fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
         assert!(all.contains("Adjustments") && all.contains("a double grant"), "{all}");
         assert!(all.contains("-40"), "{all}");
         app.shot("ann-ledger").await;
+
+        // A project's cost controls, set in the Pools view and shown there.
+        v.json(&["project", "create", "lab"]);
+        v.json(&["project", "limits", "lab", "--max-session-minutes", "120"]);
+        app.nav("pools").await;
+        app.wait_text(r#"[data-testid="pool-limits-lab"]"#, "the limits", |s| {
+            s == "Sessions end after 2 h."
+        })
+        .await;
+        app.click(r#"[data-testid="limits-edit-lab"]"#).await;
+        app.fill(r#"[data-testid="limit-idle"]"#, "30").await;
+        app.fill(r#"[data-testid="limit-weekly"]"#, "6").await;
+        app.shot("limits-form").await;
+        app.click(r#"[data-testid="limits-save"]"#).await;
+        app.wait_text(r#"[data-testid="pool-limits-lab"]"#, "the new limits", |s| {
+            s.contains("closed when idle 30 min") && s.contains("6 h of sessions a week each")
+        })
+        .await;
+        app.shot("limits-shown").await;
         app.close().await;
     });
     assert_eq!(v.json(&["credits", "show", "ann"])["balance"], 4960);

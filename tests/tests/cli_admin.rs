@@ -302,27 +302,66 @@ fn project_limits_are_set_listed_and_the_weekly_quota_refuses_on_qemu() {
     let v = Vmdesk::new();
     let (_, _machine) = v.qemu_pool_vm("quota1");
     let err = v.fails(&["project", "limits", "lab", "--weekly-hours", "200"]);
-    assert!(err.contains("the weekly quota must be between 1 and 168 hours, not 200"), "{err}");
+    assert!(
+        err.contains("the weekly quota must be between 1 and 168 hours, not 200"),
+        "{err}"
+    );
     let p = v.json(&[
-        "project", "limits", "lab", "--weekly-hours", "1", "--max-session-minutes", "90",
+        "project",
+        "limits",
+        "lab",
+        "--weekly-hours",
+        "1",
+        "--max-session-minutes",
+        "90",
     ]);
     assert_eq!(p["limits"]["weekly_hours"], 1);
     assert_eq!(p["limits"]["max_session_minutes"], 90);
     // Unnamed limits are kept; 0 turns one off.
-    let p = v.json(&["project", "limits", "lab", "--max-session-minutes", "0", "--idle-minutes", "20"]);
+    let p = v.json(&[
+        "project",
+        "limits",
+        "lab",
+        "--max-session-minutes",
+        "0",
+        "--idle-minutes",
+        "20",
+    ]);
     assert_eq!(p["limits"]["weekly_hours"], 1);
     assert!(p["limits"]["max_session_minutes"].is_null());
     assert_eq!(p["limits"]["idle_minutes"], 20);
     let list = v.run(&["project", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("20 min under 5 % CPU") && text.contains("1 h"), "{text}");
+    assert!(
+        text.contains("20 min under 5 % CPU") && text.contains("1 h"),
+        "{text}"
+    );
     v.json(&["user", "add", "bob", "--credits", "100000"]);
-    let err = v.fails(&["--as", "bob", "project", "limits", "lab", "--weekly-hours", "100"]);
-    assert!(err.contains("only an administrator may set project limits"), "{err}");
+    let err = v.fails(&[
+        "--as",
+        "bob",
+        "project",
+        "limits",
+        "lab",
+        "--weekly-hours",
+        "100",
+    ]);
+    assert!(
+        err.contains("only an administrator may set project limits"),
+        "{err}"
+    );
 
     let s = v.json(&["--as", "bob", "session", "open", "--project", "lab"]);
     let id = s["id"].as_i64().expect("id");
-    v.json(&["--as", "bob", "--shutdown-timeout", "1", "session", "close", &id.to_string()]);
+    v.json(&[
+        "--as",
+        "bob",
+        "--shutdown-timeout",
+        "1",
+        "session",
+        "close",
+        &id.to_string(),
+    ]);
     // bob held it for 61 minutes (moved back in the file: no waiting an hour).
     let db = v.db();
     db.execute(
@@ -335,7 +374,9 @@ fn project_limits_are_set_listed_and_the_weekly_quota_refuses_on_qemu() {
     let before = v.snapshot();
     let err = v.fails(&["--as", "bob", "session", "open", "--project", "lab"]);
     assert!(
-        err.contains("the weekly quota of project \"lab\" is used up: 61 min of 1 h held in the last 7 days"),
+        err.contains(
+            "the weekly quota of project \"lab\" is used up: 61 min of 1 h held in the last 7 days"
+        ),
         "{err}"
     );
     assert_eq!(v.snapshot(), before, "a refused session changed nothing");

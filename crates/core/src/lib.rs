@@ -22,8 +22,8 @@ mod embedded;
 // The embedded store's file and its event log, by their short paths.
 use crate::embedded::{events, store};
 mod images;
-pub mod limits;
 mod ledger;
+pub mod limits;
 mod placement;
 mod reach;
 mod sessions;

@@ -267,7 +267,8 @@ impl Core {
     pub fn stop_orphans(&self, now: DateTime<Utc>) -> Result<Vec<String>> {
         let store = self.reading();
         let vms = store.vms().vm_list(true)?;
-        let orphan = |v: &Vm| v.pool.is_some() && v.session_id.is_none() && v.status == VmStatus::Running;
+        let orphan =
+            |v: &Vm| v.pool.is_some() && v.session_id.is_none() && v.status == VmStatus::Running;
         let due: Vec<(Vm, DateTime<Utc>)> = {
             let mut seen = self.orphans.lock().unwrap_or_else(|p| p.into_inner());
             seen.retain(|id, _| vms.iter().any(|v| v.id == *id && orphan(v)));
@@ -316,11 +317,10 @@ pub struct LiveProbe {
 
 impl ActivityProbe for LiveProbe {
     fn activity(&self, core: &Core, s: &LimitedSession) -> Activity {
-        let ssh = s
-            .vm
-            .ip_address
-            .as_deref()
-            .is_some_and(|ip| ssh_connected(ip, s.vm.ssh_port.unwrap_or(22) as u16));
+        let ssh =
+            s.vm.ip_address
+                .as_deref()
+                .is_some_and(|ip| ssh_connected(ip, s.vm.ssh_port.unwrap_or(22) as u16));
         let cpu = s.vm.provider_id.as_deref().and_then(|machine| {
             let stats = core.provider(&s.vm.host).ok()?.stats(machine).ok()?;
             let at_ms = u64::try_from(Utc::now().timestamp_millis()).ok()?;
@@ -405,16 +405,25 @@ mod tests {
         let (mark, act) = judge(&s, busy, at("2026-01-01T10:50:00Z"));
         assert_eq!(
             mark.expect("a mark").warn,
-            Some(("max_session_length".into(), "2026-01-01T11:00:00.000Z".into()))
+            Some((
+                "max_session_length".into(),
+                "2026-01-01T11:00:00.000Z".into()
+            ))
         );
         assert_eq!(act.expect("an action").action, "warned");
         let warned = LimitedSession {
             length_warned_at: Some("2026-01-01T10:50:00.000Z".into()),
             ..s
         };
-        assert_eq!(judge(&warned, busy, at("2026-01-01T10:55:00Z")), (None, None));
+        assert_eq!(
+            judge(&warned, busy, at("2026-01-01T10:55:00Z")),
+            (None, None)
+        );
         let (mark, act) = judge(&warned, busy, at("2026-01-01T11:00:00Z"));
-        assert_eq!(mark.expect("a mark").reached.as_deref(), Some("max_session_length"));
+        assert_eq!(
+            mark.expect("a mark").reached.as_deref(),
+            Some("max_session_length")
+        );
         assert_eq!(act.expect("an action").action, "closed");
     }
 
@@ -426,10 +435,22 @@ mod tests {
             ..Default::default()
         };
         assert!(idle.idle(&l));
-        assert!(!Activity { console: true, ..idle }.idle(&l));
+        assert!(!Activity {
+            console: true,
+            ..idle
+        }
+        .idle(&l));
         assert!(!Activity { ssh: true, ..idle }.idle(&l));
-        assert!(!Activity { cpu_percent: Some(5.0), ..idle }.idle(&l));
-        assert!(!Activity { cpu_percent: None, ..idle }.idle(&l));
+        assert!(!Activity {
+            cpu_percent: Some(5.0),
+            ..idle
+        }
+        .idle(&l));
+        assert!(!Activity {
+            cpu_percent: None,
+            ..idle
+        }
+        .idle(&l));
     }
 
     #[test]
@@ -445,13 +466,19 @@ mod tests {
         let s = session(l, "2026-01-01T10:00:00.000Z");
         // The count starts.
         let (mark, act) = judge(&s, idle, at("2026-01-01T10:00:00Z"));
-        assert_eq!(mark.expect("a mark").idle_since.as_deref(), Some("2026-01-01T10:00:00.000Z"));
+        assert_eq!(
+            mark.expect("a mark").idle_since.as_deref(),
+            Some("2026-01-01T10:00:00.000Z")
+        );
         assert!(act.is_none());
         let counting = LimitedSession {
             idle_since: Some("2026-01-01T10:00:00.000Z".into()),
             ..s.clone()
         };
-        assert_eq!(judge(&counting, idle, at("2026-01-01T10:29:00Z")), (None, None));
+        assert_eq!(
+            judge(&counting, idle, at("2026-01-01T10:29:00Z")),
+            (None, None)
+        );
         let (mark, act) = judge(&counting, idle, at("2026-01-01T10:30:00Z"));
         assert_eq!(mark.expect("a mark").warn.expect("a warning").0, "idle");
         assert_eq!(act.expect("an action").at, "2026-01-01T10:35:00.000Z");
@@ -459,7 +486,10 @@ mod tests {
             idle_warned_at: Some("2026-01-01T10:30:00.000Z".into()),
             ..counting.clone()
         };
-        assert_eq!(judge(&warned, idle, at("2026-01-01T10:34:00Z")), (None, None));
+        assert_eq!(
+            judge(&warned, idle, at("2026-01-01T10:34:00Z")),
+            (None, None)
+        );
         let (mark, _) = judge(&warned, idle, at("2026-01-01T10:35:00Z"));
         assert_eq!(mark.expect("a mark").reached.as_deref(), Some("idle"));
         // Someone opens the console after the warning: the count and the
@@ -470,7 +500,10 @@ mod tests {
         };
         let (mark, act) = judge(&warned, busy, at("2026-01-01T10:34:00Z"));
         let mark = mark.expect("a mark");
-        assert_eq!((mark.idle_since, mark.warn, mark.reached), (None, None, None));
+        assert_eq!(
+            (mark.idle_since, mark.warn, mark.reached),
+            (None, None, None)
+        );
         assert!(act.is_none());
     }
 }

@@ -712,11 +712,7 @@ impl Sessions for PgStore {
             .collect()
     }
 
-    fn session_limit_mark(
-        &self,
-        id: i64,
-        mark: &vmdesk_core::limits::LimitMark,
-    ) -> CoreResult<()> {
+    fn session_limit_mark(&self, id: i64, mark: &vmdesk_core::limits::LimitMark) -> CoreResult<()> {
         let _changed = self.changed();
         let (rule, at) = match &mark.warn {
             Some((rule, at)) => (Some(rule.as_str()), Some(at.as_str())),

@@ -46,7 +46,9 @@ const BUSY_CPU: Seen = Seen(Activity {
 });
 
 fn set(d: &Desks, limits: ProjectLimits) {
-    d.with(&d.admin(), |c, a| c.project_limits(a, "p", &limits).unwrap());
+    d.with(&d.admin(), |c, a| {
+        c.project_limits(a, "p", &limits).unwrap()
+    });
 }
 
 fn enforce(d: &Desks, now: DateTime<Utc>, probe: &Seen) -> Vec<LimitAction> {
@@ -78,7 +80,9 @@ both!(limits_are_set_by_admins_checked_and_shown, |d: &Desks| {
         idle_cpu_percent: 10,
         weekly_hours: Some(6),
     };
-    let p = d.with(&d.admin(), |c, a| c.project_limits(a, "p", &limits).unwrap());
+    let p = d.with(&d.admin(), |c, a| {
+        c.project_limits(a, "p", &limits).unwrap()
+    });
     assert_eq!(p.limits, limits);
     // Shown to everyone, before a session.
     let seen = d.with(&bob, |c, me| c.projects(me).unwrap());
@@ -86,163 +90,250 @@ both!(limits_are_set_by_admins_checked_and_shown, |d: &Desks| {
     let overview = d.with(&bob, |c, me| c.overview(me).unwrap());
     assert_eq!(overview.pools[0].project.limits, limits);
 
-    let err = d.with(&bob, |c, me| c.project_limits(me, "p", &limits).unwrap_err());
+    let err = d.with(&bob, |c, me| {
+        c.project_limits(me, "p", &limits).unwrap_err()
+    });
     assert_eq!(err.code(), "admin_only");
     for bad in [
-        ProjectLimits { max_session_minutes: Some(0), ..limits },
-        ProjectLimits { idle_minutes: Some(50_000), ..limits },
-        ProjectLimits { weekly_hours: Some(169), ..limits },
-        ProjectLimits { idle_cpu_percent: 101, ..limits },
+        ProjectLimits {
+            max_session_minutes: Some(0),
+            ..limits
+        },
+        ProjectLimits {
+            idle_minutes: Some(50_000),
+            ..limits
+        },
+        ProjectLimits {
+            weekly_hours: Some(169),
+            ..limits
+        },
+        ProjectLimits {
+            idle_cpu_percent: 101,
+            ..limits
+        },
     ] {
-        let err = d.with(&d.admin(), |c, a| c.project_limits(a, "p", &bad).unwrap_err());
+        let err = d.with(&d.admin(), |c, a| {
+            c.project_limits(a, "p", &bad).unwrap_err()
+        });
         assert_eq!(err.code(), "invalid_input", "{bad:?}: {}", err.one_line());
     }
-    let err = d.with(&d.admin(), |c, a| c.project_limits(a, "nope", &limits).unwrap_err());
+    let err = d.with(&d.admin(), |c, a| {
+        c.project_limits(a, "nope", &limits).unwrap_err()
+    });
     assert_eq!(err.code(), "unknown_project");
-    assert_eq!(d.with(&bob, |c, me| c.projects(me).unwrap())[0].0.limits, limits);
+    assert_eq!(
+        d.with(&bob, |c, me| c.projects(me).unwrap())[0].0.limits,
+        limits
+    );
     let ev = d.events_named("project.limits");
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].details["now"]["weekly_hours"], 6);
 });
 
-both!(the_weekly_quota_refuses_a_session_once_used_up, |d: &Desks| {
-    d.pool(2);
-    let bob = d.user("bob", false, 10_000);
-    let ann = d.user("ann", false, 10_000);
-    set(d, ProjectLimits { weekly_hours: Some(1), ..Default::default() });
-    let s = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    d.with(&bob, |c, me| c.session_close(me, s.id, true).unwrap());
-    // His session held 61 minutes of the last 7 days.
-    let back = |minutes_ago: i64, ended_ago: i64| {
-        let t = |m: i64| {
-            (Utc::now() - Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+both!(
+    the_weekly_quota_refuses_a_session_once_used_up,
+    |d: &Desks| {
+        d.pool(2);
+        let bob = d.user("bob", false, 10_000);
+        let ann = d.user("ann", false, 10_000);
+        set(
+            d,
+            ProjectLimits {
+                weekly_hours: Some(1),
+                ..Default::default()
+            },
+        );
+        let s = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        d.with(&bob, |c, me| c.session_close(me, s.id, true).unwrap());
+        // His session held 61 minutes of the last 7 days.
+        let back = |minutes_ago: i64, ended_ago: i64| {
+            let t = |m: i64| {
+                (Utc::now() - Duration::minutes(m))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            };
+            d.write_store(
+                &format!(
+                    "UPDATE sessions SET started_at = '{}', ended_at = '{}' WHERE id = {}",
+                    t(minutes_ago),
+                    t(ended_ago),
+                    s.id
+                ),
+                &format!(
+                    "UPDATE vmdesk.sessions SET started_at = '{}', ended_at = '{}' WHERE id = {}",
+                    t(minutes_ago),
+                    t(ended_ago),
+                    s.id
+                ),
+            )
         };
-        d.write_store(
-            &format!(
-                "UPDATE sessions SET started_at = '{}', ended_at = '{}' WHERE id = {}",
-                t(minutes_ago),
-                t(ended_ago),
-                s.id
-            ),
-            &format!(
-                "UPDATE vmdesk.sessions SET started_at = '{}', ended_at = '{}' WHERE id = {}",
-                t(minutes_ago),
-                t(ended_ago),
-                s.id
-            ),
-        )
-    };
-    back(62, 1);
-    let err = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap_err());
-    assert_eq!(err.code(), "quota_used", "{}", err.one_line());
-    assert_eq!(
-        err.to_string(),
-        "the weekly quota of project \"p\" is used up: 61 min of 1 h held in the last 7 days"
-    );
-    // Nothing was allocated for him; ann has her own quota.
-    assert!(d.with(&bob, |c, me| c.session_list(me, false).unwrap())
-        .iter()
-        .all(|x| x.id == s.id));
-    let a = d.with(&ann, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    d.with(&ann, |c, me| c.session_close(me, a.id, true).unwrap());
-    // What ran 8 days ago no longer counts.
-    back(8 * 24 * 60 + 62, 8 * 24 * 60);
-    let again = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    assert_eq!(again.status, SessionStatus::Active);
-});
-
-both!(a_session_past_its_maximum_length_is_warned_then_closed, |d: &Desks| {
-    d.pool(1);
-    let bob = d.user("bob", false, 10_000);
-    set(d, ProjectLimits { max_session_minutes: Some(60), ..Default::default() });
-    let s = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    let t0 = started(&session(d, &bob, s.id));
-    // In use all along: the length cannot be put off.
-    assert!(enforce(d, t0 + Duration::minutes(49), &CONSOLE).is_empty());
-    let warned = enforce(d, t0 + Duration::minutes(50), &CONSOLE);
-    assert_eq!(warned.len(), 1);
-    assert_eq!((warned[0].action, warned[0].rule.as_str()), ("warned", "max_session_length"));
-    let ev = d.events_named("session.limit_warning");
-    assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].session_id, Some(s.id));
-    assert_eq!(ev[0].details["user"], bob.as_str());
-    assert_eq!(ev[0].details["closes_at"], warned[0].at.as_str());
-    // Warned once.
-    assert!(enforce(d, t0 + Duration::minutes(55), &CONSOLE).is_empty());
-    assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
-    let closed = enforce(d, t0 + Duration::minutes(60), &CONSOLE);
-    assert_eq!((closed[0].action, closed[0].rule.as_str()), ("closed", "max_session_length"));
-    assert_eq!(d.events_named("session.limit_reached").len(), 1);
-    let after = session(d, &bob, s.id);
-    assert_ne!(after.status, SessionStatus::Active, "{after:?}");
-    // Closed sessions are no longer looked at.
-    assert!(enforce(d, t0 + Duration::minutes(120), &CONSOLE).is_empty());
-});
-
-both!(an_idle_session_is_warned_then_closed_and_activity_starts_the_count_again, |d: &Desks| {
-    d.pool(1);
-    let bob = d.user("bob", false, 10_000);
-    set(d, ProjectLimits { idle_minutes: Some(30), ..Default::default() });
-    let s = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    let t0 = started(&session(d, &bob, s.id));
-    let at = |m: i64| t0 + Duration::minutes(m);
-    // CPU over the threshold, SSH or the console: never idle.
-    for probe in [&BUSY_CPU, &SSH, &CONSOLE] {
-        assert!(enforce(d, at(120), probe).is_empty());
+        back(62, 1);
+        let err = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap_err()
+        });
+        assert_eq!(err.code(), "quota_used", "{}", err.one_line());
+        assert_eq!(
+            err.to_string(),
+            "the weekly quota of project \"p\" is used up: 61 min of 1 h held in the last 7 days"
+        );
+        // Nothing was allocated for him; ann has her own quota.
+        assert!(d
+            .with(&bob, |c, me| c.session_list(me, false).unwrap())
+            .iter()
+            .all(|x| x.id == s.id));
+        let a = d.with(&ann, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        d.with(&ann, |c, me| c.session_close(me, a.id, true).unwrap());
+        // What ran 8 days ago no longer counts.
+        back(8 * 24 * 60 + 62, 8 * 24 * 60);
+        let again = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        assert_eq!(again.status, SessionStatus::Active);
     }
-    // Idle from minute 1: warned at 31, still idle 5 minutes later: closed.
-    assert!(enforce(d, at(1), &IDLE).is_empty());
-    assert!(enforce(d, at(30), &IDLE).is_empty());
-    let warned = enforce(d, at(31), &IDLE);
-    assert_eq!((warned[0].action, warned[0].rule.as_str()), ("warned", "idle"));
-    // Someone connects by SSH after the warning: the count starts again.
-    assert!(enforce(d, at(33), &SSH).is_empty());
-    assert!(enforce(d, at(34), &IDLE).is_empty());
-    assert!(enforce(d, at(63), &IDLE).is_empty(), "the old count would have closed it");
-    assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
-    let warned = enforce(d, at(64), &IDLE);
-    assert_eq!(warned[0].action, "warned");
-    assert_eq!(d.events_named("session.limit_warning").len(), 2);
-    let closed = enforce(d, at(69), &IDLE);
-    assert_eq!((closed[0].action, closed[0].rule.as_str()), ("closed", "idle"));
-    let ev = d.events_named("session.limit_reached");
-    assert_eq!(ev[0].details["rule"], "idle");
-    assert_ne!(session(d, &bob, s.id).status, SessionStatus::Active);
-});
+);
 
-both!(a_pool_vm_running_with_no_session_is_stopped_after_a_grace, |d: &Desks| {
-    d.pool(2);
-    let bob = d.user("bob", false, 10_000);
-    let admin = d.admin();
-    // vm0 in bob's session; vm1 started behind vmdesk's back.
-    let s = d.with(&bob, |c, me| c.session_open(me, &stores::req(), true).unwrap());
-    let vms = d.with(&admin, |c, a| c.vm_list(a, true).unwrap());
-    let orphan = vms.iter().find(|v| v.id != s.vm_id).unwrap().clone();
-    let machine = orphan.provider_id.clone().unwrap();
-    d.host()
-        .machines
-        .lock()
-        .unwrap()
-        .insert(machine.clone(), vmdesk_core::provider::PowerState::Running);
-    d.with(&admin, |c, _| c.sync_once("test").unwrap());
-    let t0 = Utc::now();
-    let stop = |t: DateTime<Utc>| d.with(&admin, |c, _| c.stop_orphans(t).unwrap());
-    assert!(stop(t0).is_empty(), "first seen");
-    assert!(stop(t0 + Duration::minutes(9)).is_empty(), "within the grace");
-    assert_eq!(stop(t0 + Duration::minutes(10)), vec![orphan.name.clone()]);
-    assert_eq!(
-        d.host().state(&machine),
-        Some(vmdesk_core::provider::PowerState::Stopped)
-    );
-    let ev = d.events_named("vm.orphan_stop");
-    assert_eq!(ev.len(), 1);
-    assert_eq!(ev[0].details["vm"], orphan.name.as_str());
-    assert!(ev[0].details["billed_to"].is_null());
-    // bob's VM runs on in his session, and nobody was billed for the orphan.
-    let vms = d.with(&admin, |c, a| c.vm_list(a, true).unwrap());
-    let held = vms.iter().find(|v| v.id == s.vm_id).unwrap();
-    assert_eq!(held.status, vmdesk_core::VmStatus::Running);
-    assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
-    let charges = d.with(&admin, |c, _| c.bill_runtime(Utc::now() + Duration::hours(1)).unwrap());
-    assert!(charges.iter().all(|c| c.vm != orphan.name), "{charges:?}");
-});
+both!(
+    a_session_past_its_maximum_length_is_warned_then_closed,
+    |d: &Desks| {
+        d.pool(1);
+        let bob = d.user("bob", false, 10_000);
+        set(
+            d,
+            ProjectLimits {
+                max_session_minutes: Some(60),
+                ..Default::default()
+            },
+        );
+        let s = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        let t0 = started(&session(d, &bob, s.id));
+        // In use all along: the length cannot be put off.
+        assert!(enforce(d, t0 + Duration::minutes(49), &CONSOLE).is_empty());
+        let warned = enforce(d, t0 + Duration::minutes(50), &CONSOLE);
+        assert_eq!(warned.len(), 1);
+        assert_eq!(
+            (warned[0].action, warned[0].rule.as_str()),
+            ("warned", "max_session_length")
+        );
+        let ev = d.events_named("session.limit_warning");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].session_id, Some(s.id));
+        assert_eq!(ev[0].details["user"], bob.as_str());
+        assert_eq!(ev[0].details["closes_at"], warned[0].at.as_str());
+        // Warned once.
+        assert!(enforce(d, t0 + Duration::minutes(55), &CONSOLE).is_empty());
+        assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
+        let closed = enforce(d, t0 + Duration::minutes(60), &CONSOLE);
+        assert_eq!(
+            (closed[0].action, closed[0].rule.as_str()),
+            ("closed", "max_session_length")
+        );
+        assert_eq!(d.events_named("session.limit_reached").len(), 1);
+        let after = session(d, &bob, s.id);
+        assert_ne!(after.status, SessionStatus::Active, "{after:?}");
+        // Closed sessions are no longer looked at.
+        assert!(enforce(d, t0 + Duration::minutes(120), &CONSOLE).is_empty());
+    }
+);
+
+both!(
+    an_idle_session_is_warned_then_closed_and_activity_starts_the_count_again,
+    |d: &Desks| {
+        d.pool(1);
+        let bob = d.user("bob", false, 10_000);
+        set(
+            d,
+            ProjectLimits {
+                idle_minutes: Some(30),
+                ..Default::default()
+            },
+        );
+        let s = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        let t0 = started(&session(d, &bob, s.id));
+        let at = |m: i64| t0 + Duration::minutes(m);
+        // CPU over the threshold, SSH or the console: never idle.
+        for probe in [&BUSY_CPU, &SSH, &CONSOLE] {
+            assert!(enforce(d, at(120), probe).is_empty());
+        }
+        // Idle from minute 1: warned at 31, still idle 5 minutes later: closed.
+        assert!(enforce(d, at(1), &IDLE).is_empty());
+        assert!(enforce(d, at(30), &IDLE).is_empty());
+        let warned = enforce(d, at(31), &IDLE);
+        assert_eq!(
+            (warned[0].action, warned[0].rule.as_str()),
+            ("warned", "idle")
+        );
+        // Someone connects by SSH after the warning: the count starts again.
+        assert!(enforce(d, at(33), &SSH).is_empty());
+        assert!(enforce(d, at(34), &IDLE).is_empty());
+        assert!(
+            enforce(d, at(63), &IDLE).is_empty(),
+            "the old count would have closed it"
+        );
+        assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
+        let warned = enforce(d, at(64), &IDLE);
+        assert_eq!(warned[0].action, "warned");
+        assert_eq!(d.events_named("session.limit_warning").len(), 2);
+        let closed = enforce(d, at(69), &IDLE);
+        assert_eq!(
+            (closed[0].action, closed[0].rule.as_str()),
+            ("closed", "idle")
+        );
+        let ev = d.events_named("session.limit_reached");
+        assert_eq!(ev[0].details["rule"], "idle");
+        assert_ne!(session(d, &bob, s.id).status, SessionStatus::Active);
+    }
+);
+
+both!(
+    a_pool_vm_running_with_no_session_is_stopped_after_a_grace,
+    |d: &Desks| {
+        d.pool(2);
+        let bob = d.user("bob", false, 10_000);
+        let admin = d.admin();
+        // vm0 in bob's session; vm1 started behind vmdesk's back.
+        let s = d.with(&bob, |c, me| {
+            c.session_open(me, &stores::req(), true).unwrap()
+        });
+        let vms = d.with(&admin, |c, a| c.vm_list(a, true).unwrap());
+        let orphan = vms.iter().find(|v| v.id != s.vm_id).unwrap().clone();
+        let machine = orphan.provider_id.clone().unwrap();
+        d.host()
+            .machines
+            .lock()
+            .unwrap()
+            .insert(machine.clone(), vmdesk_core::provider::PowerState::Running);
+        d.with(&admin, |c, _| c.sync_once("test").unwrap());
+        let t0 = Utc::now();
+        let stop = |t: DateTime<Utc>| d.with(&admin, |c, _| c.stop_orphans(t).unwrap());
+        assert!(stop(t0).is_empty(), "first seen");
+        assert!(
+            stop(t0 + Duration::minutes(9)).is_empty(),
+            "within the grace"
+        );
+        assert_eq!(stop(t0 + Duration::minutes(10)), vec![orphan.name.clone()]);
+        assert_eq!(
+            d.host().state(&machine),
+            Some(vmdesk_core::provider::PowerState::Stopped)
+        );
+        let ev = d.events_named("vm.orphan_stop");
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].details["vm"], orphan.name.as_str());
+        assert!(ev[0].details["billed_to"].is_null());
+        // bob's VM runs on in his session, and nobody was billed for the orphan.
+        let vms = d.with(&admin, |c, a| c.vm_list(a, true).unwrap());
+        let held = vms.iter().find(|v| v.id == s.vm_id).unwrap();
+        assert_eq!(held.status, vmdesk_core::VmStatus::Running);
+        assert_eq!(session(d, &bob, s.id).status, SessionStatus::Active);
+        let charges = d.with(&admin, |c, _| {
+            c.bill_runtime(Utc::now() + Duration::hours(1)).unwrap()
+        });
+        assert!(charges.iter().all(|c| c.vm != orphan.name), "{charges:?}");
+    }
+);

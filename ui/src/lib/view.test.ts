@@ -14,7 +14,8 @@ function vm(over: Partial<Vm>): Vm {
 }
 
 function pool(vms: Vm[]): Pool {
-  return { project: { id: 1, name: "p", created_at: "" }, workspaces: [], vms };
+  const limits = { max_session_minutes: null, idle_minutes: null, idle_cpu_percent: 5, weekly_hours: null };
+  return { project: { id: 1, name: "p", created_at: "", limits }, workspaces: [], vms };
 }
 
 describe("poolCounts", () => {

@@ -160,7 +160,11 @@ impl Places for Embedded<'_> {
         self.core.write(|tx| {
             let a = self.admin_me(tx, "set project limits")?;
             let pid = project_id(tx, project)?;
-            let was = tx.query_row(concat!(project_select!(), " WHERE id = ?1"), [pid], project_row)?;
+            let was = tx.query_row(
+                concat!(project_select!(), " WHERE id = ?1"),
+                [pid],
+                project_row,
+            )?;
             tx.execute(
                 "UPDATE projects SET max_session_minutes = ?2, idle_minutes = ?3,
                         idle_cpu_percent = ?4, weekly_hours = ?5 WHERE id = ?1",
@@ -192,4 +196,3 @@ impl Places for Embedded<'_> {
         store::install_id(&self.core.db())
     }
 }
-

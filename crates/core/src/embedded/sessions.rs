@@ -376,21 +376,29 @@ impl Sessions for Embedded<'_> {
             if let (Some(rule), Some(at)) = (rule, at) {
                 events::record(
                     tx,
-                    NewEvent::info(EventType::Session, "session.limit_warning", &a.name,
-                                   details(json!({"rule": rule, "closes_at": at})))
-                        .severity(Severity::Warning)
-                        .vm(s.vm_id)
-                        .session(id),
+                    NewEvent::info(
+                        EventType::Session,
+                        "session.limit_warning",
+                        &a.name,
+                        details(json!({"rule": rule, "closes_at": at})),
+                    )
+                    .severity(Severity::Warning)
+                    .vm(s.vm_id)
+                    .session(id),
                 )?;
             }
             if let Some(rule) = &mark.reached {
                 events::record(
                     tx,
-                    NewEvent::info(EventType::Session, "session.limit_reached", &a.name,
-                                   details(json!({"rule": rule})))
-                        .severity(Severity::Warning)
-                        .vm(s.vm_id)
-                        .session(id),
+                    NewEvent::info(
+                        EventType::Session,
+                        "session.limit_reached",
+                        &a.name,
+                        details(json!({"rule": rule})),
+                    )
+                    .severity(Severity::Warning)
+                    .vm(s.vm_id)
+                    .session(id),
                 )?;
             }
             Ok(())
