@@ -843,6 +843,157 @@ async fn credits_refund(
     .await
 }
 
+/// Creates a project (admin only), as `vmdesk project create`.
+#[tauri::command]
+async fn project_create(ctx: State<'_, Ctx>, name: String) -> Result<vmdesk_core::Project, ApiError> {
+    blocking(&ctx, move |core, actor| core.project_create(actor, &name)).await
+}
+
+/// Creates a workspace in a project (admin only), as `vmdesk workspace create`.
+#[tauri::command]
+async fn workspace_create(
+    ctx: State<'_, Ctx>,
+    name: String,
+    project: String,
+) -> Result<vmdesk_core::Workspace, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.workspace_create(actor, &name, &project)
+    })
+    .await
+}
+
+/// Adds pool VMs (admin only): one named `spec.name` as `vmdesk vm add`,
+/// or `count` named NAME-1… at once as `vmdesk pool fill` (all or nothing),
+/// telling the window how far it is through `pool-progress`.
+#[tauri::command]
+async fn pool_vm_add(
+    app: AppHandle,
+    ctx: State<'_, Ctx>,
+    spec: vmdesk_core::NewVm,
+    count: u32,
+) -> Result<Vec<Vm>, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        if count == 1 {
+            return core.vm_add(actor, &spec).map(|vm| vec![vm]);
+        }
+        let fill = vmdesk_core::templates::Fill {
+            project: spec.pool.clone(),
+            template: spec.os_type.clone(),
+            count,
+            vm_type: Some(spec.vm_type.clone()),
+            prefix: Some(spec.name.clone()),
+            host: Some(spec.host.clone()),
+            ram_mb: Some(spec.ram_mb),
+            disk_gb: Some(spec.disk_gb),
+            cpus: Some(spec.cpu_cores),
+        };
+        let report = |done: u32, of: u32| {
+            let _ = app.emit(
+                POOL_PROGRESS,
+                serde_json::json!({"project": fill.project, "done": done, "of": of}),
+            );
+        };
+        core.pool_fill(actor, &fill, &report)
+    })
+    .await
+}
+
+/// Event carrying a pool fill's progress: `{project, done, of}`.
+const POOL_PROGRESS: &str = "pool-progress";
+
+/// Makes a template (an OS image of the catalog) from a stopped VM's disk
+/// (admin only), as `vmdesk vm template`; its copy's progress goes out as
+/// `os-progress`.
+#[tauri::command]
+async fn vm_template(
+    app: AppHandle,
+    ctx: State<'_, Ctx>,
+    vm: String,
+    name: String,
+) -> Result<vmdesk_core::OsEntry, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        let report = os_progress(app, name.clone());
+        core.vm_template(actor, &vm, &name, &report)
+    })
+    .await
+}
+
+/// Tells the window an image copy's progress (`os-progress`): at most ~20
+/// times a second, and the end always.
+fn os_progress(app: AppHandle, name: String) -> impl Fn(u64, u64) {
+    let last = std::sync::Mutex::new(std::time::Instant::now());
+    move |done: u64, total: u64| {
+        let mut at = last.lock().unwrap_or_else(|p| p.into_inner());
+        if done != 0 && done < total && at.elapsed() < std::time::Duration::from_millis(50) {
+            return;
+        }
+        *at = std::time::Instant::now();
+        let _ = app.emit(
+            OS_PROGRESS,
+            serde_json::json!({"name": name, "done": done, "total": total}),
+        );
+    }
+}
+
+/// One row of the Admin view's OS catalog: an image and how many VMs use it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct OsRow {
+    #[serde(flatten)]
+    os: vmdesk_core::OsEntry,
+    /// VMs (that the user can see) of this OS.
+    used_by: u64,
+}
+
+/// The OS catalog with each image's use count.
+#[tauri::command]
+async fn os_admin_list(ctx: State<'_, Ctx>) -> Result<Vec<OsRow>, ApiError> {
+    blocking(&ctx, |core, actor| {
+        let uses = core.os_uses(actor)?;
+        Ok(core
+            .os_list()?
+            .into_iter()
+            .map(|os| OsRow {
+                used_by: uses.get(&os.name).copied().unwrap_or(0),
+                os,
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Event carrying an OS import's progress: `{name, done, total}` in bytes.
+const OS_PROGRESS: &str = "os-progress";
+
+/// Imports a qcow2 image into the OS catalog (admin), as `vmdesk os
+/// import`, telling the window how far the copy is through `os-progress`.
+#[tauri::command]
+async fn os_import(
+    app: AppHandle,
+    ctx: State<'_, Ctx>,
+    name: String,
+    file: String,
+    min_ram_mb: Option<i64>,
+    min_disk_gb: Option<i64>,
+) -> Result<vmdesk_core::OsEntry, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        let report = os_progress(app, name.clone());
+        core.os_import_progress(
+            actor,
+            &name,
+            std::path::Path::new(&file),
+            (min_ram_mb, min_disk_gb),
+            &report,
+        )
+    })
+    .await
+}
+
+/// Removes an unused OS image from the catalog (admin), as `vmdesk os remove`.
+#[tauri::command]
+async fn os_remove(ctx: State<'_, Ctx>, name: String) -> Result<(), ApiError> {
+    blocking(&ctx, move |core, actor| core.os_remove(actor, &name)).await
+}
+
 /// Sets a project's cost controls (admin only).
 #[tauri::command]
 async fn project_limits(
@@ -1524,6 +1675,13 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             credits_refund,
             admin_recover,
             project_limits,
+            project_create,
+            workspace_create,
+            pool_vm_add,
+            vm_template,
+            os_admin_list,
+            os_import,
+            os_remove,
             admin_sync_once,
             admin_ports_cleanup,
             ports,

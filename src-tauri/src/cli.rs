@@ -128,6 +128,9 @@ pub enum Command {
     /// Workspaces of a project
     #[command(subcommand)]
     Workspace(WorkspaceCmd),
+    /// Project pools in bulk
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// VMs
     #[command(subcommand)]
     Vm(VmCmd),
@@ -342,6 +345,8 @@ pub enum OsCmd {
         min_disk_gb: Option<i64>,
     },
     /// List the catalog
+    /// Remove an imported image that no VM uses (admin only)
+    Remove { name: String },
     List,
 }
 
@@ -435,7 +440,40 @@ pub enum WorkspaceCmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Add N VMs to a project's pool at once from a template (or any OS of
+    /// the catalog), their disks copy-on-write over it; all or nothing
+    /// (admin only)
+    Fill {
+        project: String,
+        /// The template (an OS of the catalog)
+        #[arg(long = "from", value_name = "TEMPLATE")]
+        template: String,
+        #[arg(long)]
+        count: u32,
+        /// Their type (default standard)
+        #[arg(long = "type", value_name = "TYPE")]
+        vm_type: Option<String>,
+        /// Their names' prefix: PREFIX-1, PREFIX-2… (default: the project)
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Their host (default: the only libvirt host)
+        #[arg(long)]
+        host: Option<String>,
+        /// Memory per VM (default: the template's minimum)
+        #[arg(long)]
+        ram_mb: Option<i64>,
+        /// vCPUs per VM (default 1)
+        #[arg(long)]
+        cpus: Option<i64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum VmCmd {
+    /// Make an OS image of the catalog from a stopped VM's disk (a flattened
+    /// copy), to fill pools from (admin only)
+    Template { vm: String, name: String },
     /// Add a VM to a project's pool and define it on its host (admin only)
     #[command(allow_negative_numbers = true)]
     Add {
@@ -1131,6 +1169,68 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             let vm = created?;
             emit(g, &vm, || format!("VM {}: {}", vm.name, vm.status))
         }
+        Command::Vm(VmCmd::Template { vm, name }) => {
+            let bar = bar_for(g, &format!("{vm} -> {name}"), "{prefix} [{bar:24}] {bytes}/{total_bytes}");
+            let report = |done: u64, total: u64| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            };
+            let made = core.vm_template(a, &vm, &name, &report);
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let os = made?;
+            emit(g, &os, || {
+                format!(
+                    "made the template {} from {vm} ({} bytes; VMs from it need at least {} MB and {} GB)",
+                    os.name, os.bytes, os.min_ram_mb, os.min_disk_gb
+                )
+            })
+        }
+        Command::Pool(PoolCmd::Fill {
+            project,
+            template,
+            count,
+            vm_type,
+            prefix,
+            host,
+            ram_mb,
+            cpus,
+        }) => {
+            let fill = vmdesk_core::templates::Fill {
+                project,
+                template,
+                count,
+                vm_type,
+                prefix,
+                host,
+                ram_mb,
+                disk_gb: None,
+                cpus,
+            };
+            let bar = bar_for(g, &fill.project, "{prefix} [{bar:24}] {pos}/{len} VMs");
+            let report = |done: u32, of: u32| {
+                if let Some(bar) = &bar {
+                    bar.set_length(u64::from(of));
+                    bar.set_position(u64::from(done));
+                }
+            };
+            let filled = core.pool_fill(a, &fill, &report);
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let vms = filled?;
+            emit(g, &vms, || {
+                format!(
+                    "added {} VMs to {}: {}",
+                    vms.len(),
+                    fill.project,
+                    vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })
+        }
         Command::Vm(VmCmd::Start { vm }) => vm_action(g, &core, &vm, VmAction::Start),
         Command::Vm(VmCmd::Stop { vm }) => vm_action(g, &core, &vm, VmAction::Stop),
         Command::Vm(VmCmd::Restart { vm }) => vm_action(g, &core, &vm, VmAction::Restart),
@@ -1248,6 +1348,12 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     "{} needs at least {} MB of memory and {} GB of disk",
                     os.name, os.min_ram_mb, os.min_disk_gb
                 )
+            })
+        }
+        Command::Os(OsCmd::Remove { name }) => {
+            core.os_remove(a, &name)?;
+            emit(g, &serde_json::json!({"removed": name}), || {
+                format!("removed OS {name} from the catalog")
             })
         }
         Command::Os(OsCmd::List) => {
@@ -1434,6 +1540,21 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             emit(g, &events, || event_table(&events))
         }
     }
+}
+
+/// A progress bar on a terminal (none with --json or without one).
+fn bar_for(g: &Global, prefix: &str, template: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    (!g.json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix.to_owned());
+        bar
+    })
 }
 
 /// Each of `values` parsed as a `T` (an event type, a severity), or an

@@ -249,7 +249,7 @@ impl Core {
 
     /// Defines a new pool VM's machine (disk and definition) on its host;
     /// on failure leaves nothing behind there.
-    fn define_new(&self, vm: &Vm) -> Result<()> {
+    pub(crate) fn define_new(&self, vm: &Vm) -> Result<()> {
         let provider = self.provider(&vm.host);
         let defined = provider
             .as_ref()

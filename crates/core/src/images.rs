@@ -97,7 +97,12 @@ pub(crate) struct Imported {
 /// Copies `source` into `os/` of `data_dir` under a new, unique name (a
 /// temporary file first, so that two imports never share a file), hashing it,
 /// and checks the copy (not the source, which may change meanwhile).
-pub(crate) fn import(data_dir: &Path, name: &str, source: &Path) -> Result<Imported> {
+pub(crate) fn import(
+    data_dir: &Path,
+    name: &str,
+    source: &Path,
+    progress: &dyn Fn(u64, u64),
+) -> Result<Imported> {
     let io_at = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::DataDir {
@@ -108,6 +113,8 @@ pub(crate) fn import(data_dir: &Path, name: &str, source: &Path) -> Result<Impor
     let dir = data_dir.join(OS_DIR);
     std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
     let mut from = std::fs::File::open(source).map_err(io_at(source))?;
+    let total = from.metadata().map(|m| m.len()).unwrap_or(0);
+    progress(0, total);
     let mut tmp = tempfile::Builder::new()
         .prefix(".import-")
         .suffix(".part")
@@ -124,6 +131,7 @@ pub(crate) fn import(data_dir: &Path, name: &str, source: &Path) -> Result<Impor
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n]).map_err(io_at(tmp.path()))?;
         bytes += n as u64;
+        progress(bytes, total.max(bytes));
     }
     tmp.flush().map_err(io_at(tmp.path()))?;
     let mut head = Vec::with_capacity(HEADER_READ);

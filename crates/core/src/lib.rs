@@ -28,6 +28,7 @@ mod placement;
 mod reach;
 mod sessions;
 mod sync;
+pub mod templates;
 mod vms;
 mod worker;
 

@@ -138,6 +138,20 @@ pub trait Provider: Send + Sync {
     /// The machines (definitions or disks) on the host that carry this data
     /// directory's mark, by machine name.
     fn marked(&self, install_id: &str) -> Result<Vec<String>, ProviderError>;
+    /// Writes a stopped machine's disk to `dest` as one self-contained
+    /// qcow2 image (its backing chain read through): what a template is
+    /// made of. Returns the bytes written. Hosts that cannot: refused.
+    fn export_disk(
+        &self,
+        machine: &str,
+        dest: &mut dyn std::io::Write,
+    ) -> Result<u64, ProviderError> {
+        let _ = (machine, dest);
+        Err(ProviderError::Refused(
+            "this host cannot copy a machine's disk out (templates are made on libvirt hosts)"
+                .into(),
+        ))
+    }
     /// Whether vmdesk makes the machines of this host (disk and definition),
     /// and so re-makes a missing one before it starts it. A host whose
     /// machines are made elsewhere and imported (Azure) says no.

@@ -58,6 +58,9 @@ pub trait Catalog: Send + Sync {
     /// Records an imported image, with its event by `actor`.
     fn os_add(&self, actor: &str, image: &CatalogImage) -> Result<()>;
 
+    /// Forgets an imported image, with its event by `actor`.
+    fn os_remove(&self, actor: &str, name: &str) -> Result<()>;
+
     /// Sets an image's least memory and disk (`was`: before), with its event.
     fn os_minimum(&self, actor: &str, name: &str, now: (i64, i64), was: (i64, i64)) -> Result<()>;
 }

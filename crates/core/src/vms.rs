@@ -507,6 +507,19 @@ impl Core {
         min_ram_mb: Option<i64>,
         min_disk_gb: Option<i64>,
     ) -> Result<OsEntry> {
+        self.os_import_progress(actor, name, file, (min_ram_mb, min_disk_gb), &|_, _| {})
+    }
+
+    /// [`Core::os_import_with`], telling `progress` the bytes copied and
+    /// the bytes in all as the copy goes (the window's progress bar).
+    pub fn os_import_progress(
+        &self,
+        actor: &str,
+        name: &str,
+        file: &Path,
+        (min_ram_mb, min_disk_gb): (Option<i64>, Option<i64>),
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<OsEntry> {
         validate::name("OS", name)?;
         validate::size(
             min_ram_mb.unwrap_or(validate::RAM_MB.0),
@@ -521,7 +534,7 @@ impl Core {
                 name: name.to_owned(),
             });
         }
-        let img = crate::images::import(&self.opts.data_dir, name, file)?;
+        let img = crate::images::import(&self.opts.data_dir, name, file, progress)?;
         let dest = self
             .opts
             .data_dir
@@ -554,6 +567,49 @@ impl Core {
             let _ = std::fs::remove_file(&dest);
         }
         added
+    }
+
+    /// How many VMs the actor can see use each OS (by name).
+    pub fn os_uses(&self, actor: &str) -> Result<std::collections::HashMap<String, u64>> {
+        let store = self.acting(actor)?;
+        let admin = store.users().whoami()?.role == Role::Admin;
+        let mut uses = std::collections::HashMap::new();
+        for vm in store.vms().vm_list(admin)? {
+            *uses.entry(vm.os_type).or_insert(0) += 1;
+        }
+        Ok(uses)
+    }
+
+    /// Removes an imported OS image from the catalog, and its file, when no
+    /// VM uses it (admin only; a built-in cannot be removed). VMs made from
+    /// it keep their own disks.
+    pub fn os_remove(&self, actor: &str, name: &str) -> Result<()> {
+        self.catalog_keeper(actor, "change the OS catalog")?;
+        if OS_BUILTIN.contains(&name) {
+            return Err(Error::invalid(format!("{name} is built in; it cannot be removed")));
+        }
+        let Some(image) = self.catalog().os_images()?.into_iter().find(|i| i.name == name) else {
+            return Err(Error::invalid(format!("there is no OS {name:?} in the catalog")));
+        };
+        let used = self.os_uses(actor)?.get(name).copied().unwrap_or(0);
+        if used > 0 {
+            return Err(Error::invalid(format!(
+                "{name} is used by {used} VM{}: remove {} first",
+                if used == 1 { "" } else { "s" },
+                if used == 1 { "it" } else { "them" }
+            )));
+        }
+        self.catalog().os_remove(actor, name)?;
+        let path = self
+            .opts
+            .data_dir
+            .join(crate::images::OS_DIR)
+            .join(&image.file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::DataDir { path, source }),
+        }
     }
 
     /// Who may change this desk's OS catalog: an admin on the embedded

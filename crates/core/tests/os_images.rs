@@ -241,3 +241,73 @@ fn an_image_recorded_with_dot_dot_is_refused() {
         .unwrap_err();
     assert_eq!(e.code(), "invalid_input", "{e}");
 }
+
+#[test]
+fn an_import_reports_its_progress_to_the_last_byte() {
+    let (_dir, _hosts, core) = with_pool(0);
+    let src = tempfile::tempdir().unwrap();
+    let image = src.path().join("big.qcow2");
+    // Preallocated, so that the copy takes several reads.
+    qemu_img(&[
+        "create", "-q", "-f", "qcow2", "-o", "preallocation=full",
+        image.to_str().unwrap(), "8M",
+    ]);
+    let total = std::fs::metadata(&image).unwrap().len();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let os = core
+        .os_import_progress("admin", "big", &image, (None, None), &|done, all| {
+            seen.lock().unwrap().push((done, all));
+        })
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.first(), Some(&(0, total)));
+    assert_eq!(seen.last(), Some(&(total, total)));
+    assert!(seen.len() > 3, "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    assert_eq!(os.bytes as u64, total);
+}
+
+#[test]
+fn an_unused_image_is_removed_with_its_file_and_a_used_one_is_not() {
+    let (dir, _hosts, core) = with_pool(0);
+    let src = tempfile::tempdir().unwrap();
+    core.os_import("admin", "used", &plain(src.path(), "a.qcow2"))
+        .unwrap();
+    core.os_import("admin", "spare", &plain(src.path(), "b.qcow2"))
+        .unwrap();
+    core.user_add("admin", "ann", false, 1000).unwrap();
+    core.vm_create(
+        "ann",
+        &VmCreate {
+            name: "w1".into(),
+            ram_mb: 64,
+            disk_gb: 1,
+            cpu_cores: 1,
+            os_type: "used".into(),
+            host: None,
+            start: false,
+        },
+        true,
+        None,
+    )
+    .unwrap();
+    assert_eq!(core.os_uses("admin").unwrap().get("used"), Some(&1));
+
+    let err = core.os_remove("admin", "used").unwrap_err();
+    assert_eq!(err.to_string(), "used is used by 1 VM: remove it first");
+    let err = core.os_remove("admin", "blank").unwrap_err();
+    assert!(err.to_string().contains("built in"), "{err}");
+    let err = core.os_remove("admin", "nope").unwrap_err();
+    assert!(err.to_string().contains("no OS \"nope\""), "{err}");
+    let err = core.os_remove("ann", "spare").unwrap_err();
+    assert_eq!(err.code(), "admin_only");
+
+    assert_eq!(files_in_os(dir.path()).len(), 2);
+    core.os_remove("admin", "spare").unwrap();
+    assert_eq!(catalog(&core), ["blank", "used"]);
+    let left = files_in_os(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with("used-"), "{left:?}");
+    let ev = core.events("admin", 1).unwrap().remove(0);
+    assert_eq!((ev.action.as_str(), &ev.details["os"]), ("os.remove", &serde_json::json!("spare")));
+}

@@ -628,6 +628,53 @@ impl Provider for LibvirtProvider {
         .map_err(|e| ProviderError::Refused(format!("disk {name}: {}", e.message())))
     }
 
+    fn export_disk(
+        &self,
+        machine: &str,
+        dest: &mut dyn std::io::Write,
+    ) -> Result<u64, ProviderError> {
+        let pool = self.pool()?;
+        let name = disk_volume(machine);
+        let err =
+            |e: virt::error::Error| ProviderError::Refused(format!("disk {name}: {}", e.message()));
+        let vol = pool
+            .lookup_storage_vol_by_name(&name)
+            .map_err(|_| ProviderError::NotFound(machine.to_owned()))?;
+        let capacity = vol.info().map_err(err)?.capacity;
+        // A clone with no backing store: the host converts the disk with
+        // qemu-img, reading through its chain, into one self-contained file.
+        let flat_name = format!(
+            "{}.template-{}.qcow2",
+            name.trim_end_matches(".qcow2"),
+            std::process::id()
+        );
+        if let Ok(old) = pool.lookup_storage_vol_by_name(&flat_name) {
+            let _ = old.delete(0);
+        }
+        let flat = StorageVol::create_xml_from(&pool, &xml::flat_volume(&flat_name, capacity), &vol, 0)
+            .map_err(err)?;
+        let copied = (|| {
+            let stream = Stream::new(&self.conn, 0).map_err(err)?;
+            flat.download(&stream, 0, 0, 0).map_err(err)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = stream.recv(&mut buf).map_err(err)?;
+                let Ok(n) = usize::try_from(n) else { break };
+                if n == 0 {
+                    break;
+                }
+                dest.write_all(&buf[..n])
+                    .map_err(|e| ProviderError::Refused(format!("disk {name}: {e}")))?;
+                total += n as u64;
+            }
+            stream.finish().map_err(err)?;
+            Ok(total)
+        })();
+        let _ = flat.delete(0);
+        copied
+    }
+
     fn delete_disk(&self, machine: &str) -> Result<(), ProviderError> {
         let pool = self.pool()?;
         if let Ok(v) = pool.lookup_storage_vol_by_name(&seed_volume(machine)) {

@@ -297,6 +297,12 @@ pub fn volume(name: &str, capacity_gb: i64, backing: Option<&str>) -> String {
     volume_xml(name, (&capacity_gb.to_string(), "GiB"), "qcow2", backing)
 }
 
+/// The XML of a qcow2 volume of `bytes` bytes with no backing store (a
+/// clone made from it reads through the source's chain).
+pub fn flat_volume(name: &str, bytes: u64) -> String {
+    volume_xml(name, (&bytes.to_string(), "bytes"), "qcow2", None)
+}
+
 /// The XML of a raw volume of `bytes` bytes (an upload target).
 pub fn raw_volume(name: &str, bytes: u64) -> String {
     volume_xml(name, (&bytes.to_string(), "bytes"), "raw", None)

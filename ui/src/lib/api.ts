@@ -23,7 +23,14 @@ import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
 import type { LedgerEntry } from "../bindings/LedgerEntry";
 import type { Project } from "../bindings/Project";
+import type { NewVm } from "../bindings/NewVm";
+import type { Workspace } from "../bindings/Workspace";
 import type { ProjectLimits } from "../bindings/ProjectLimits";
+
+/** An OS of the catalog and how many VMs use it. */
+export type OsRow = OsEntry & { used_by: number };
+/** How far an OS import's copy is, in bytes. */
+export type OsProgress = { name: string; done: number; total: number };
 
 /** What a maintenance action of the Admin view did. */
 export type Maintenance = { summary: string; details: unknown };
@@ -136,6 +143,27 @@ export const api = {
   adminSyncOnce: () => call<Maintenance>("admin_sync_once"),
   /** `vmdesk ports cleanup`: frees the ports of consoles whose process is gone (admin). */
   adminPortsCleanup: () => call<Maintenance>("admin_ports_cleanup"),
+  /** Creates a project (admin). */
+  projectCreate: (name: string) => call<Project>("project_create", { name }),
+  /** Creates a workspace in a project (admin). */
+  workspaceCreate: (name: string, project: string) => call<Workspace>("workspace_create", { name, project }),
+  /** Adds pool VMs (admin): NAME alone, or `count` at once (NAME-1…, all or nothing; progress through `onPoolProgress`). */
+  poolVmAdd: (spec: NewVm, count: number) => call<Vm[]>("pool_vm_add", { spec, count }),
+  /** The OS catalog with how many VMs use each image. */
+  osAdminList: () => call<OsRow[]>("os_admin_list"),
+  /** Imports a qcow2 image into the OS catalog (admin); progress through `onOsProgress`. */
+  osImport: (name: string, file: string, minRamMb: number | null, minDiskGb: number | null) =>
+    call<OsEntry>("os_import", { name, file, minRamMb, minDiskGb }),
+  /** Makes a template (an OS image) from a stopped VM's disk (admin); progress through `onOsProgress`. */
+  vmTemplate: (vm: string, name: string) => call<OsEntry>("vm_template", { vm, name }),
+  /** Calls `f` as a pool fill adds its VMs. */
+  onPoolProgress: (f: (p: { project: string; done: number; of: number }) => void): Promise<UnlistenFn> =>
+    listen<{ project: string; done: number; of: number }>("pool-progress", (e) => f(e.payload)),
+  /** Removes an unused OS image (admin). */
+  osRemove: (name: string) => call<void>("os_remove", { name }),
+  /** Calls `f` as an OS import copies its image. */
+  onOsProgress: (f: (p: OsProgress) => void): Promise<UnlistenFn> =>
+    listen<OsProgress>("os-progress", (e) => f(e.payload)),
   /** Sets a project's cost controls (admin). */
   projectLimits: (project: string, limits: ProjectLimits) => call<Project>("project_limits", { project, limits }),
   /** The console port pool and the open consoles. */

@@ -200,6 +200,28 @@ describe("the admin view's corrections and maintenance", () => {
   });
 });
 
+describe("the admin view's OS catalog", () => {
+  it("lists each image's use, removes only unused ones and imports a typed file", async () => {
+    api.users.mockResolvedValue([{ id: 1, name: "admin", role: "admin", balance: 0, created_at: "2026-01-01" }]);
+    const row = (name: string, used_by: number) => ({
+      name, kind: "image", bytes: 13 << 20, min_ram_mb: 128, min_disk_gb: 1, boots: true, used_by,
+    });
+    api.osAdminList.mockResolvedValue([row("tiny", 2), row("spare", 0)]);
+    api.osImport.mockResolvedValue({ name: "deb", kind: "image", bytes: 300 << 20, min_ram_mb: 512, min_disk_gb: 3, boots: true });
+    render(Admin, { onerror: vi.fn(), onview: vi.fn() });
+    await waitFor(() => expect(screen.getByTestId("os-used-tiny").textContent).toBe("2 VMs"));
+    expect((screen.getByTestId("os-remove-tiny") as HTMLButtonElement).disabled).toBe(true);
+    expect((screen.getByTestId("os-remove-spare") as HTMLButtonElement).disabled).toBe(false);
+    await fireEvent.input(screen.getByTestId("os-import-name"), { target: { value: "deb" } });
+    await fireEvent.input(screen.getByTestId("os-import-file"), { target: { value: "/srv/deb.qcow2" } });
+    await fireEvent.input(screen.getByTestId("os-import-ram"), { target: { value: "512" } });
+    await fireEvent.input(screen.getByTestId("os-import-disk"), { target: { value: "3" } });
+    await fireEvent.click(screen.getByTestId("os-import-submit"));
+    await waitFor(() => expect(api.osImport).toHaveBeenCalledWith("deb", "/srv/deb.qcow2", 512, 3));
+    await waitFor(() => expect(screen.getByRole("status").textContent).toContain("Imported deb (300 MiB)."));
+  });
+});
+
 describe("the pools view", () => {
   it("cancels a session that was requested and not started", async () => {
     const session = (id: number, status: string) => ({

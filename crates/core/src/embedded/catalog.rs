@@ -61,6 +61,17 @@ impl Catalog for Embedded<'_> {
         })
     }
 
+    fn os_remove(&self, actor: &str, name: &str) -> Result<()> {
+        self.core.write_local(|tx| {
+            tx.execute("DELETE FROM os_images WHERE name = ?1", params![name])?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Admin, "os.remove", actor, json!({"os": name})),
+            )?;
+            Ok(())
+        })
+    }
+
     fn os_minimum(
         &self,
         actor: &str,

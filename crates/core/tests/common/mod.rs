@@ -34,6 +34,9 @@ pub struct MemoryHost {
     pub take_seeds: Mutex<bool>,
     /// The seed each machine was given last.
     pub seeds: Mutex<HashMap<String, Vec<u8>>>,
+    /// Machines whose name contains this are refused at definition (a host
+    /// that fails in the middle of a pool fill).
+    pub refuse_define: Mutex<Option<String>>,
 }
 
 impl MemoryHost {
@@ -79,6 +82,14 @@ impl Provider for MemoryHost {
     }
     fn ensure_defined(&self, spec: &MachineSpec) -> Result<(), ProviderError> {
         self.check()?;
+        if let Some(bad) = self.refuse_define.lock().unwrap().as_deref() {
+            if spec.machine_name.contains(bad) {
+                return Err(ProviderError::Refused(format!(
+                    "{} cannot be defined here",
+                    spec.machine_name
+                )));
+            }
+        }
         self.machines
             .lock()
             .unwrap()
