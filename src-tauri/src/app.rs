@@ -845,7 +845,10 @@ async fn credits_refund(
 
 /// Creates a project (admin only), as `vmdesk project create`.
 #[tauri::command]
-async fn project_create(ctx: State<'_, Ctx>, name: String) -> Result<vmdesk_core::Project, ApiError> {
+async fn project_create(
+    ctx: State<'_, Ctx>,
+    name: String,
+) -> Result<vmdesk_core::Project, ApiError> {
     blocking(&ctx, move |core, actor| core.project_create(actor, &name)).await
 }
 
@@ -921,10 +924,10 @@ async fn vm_template(
 /// Tells the window an image copy's progress (`os-progress`): at most ~20
 /// times a second, and the end always.
 fn os_progress(app: AppHandle, name: String) -> impl Fn(u64, u64) {
-    let last = std::sync::Mutex::new(std::time::Instant::now());
+    let last = Mutex::new(std::time::Instant::now());
     move |done: u64, total: u64| {
         let mut at = last.lock().unwrap_or_else(|p| p.into_inner());
-        if done != 0 && done < total && at.elapsed() < std::time::Duration::from_millis(50) {
+        if done != 0 && done < total && at.elapsed() < Duration::from_millis(50) {
             return;
         }
         *at = std::time::Instant::now();

@@ -346,7 +346,9 @@ pub enum OsCmd {
     },
     /// List the catalog
     /// Remove an imported image that no VM uses (admin only)
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
     List,
 }
 
@@ -1170,7 +1172,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
             emit(g, &vm, || format!("VM {}: {}", vm.name, vm.status))
         }
         Command::Vm(VmCmd::Template { vm, name }) => {
-            let bar = bar_for(g, &format!("{vm} -> {name}"), "{prefix} [{bar:24}] {bytes}/{total_bytes}");
+            let bar = bar_for(
+                g,
+                &format!("{vm} -> {name}"),
+                "{prefix} [{bar:24}] {bytes}/{total_bytes}",
+            );
             let report = |done: u64, total: u64| {
                 if let Some(bar) = &bar {
                     bar.set_length(total);
@@ -1227,7 +1233,10 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                     "added {} VMs to {}: {}",
                     vms.len(),
                     fill.project,
-                    vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+                    vms.iter()
+                        .map(|v| v.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             })
         }

@@ -20,14 +20,17 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
 
         // A project and a workspace.
         app.nav("pools").await;
-        app.fill(r#"[data-testid="setup-project-name"]"#, "class").await;
+        app.fill(r#"[data-testid="setup-project-name"]"#, "class")
+            .await;
         app.click(r#"[data-testid="setup-project-submit"]"#).await;
         app.wait_text(r#"[data-testid="setup-note"]"#, "the project made", |s| {
             s.contains("Created the project class")
         })
         .await;
-        app.select(r#"[data-testid="setup-ws-project"]"#, "class").await;
-        app.fill(r#"[data-testid="setup-ws-name"]"#, "group-a").await;
+        app.select(r#"[data-testid="setup-ws-project"]"#, "class")
+            .await;
+        app.fill(r#"[data-testid="setup-ws-name"]"#, "group-a")
+            .await;
         app.click(r#"[data-testid="setup-ws-submit"]"#).await;
         app.wait_text(r#"[data-testid="setup-note"]"#, "the workspace made", |s| {
             s.contains("group-a")
@@ -54,12 +57,17 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
             image.to_str().expect("a path"),
         )
         .await;
-        app.fill(r#"[data-testid="os-import-ram"]"#, vmdesk_tests::TINY_RAM_MB)
-            .await;
+        app.fill(
+            r#"[data-testid="os-import-ram"]"#,
+            vmdesk_tests::TINY_RAM_MB,
+        )
+        .await;
         app.click(r#"[data-testid="os-import-submit"]"#).await;
-        app.wait_text(r#"[data-testid="os-used-tiny"]"#, "tiny in the catalog", |s| {
-            s == "0 VMs"
-        })
+        app.wait_text(
+            r#"[data-testid="os-used-tiny"]"#,
+            "tiny in the catalog",
+            |s| s == "0 VMs",
+        )
         .await;
         let copied = app
             .c
@@ -72,14 +80,16 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
 
         // 5 VMs for the pool, at once, from the image.
         app.nav("pools").await;
-        app.select(r#"[data-testid="setup-vm-project"]"#, "class").await;
+        app.select(r#"[data-testid="setup-vm-project"]"#, "class")
+            .await;
         app.select(r#"[data-testid="setup-vm-os"]"#, "tiny").await;
         app.fill(r#"[data-testid="setup-vm-name"]"#, "seat").await;
         app.fill(r#"[data-testid="setup-vm-count"]"#, "5").await;
         app.fill(r#"[data-testid="setup-vm-ram"]"#, vmdesk_tests::TINY_RAM_MB)
             .await;
         // A bad name is refused as it is typed.
-        app.fill(r#"[data-testid="setup-vm-name"]"#, "bad name!").await;
+        app.fill(r#"[data-testid="setup-vm-name"]"#, "bad name!")
+            .await;
         app.wait_text(
             r#"[data-testid="setup-vm-name-error"]"#,
             "the name's error",
@@ -132,7 +142,16 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
     assert!(seats.iter().all(|vm| vm["os_type"] == "tiny"));
 
     // A student opens a session on one: it runs; the image is now in use.
-    let s = v.json(&["--as", "ann", "session", "open", "--project", "class", "--workspace", "group-a"]);
+    let s = v.json(&[
+        "--as",
+        "ann",
+        "session",
+        "open",
+        "--project",
+        "class",
+        "--workspace",
+        "group-a",
+    ]);
     assert_eq!(s["status"], "ACTIVE", "{s}");
     let machine = v.json(&["vm", "show", &s["vm_id"].to_string()])["provider_id"]
         .as_str()
@@ -141,5 +160,13 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
     assert!(virsh(&["domstate", &machine]).contains("running"));
     let err = v.fails(&["os", "remove", "tiny"]);
     assert!(err.contains("tiny is used by 5 VMs"), "{err}");
-    v.json(&["--as", "ann", "--shutdown-timeout", "1", "session", "close", &s["id"].to_string()]);
+    v.json(&[
+        "--as",
+        "ann",
+        "--shutdown-timeout",
+        "1",
+        "session",
+        "close",
+        &s["id"].to_string(),
+    ]);
 }

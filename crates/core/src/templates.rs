@@ -62,7 +62,11 @@ impl Core {
                 "{} is {}{}: a template is made from a stopped VM, so stop it first",
                 v.name,
                 v.status,
-                if v.session_id.is_some() { " in a session" } else { "" }
+                if v.session_id.is_some() {
+                    " in a session"
+                } else {
+                    ""
+                }
             )));
         }
         let provider = self.provider(&v.host)?;
@@ -182,8 +186,12 @@ impl Core {
         validate::size(ram_mb, disk_gb, cpus)?;
         self.check_os_minimum(&os.name, ram_mb, disk_gb)?;
         // The first free names.
-        let taken: std::collections::HashSet<String> =
-            store.vms().vm_list(true)?.into_iter().map(|v| v.name).collect();
+        let taken: std::collections::HashSet<String> = store
+            .vms()
+            .vm_list(true)?
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
         let names: Vec<String> = (1..)
             .map(|i| format!("{prefix}-{i}"))
             .filter(|n| !taken.contains(n))

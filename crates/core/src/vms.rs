@@ -586,10 +586,19 @@ impl Core {
     pub fn os_remove(&self, actor: &str, name: &str) -> Result<()> {
         self.catalog_keeper(actor, "change the OS catalog")?;
         if OS_BUILTIN.contains(&name) {
-            return Err(Error::invalid(format!("{name} is built in; it cannot be removed")));
+            return Err(Error::invalid(format!(
+                "{name} is built in; it cannot be removed"
+            )));
         }
-        let Some(image) = self.catalog().os_images()?.into_iter().find(|i| i.name == name) else {
-            return Err(Error::invalid(format!("there is no OS {name:?} in the catalog")));
+        let Some(image) = self
+            .catalog()
+            .os_images()?
+            .into_iter()
+            .find(|i| i.name == name)
+        else {
+            return Err(Error::invalid(format!(
+                "there is no OS {name:?} in the catalog"
+            )));
         };
         let used = self.os_uses(actor)?.get(name).copied().unwrap_or(0);
         if used > 0 {

@@ -249,8 +249,14 @@ fn an_import_reports_its_progress_to_the_last_byte() {
     let image = src.path().join("big.qcow2");
     // Preallocated, so that the copy takes several reads.
     qemu_img(&[
-        "create", "-q", "-f", "qcow2", "-o", "preallocation=full",
-        image.to_str().unwrap(), "8M",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "preallocation=full",
+        image.to_str().unwrap(),
+        "8M",
     ]);
     let total = std::fs::metadata(&image).unwrap().len();
     let seen = std::sync::Mutex::new(Vec::new());
@@ -309,5 +315,8 @@ fn an_unused_image_is_removed_with_its_file_and_a_used_one_is_not() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].starts_with("used-"), "{left:?}");
     let ev = core.events("admin", 1).unwrap().remove(0);
-    assert_eq!((ev.action.as_str(), &ev.details["os"]), ("os.remove", &serde_json::json!("spare")));
+    assert_eq!(
+        (ev.action.as_str(), &ev.details["os"]),
+        ("os.remove", &serde_json::json!("spare"))
+    );
 }

@@ -651,8 +651,9 @@ impl Provider for LibvirtProvider {
         if let Ok(old) = pool.lookup_storage_vol_by_name(&flat_name) {
             let _ = old.delete(0);
         }
-        let flat = StorageVol::create_xml_from(&pool, &xml::flat_volume(&flat_name, capacity), &vol, 0)
-            .map_err(err)?;
+        let flat =
+            StorageVol::create_xml_from(&pool, &xml::flat_volume(&flat_name, capacity), &vol, 0)
+                .map_err(err)?;
         let copied = (|| {
             let stream = Stream::new(&self.conn, 0).map_err(err)?;
             flat.download(&stream, 0, 0, 0).map_err(err)?;

@@ -338,66 +338,97 @@ both!(
     }
 );
 
-both!(a_pool_fill_is_all_or_nothing_when_the_host_fails_in_the_middle, |d: &Desks| {
-    use vmdesk_core::templates::Fill;
-    d.pool(0);
-    let admin = d.admin();
-    let fill = |count: u32| Fill {
-        project: "p".into(),
-        template: "blank".into(),
-        count,
-        prefix: Some("seat".into()),
-        ..Default::default()
-    };
-    let seats = |d: &Desks| -> Vec<String> {
-        let mut n: Vec<String> = d
-            .with(&d.admin(), |c, a| c.vm_list(a, true).unwrap())
-            .into_iter()
-            .filter(|v| v.pool.as_deref() == Some("p"))
-            .map(|v| v.name)
-            .collect();
-        n.sort();
-        n
-    };
-    // The host refuses the third machine: nothing is kept, row or machine.
-    *d.host().refuse_define.lock().unwrap() = Some("seat-3-".into());
-    let seen = std::sync::Mutex::new(Vec::new());
-    let err = d.with(&admin, |c, a| {
-        c.pool_fill(a, &fill(5), &|done, of| seen.lock().unwrap().push((done, of)))
+both!(
+    a_pool_fill_is_all_or_nothing_when_the_host_fails_in_the_middle,
+    |d: &Desks| {
+        use vmdesk_core::templates::Fill;
+        d.pool(0);
+        let admin = d.admin();
+        let fill = |count: u32| Fill {
+            project: "p".into(),
+            template: "blank".into(),
+            count,
+            prefix: Some("seat".into()),
+            ..Default::default()
+        };
+        let seats = |d: &Desks| -> Vec<String> {
+            let mut n: Vec<String> = d
+                .with(&d.admin(), |c, a| c.vm_list(a, true).unwrap())
+                .into_iter()
+                .filter(|v| v.pool.as_deref() == Some("p"))
+                .map(|v| v.name)
+                .collect();
+            n.sort();
+            n
+        };
+        // The host refuses the third machine: nothing is kept, row or machine.
+        *d.host().refuse_define.lock().unwrap() = Some("seat-3-".into());
+        let seen = std::sync::Mutex::new(Vec::new());
+        let err = d.with(&admin, |c, a| {
+            c.pool_fill(a, &fill(5), &|done, of| {
+                seen.lock().unwrap().push((done, of))
+            })
             .unwrap_err()
-    });
-    assert!(
-        err.to_string().starts_with("the pool fill stopped at VM 3 of 5, and nothing was kept"),
-        "{err}"
-    );
-    assert_eq!(seen.into_inner().unwrap(), vec![(1, 5), (2, 5)]);
-    assert!(seats(d).is_empty(), "{:?}", seats(d));
-    assert!(d.host().machines.lock().unwrap().keys().all(|m| !m.contains("seat")));
-    assert!(d.host().disks.lock().unwrap().iter().all(|m| !m.contains("seat")));
-    assert_eq!(d.events_named("vm.add_failed").len(), 3);
+        });
+        assert!(
+            err.to_string()
+                .starts_with("the pool fill stopped at VM 3 of 5, and nothing was kept"),
+            "{err}"
+        );
+        assert_eq!(seen.into_inner().unwrap(), vec![(1, 5), (2, 5)]);
+        assert!(seats(d).is_empty(), "{:?}", seats(d));
+        assert!(d
+            .host()
+            .machines
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|m| !m.contains("seat")));
+        assert!(d
+            .host()
+            .disks
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|m| !m.contains("seat")));
+        assert_eq!(d.events_named("vm.add_failed").len(), 3);
 
-    // The host takes them: 5 made; a second fill takes the next free names.
-    *d.host().refuse_define.lock().unwrap() = None;
-    let made = d.with(&admin, |c, a| c.pool_fill(a, &fill(5), &|_, _| {}).unwrap());
-    assert_eq!(made.len(), 5);
-    assert!(made.iter().all(|v| v.status == vmdesk_core::VmStatus::Stopped));
-    d.with(&admin, |c, a| c.pool_fill(a, &fill(2), &|_, _| {}).unwrap());
-    assert_eq!(
-        seats(d),
-        ["seat-1", "seat-2", "seat-3", "seat-4", "seat-5", "seat-6", "seat-7"]
-    );
+        // The host takes them: 5 made; a second fill takes the next free names.
+        *d.host().refuse_define.lock().unwrap() = None;
+        let made = d.with(&admin, |c, a| c.pool_fill(a, &fill(5), &|_, _| {}).unwrap());
+        assert_eq!(made.len(), 5);
+        assert!(made
+            .iter()
+            .all(|v| v.status == vmdesk_core::VmStatus::Stopped));
+        d.with(&admin, |c, a| c.pool_fill(a, &fill(2), &|_, _| {}).unwrap());
+        assert_eq!(
+            seats(d),
+            ["seat-1", "seat-2", "seat-3", "seat-4", "seat-5", "seat-6", "seat-7"]
+        );
 
-    // Refusals that change nothing.
-    let bob = d.user("bob", false, 0);
-    let err = d.with(&bob, |c, me| c.pool_fill(me, &fill(1), &|_, _| {}).unwrap_err());
-    assert_eq!(err.code(), "admin_only");
-    for bad in [
-        fill(0),
-        Fill { template: "nope".into(), ..fill(1) },
-        Fill { project: "nope".into(), ..fill(1) },
-    ] {
-        let err = d.with(&admin, |c, a| c.pool_fill(a, &bad, &|_, _| {}).unwrap_err());
-        assert!(matches!(err.code(), "invalid_input" | "unknown_project"), "{err}");
+        // Refusals that change nothing.
+        let bob = d.user("bob", false, 0);
+        let err = d.with(&bob, |c, me| {
+            c.pool_fill(me, &fill(1), &|_, _| {}).unwrap_err()
+        });
+        assert_eq!(err.code(), "admin_only");
+        for bad in [
+            fill(0),
+            Fill {
+                template: "nope".into(),
+                ..fill(1)
+            },
+            Fill {
+                project: "nope".into(),
+                ..fill(1)
+            },
+        ] {
+            let err = d.with(&admin, |c, a| c.pool_fill(a, &bad, &|_, _| {}).unwrap_err());
+            assert!(
+                matches!(err.code(), "invalid_input" | "unknown_project"),
+                "{err}"
+            );
+        }
+        assert_eq!(seats(d).len(), 7);
     }
-    assert_eq!(seats(d).len(), 7);
-});
+);
