@@ -852,6 +852,27 @@ async fn project_create(
     blocking(&ctx, move |core, actor| core.project_create(actor, &name)).await
 }
 
+/// Renames (with `new`) or deletes (without) a project, or a workspace of
+/// it when `workspace` is given (admin only), as `vmdesk project|workspace
+/// rename|delete`.
+#[tauri::command]
+async fn place_change(
+    ctx: State<'_, Ctx>,
+    project: String,
+    workspace: Option<String>,
+    new: Option<String>,
+) -> Result<(), ApiError> {
+    blocking(&ctx, move |core, actor| match (workspace, new) {
+        (None, Some(new)) => core.project_rename(actor, &project, &new).map(|_| ()),
+        (None, None) => core.project_delete(actor, &project),
+        (Some(w), Some(new)) => core
+            .workspace_rename(actor, &project, &w, &new)
+            .map(|_| ()),
+        (Some(w), None) => core.workspace_delete(actor, &project, &w),
+    })
+    .await
+}
+
 /// Creates a workspace in a project (admin only), as `vmdesk workspace create`.
 #[tauri::command]
 async fn workspace_create(
@@ -1679,6 +1700,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             admin_recover,
             project_limits,
             project_create,
+            place_change,
             workspace_create,
             pool_vm_add,
             vm_template,

@@ -410,6 +410,11 @@ pub enum ProjectCmd {
     Create { name: String },
     /// Projects with their workspaces and cost controls
     List,
+    /// Rename a project (admin only)
+    Rename { name: String, new: String },
+    /// Delete a project with no VMs and no sessions (past ones too), and
+    /// its workspaces (admin only)
+    Delete { name: String },
     /// Set a project's cost controls (admin only); a limit not named is
     /// kept, 0 turns it off
     Limits {
@@ -435,6 +440,19 @@ pub enum ProjectCmd {
 pub enum WorkspaceCmd {
     /// Create a workspace (admin only)
     Create {
+        name: String,
+        #[arg(long)]
+        project: String,
+    },
+    /// Rename a workspace (admin only)
+    Rename {
+        name: String,
+        new: String,
+        #[arg(long)]
+        project: String,
+    },
+    /// Delete a workspace no session was ever in (admin only)
+    Delete {
         name: String,
         #[arg(long)]
         project: String,
@@ -1022,6 +1040,30 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Project(ProjectCmd::Create { name }) => {
             let p = core.project_create(a, &name)?;
             emit(g, &p, || format!("created project {}", p.name))
+        }
+        Command::Project(ProjectCmd::Rename { name, new }) => {
+            let p = core.project_rename(a, &name, &new)?;
+            emit(g, &p, || format!("renamed project {name} to {}", p.name))
+        }
+        Command::Project(ProjectCmd::Delete { name }) => {
+            confirm(g, &format!("Delete project {name} and its workspaces?"))?;
+            core.project_delete(a, &name)?;
+            emit(g, &serde_json::json!({"deleted": name}), || {
+                format!("deleted project {name}")
+            })
+        }
+        Command::Workspace(WorkspaceCmd::Rename { name, new, project }) => {
+            let w = core.workspace_rename(a, &project, &name, &new)?;
+            emit(g, &w, || {
+                format!("renamed workspace {name} of {project} to {}", w.name)
+            })
+        }
+        Command::Workspace(WorkspaceCmd::Delete { name, project }) => {
+            confirm(g, &format!("Delete workspace {name} of project {project}?"))?;
+            core.workspace_delete(a, &project, &name)?;
+            emit(g, &serde_json::json!({"deleted": name, "project": project}), || {
+                format!("deleted workspace {name} of {project}")
+            })
         }
         Command::Project(ProjectCmd::List) => {
             let projects = core.projects(a)?;

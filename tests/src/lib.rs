@@ -282,6 +282,22 @@ impl Vmdesk {
             .expect("cost")
     }
 
+    /// ann's VM `name`, whose creation the QEMU host refuses (256 vCPUs are
+    /// more than its 'pc' machine takes): FAILED_TO_START, its price charged.
+    /// Returns the VM, the guard that removes its machine, and the price.
+    pub fn failed_creation(&self, name: &str) -> (Value, Machine, i64) {
+        let cost = self.cost("64", "1", "256");
+        let out = self.run(&[
+            "--as", "ann", "vm", "create", name, "--ram-mb", "64", "--disk-gb", "1", "--cpus",
+            "256",
+        ]);
+        assert!(!out.status.success(), "the host took 256 vCPUs");
+        let vm = self.json(&["vm", "show", name]);
+        let machine = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
+        assert_eq!(vm["status"], "FAILED_TO_START");
+        (vm, machine, cost)
+    }
+
     /// Adds the real QEMU host as `qemu`, credits for `admin`, a project `lab`
     /// and a tiny pool VM `name` on it. Returns the VM's machine name and the guard that removes
     /// the machine from the host.

@@ -7,31 +7,14 @@
 //! project's cost controls are set and shown in the Pools view.
 #![allow(missing_docs)]
 
-use vmdesk_tests::{e2e, Machine, Vmdesk};
+use vmdesk_tests::{e2e, Vmdesk};
 
 #[test]
 fn an_admin_adjusts_a_balance_and_refunds_a_failed_creation_in_the_window() {
     let v = Vmdesk::new();
     v.qemu_and_ann(5000);
-    let cost = v.cost("64", "1", "256");
-    // The host refuses 256 vCPUs: ann's VM is FAILED_TO_START, charged.
-    let out = v.run(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "wide",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "256",
-    ]);
-    assert!(!out.status.success());
-    let vm = v.json(&["vm", "show", "wide"]);
-    let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
-    assert_eq!(vm["status"], "FAILED_TO_START");
+    // The host refuses ann's VM: FAILED_TO_START, charged.
+    let (_vm, _cleanup, cost) = v.failed_creation("wide");
     let after_charge = 5000 - cost;
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");

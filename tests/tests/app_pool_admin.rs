@@ -1,6 +1,7 @@
 //! A lab admin sets up a class from the window (issue 16), on the real QEMU
 //! host with the real app (Xvfb + tauri-driver + WebKitWebDriver), a
-//! screenshot of each step in target/artifacts/: a project and a workspace,
+//! screenshot of each step in target/artifacts/: a project and workspaces
+//! (one renamed in place),
 //! tiny-linux imported into the OS catalog with a progress bar, 5 pool VMs
 //! added at once from it (one progress bar, all or nothing), then a student opens a session on one of them and
 //! the window shows it in use; an image in use cannot be removed.
@@ -34,6 +35,20 @@ fn an_admin_sets_up_a_pool_from_the_window_and_a_student_uses_it() {
         app.click(r#"[data-testid="setup-ws-submit"]"#).await;
         app.wait_text(r#"[data-testid="setup-note"]"#, "the workspace made", |s| {
             s.contains("group-a")
+        })
+        .await;
+        // A typo in the workspace's name, renamed in place.
+        app.fill(r#"[data-testid="setup-ws-name"]"#, "grop-b").await;
+        app.click(r#"[data-testid="setup-ws-submit"]"#).await;
+        app.wait_text(r#"[data-testid="setup-note"]"#, "grop-b made", |s| {
+            s.contains("grop-b")
+        })
+        .await;
+        app.click(r#"[data-testid="ws-rename-grop-b"]"#).await;
+        app.fill(r#"[data-testid="rename-value"]"#, "group-b").await;
+        app.click(r#"[data-testid="rename-save"]"#).await;
+        app.wait_text(r#"[data-testid="setup-note"]"#, "the rename", |s| {
+            s.contains("Renamed the workspace grop-b to group-b")
         })
         .await;
         app.shot("project-and-workspace").await;

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
-use vmdesk_tests::{Machine, Vmdesk};
+use vmdesk_tests::Vmdesk;
 
 fn balance(v: &Vmdesk, user: &str) -> i64 {
     v.json(&["credits", "show", user])["balance"]
@@ -21,26 +21,8 @@ fn balance(v: &Vmdesk, user: &str) -> i64 {
 fn a_failed_creation_is_refunded_once_and_adjustments_never_go_below_zero() {
     let v = Vmdesk::new();
     v.qemu_and_ann(3000);
-    let cost = v.cost("64", "1", "256");
-    // 256 vCPUs are more than QEMU's 'pc' machine takes: the host refuses,
-    // the VM is FAILED_TO_START and its charge stays taken.
-    let out = v.run(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "wide",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "256",
-    ]);
-    assert!(!out.status.success());
-    let vm = v.json(&["--as", "ann", "vm", "show", "wide"]);
-    let _cleanup = Machine(vm["provider_id"].as_str().unwrap_or_default().to_owned());
-    assert_eq!(vm["status"], "FAILED_TO_START");
+    // The host refuses it: FAILED_TO_START, its charge taken.
+    let (vm, _cleanup, cost) = v.failed_creation("wide");
     assert_eq!(balance(&v, "ann"), 3000 - cost);
     // Status sync leaves it FAILED_TO_START: the host never made its
     // machine, so it is not UNKNOWN ("the host no longer knows this VM").
@@ -380,4 +362,35 @@ fn project_limits_are_set_listed_and_the_weekly_quota_refuses_on_qemu() {
         "{err}"
     );
     assert_eq!(v.snapshot(), before, "a refused session changed nothing");
+}
+
+#[test]
+fn projects_and_workspaces_are_renamed_and_deleted_from_the_command_line() {
+    let v = Vmdesk::new();
+    v.json(&["user", "add", "bob"]);
+    v.json(&["project", "create", "lab"]);
+    v.json(&["workspace", "create", "w1", "--project", "lab"]);
+    let p = v.json(&["project", "rename", "lab", "class"]);
+    assert_eq!(p["name"], "class");
+    let w = v.json(&["workspace", "rename", "w1", "team-a", "--project", "class"]);
+    assert_eq!((w["name"].as_str(), w["project"].as_str()), (Some("team-a"), Some("class")));
+    let err = v.fails(&["project", "rename", "class", "bad name!"]);
+    assert!(err.contains("bad name!"), "{err}");
+    let err = v.fails(&["workspace", "delete", "nope", "--project", "class"]);
+    assert!(err.contains("project \"class\" has no workspace named \"nope\""), "{err}");
+    let err = v.fails(&["--as", "bob", "project", "delete", "class"]);
+    assert!(err.contains("only an administrator may delete projects"), "{err}");
+    v.json(&["workspace", "delete", "team-a", "--project", "class"]);
+    v.json(&["project", "delete", "class"]);
+    assert_eq!(v.json(&["project", "list"]), serde_json::json!([]));
+    let kinds: Vec<String> = v.json(&["events", "--type", "admin", "--limit", "4"])
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["project.delete", "workspace.delete", "workspace.rename", "project.rename"]
+    );
 }

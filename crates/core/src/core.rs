@@ -565,6 +565,37 @@ impl Core {
         )
     }
 
+    /// Renames a project (admin only).
+    pub fn project_rename(&self, actor: &str, name: &str, new: &str) -> Result<Project> {
+        validate::name("project", new)?;
+        self.acting(actor)?.places().project_rename(name, new)
+    }
+
+    /// Deletes a project with no VMs and no sessions, past ones too, with
+    /// its workspaces (admin only).
+    pub fn project_delete(&self, actor: &str, name: &str) -> Result<()> {
+        self.acting(actor)?.places().project_delete(name)
+    }
+
+    /// Renames a workspace of a project (admin only).
+    pub fn workspace_rename(
+        &self,
+        actor: &str,
+        project: &str,
+        name: &str,
+        new: &str,
+    ) -> Result<Workspace> {
+        validate::name("workspace", new)?;
+        self.acting(actor)?
+            .places()
+            .workspace_rename(project, name, new)
+    }
+
+    /// Deletes a workspace no session was ever in (admin only).
+    pub fn workspace_delete(&self, actor: &str, project: &str, name: &str) -> Result<()> {
+        self.acting(actor)?.places().workspace_delete(project, name)
+    }
+
     /// Every project with its workspaces' names and its cost controls.
     pub fn projects(&self, actor: &str) -> Result<Vec<(Project, Vec<String>)>> {
         self.acting(actor)?.places().projects()

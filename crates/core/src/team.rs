@@ -169,6 +169,19 @@ pub trait Places: Send + Sync {
 
     /// Sets a project's cost controls (admin).
     fn project_limits_set(&self, project: &str, limits: &ProjectLimits) -> Result<Project>;
+
+    /// Renames a project (admin).
+    fn project_rename(&self, name: &str, new: &str) -> Result<Project>;
+
+    /// Deletes a project with no VMs and no sessions, and its workspaces
+    /// (admin).
+    fn project_delete(&self, name: &str) -> Result<()>;
+
+    /// Renames a workspace of a project (admin).
+    fn workspace_rename(&self, project: &str, name: &str, new: &str) -> Result<Workspace>;
+
+    /// Deletes a workspace no session was ever in (admin).
+    fn workspace_delete(&self, project: &str, name: &str) -> Result<()>;
 }
 
 /// Pool sessions: allocation and each step of their life.

@@ -316,6 +316,10 @@ fn admin_action(action: &str) -> &'static str {
         "adjust credits",
         "refund credits",
         "set project limits",
+        "rename projects",
+        "delete projects",
+        "rename workspaces",
+        "delete workspaces",
         "enforce project limits",
         "add hosts",
         "create projects",
@@ -650,6 +654,58 @@ impl Places for PgStore {
             &[],
             |r| Ok((project_row(r)?, r.get(7))),
         )
+    }
+
+    fn project_rename(&self, name: &str, new: &str) -> CoreResult<Project> {
+        let _changed = self.changed();
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.project_rename($1, $2)", &[&name, &new]))?;
+        self.conn.one(
+            concat!(project_select!(), " FROM vmdesk.projects WHERE name = $1"),
+            &[&new],
+            project_row,
+        )
+    }
+
+    fn project_delete(&self, name: &str) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.project_delete($1)", &[&name]))?;
+        Ok(())
+    }
+
+    fn workspace_rename(&self, project: &str, name: &str, new: &str) -> CoreResult<Workspace> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.workspace_rename($1, $2, $3)",
+                &[&project, &name, &new],
+            )
+        })?;
+        self.conn.one(
+            "SELECT w.id, w.name, vmdesk.ts(w.created_at) FROM vmdesk.workspaces w
+             JOIN vmdesk.projects p ON p.id = w.project_id WHERE p.name = $1 AND w.name = $2",
+            &[&project, &new],
+            |r| {
+                Ok(Workspace {
+                    id: r.get(0),
+                    name: r.get(1),
+                    project: project.to_owned(),
+                    created_at: r.get(2),
+                })
+            },
+        )
+    }
+
+    fn workspace_delete(&self, project: &str, name: &str) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.workspace_delete($1, $2)",
+                &[&project, &name],
+            )
+        })?;
+        Ok(())
     }
 
     fn project_limits_set(&self, project: &str, limits: &ProjectLimits) -> CoreResult<Project> {

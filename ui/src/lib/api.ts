@@ -145,6 +145,9 @@ export const api = {
   adminPortsCleanup: () => call<Maintenance>("admin_ports_cleanup"),
   /** Creates a project (admin). */
   projectCreate: (name: string) => call<Project>("project_create", { name }),
+  /** Renames (`newName`) or deletes (null) a project, or its workspace `workspace` (admin). */
+  placeChange: (project: string, workspace: string | null, newName: string | null) =>
+    call<void>("place_change", { project, workspace, new: newName }),
   /** Creates a workspace in a project (admin). */
   workspaceCreate: (name: string, project: string) => call<Workspace>("workspace_create", { name, project }),
   /** Adds pool VMs (admin): NAME alone, or `count` at once (NAME-1…, all or nothing; progress through `onPoolProgress`). */

@@ -1,10 +1,10 @@
 //! Hosts, projects and workspaces on the embedded store.
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde_json::json;
 
 use super::{already_exists, host, project_id, Embedded};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::{self, NewEvent};
 use crate::model::*;
 use crate::store::{self, now};
@@ -192,7 +192,121 @@ impl Places for Embedded<'_> {
         })
     }
 
+    fn project_rename(&self, name: &str, new: &str) -> Result<Project> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "rename projects")?;
+            let pid = project_id(tx, name)?;
+            tx.execute("UPDATE projects SET name = ?2 WHERE id = ?1", params![pid, new])
+                .map_err(already_exists("project", new))?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Admin, "project.rename", &a.name,
+                               json!({"project": new, "was": name})),
+            )?;
+            Ok(tx.query_row(concat!(project_select!(), " WHERE id = ?1"), [pid], project_row)?)
+        })
+    }
+
+    fn project_delete(&self, name: &str) -> Result<()> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "delete projects")?;
+            let pid = project_id(tx, name)?;
+            let (vms, sessions): (i64, i64) = tx.query_row(
+                "SELECT (SELECT count(*) FROM vms WHERE project_id = ?1),
+                        (SELECT count(*) FROM sessions WHERE project_id = ?1)",
+                [pid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            not_empty("project", name, vms, sessions)?;
+            tx.execute("DELETE FROM workspaces WHERE project_id = ?1", [pid])?;
+            tx.execute("DELETE FROM projects WHERE id = ?1", [pid])?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Admin, "project.delete", &a.name, json!({"project": name})),
+            )?;
+            Ok(())
+        })
+    }
+
+    fn workspace_rename(&self, project: &str, name: &str, new: &str) -> Result<Workspace> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "rename workspaces")?;
+            let wid = workspace_id(tx, project, name)?;
+            tx.execute("UPDATE workspaces SET name = ?2 WHERE id = ?1", params![wid, new])
+                .map_err(already_exists("workspace", new))?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Admin, "workspace.rename", &a.name,
+                               json!({"project": project, "workspace": new, "was": name})),
+            )?;
+            let created_at: String =
+                tx.query_row("SELECT created_at FROM workspaces WHERE id = ?1", [wid], |r| r.get(0))?;
+            Ok(Workspace {
+                id: wid,
+                name: new.to_owned(),
+                project: project.to_owned(),
+                created_at,
+            })
+        })
+    }
+
+    fn workspace_delete(&self, project: &str, name: &str) -> Result<()> {
+        self.core.write(|tx| {
+            let a = self.admin_me(tx, "delete workspaces")?;
+            let wid = workspace_id(tx, project, name)?;
+            let sessions: i64 = tx.query_row(
+                "SELECT count(*) FROM sessions WHERE workspace_id = ?1",
+                [wid],
+                |r| r.get(0),
+            )?;
+            not_empty("workspace", name, 0, sessions)?;
+            tx.execute("DELETE FROM workspaces WHERE id = ?1", [wid])?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Admin, "workspace.delete", &a.name,
+                               json!({"project": project, "workspace": name})),
+            )?;
+            Ok(())
+        })
+    }
+
     fn install_id(&self) -> Result<String> {
         store::install_id(&self.core.db())
     }
+}
+
+fn workspace_id(conn: &rusqlite::Connection, project: &str, name: &str) -> Result<i64> {
+    let pid = project_id(conn, project)?;
+    conn.query_row(
+        "SELECT id FROM workspaces WHERE project_id = ?1 AND name = ?2",
+        params![pid, name],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| Error::UnknownWorkspace {
+        project: project.to_owned(),
+        workspace: name.to_owned(),
+    })
+}
+
+/// Refuses to delete a project or workspace that VMs or sessions (past
+/// ones too: their history names it) belong to.
+pub(crate) fn not_empty(kind: &str, name: &str, vms: i64, sessions: i64) -> Result<()> {
+    if vms == 0 && sessions == 0 {
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if vms > 0 {
+        what.push(format!("{vms} VM{}", if vms == 1 { "" } else { "s" }));
+    }
+    if sessions > 0 {
+        what.push(format!(
+            "{sessions} session{} (past ones too)",
+            if sessions == 1 { "" } else { "s" }
+        ));
+    }
+    Err(Error::invalid(format!(
+        "the {kind} {name} is not empty: it has {}; only an empty one is deleted",
+        what.join(" and ")
+    )))
 }

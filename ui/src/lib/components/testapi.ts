@@ -39,6 +39,7 @@ export const api = {
   osRemove: vi.fn(),
   onOsProgress: vi.fn((f: () => void) => on("os-progress", f)),
   projectCreate: vi.fn(),
+  placeChange: vi.fn(),
   workspaceCreate: vi.fn(),
   poolVmAdd: vi.fn(),
   vmTemplate: vi.fn(),
