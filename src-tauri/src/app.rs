@@ -865,9 +865,7 @@ async fn place_change(
     blocking(&ctx, move |core, actor| match (workspace, new) {
         (None, Some(new)) => core.project_rename(actor, &project, &new).map(|_| ()),
         (None, None) => core.project_delete(actor, &project),
-        (Some(w), Some(new)) => core
-            .workspace_rename(actor, &project, &w, &new)
-            .map(|_| ()),
+        (Some(w), Some(new)) => core.workspace_rename(actor, &project, &w, &new).map(|_| ()),
         (Some(w), None) => core.workspace_delete(actor, &project, &w),
     })
     .await

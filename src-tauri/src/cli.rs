@@ -1061,9 +1061,11 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
         Command::Workspace(WorkspaceCmd::Delete { name, project }) => {
             confirm(g, &format!("Delete workspace {name} of project {project}?"))?;
             core.workspace_delete(a, &project, &name)?;
-            emit(g, &serde_json::json!({"deleted": name, "project": project}), || {
-                format!("deleted workspace {name} of {project}")
-            })
+            emit(
+                g,
+                &serde_json::json!({"deleted": name, "project": project}),
+                || format!("deleted workspace {name} of {project}"),
+            )
         }
         Command::Project(ProjectCmd::List) => {
             let projects = core.projects(a)?;

@@ -288,7 +288,16 @@ impl Vmdesk {
     pub fn failed_creation(&self, name: &str) -> (Value, Machine, i64) {
         let cost = self.cost("64", "1", "256");
         let out = self.run(&[
-            "--as", "ann", "vm", "create", name, "--ram-mb", "64", "--disk-gb", "1", "--cpus",
+            "--as",
+            "ann",
+            "vm",
+            "create",
+            name,
+            "--ram-mb",
+            "64",
+            "--disk-gb",
+            "1",
+            "--cpus",
             "256",
         ]);
         assert!(!out.status.success(), "the host took 256 vCPUs");

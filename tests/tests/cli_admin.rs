@@ -373,17 +373,27 @@ fn projects_and_workspaces_are_renamed_and_deleted_from_the_command_line() {
     let p = v.json(&["project", "rename", "lab", "class"]);
     assert_eq!(p["name"], "class");
     let w = v.json(&["workspace", "rename", "w1", "team-a", "--project", "class"]);
-    assert_eq!((w["name"].as_str(), w["project"].as_str()), (Some("team-a"), Some("class")));
+    assert_eq!(
+        (w["name"].as_str(), w["project"].as_str()),
+        (Some("team-a"), Some("class"))
+    );
     let err = v.fails(&["project", "rename", "class", "bad name!"]);
     assert!(err.contains("bad name!"), "{err}");
     let err = v.fails(&["workspace", "delete", "nope", "--project", "class"]);
-    assert!(err.contains("project \"class\" has no workspace named \"nope\""), "{err}");
+    assert!(
+        err.contains("project \"class\" has no workspace named \"nope\""),
+        "{err}"
+    );
     let err = v.fails(&["--as", "bob", "project", "delete", "class"]);
-    assert!(err.contains("only an administrator may delete projects"), "{err}");
+    assert!(
+        err.contains("only an administrator may delete projects"),
+        "{err}"
+    );
     v.json(&["workspace", "delete", "team-a", "--project", "class"]);
     v.json(&["project", "delete", "class"]);
     assert_eq!(v.json(&["project", "list"]), serde_json::json!([]));
-    let kinds: Vec<String> = v.json(&["events", "--type", "admin", "--limit", "4"])
+    let kinds: Vec<String> = v
+        .json(&["events", "--type", "admin", "--limit", "4"])
         .as_array()
         .expect("events")
         .iter()
@@ -391,6 +401,11 @@ fn projects_and_workspaces_are_renamed_and_deleted_from_the_command_line() {
         .collect();
     assert_eq!(
         kinds,
-        ["project.delete", "workspace.delete", "workspace.rename", "project.rename"]
+        [
+            "project.delete",
+            "workspace.delete",
+            "workspace.rename",
+            "project.rename"
+        ]
     );
 }

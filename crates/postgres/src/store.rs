@@ -699,12 +699,8 @@ impl Places for PgStore {
 
     fn workspace_delete(&self, project: &str, name: &str) -> CoreResult<()> {
         let _changed = self.changed();
-        self.conn.with(|c| {
-            c.execute(
-                "SELECT vmdesk.workspace_delete($1, $2)",
-                &[&project, &name],
-            )
-        })?;
+        self.conn
+            .with(|c| c.execute("SELECT vmdesk.workspace_delete($1, $2)", &[&project, &name]))?;
         Ok(())
     }
 

@@ -196,14 +196,25 @@ impl Places for Embedded<'_> {
         self.core.write(|tx| {
             let a = self.admin_me(tx, "rename projects")?;
             let pid = project_id(tx, name)?;
-            tx.execute("UPDATE projects SET name = ?2 WHERE id = ?1", params![pid, new])
-                .map_err(already_exists("project", new))?;
+            tx.execute(
+                "UPDATE projects SET name = ?2 WHERE id = ?1",
+                params![pid, new],
+            )
+            .map_err(already_exists("project", new))?;
             events::record(
                 tx,
-                NewEvent::info(EventType::Admin, "project.rename", &a.name,
-                               json!({"project": new, "was": name})),
+                NewEvent::info(
+                    EventType::Admin,
+                    "project.rename",
+                    &a.name,
+                    json!({"project": new, "was": name}),
+                ),
             )?;
-            Ok(tx.query_row(concat!(project_select!(), " WHERE id = ?1"), [pid], project_row)?)
+            Ok(tx.query_row(
+                concat!(project_select!(), " WHERE id = ?1"),
+                [pid],
+                project_row,
+            )?)
         })
     }
 
@@ -222,7 +233,12 @@ impl Places for Embedded<'_> {
             tx.execute("DELETE FROM projects WHERE id = ?1", [pid])?;
             events::record(
                 tx,
-                NewEvent::info(EventType::Admin, "project.delete", &a.name, json!({"project": name})),
+                NewEvent::info(
+                    EventType::Admin,
+                    "project.delete",
+                    &a.name,
+                    json!({"project": name}),
+                ),
             )?;
             Ok(())
         })
@@ -232,15 +248,25 @@ impl Places for Embedded<'_> {
         self.core.write(|tx| {
             let a = self.admin_me(tx, "rename workspaces")?;
             let wid = workspace_id(tx, project, name)?;
-            tx.execute("UPDATE workspaces SET name = ?2 WHERE id = ?1", params![wid, new])
-                .map_err(already_exists("workspace", new))?;
+            tx.execute(
+                "UPDATE workspaces SET name = ?2 WHERE id = ?1",
+                params![wid, new],
+            )
+            .map_err(already_exists("workspace", new))?;
             events::record(
                 tx,
-                NewEvent::info(EventType::Admin, "workspace.rename", &a.name,
-                               json!({"project": project, "workspace": new, "was": name})),
+                NewEvent::info(
+                    EventType::Admin,
+                    "workspace.rename",
+                    &a.name,
+                    json!({"project": project, "workspace": new, "was": name}),
+                ),
             )?;
-            let created_at: String =
-                tx.query_row("SELECT created_at FROM workspaces WHERE id = ?1", [wid], |r| r.get(0))?;
+            let created_at: String = tx.query_row(
+                "SELECT created_at FROM workspaces WHERE id = ?1",
+                [wid],
+                |r| r.get(0),
+            )?;
             Ok(Workspace {
                 id: wid,
                 name: new.to_owned(),
@@ -263,8 +289,12 @@ impl Places for Embedded<'_> {
             tx.execute("DELETE FROM workspaces WHERE id = ?1", [wid])?;
             events::record(
                 tx,
-                NewEvent::info(EventType::Admin, "workspace.delete", &a.name,
-                               json!({"project": project, "workspace": name})),
+                NewEvent::info(
+                    EventType::Admin,
+                    "workspace.delete",
+                    &a.name,
+                    json!({"project": project, "workspace": name}),
+                ),
             )?;
             Ok(())
         })
