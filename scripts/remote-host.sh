@@ -47,6 +47,17 @@ SSH_CONF=/etc/ssh/ssh_config.d/vmdesk-remote-host.conf
 URI="qemu+ssh://$RUSER@$HOST_ADDR/session"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 
+# One change at a time: the tests start the host from several threads at
+# once, and two set-ups racing failed (install: ... File exists). flock -o
+# holds the lock in flock itself, so the daemons started do not inherit it.
+case "${1:-start}" in
+  start|stop|kill-daemons)
+    if [ -z "${VMDESK_REMOTE_LOCKED:-}" ]; then
+      VMDESK_REMOTE_LOCKED=1 exec flock -o /run/vmdesk-remote-host.lock bash "$HERE/$(basename "$0")" "$@"
+    fi
+    ;;
+esac
+
 say() { echo "remote-host: $*"; }
 fail() { echo "remote-host: $*" >&2; exit 1; }
 
