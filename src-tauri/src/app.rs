@@ -1038,15 +1038,6 @@ struct Maintenance {
     details: serde_json::Value,
 }
 
-/// The acting user if an admin; else the core's refusal naming `action`.
-fn admin_only(core: &Core, actor: &str, action: &'static str) -> vmdesk_core::Result<()> {
-    if core.user(actor)?.role == Role::Admin {
-        Ok(())
-    } else {
-        Err(vmdesk_core::Error::AdminOnly(action))
-    }
-}
-
 /// `vmdesk recover`, from the Admin view (admin only): settles crashed
 /// work and lists the quarantined leftovers.
 #[tauri::command]
@@ -1071,7 +1062,7 @@ async fn admin_recover(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
 #[tauri::command]
 async fn admin_sync_once(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
     blocking(&ctx, |core, actor| {
-        admin_only(core, actor, "run status sync")?;
+        core.require_admin(actor, "run status sync")?;
         let mut changes = core.sync_and_bill(false, "poll")?;
         changes.extend(core.sync_and_bill(true, "poll")?);
         let addresses = core.sync_addresses(true, true, "poll")?;
@@ -1097,7 +1088,7 @@ async fn admin_sync_once(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
 #[tauri::command]
 async fn admin_ports_cleanup(ctx: State<'_, Ctx>) -> Result<Maintenance, ApiError> {
     blocking(&ctx, |core, actor| {
-        admin_only(core, actor, "free console ports")?;
+        core.require_admin(actor, "free console ports")?;
         let freed = core.console_cleanup()?;
         Ok(Maintenance {
             summary: match freed.len() {

@@ -1112,18 +1112,12 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 .find(|(p, _)| p.name == project)
                 .map(|(p, _)| p.limits)
                 .ok_or_else(|| vmdesk_core::Error::UnknownProject(project.clone()))?;
-            // Not named: kept; 0: off.
-            let set = |new: Option<i64>, old: Option<i64>| match new {
-                Some(0) => None,
-                Some(n) => Some(n),
-                None => old,
-            };
-            let limits = vmdesk_core::ProjectLimits {
-                max_session_minutes: set(max_session_minutes, was.max_session_minutes),
-                idle_minutes: set(idle_minutes, was.idle_minutes),
-                idle_cpu_percent: idle_cpu_percent.unwrap_or(was.idle_cpu_percent),
-                weekly_hours: set(weekly_hours, was.weekly_hours),
-            };
+            let limits = was.changed(
+                max_session_minutes,
+                idle_minutes,
+                idle_cpu_percent,
+                weekly_hours,
+            );
             let p = core.project_limits(a, &project, &limits)?;
             emit(g, &p, || format!("set the limits of project {}", p.name))
         }

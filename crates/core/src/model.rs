@@ -269,6 +269,56 @@ impl Default for ProjectLimits {
     }
 }
 
+impl ProjectLimits {
+    /// These limits with some changed, as `project limits` takes them: a
+    /// limit not given (`None`) is kept, 0 turns one off.
+    pub fn changed(
+        &self,
+        max_session_minutes: Option<i64>,
+        idle_minutes: Option<i64>,
+        idle_cpu_percent: Option<i64>,
+        weekly_hours: Option<i64>,
+    ) -> ProjectLimits {
+        let set = |new: Option<i64>, old: Option<i64>| match new {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => old,
+        };
+        ProjectLimits {
+            max_session_minutes: set(max_session_minutes, self.max_session_minutes),
+            idle_minutes: set(idle_minutes, self.idle_minutes),
+            idle_cpu_percent: idle_cpu_percent.unwrap_or(self.idle_cpu_percent),
+            weekly_hours: set(weekly_hours, self.weekly_hours),
+        }
+    }
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::*;
+
+    #[test]
+    fn limits_not_given_are_kept_and_zero_turns_one_off() {
+        let was = ProjectLimits {
+            max_session_minutes: Some(90),
+            idle_minutes: Some(20),
+            idle_cpu_percent: 7,
+            weekly_hours: Some(3),
+        };
+        let now = was.changed(Some(0), None, Some(10), Some(5));
+        assert_eq!(
+            now,
+            ProjectLimits {
+                max_session_minutes: None,
+                idle_minutes: Some(20),
+                idle_cpu_percent: 10,
+                weekly_hours: Some(5),
+            }
+        );
+        assert_eq!(was.changed(None, None, None, None), was);
+    }
+}
+
 /// The guest CPU use under which a session counts as idle, unless a project
 /// says otherwise.
 pub const DEFAULT_IDLE_CPU_PERCENT: i64 = 5;
