@@ -54,6 +54,7 @@ lint: ui
 ## Allocation on a file database; VM creation on the real QEMU host.
 bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-core --bench allocation
+	cargo bench -p vmdesk-core --bench vm_changes
 	cargo bench -p vmdesk-postgres --bench allocation
 	cargo bench -p vmdesk-tests --bench create
 	cargo bench -p vmdesk-tests --bench drift

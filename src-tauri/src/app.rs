@@ -664,6 +664,39 @@ async fn validate_vm_name(name: String) -> Result<(), ApiError> {
     Ok(vmdesk_core::validate::vm_name(&name)?)
 }
 
+/// Asks the desktop for a disk image to import (the OS import's Browse…):
+/// its path, or none when the user cancels.
+#[tauri::command]
+async fn pick_image_file(app: AppHandle) -> Result<Option<String>, ApiError> {
+    use tauri_plugin_dialog::DialogExt;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.dialog()
+        .file()
+        .set_title("Choose a disk image to import")
+        .add_filter("Disk images (qcow2, raw)", &["qcow2", "img", "raw"])
+        .pick_file(move |p| {
+            let _ = tx.send(p);
+        });
+    let picked = rx.await.ok().flatten();
+    Ok(picked
+        .and_then(|p| p.into_path().ok())
+        .map(|p| p.display().to_string()))
+}
+
+/// Checks a project's or workspace's name as the core would, for the forms'
+/// as-you-type errors.
+#[tauri::command]
+async fn validate_name(kind: String, name: String) -> Result<(), ApiError> {
+    let kind = match kind.as_str() {
+        "project" => "project",
+        "workspace" => "workspace",
+        other => {
+            return Err(vmdesk_core::Error::Invalid(format!("no kind of name {other:?}")).into())
+        }
+    };
+    Ok(vmdesk_core::validate::name(kind, &name)?)
+}
+
 #[tauri::command]
 async fn os_catalog(ctx: State<'_, Ctx>) -> Result<Vec<vmdesk_core::OsEntry>, ApiError> {
     blocking(&ctx, |core, _| core.os_list()).await
@@ -735,6 +768,33 @@ async fn vm_show(ctx: State<'_, Ctx>, vm: String) -> Result<Vm, ApiError> {
 #[tauri::command]
 async fn vm_list(ctx: State<'_, Ctx>, all: bool) -> Result<Vec<Vm>, ApiError> {
     blocking(&ctx, move |core, actor| core.vm_list(actor, all)).await
+}
+
+/// The VM list's rows changed since `since` (issue 16: a change refetches
+/// only these).
+#[tauri::command]
+async fn vm_changes(
+    ctx: State<'_, Ctx>,
+    all: bool,
+    since: Option<String>,
+) -> Result<vmdesk_core::VmChanges, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.vm_changes(actor, all, since.as_deref())
+    })
+    .await
+}
+
+/// Sets or ends the idle shutdown of an own VM.
+#[tauri::command]
+async fn vm_idle_stop(
+    ctx: State<'_, Ctx>,
+    vm: String,
+    minutes: Option<i64>,
+) -> Result<Vm, ApiError> {
+    blocking(&ctx, move |core, actor| {
+        core.vm_idle_stop(actor, &vm, minutes)
+    })
+    .await
 }
 
 /// The event feed, filtered.
@@ -1632,6 +1692,7 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
         .plugin(tauri_plugin_window_state::Builder::default().build())
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_clipboard_manager::init())
+        .plugin(tauri_plugin_dialog::init())
         .manage(Ctx {
             core: Arc::clone(&core),
             actor: actor.clone(),
@@ -1678,6 +1739,10 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             me,
             vm_show,
             vm_list,
+            vm_changes,
+            validate_name,
+            pick_image_file,
+            vm_idle_stop,
             events_query,
             credits,
             users,

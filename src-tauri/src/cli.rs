@@ -556,6 +556,14 @@ pub enum VmCmd {
     },
     /// Show one VM
     Show { vm: String },
+    /// Stop a VM of your own once it has been idle for MINUTES (no console
+    /// open, no SSH connection, guest CPU under 5 %), after a warning 5
+    /// minutes before; `off` ends it
+    IdleStop {
+        vm: String,
+        #[arg(value_name = "MINUTES|off")]
+        minutes: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1302,6 +1310,23 @@ fn run(g: &Global, command: Command) -> anyhow::Result<()> {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let v = core.vm_meta(a, &vm, &pairs)?;
             emit(g, &v, || format!("VM {} metadata: {}", v.name, v.metadata))
+        }
+        Command::Vm(VmCmd::IdleStop { vm, minutes }) => {
+            let minutes =
+                match minutes.as_str() {
+                    "off" => None,
+                    m => Some(m.parse::<i64>().map_err(|_| {
+                        anyhow::anyhow!("{m:?} is not a number of minutes or 'off'")
+                    })?),
+                };
+            let v = core.vm_idle_stop(a, &vm, minutes)?;
+            emit(g, &v, || match minutes {
+                Some(m) => format!(
+                    "VM {} stops after {m} idle minutes (a warning 5 minutes before)",
+                    v.name
+                ),
+                None => format!("VM {} is never stopped for idleness", v.name),
+            })
         }
         Command::Vm(VmCmd::List { all }) => {
             let vms = core.vm_list(a, all)?;

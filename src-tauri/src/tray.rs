@@ -339,6 +339,24 @@ pub fn notices(
                     format!("{} reached the project's maximum session length", name(e))
                 },
             }),
+            "vm.idle_warning" if mine(e) => Some(Notice {
+                title: format!(
+                    "{} stops at {}",
+                    name(e),
+                    text(e, "stops_at").get(11..16).unwrap_or("soon")
+                ),
+                body: format!(
+                    "It has been idle for {} min: use it to keep it running",
+                    text(e, "idle_minutes")
+                ),
+            }),
+            "vm.idle_stop" if mine(e) => Some(Notice {
+                title: format!("{} is being stopped", name(e)),
+                body: format!(
+                    "It was idle for {} min, as you chose",
+                    text(e, "idle_minutes")
+                ),
+            }),
             "credits.exhausted" if mine(e) => Some(Notice {
                 title: "Credits are used up".into(),
                 body: format!("{} is being stopped", name(e)),
@@ -755,6 +773,30 @@ mod tests {
             "{}",
             n[0].body
         );
+    }
+
+    #[test]
+    fn idle_shutdown_of_an_own_vm_tells_its_owner_in_advance() {
+        let events = [
+            event(
+                "vm.idle_warning",
+                json!({"user": "ann", "vm": "mine", "idle_minutes": 30,
+                       "stops_at": "2026-01-01T10:35:00.000Z"}),
+            ),
+            event(
+                "vm.idle_warning",
+                json!({"user": "bob", "vm": "his", "idle_minutes": 30}),
+            ),
+            event(
+                "vm.idle_stop",
+                json!({"user": "ann", "vm": "mine", "idle_minutes": 30}),
+            ),
+        ];
+        let n = notices("ann", &events, |_| None);
+        assert_eq!(n.len(), 2, "{n:?}");
+        assert_eq!(n[0].title, "mine stops at 10:35");
+        assert!(n[0].body.contains("idle for 30 min"), "{}", n[0].body);
+        assert_eq!(n[1].title, "mine is being stopped");
     }
 
     #[test]

@@ -182,9 +182,17 @@ impl App {
 
     /// Chooses the option whose value is `value` in the select `css`.
     pub async fn select(&self, css: &str, value: &str) {
-        self.find(css)
-            .await
-            .select_by_value(value)
+        let e = self.find(css).await;
+        // As a user scrolls to it: WebKit's driver does not choose an option
+        // of a select outside the view.
+        let _ = self
+            .c
+            .execute(
+                "arguments[0].scrollIntoView({block: 'center'});",
+                vec![serde_json::to_value(&e).expect("an element")],
+            )
+            .await;
+        e.select_by_value(value)
             .await
             .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
     }
@@ -209,6 +217,32 @@ impl App {
                 self.shot(&format!("timeout-{}", what.replace(' ', "-")))
                     .await;
                 panic!("{css}: waited for {what}, saw {text:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `ok` holds of the value of the input `css`; the last value seen.
+    pub async fn wait_value(&self, css: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let value = self
+                .c
+                .execute(
+                    "const e = document.querySelector(arguments[0]); return e ? e.value : '';",
+                    vec![css.into()],
+                )
+                .await
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if ok(&value) {
+                return value;
+            }
+            if t.elapsed() > STEP {
+                self.shot(&format!("timeout-{}", what.replace(' ', "-")))
+                    .await;
+                panic!("{css}: waited for {what}, saw {value:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -2,7 +2,8 @@
 //! WebKitWebDriver) on a real QEMU host, with a screenshot of each step in
 //! target/artifacts/:
 //! - launch a VM from the form: progress, RUNNING, its console connects,
-//!   its detail draws live CPU and memory graphs, stop, STOPPED;
+//!   its detail draws live CPU and memory graphs, its owner chooses idle
+//!   shutdown there, stop, STOPPED (the list follows by its changes);
 //! - open and close a pool session;
 //! - an admin grants credits and the balances update live (also when the
 //!   grant comes from another process);
@@ -86,6 +87,23 @@ fn a_vm_launched_from_the_form_runs_shows_its_console_and_stops() {
             }
         }
         app.shot("detail-graphs").await;
+
+        // The owner chooses idle shutdown for it, in its detail.
+        app.click(r#"[data-testid="idle-on-e2e-box"]"#).await;
+        app.fill(r#"[data-testid="idle-minutes-e2e-box"]"#, "45").await;
+        app.click(r#"form[aria-label="Idle shutdown of e2e-box"] button[type="submit"]"#)
+            .await;
+        app.wait_text(
+            r#"form[aria-label="Idle shutdown of e2e-box"] [role="status"]"#,
+            "idle shutdown saved",
+            |s| s == "Saved: stops after 45 idle minutes",
+        )
+        .await;
+        app.shot("idle-shutdown").await;
+        assert_eq!(
+            v.json(&["vm", "show", "e2e-box"])["metadata"]["idle_stop_minutes"],
+            "45"
+        );
 
         app.nav("vms").await;
         app.click(r#"button[aria-label="Stop e2e-box"]"#).await;

@@ -409,3 +409,49 @@ fn projects_and_workspaces_are_renamed_and_deleted_from_the_command_line() {
         ]
     );
 }
+
+#[test]
+fn an_owner_chooses_idle_shutdown_of_their_vm_from_the_command_line() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(3000);
+    v.json(&["user", "add", "bob"]);
+    let vm = v.json(&[
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "mine",
+        "--ram-mb",
+        "128",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+        "--no-start",
+    ]);
+    let _machine = vmdesk_tests::Machine(vm["provider_id"].as_str().expect("machine").to_owned());
+    let set = v.json(&["--as", "ann", "vm", "idle-stop", "mine", "30"]);
+    assert_eq!(set["metadata"]["idle_stop_minutes"], "30", "{set}");
+    let out = v.run(&["--as", "ann", "vm", "idle-stop", "mine", "45"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("stops after 45 idle minutes"),
+        "{text}"
+    );
+    for (bad, says) in [
+        ("0", "between 1 and 43200"),
+        ("50000", "between 1 and 43200"),
+        ("soon", "not a number of minutes or 'off'"),
+    ] {
+        let err = v.fails(&["--as", "ann", "vm", "idle-stop", "mine", bad]);
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+    // Not bob's to choose; nothing changed by the refusals.
+    v.fails(&["--as", "bob", "vm", "idle-stop", "mine", "5"]);
+    assert_eq!(
+        v.json(&["vm", "show", "mine"])["metadata"]["idle_stop_minutes"],
+        "45"
+    );
+    let off = v.json(&["--as", "ann", "vm", "idle-stop", "mine", "off"]);
+    assert_eq!(off["metadata"]["idle_stop_minutes"], "off");
+}

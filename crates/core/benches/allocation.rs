@@ -10,96 +10,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
-use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
+use vmdesk_core::SessionRequest;
 
-/// A host that accepts everything (allocation with --no-wait never calls it
-/// except to define the pool's machines during set-up).
-struct NullHost;
-
-impl Provider for NullHost {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Stopped)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-}
-
-struct NullFactory;
-
-impl ProviderFactory for NullFactory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(Arc::new(NullHost))
-    }
-}
-
-fn open(dir: &std::path::Path) -> Core {
-    Core::open(OpenOptions::new(dir, Arc::new(NullFactory))).unwrap()
-}
+mod common;
+use common::{open, setup};
 
 const POOL: usize = 6_000;
-
-fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let core = open(dir.path());
-    core.host_add("admin", "h", "test:///default").unwrap();
-    core.project_create("admin", "p").unwrap();
-    // One VM through the API; the rest copied from it in one statement, so
-    // that set-up takes milliseconds and profiles show allocation only.
-    core.vm_add(
-        "admin",
-        &NewVm {
-            name: "vm00000".into(),
-            pool: "p".into(),
-            host: "h".into(),
-            ram_mb: 1024,
-            disk_gb: 20,
-            cpu_cores: 2,
-            vm_type: "standard".into(),
-            os_type: "blank".into(),
-        },
-    )
-    .unwrap();
-    drop(core);
-    let conn = rusqlite::Connection::open(dir.path().join("vmdesk.db")).unwrap();
-    conn.execute(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
-         INSERT INTO vms (name, os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id, host_id,
-                          provider_id, created_at, updated_at)
-         SELECT printf('vm%05d', i), os_type, ram_mb, disk_gb, cpu_cores, vm_type, status, project_id, host_id,
-                printf('machine-%05d', i), created_at, updated_at
-         FROM vms, n WHERE vms.name = 'vm00000'",
-        [POOL as i64 - 1],
-    )
-    .unwrap();
-    dir
-}
 
 struct Figures {
     per_second: f64,
@@ -110,7 +26,7 @@ struct Figures {
 }
 
 fn run(requesters: usize, shared: bool) -> Figures {
-    let dir = setup();
+    let dir = setup(POOL);
     let req = SessionRequest {
         project: "p".into(),
         ..Default::default()

@@ -73,6 +73,8 @@ pub struct Core {
     pub(crate) activity: crate::limits::LiveProbe,
     /// Pool VMs seen running with no session, and since when (this process).
     pub(crate) orphans: Mutex<std::collections::HashMap<i64, chrono::DateTime<chrono::Utc>>>,
+    /// What idle shutdown has seen of own VMs whose owners chose it.
+    pub(crate) own_idle: Mutex<std::collections::HashMap<i64, crate::limits::IdleCount>>,
 }
 
 impl Drop for Core {
@@ -128,6 +130,7 @@ impl Core {
             last_bill: Mutex::new(None),
             activity: crate::limits::LiveProbe::default(),
             orphans: Mutex::new(std::collections::HashMap::new()),
+            own_idle: Mutex::new(std::collections::HashMap::new()),
         };
         core.recover()?;
         Ok(core)
@@ -538,6 +541,21 @@ impl Core {
     /// user's (admin only).
     pub fn vm_list(&self, actor: &str, all: bool) -> Result<Vec<Vm>> {
         self.acting(actor)?.vms().vm_list(all)
+    }
+
+    /// The rows of [`Core::vm_list`] changed since `since` (the cursor of an
+    /// earlier answer; none: all of them), how many rows the list has, and
+    /// the cursor to pass next: a list kept up to date by merging these asks
+    /// again without a cursor when it then holds another number of rows.
+    pub fn vm_changes(&self, actor: &str, all: bool, since: Option<&str>) -> Result<VmChanges> {
+        if let Some(c) = since {
+            if c.is_empty() || c.len() > 19 || !c.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(Error::invalid(format!(
+                    "{c:?} is not a cursor of a VM list"
+                )));
+            }
+        }
+        self.acting(actor)?.vms().vm_changes(all, since)
     }
 
     /// The actor's own VMs (not pool VMs), by name.

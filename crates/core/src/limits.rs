@@ -11,6 +11,11 @@
 //! minutes later, it is closed. Any activity in between starts the count
 //! again. What cannot be measured (no CPU counter, e.g. Azure) never counts
 //! as idle.
+//!
+//! An own VM's owner may choose the same idle shutdown for it
+//! ([`IDLE_STOP`] in its metadata, `vmdesk vm idle-stop`): measured the same
+//! way, warned the same way (`vm.idle_warning`, to the owner), then stopped
+//! (`vm.idle_stop`). Its count is this process's (a restart starts it again).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -98,11 +103,14 @@ pub trait ActivityProbe {
     fn activity(&self, core: &Core, s: &LimitedSession) -> Activity;
 }
 
-/// What one pass of [`Core::enforce_limits`] did to a session.
+/// What one pass of [`Core::enforce_limits`] did to a session (or to an
+/// own VM whose owner chose idle shutdown).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LimitAction {
-    /// The session.
+    /// The session (an own VM: its VM's id).
     pub session: i64,
+    /// The VM's name.
+    pub vm: String,
     /// `warned` or `closed`.
     pub action: &'static str,
     /// `max_session_length` or `idle`.
@@ -132,6 +140,7 @@ pub fn judge(
     let started = parse(&s.started_at).unwrap_or(now);
     let act = |action: &'static str, rule: &str, at: DateTime<Utc>| LimitAction {
         session: s.id,
+        vm: s.vm.name.clone(),
         action,
         rule: rule.to_owned(),
         at: stamp(at),
@@ -245,7 +254,129 @@ impl Core {
             }
             done.extend(action);
         }
+        done.extend(self.enforce_own_idle(&store, now, probe)?);
         Ok(done)
+    }
+
+    /// Idle shutdown of own VMs whose owners chose it: warned, then stopped.
+    fn enforce_own_idle(
+        &self,
+        store: &crate::team::Acting<'_>,
+        now: DateTime<Utc>,
+        probe: &dyn ActivityProbe,
+    ) -> Result<Vec<LimitAction>> {
+        let watched = store.vms().vms_idle_watched()?;
+        let counts = |f: &mut dyn FnMut(&mut HashMap<i64, IdleCount>)| {
+            f(&mut self.own_idle.lock().unwrap_or_else(|p| p.into_inner()))
+        };
+        // VMs no longer watched (stopped, opted out) start afresh next time.
+        counts(&mut |c| c.retain(|id, _| watched.iter().any(|(v, _)| v.id == *id)));
+        let mut done = Vec::new();
+        for (vm, console_open) in watched {
+            let (Some(minutes), Some(owner)) = (idle_stop_minutes(&vm), vm.owner.clone()) else {
+                continue;
+            };
+            let mut count = IdleCount::default();
+            counts(&mut |c| count = c.get(&vm.id).cloned().unwrap_or_default());
+            let s = LimitedSession {
+                id: vm.id,
+                user: owner.clone(),
+                project: String::new(),
+                limits: ProjectLimits {
+                    idle_minutes: Some(minutes),
+                    ..Default::default()
+                },
+                started_at: stamp(now),
+                idle_since: count.idle_since.clone(),
+                idle_warned_at: count.warned_at.clone(),
+                length_warned_at: None,
+                vm,
+                console_open,
+            };
+            let (mark, action) = judge(&s, probe.activity(self, &s), now);
+            let Some(mark) = mark else {
+                continue;
+            };
+            let details = |extra: serde_json::Value| {
+                let mut d = serde_json::json!({
+                    "user": owner, "vm": s.vm.name, "idle_minutes": minutes,
+                    "idle_since": mark.idle_since,
+                });
+                if let (Some(d), Some(e)) = (d.as_object_mut(), extra.as_object()) {
+                    d.extend(e.clone());
+                }
+                d
+            };
+            let next = IdleCount {
+                idle_since: mark.idle_since.clone(),
+                warned_at: match (&mark.warn, &mark.idle_since) {
+                    (Some(_), _) => Some(mark.at.clone()),
+                    (None, None) => None,
+                    (None, Some(_)) => count.warned_at.filter(|_| s.idle_since == mark.idle_since),
+                },
+            };
+            if let Some((_, stops_at)) = &mark.warn {
+                store.events().owner_note(
+                    "vm.idle_warning",
+                    Severity::Warning,
+                    s.vm.id,
+                    details(serde_json::json!({ "stops_at": stops_at })),
+                )?;
+            }
+            if mark.reached.is_some() {
+                store.events().owner_note(
+                    "vm.idle_stop",
+                    Severity::Warning,
+                    s.vm.id,
+                    details(serde_json::json!({})),
+                )?;
+                if let Err(e) = self.vm_action_on(store, &s.vm.name, VmAction::Stop, true) {
+                    tracing::warn!(vm = %s.vm.name, error = %e.one_line(), "stopping an idle VM");
+                }
+                counts(&mut |c| {
+                    c.remove(&s.vm.id);
+                });
+            } else {
+                counts(&mut |c| {
+                    c.insert(s.vm.id, next.clone());
+                });
+            }
+            done.extend(action.map(|a| LimitAction {
+                action: if a.action == "closed" {
+                    "stopped"
+                } else {
+                    a.action
+                },
+                ..a
+            }));
+        }
+        Ok(done)
+    }
+
+    /// Sets (`minutes`) or ends (`None`) the idle shutdown of an own VM, by
+    /// its owner's choice (or an admin's): idle for that long (as a session
+    /// is: no console, no SSH, guest CPU under 5 %), it is warned, then
+    /// stopped 5 minutes later if still idle. 1 minute to 30 days.
+    pub fn vm_idle_stop(&self, actor: &str, vm: &str, minutes: Option<i64>) -> Result<Vm> {
+        let v = self.acting(actor)?.vms().vm(vm)?;
+        if v.pool.is_some() {
+            return Err(Error::invalid(format!(
+                "{} is a pool VM: its project's idle limit applies (an admin sets it with 'vmdesk project limits')",
+                v.name
+            )));
+        }
+        let value = match minutes {
+            Some(n) if !(1..=30 * 24 * 60).contains(&n) => {
+                return Err(Error::invalid(format!(
+                    "the idle time must be between 1 and 43200 minutes, not {n}"
+                )))
+            }
+            Some(n) => n.to_string(),
+            None => "off".to_owned(),
+        };
+        self.acting(actor)?
+            .vms()
+            .vm_meta(&v.name, &serde_json::json!({ IDLE_STOP: value }))
     }
 
     /// [`Core::enforce_limits`] now, with activity measured for real
@@ -253,6 +384,26 @@ impl Core {
     pub fn enforce_limits_now(&self) -> Result<Vec<LimitAction>> {
         self.enforce_limits(Utc::now(), &self.activity)
     }
+}
+
+/// The metadata key of an own VM's idle shutdown, chosen by its owner: the
+/// minutes it may stay idle (`off`, or none: it may stay idle).
+pub const IDLE_STOP: &str = "idle_stop_minutes";
+
+/// The minutes of idle shutdown an own VM's owner chose, if any.
+pub fn idle_stop_minutes(vm: &Vm) -> Option<i64> {
+    let v = &vm.metadata[IDLE_STOP];
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .filter(|n| *n > 0)
+}
+
+/// What idle shutdown saw of an own VM: since when it has been idle, and
+/// when it was warned.
+#[derive(Debug, Clone, Default)]
+pub struct IdleCount {
+    idle_since: Option<String>,
+    warned_at: Option<String>,
 }
 
 /// How long a pool VM may run with no live session before it is stopped.

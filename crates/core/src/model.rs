@@ -353,6 +353,22 @@ pub struct Host {
     pub created_at: String,
 }
 
+/// The VMs a list shows that changed since a cursor (issue 16): a change
+/// refetches only these rows, not the whole list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, TS)]
+#[ts(export)]
+pub struct VmChanges {
+    /// The rows changed (or new) since the cursor; every row without one.
+    pub vms: Vec<Vm>,
+    /// How many VMs the list holds now. A list that holds another number
+    /// after merging `vms` lost some (a destroyed row removed, a VM no longer
+    /// visible) and asks again without a cursor.
+    #[ts(type = "number")]
+    pub total: i64,
+    /// What to pass next time (opaque).
+    pub cursor: String,
+}
+
 /// A virtual machine known to vmdesk.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, TS)]
 #[ts(export)]

@@ -278,6 +278,17 @@ pub trait Vms: Send + Sync {
     /// The action failed: the VM is back as it `was`.
     fn vm_action_undo(&self, id: i64, was: VmStatus) -> Result<()>;
 
+    /// The rows of `vm_list(all)` changed since `since` (a cursor of an
+    /// earlier answer; none: every row), the number of rows and the next
+    /// cursor, read at one point in time. Every writer bumps a row's change
+    /// number (the stores' triggers), renames of what a row shows by name too.
+    fn vm_changes(&self, all: bool, since: Option<&str>) -> Result<VmChanges>;
+
+    /// Own VMs whose owner chose idle shutdown (metadata
+    /// [`crate::limits::IDLE_STOP`]) that are RUNNING, each with whether a console of
+    /// it is open on any desk (admin).
+    fn vms_idle_watched(&self) -> Result<Vec<(Vm, bool)>>;
+
     /// The VMs held by ACTIVE sessions, by host (admin): the fast sync's.
     fn vm_list_active(&self) -> Result<Vec<Vm>>;
 
@@ -322,6 +333,16 @@ pub trait Events: Send + Sync {
     /// Events the login may see, filtered (`q`) and, with `vm`, of one VM;
     /// newest first.
     fn events_query(&self, q: &crate::EventQuery, vm: Option<i64>) -> Result<Vec<Event>>;
+
+    /// A system event about an own VM that its owner sees
+    /// (`vm.idle_warning`, `vm.idle_stop`): through an admin's process.
+    fn owner_note(
+        &self,
+        action: &str,
+        severity: Severity,
+        vm: i64,
+        details: serde_json::Value,
+    ) -> Result<()>;
 
     /// A system event through an admin's process (serve.lead, clock.jump).
     fn system_note(

@@ -36,7 +36,7 @@ use crate::{roles, schema_version, Error, Target, STEPS};
 pub const DB_FILE: &str = "vmdesk.db";
 /// The newest embedded schema this build reads (crates/core's number of
 /// migrations).
-pub const EMBEDDED_SCHEMA: i64 = 13;
+pub const EMBEDDED_SCHEMA: i64 = 14;
 /// The oldest embedded schema with every column copied (quarantine, billing,
 /// sync and project limit columns); an older file is brought up to date by
 /// opening it once with vmdesk.

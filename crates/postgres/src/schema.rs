@@ -16,6 +16,7 @@ pub const STEPS: &[&str] = &[
     include_str!("../sql/008_corrections.sql"),
     include_str!("../sql/009_limits.sql"),
     include_str!("../sql/010_rename.sql"),
+    include_str!("../sql/011_changes.sql"),
 ];
 
 /// The store's roles, named after its database so that one cluster can hold

@@ -912,6 +912,65 @@ impl Vms for PgStore {
         )
     }
 
+    fn vm_changes(&self, all: bool, since: Option<&str>) -> CoreResult<VmChanges> {
+        if all {
+            self.require_admin("list every user's VMs")?;
+        }
+        let since = match since {
+            None => "0",
+            Some(c) if !c.is_empty() && c.len() <= 20 && c.bytes().all(|b| b.is_ascii_digit()) => c,
+            Some(c) => {
+                return Err(CoreError::Invalid(format!(
+                    "{c:?} is not a cursor of a VM list"
+                )))
+            }
+        };
+        let me = self.whoami()?;
+        // One statement, so one snapshot: the cursor (the oldest transaction
+        // it does not see), the number of rows and the rows changed since.
+        let sees = "($1 OR v.project_id IS NOT NULL OR v.owner_user_id = $2)";
+        let rows = self.conn.query(
+            &format!(
+                "WITH snap AS (
+                     SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS cursor,
+                            (SELECT count(*) FROM vmdesk.vms v WHERE {sees}) AS total)
+                 SELECT x.*, snap.cursor, snap.total FROM snap LEFT JOIN LATERAL (
+                     {VM_SELECT} WHERE {sees} AND v.rev >= $3::text::xid8) x ON true"
+            ),
+            &[&all, &me.id, &since],
+            |r| {
+                let n = r.len();
+                let vm = match r.get::<_, Option<i64>>(0) {
+                    Some(_) => Some(vm_row(r)?),
+                    None => None,
+                };
+                Ok((vm, r.get::<_, String>(n - 2), r.get::<_, i64>(n - 1)))
+            },
+        )?;
+        let (cursor, total) = rows
+            .first()
+            .map(|(_, c, t)| (c.clone(), *t))
+            .unwrap_or_default();
+        let mut vms: Vec<Vm> = rows.into_iter().filter_map(|(v, _, _)| v).collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(VmChanges { vms, total, cursor })
+    }
+
+    fn vms_idle_watched(&self) -> CoreResult<Vec<(Vm, bool)>> {
+        self.require_admin("watch VMs for idleness")?;
+        self.conn.query(
+            &format!(
+                "SELECT x.*, EXISTS (SELECT 1 FROM vmdesk.consoles c WHERE c.vm_id = x.id)
+                 FROM ({VM_SELECT}
+                       WHERE v.project_id IS NULL AND v.status = 'RUNNING'
+                         AND v.metadata ? 'idle_stop_minutes') x
+                 ORDER BY x.id"
+            ),
+            &[],
+            |r| Ok((vm_row(r)?, r.get::<_, bool>(22))),
+        )
+    }
+
     fn vm(&self, reference: &str) -> CoreResult<Vm> {
         // An id first, then a name (a VM's name is never all digits).
         let id: Option<i64> = reference.parse().ok();
@@ -1213,6 +1272,23 @@ impl Events for PgStore {
             c.execute(
                 "SELECT vmdesk.system_note($1, $2, $3::text::jsonb)",
                 &[&action, &severity.as_str(), &details.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
+    fn owner_note(
+        &self,
+        action: &str,
+        severity: Severity,
+        vm: i64,
+        details: Value,
+    ) -> CoreResult<()> {
+        let _changed = self.changed();
+        self.conn.with(|c| {
+            c.execute(
+                "SELECT vmdesk.owner_note($1, $2, $3, $4::text::jsonb)",
+                &[&action, &severity.as_str(), &vm, &details.to_string()],
             )
         })?;
         Ok(())

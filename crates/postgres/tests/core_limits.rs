@@ -432,3 +432,94 @@ both!(
         assert_eq!(seats(d).len(), 7);
     }
 );
+
+both!(
+    an_own_vm_is_stopped_when_idle_only_if_its_owner_chose_it,
+    |d: &Desks| {
+        d.pool(1);
+        let bob = d.user("bob", false, 10_000);
+        let carol = d.user("carol", false, 10_000);
+        let mine = d.create_vm(&bob, "mine");
+        d.create_vm(&bob, "kept");
+        assert_eq!(mine.status, vmdesk_core::VmStatus::Running);
+        let t0 = Utc::now();
+        let at = |m: i64| t0 + Duration::minutes(m);
+        // Nobody chose it: never stopped, however long idle.
+        assert!(enforce(d, at(0), &IDLE).is_empty());
+        assert!(enforce(d, at(500), &IDLE).is_empty());
+
+        // Only the owner (or an admin) chooses it, only for an own VM, and
+        // within bounds.
+        let err = d.with(&carol, |c, me| {
+            c.vm_idle_stop(me, "mine", Some(30)).unwrap_err()
+        });
+        assert!(
+            ["forbidden", "unknown_vm"].contains(&err.code()),
+            "{}",
+            err.one_line()
+        );
+        let err = d.with(&bob, |c, me| {
+            c.vm_idle_stop(me, "vm0", Some(30)).unwrap_err()
+        });
+        assert_eq!(err.code(), "invalid_input");
+        assert!(err.to_string().contains("pool VM"), "{err}");
+        for bad in [0, -1, 43_201] {
+            let err = d.with(&bob, |c, me| {
+                c.vm_idle_stop(me, "mine", Some(bad)).unwrap_err()
+            });
+            assert_eq!(err.code(), "invalid_input", "{bad}");
+        }
+        let v = d.with(&bob, |c, me| c.vm_idle_stop(me, "mine", Some(30)).unwrap());
+        assert_eq!(v.metadata["idle_stop_minutes"], "30");
+
+        // Idle from minute 0; busy in between starts the count again.
+        let t1 = at(600);
+        let at = |m: i64| t1 + Duration::minutes(m);
+        assert!(enforce(d, at(0), &IDLE).is_empty());
+        assert!(enforce(d, at(20), &CONSOLE).is_empty());
+        assert!(enforce(d, at(21), &IDLE).is_empty());
+        assert!(
+            enforce(d, at(50), &IDLE).is_empty(),
+            "the old count would warn"
+        );
+        let warned = enforce(d, at(51), &IDLE);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(
+            (warned[0].action, warned[0].vm.as_str()),
+            ("warned", "mine")
+        );
+        // The owner sees the warning (the tray tells them).
+        let seen = d.with(&bob, |c, me| c.events(me, 50).unwrap());
+        let w = seen
+            .iter()
+            .find(|e| e.action == "vm.idle_warning")
+            .expect("bob sees the warning");
+        assert_eq!(w.details["user"], bob.as_str());
+        assert_eq!(w.details["vm"], "mine");
+        let stops_at = w.details["stops_at"].as_str().unwrap().to_owned();
+        assert!(enforce(d, at(55), &IDLE).is_empty());
+        let stopped = enforce(d, at(56), &IDLE);
+        assert_eq!(
+            (stopped[0].action, stopped[0].vm.as_str()),
+            ("stopped", "mine")
+        );
+        assert!(stops_at.starts_with(&at(56).format("%Y-%m-%dT%H:%M").to_string()));
+        let seen = d.with(&bob, |c, me| c.events(me, 50).unwrap());
+        assert!(seen.iter().any(|e| e.action == "vm.idle_stop"));
+        let v = d.with(&bob, |c, me| c.vm_show(me, "mine").unwrap());
+        assert_ne!(v.status, vmdesk_core::VmStatus::Running);
+        let kept = d.with(&bob, |c, me| c.vm_show(me, "kept").unwrap());
+        assert_eq!(kept.status, vmdesk_core::VmStatus::Running);
+        // Carol does not see bob's notices.
+        let hers = d.with(&carol, |c, me| c.events(me, 50).unwrap());
+        assert!(!hers.iter().any(|e| e.action.starts_with("vm.idle")));
+
+        // Turned off: watched no more.
+        d.with(&bob, |c, me| {
+            c.vm_action(me, "mine", vmdesk_core::VmAction::Start).ok()
+        });
+        d.with(&bob, |c, me| c.vm_idle_stop(me, "mine", None).unwrap());
+        assert!(enforce(d, at(100), &IDLE).is_empty());
+        assert!(enforce(d, at(200), &IDLE).is_empty());
+    }
+);

@@ -12,6 +12,7 @@ import type { Placement } from "../bindings/Placement";
 import type { HostView } from "../bindings/HostView";
 import type { OsEntry } from "../bindings/OsEntry";
 import type { Vm } from "../bindings/Vm";
+import type { VmChanges } from "../bindings/VmChanges";
 import type { Event } from "../bindings/Event";
 import type { VmAction } from "../bindings/VmAction";
 import type { VmCreate } from "../bindings/VmCreate";
@@ -86,6 +87,10 @@ export const api = {
   hostOverview: () => call<HostView[]>("host_overview"),
   /** Resolves when the core accepts `name` as a VM name; rejects with its sentence. */
   validateVmName: (name: string) => call<null>("validate_vm_name", { name }),
+  /** Checks a project's or workspace's name as the core would (rejects with its sentence). */
+  validateName: (kind: "project" | "workspace", name: string) => call<null>("validate_name", { kind, name }),
+  /** Opens the desktop's file chooser for a disk image; its path, or null when cancelled. */
+  pickImageFile: () => call<string | null>("pick_image_file"),
   osCatalog: () => call<OsEntry[]>("os_catalog"),
   myVms: () => call<Vm[]>("my_vms"),
   createVm: (spec: VmCreate) => call<Vm>("create_vm", { spec }),
@@ -121,6 +126,10 @@ export const api = {
   openTerminal: (vm: string) => call<string>("open_terminal", { vm }),
   /** Every VM the user can see (pool VMs and their own); `all`: every user's (admin). */
   vmList: (all: boolean) => call<Vm[]>("vm_list", { all }),
+  /** The rows of that list changed since `since` (a cursor of an earlier answer; null: all), with the list's size and the next cursor. */
+  vmChanges: (all: boolean, since: string | null) => call<VmChanges>("vm_changes", { all, since }),
+  /** Stops an own VM after `minutes` idle (null: never). */
+  vmIdleStop: (vm: string, minutes: number | null) => call<Vm>("vm_idle_stop", { vm, minutes }),
   /** The event feed, newest first, filtered. */
   events: (query: EventQuery) => call<Event[]>("events_query", { query }),
   /** A balance and ledger: the user's own, or `user`'s (admin). */

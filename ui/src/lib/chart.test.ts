@@ -77,6 +77,25 @@ describe("charts", () => {
     expect(perHour([entry(-6, "2026-01-10T15:00:00Z"), entry(-100, "2026-01-01T00:00:00Z")], 24, now)).toBe(0.3);
   });
 
+  it("does not count a refunded creation, an adjustment or a grant as spending", () => {
+    const now = new Date("2026-01-10T15:30:00Z");
+    const vm = (amount: number, kind: LedgerEntry["kind"], vm_id: number, created_at: string): LedgerEntry => ({
+      ...entry(amount, created_at, kind), vm_id,
+    });
+    const days = spendingBuckets(
+      [
+        vm(-34, "vm_create", 7, "2026-01-09T09:00:00Z"), // refunded the next day
+        vm(34, "refund", 7, "2026-01-10T09:00:00Z"),
+        vm(-20, "vm_create", 8, "2026-01-10T10:00:00Z"),
+        vm(-3, "runtime", 8, "2026-01-10T11:00:00Z"),
+        entry(-50, "2026-01-10T12:00:00Z", "adjustment"),
+        entry(100, "2026-01-10T12:00:00Z", "grant"),
+      ],
+      "day", 2, now,
+    );
+    expect(days.map((d) => d.spent)).toEqual([0, 23]);
+  });
+
   it("labels the axes: 0, half and top; about seven x labels, the newest always", () => {
     expect(yTicks(50)).toEqual([0, 25, 50]);
     expect([...xLabelled(30)].sort((a, b) => a - b)).toEqual([4, 9, 14, 19, 24, 29]);

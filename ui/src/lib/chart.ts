@@ -60,13 +60,36 @@ export function memPercent(s: VmStats): number | null {
   return Math.min(100, (s.used_kib * 100) / s.memory_kib);
 }
 
-/** Credits spent per day (UTC), oldest first, from a ledger (only debits count). */
+/**
+ * What each entry of a ledger spent: debits for VMs (creation and running
+ * time), less what was refunded of a creation (a refund entry of the same
+ * VM). Grants, adjustments and refunds themselves are not spending.
+ */
+export function spending(entries: readonly LedgerEntry[]): { created_at: string; spent: number }[] {
+  const refunded = new Map<number, number>();
+  for (const e of entries) {
+    if (e.kind === "refund" && e.vm_id !== null && e.amount > 0) refunded.set(e.vm_id, (refunded.get(e.vm_id) ?? 0) + e.amount);
+  }
+  const out: { created_at: string; spent: number }[] = [];
+  for (const e of entries) {
+    if (e.amount >= 0 || (e.kind !== "vm_create" && e.kind !== "runtime")) continue;
+    let spent = -e.amount;
+    if (e.kind === "vm_create" && e.vm_id !== null) {
+      const back = Math.min(spent, refunded.get(e.vm_id) ?? 0);
+      refunded.set(e.vm_id, (refunded.get(e.vm_id) ?? 0) - back);
+      spent -= back;
+    }
+    if (spent > 0) out.push({ created_at: e.created_at, spent });
+  }
+  return out;
+}
+
+/** Credits spent per day (UTC), oldest first, from a ledger (see `spending`). */
 export function spendingByDay(entries: readonly LedgerEntry[]): { day: string; spent: number }[] {
   const days = new Map<string, number>();
-  for (const e of entries) {
-    if (e.amount >= 0) continue;
+  for (const e of spending(entries)) {
     const day = e.created_at.slice(0, 10);
-    days.set(day, (days.get(day) ?? 0) - e.amount);
+    days.set(day, (days.get(day) ?? 0) + e.spent);
   }
   return [...days.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([day, spent]) => ({ day, spent }));
 }
@@ -90,10 +113,9 @@ export function spendingBuckets(entries: readonly LedgerEntry[], unit: Unit, cou
   const len = unit === "day" ? 10 : 13; // "2026-01-02" or "2026-01-02T10"
   const end = Math.floor(now.getTime() / step) * step;
   const spent = new Map<string, number>();
-  for (const e of entries) {
-    if (e.amount >= 0) continue;
+  for (const e of spending(entries)) {
     const key = new Date(e.created_at).toISOString().slice(0, len);
-    spent.set(key, (spent.get(key) ?? 0) - e.amount);
+    spent.set(key, (spent.get(key) ?? 0) + e.spent);
   }
   const out: Bucket[] = [];
   for (let i = count - 1; i >= 0; i--) {
@@ -122,6 +144,6 @@ export function xLabelled(count: number, most = 7): Set<number> {
 export function perHour(entries: readonly LedgerEntry[], hours: number, now: Date = new Date()): number {
   const since = now.getTime() - hours * 3_600_000;
   let spent = 0;
-  for (const e of entries) if (e.amount < 0 && new Date(e.created_at).getTime() > since) spent -= e.amount;
+  for (const e of spending(entries)) if (new Date(e.created_at).getTime() > since) spent += e.spent;
   return Math.round((spent / hours) * 10) / 10;
 }

@@ -300,7 +300,7 @@ describe("the event feed", () => {
 describe("the event feed as sentences", () => {
   it("tells each event as a sentence with its VM a link, and folds console open/close away", async () => {
     const base = { type: "vm", severity: "info", actor: "ann", session_id: null, created_at: "2026-01-01T00:00:00Z" };
-    api.vmList.mockResolvedValue([vm("lab-3", { id: 3 })] as never[]);
+    api.vmChanges.mockResolvedValue({ vms: [vm("lab-3", { id: 3 })], total: 1, cursor: "2" } as never);
     api.events.mockResolvedValue([
       { ...base, id: 3, action: "console.close", vm_id: 3, details: { port: 6100, reason: "closed" } },
       { ...base, id: 2, action: "console.open", vm_id: 3, details: { vm: "lab-3", port: 6100 } },

@@ -112,3 +112,13 @@ describe("admin event sentences", () => {
     expect(plain(sentence(ev("credits.grant", { user: "ann", amount: 1, reason: "x" }, { actor: "admin", vm_id: null })))).toBe("admin granted 1 credit to ann: x");
   });
 });
+
+describe("idle shutdown of an own VM", () => {
+  it("tells the warning and the stop", () => {
+    const base = { id: 1, type: "vm", severity: "warning", actor: "vmdesk", vm_id: 4, session_id: null, created_at: "2026-01-01T10:30:00Z" };
+    const w = { ...base, action: "vm.idle_warning", details: { user: "ann", vm: "mine", idle_minutes: 30, stops_at: "2026-01-01T10:35:00.000Z" } };
+    const s = { ...base, action: "vm.idle_stop", details: { user: "ann", vm: "mine", idle_minutes: 30 } };
+    expect(plain(sentence(w as never))).toBe("mine stops at 10:35 UTC: idle for 30 min, as its owner chose");
+    expect(plain(sentence(s as never))).toBe("vmdesk stopped mine: idle for 30 min, as its owner chose");
+  });
+});

@@ -121,6 +121,13 @@ export function sentence(e: Event, vmName: (id: number) => string | undefined = 
         return [theirs + " ", session, " on ", vm, str(d, "rule") === "idle" ? " was closed: idle too long" : " was closed: it reached the project's maximum session length"];
     }
   }
+  if (kind === "vm" && verb === "idle_warning") {
+    const at = (str(d, "stops_at") ?? "").slice(11, 16) || "soon";
+    return [vm, ` stops at ${at} UTC: idle for ${str(d, "idle_minutes") ?? "?"} min, as its owner chose`];
+  }
+  if (kind === "vm" && verb === "idle_stop") {
+    return ["vmdesk stopped ", vm, `: idle for ${str(d, "idle_minutes") ?? "?"} min, as its owner chose`];
+  }
   if (kind === "vm" && verb === "orphan_stop") {
     const minutes = Math.round(Number(str(d, "grace_seconds") ?? "600") / 60);
     return ["vmdesk stopped the pool VM ", vm, `: it ran with no session for ${minutes} min (billed to nobody)`];

@@ -62,6 +62,19 @@ impl Events for Embedded<'_> {
         )
     }
 
+    fn owner_note(&self, action: &str, severity: Severity, vm: i64, details: Value) -> Result<()> {
+        self.core.write(|tx| {
+            self.admin_me(tx, "write events about VMs")?;
+            events::record(
+                tx,
+                NewEvent::info(EventType::Vm, action, SYSTEM, details)
+                    .severity(severity)
+                    .vm(vm),
+            )
+            .map(|_| ())
+        })
+    }
+
     fn system_note(&self, action: &str, severity: Severity, details: Value) -> Result<()> {
         self.core.write(|tx| {
             events::record(

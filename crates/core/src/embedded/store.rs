@@ -255,6 +255,38 @@ ALTER TABLE sessions ADD COLUMN length_warned_at TEXT;
 -- The weekly quota reads a user's sessions in a project.
 CREATE INDEX sessions_user_project ON sessions (user_id, project_id, started_at);
 "#,
+    r#"
+-- Each VM row's change number (issue 16), so that a list refetches only the
+-- rows changed since it last asked. Triggers set it on every insert and
+-- update of the row, whoever writes, and when what the row shows by name
+-- (its project, host or owner) is renamed. Writes are serialized, so the
+-- numbers follow the order of commits.
+ALTER TABLE vms ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE vm_rev (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL) STRICT;
+INSERT INTO vm_rev (id, n) VALUES (1, 1);
+UPDATE vms SET rev = 1;
+CREATE INDEX vms_rev ON vms (rev);
+CREATE TRIGGER vms_rev_insert AFTER INSERT ON vms BEGIN
+    UPDATE vm_rev SET n = n + 1;
+    UPDATE vms SET rev = (SELECT n FROM vm_rev) WHERE id = NEW.id;
+END;
+CREATE TRIGGER vms_rev_update AFTER UPDATE ON vms WHEN NEW.rev = OLD.rev BEGIN
+    UPDATE vm_rev SET n = n + 1;
+    UPDATE vms SET rev = (SELECT n FROM vm_rev) WHERE id = NEW.id;
+END;
+CREATE TRIGGER projects_rev AFTER UPDATE OF name ON projects BEGIN
+    UPDATE vm_rev SET n = n + 1;
+    UPDATE vms SET rev = (SELECT n FROM vm_rev) WHERE project_id = NEW.id;
+END;
+CREATE TRIGGER hosts_rev AFTER UPDATE OF name ON hosts BEGIN
+    UPDATE vm_rev SET n = n + 1;
+    UPDATE vms SET rev = (SELECT n FROM vm_rev) WHERE host_id = NEW.id;
+END;
+CREATE TRIGGER users_rev AFTER UPDATE OF name ON users BEGIN
+    UPDATE vm_rev SET n = n + 1;
+    UPDATE vms SET rev = (SELECT n FROM vm_rev) WHERE owner_user_id = NEW.id;
+END;
+"#,
 ];
 
 /// Name of the database file inside the data directory.

@@ -61,6 +61,70 @@ impl Vms for Embedded<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn vm_changes(&self, all: bool, since: Option<&str>) -> Result<VmChanges> {
+        let since: i64 = match since {
+            None => 0,
+            Some(c) => c
+                .parse()
+                .map_err(|_| Error::invalid(format!("{c:?} is not a cursor of a VM list")))?,
+        };
+        let conn = self.core.db();
+        let a = self.me(&conn)?;
+        if all && a.role != Role::Admin {
+            return Err(Error::AdminOnly("list every user's VMs"));
+        }
+        // One read transaction: the rows, their number and the cursor are
+        // of one point in time.
+        let tx = conn.unchecked_transaction()?;
+        let cursor: i64 = tx
+            .prepare_cached("SELECT n FROM vm_rev")?
+            .query_row([], |r| r.get(0))?;
+        const SEES: &str = "(?1 OR v.project_id IS NOT NULL OR v.owner_user_id = ?2)";
+        let total: i64 = tx
+            .prepare_cached(&format!("SELECT count(*) FROM vms v WHERE {SEES}"))?
+            .query_row(params![all, a.id], |r| r.get(0))?;
+        let vms = tx
+            .prepare_cached(&format!(
+                "{} WHERE {SEES} AND v.rev > ?3 ORDER BY v.name",
+                vm_select!()
+            ))?
+            .query_map(params![all, a.id, since], vm_row)?
+            .collect::<Result<_, _>>()?;
+        tx.finish()?;
+        Ok(VmChanges {
+            vms,
+            total,
+            cursor: cursor.to_string(),
+        })
+    }
+
+    fn vms_idle_watched(&self) -> Result<Vec<(Vm, bool)>> {
+        let conn = self.core.db();
+        self.admin_me(&conn, "watch VMs for idleness")?;
+        let tx = conn.unchecked_transaction()?;
+        let open: std::collections::HashSet<i64> = tx
+            .prepare_cached("SELECT DISTINCT vm_id FROM consoles")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let vms: Vec<Vm> = tx
+            .prepare_cached(concat!(
+                vm_select!(),
+                "WHERE v.project_id IS NULL AND v.status = 'RUNNING'
+                   AND json_extract(v.metadata, '$.idle_stop_minutes') IS NOT NULL
+                 ORDER BY v.id"
+            ))?
+            .query_map([], vm_row)?
+            .collect::<Result<_, _>>()?;
+        tx.finish()?;
+        Ok(vms
+            .into_iter()
+            .map(|v| {
+                let console = open.contains(&v.id);
+                (v, console)
+            })
+            .collect())
+    }
+
     fn vm_list_active(&self) -> Result<Vec<Vm>> {
         let conn = self.core.db();
         if self.me(&conn)?.role != Role::Admin {

@@ -15,6 +15,7 @@ export const api = {
   placement: vi.fn(async (_ram: number, _os: string, host: string | null) => ({ host: host ?? "local", free_memory_mb: 8000, free_disk_mb: 50000 })),
   hostOverview: vi.fn(async (): Promise<unknown[]> => []),
   validateVmName: vi.fn(async (_name: string): Promise<null> => null),
+  validateName: vi.fn(async (_kind: string, _name: string): Promise<null> => null),
   osCatalog: vi.fn(async () => [
     { name: "blank", kind: "builtin", bytes: 0, min_ram_mb: 64, min_disk_gb: 1, boots: false },
     { name: "tiny-linux", kind: "image", bytes: 9, min_ram_mb: 128, min_disk_gb: 1, boots: true },
@@ -23,6 +24,8 @@ export const api = {
   createVm: vi.fn(),
   vmAction: vi.fn(),
   vmList: vi.fn(async () => []),
+  vmChanges: vi.fn(async () => ({ vms: [], total: 0, cursor: "1" })),
+  vmIdleStop: vi.fn(),
   events: vi.fn(async (): Promise<unknown[]> => []),
   users: vi.fn(async (): Promise<unknown[]> => []),
   ports: vi.fn(async () => ({ total: 900, allocated: 0, free: 900, utilization_percent: 0, health: "healthy", consoles: [] })),
