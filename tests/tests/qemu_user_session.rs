@@ -38,14 +38,18 @@ impl SessionUser {
             eprintln!("skipped: creating and becoming a throw-away user needs root");
             return None;
         }
-        if id("-u").is_none() {
-            let ok = Command::new("useradd")
-                .args(["-M", "-s", "/usr/sbin/nologin", USER])
-                .status()
-                .is_ok_and(|s| s.success());
-            // Another test may have created it meanwhile.
-            assert!(ok || id("-u").is_some(), "useradd {USER} failed");
-        }
+        // Made once, by one test: on a fresh machine the tests' threads
+        // raced to make it, and one read the user before it was whole.
+        static MADE: std::sync::Once = std::sync::Once::new();
+        MADE.call_once(|| {
+            if id("-u").is_none() {
+                let ok = Command::new("useradd")
+                    .args(["-M", "-s", "/usr/sbin/nologin", USER])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok && id("-u").is_some(), "useradd {USER} failed");
+            }
+        });
         let (uid, gid) = (id("-u")?, id("-g")?);
         let home = tempfile::Builder::new()
             .prefix("vmdesk-session-")
