@@ -61,6 +61,7 @@ bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-tests --bench azure_sync
 	cargo bench -p vmdesk-tests --bench ssh_ready
 	cargo bench -p vmdesk-tests --bench console
+	cargo bench -p vmdesk-tests --bench bridge_cpu
 	cargo bench -p vmdesk-tests --bench remote_console
 	@bash scripts/setup-system.sh bench
 	cd ui && npm run build

@@ -18,99 +18,17 @@ use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
-use vmdesk_core::{ConsoleSettings, Core, NewVm, OpenOptions};
+use vmdesk_core::ConsoleSettings;
+use vmdesk_tests::source;
 use vmdesk_tests::vnc::{connect, TEST_ORIGIN};
 
 const STREAM: usize = 64 << 20;
-
-/// A host whose every machine runs and whose display is the source (its unix socket).
-struct Source(std::path::PathBuf);
-
-impl Provider for Source {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Running)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-    fn console_stream(&self, _: &str) -> Result<std::os::unix::net::UnixStream, ProviderError> {
-        std::os::unix::net::UnixStream::connect(&self.0)
-            .map_err(|e| ProviderError::Unreachable(e.to_string()))
-    }
-}
-
-struct Factory(Arc<Source>);
-
-impl ProviderFactory for Factory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(self.0.clone())
-    }
-}
 
 async fn source(listener: TcpListener) {
     loop {
         let (s, _) = listener.accept().await.unwrap();
         s.set_nodelay(true).unwrap();
-        tokio::spawn(serve_source(s));
-    }
-}
-
-/// The source on a unix socket (what the bridge reaches).
-async fn unix_source(listener: tokio::net::UnixListener) {
-    loop {
-        let (s, _) = listener.accept().await.unwrap();
-        tokio::spawn(serve_source(s));
-    }
-}
-
-async fn serve_source<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
-    let mut mode = [0u8; 1];
-    if s.read_exact(&mut mode).await.is_err() {
-        return;
-    }
-    if mode[0] == b'T' {
-        let chunk = vec![7u8; 64 << 10];
-        for _ in 0..STREAM / chunk.len() {
-            if s.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        // Stay open until the viewer leaves (a relay may not flush
-        // what it holds when the source closes first).
-        let _ = s.read(&mut mode).await;
-    } else {
-        let mut b = [0u8; 1];
-        while s.read_exact(&mut b).await.is_ok() {
-            if s.write_all(&b).await.is_err() {
-                return;
-            }
-        }
+        tokio::spawn(source::serve(s));
     }
 }
 
@@ -151,9 +69,13 @@ impl Conn {
     }
 
     async fn send(&mut self, b: u8) {
+        self.send_all(&[b]).await;
+    }
+
+    async fn send_all(&mut self, b: &[u8]) {
         match self {
-            Conn::Raw(s) => s.write_all(&[b]).await.unwrap(),
-            Conn::Ws(ws) => ws.send(Message::Binary(vec![b].into())).await.unwrap(),
+            Conn::Raw(s) => s.write_all(b).await.unwrap(),
+            Conn::Ws(ws) => ws.send(Message::Binary(b.to_vec().into())).await.unwrap(),
         }
     }
 
@@ -190,7 +112,9 @@ async fn throughput(paths: Vec<Path>) -> f64 {
         .into_iter()
         .map(|mut c| {
             tokio::spawn(async move {
-                c.send(b'T').await;
+                let mut start = vec![b'T'];
+                start.extend_from_slice(&(STREAM as u64).to_be_bytes());
+                c.send_all(&start).await;
                 c.drain(STREAM).await;
             })
         })
@@ -245,7 +169,7 @@ async fn run() {
     tokio::spawn(source(src));
     let dir = tempfile::tempdir().unwrap();
     let src_sock = dir.path().join("display.sock");
-    tokio::spawn(unix_source(
+    tokio::spawn(source::serve_unix(
         tokio::net::UnixListener::bind(&src_sock).unwrap(),
     ));
     let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -266,33 +190,7 @@ async fn run() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let wsfy_url = format!("ws://127.0.0.1:{ws_port}/");
 
-    let core = Arc::new(
-        Core::open(OpenOptions::new(
-            dir.path(),
-            Arc::new(Factory(Arc::new(Source(src_sock.clone())))),
-        ))
-        .unwrap(),
-    );
-    core.host_add("admin", "h", "test:///default").unwrap();
-    core.project_create("admin", "p").unwrap();
-    core.vm_add(
-        "admin",
-        &NewVm {
-            name: "vm".into(),
-            pool: "p".into(),
-            host: "h".into(),
-            ram_mb: 64,
-            disk_gb: 1,
-            cpu_cores: 1,
-            vm_type: "t".into(),
-            os_type: "blank".into(),
-        },
-    )
-    .unwrap();
-    rusqlite::Connection::open(dir.path().join("vmdesk.db"))
-        .unwrap()
-        .execute("UPDATE vms SET status = 'RUNNING'", [])
-        .unwrap();
+    let core = source::core(dir.path(), &src_sock);
     let consoles = vmdesk_console::Consoles::new(
         Arc::clone(&core),
         ConsoleSettings {

@@ -4,6 +4,7 @@
 pub mod arm;
 pub mod e2e;
 pub mod remote;
+pub mod source;
 pub mod vnc;
 
 use std::path::{Path, PathBuf};

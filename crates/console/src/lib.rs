@@ -6,7 +6,8 @@
 //! token is redeemed the core checks again that the opener may see the VM and
 //! that it runs, and the bridge opens a new connection to the VM's display (a
 //! socket handed over by the host, never a TCP port). It speaks the `binary`
-//! subprotocol noVNC asks for and relays RFB both ways. When either side
+//! subprotocol noVNC asks for and relays RFB both ways, the VM's side
+//! without copying it through user space (see [`wire`]). When either side
 //! closes, or no RFB flows for the idle timeout, the other is closed and the
 //! port returned. Every console service also frees, periodically, the ports
 //! of consoles whose process is gone.
@@ -15,15 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use vmdesk_core::{ConsoleGrant, ConsoleSettings, Core, Error};
+
+pub mod wire;
+use wire::FromViewer;
 
 /// How often, at most, a ping goes to the browser.
 const HEARTBEAT: Duration = Duration::from_secs(20);
@@ -31,8 +33,6 @@ const HEARTBEAT: Duration = Duration::from_secs(20);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a console service frees the ports of consoles whose process is gone.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(30);
-/// Bytes read from the VNC server at once.
-const CHUNK: usize = 64 * 1024;
 
 /// An open console, as its opener gets it.
 #[derive(Debug, Clone, Serialize, ts_rs::TS)]
@@ -243,8 +243,9 @@ struct Bridge {
 
 /// How one connection's handshake ended.
 enum Handshake {
-    /// A viewer with the token: its WebSocket and a new connection to the display.
-    Viewer(Box<WebSocketStream<TcpStream>>, UnixStream),
+    /// A viewer with the token: its socket (the WebSocket handshake done)
+    /// and a new connection to the display.
+    Viewer(TcpStream, UnixStream),
     /// Refused; the console stays open for the right viewer.
     Refused(String),
     /// The token was right but the VM can no longer be shown: the console is over.
@@ -277,7 +278,7 @@ impl Bridge {
                 Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
                     Ok(Handshake::Viewer(ws, vnc)) if relay.is_none() => {
                         let this = Arc::clone(&this);
-                        relay = Some(tokio::spawn(async move { this.relay(*ws, vnc).await }));
+                        relay = Some(tokio::spawn(async move { this.relay(ws, vnc).await }));
                     }
                     Ok(Handshake::Viewer(..)) => {} // cannot happen: a second handshake finds the token spent
                     Ok(Handshake::Refused(why)) => {
@@ -314,6 +315,12 @@ impl Bridge {
     #[allow(clippy::result_large_err)]
     async fn handshake(&self, tcp: TcpStream) -> Handshake {
         let _ = tcp.set_nodelay(true);
+        // The handshake reads the request and nothing after it: the socket
+        // is taken back whole for the relay.
+        let tcp = match wire::RequestOnly::new(tcp).await {
+            Ok(t) => t,
+            Err(e) => return Handshake::Refused(format!("the WebSocket request: {e}")),
+        };
         let mut display: Option<std::os::unix::net::UnixStream> = None;
         let mut gone: Option<String> = None;
         let check = |req: &Request, mut rsp: Response| -> Result<Response, ErrorResponse> {
@@ -373,7 +380,7 @@ impl Bridge {
             return Handshake::Gone(why);
         }
         let ws = match accepted {
-            Ok(ws) => ws,
+            Ok(ws) => ws.into_inner().into_inner(),
             Err(e) => return Handshake::Refused(e.to_string()),
         };
         let vnc = display
@@ -383,17 +390,24 @@ impl Bridge {
                 UnixStream::from_std(d).map_err(|e| e.to_string())
             });
         match vnc {
-            Ok(vnc) => Handshake::Viewer(Box::new(ws), vnc),
+            Ok(vnc) => Handshake::Viewer(ws, vnc),
             Err(e) => Handshake::Gone(format!("the VM's display: {e}")),
         }
     }
 
     /// Relays RFB between the WebSocket and the VM's display until one
     /// closes, or until no RFB has flowed either way for the idle timeout
-    /// (pings and pongs do not count).
-    async fn relay(&self, ws: WebSocketStream<TcpStream>, vnc: UnixStream) -> Closed {
-        let (mut vnc_rx, mut vnc_tx) = vnc.into_split();
-        let (mut ws_tx, mut ws_rx) = ws.split();
+    /// (pings and pongs do not count). The display's bytes go to the viewer
+    /// by `splice` (see [`wire`]); one writer owns the viewer's socket.
+    async fn relay(&self, tcp: TcpStream, vnc: UnixStream) -> Closed {
+        let pipe = match wire::Pipe::new() {
+            Ok(p) => p,
+            Err(e) => return Closed::Error(format!("a pipe for the relay: {e}")),
+        };
+        let (tcp_rx, tcp_tx) = tcp.into_split();
+        let (vnc_rx, mut vnc_tx) = vnc.into_split();
+        // Frames the reader asks the writer to send (pongs).
+        let (ctl_tx, mut ctl_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let start = Instant::now();
         let since_start = || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = AtomicU64::new(0);
@@ -404,56 +418,64 @@ impl Bridge {
         let ping_every = HEARTBEAT.min(idle / 2);
         let check_every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let to_vm = async {
-            while let Some(msg) = ws_rx.next().await {
-                match msg {
-                    Ok(Message::Binary(b)) => {
+            let mut frames = wire::Frames::new(tcp_rx);
+            loop {
+                match frames.next().await {
+                    Ok(Some(FromViewer::Data(b))) => {
                         touch();
                         if vnc_tx.write_all(&b).await.is_err() {
                             return Closed::Vm;
                         }
                     }
-                    Ok(Message::Close(_)) => return Closed::Viewer,
-                    Ok(_) => {}
+                    Ok(Some(FromViewer::Ping(p))) => {
+                        let _ = ctl_tx.send(wire::control(Control::Pong, &p)).await;
+                    }
+                    Ok(Some(FromViewer::Ignored)) => {}
+                    Ok(Some(FromViewer::Close) | None) => return Closed::Viewer,
                     Err(e) => return Closed::Error(e.to_string()),
                 }
             }
-            Closed::Viewer
         };
         let to_viewer = async {
-            // Read into a growing buffer and hand each read to the WebSocket
-            // as it is (no copy).
-            let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+            let (tcp, vnc) = (tcp_tx.as_ref(), vnc_rx.as_ref());
+            let close = wire::control(Control::Close, &[]);
             let mut check = tokio::time::interval(check_every);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             check.tick().await;
             let mut pinged = Instant::now();
             loop {
                 tokio::select! {
-                    n = vnc_rx.read_buf(&mut buf) => match n {
+                    // A splice happens within one poll: nothing is lost
+                    // when another branch wins.
+                    n = wire::fill(vnc, &pipe) => match n {
                         Ok(0) | Err(_) => {
-                            let _ = ws_tx.send(Message::Close(None)).await;
+                            let _ = wire::send_all(tcp, &close, false).await;
                             return Closed::Vm;
                         }
-                        Ok(_) => {
+                        Ok(n) => {
                             touch();
-                            let chunk = buf.split().freeze();
-                            if buf.capacity() < CHUNK / 4 {
-                                buf.reserve(CHUNK);
-                            }
-                            if ws_tx.send(Message::Binary(chunk)).await.is_err() {
+                            let head = wire::header(OpCode::Data(Data::Binary), n as u64);
+                            if wire::send_all(tcp, &head, true).await.is_err()
+                                || wire::drain(&pipe, tcp, n).await.is_err()
+                            {
                                 return Closed::Viewer;
                             }
                         }
                     },
+                    Some(frame) = ctl_rx.recv() => {
+                        if wire::send_all(tcp, &frame, false).await.is_err() {
+                            return Closed::Viewer;
+                        }
+                    }
                     _ = check.tick() => {
                         let quiet_ms = since_start().saturating_sub(last.load(Ordering::Relaxed));
                         if Duration::from_millis(quiet_ms) >= idle {
-                            let _ = ws_tx.send(Message::Close(None)).await;
+                            let _ = wire::send_all(tcp, &close, false).await;
                             return Closed::Idle;
                         }
                         if pinged.elapsed() >= ping_every {
                             pinged = Instant::now();
-                            if ws_tx.send(Message::Ping(Vec::new().into())).await.is_err() {
+                            if wire::send_all(tcp, &wire::control(Control::Ping, &[]), false).await.is_err() {
                                 return Closed::Viewer;
                             }
                         }
