@@ -53,6 +53,7 @@ lint: ui
 
 ## Allocation on a file database; VM creation on the real QEMU host.
 bench: build libvirt postgres remote-host os-image
+	@bash scripts/setup-system.sh bench
 	cargo bench -p vmdesk-core --bench allocation
 	cargo bench -p vmdesk-core --bench vm_changes
 	cargo bench -p vmdesk-postgres --bench allocation
@@ -63,7 +64,6 @@ bench: build libvirt postgres remote-host os-image
 	cargo bench -p vmdesk-tests --bench console
 	cargo bench -p vmdesk-tests --bench bridge_cpu
 	cargo bench -p vmdesk-tests --bench remote_console
-	@bash scripts/setup-system.sh bench
 	cd ui && npm run build
 	cargo build --release -p vmdesk
 	cargo bench -p vmdesk-tests --bench desktop
