@@ -152,12 +152,20 @@ pub async fn open(v: &Vmdesk, args: &[&str], slot: u32, name: &str) -> App {
 impl App {
     /// The element `css` matches, waiting for it to appear.
     pub async fn find(&self, css: &str) -> Element {
-        self.c
+        match self
+            .c
             .wait()
             .at_most(STEP)
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("{css} did not appear: {e}"))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                // What the window showed instead, for whoever reads the failure.
+                self.shot("did-not-appear").await;
+                panic!("{css} did not appear: {e}")
+            }
+        }
     }
 
     /// Clicks `css` once it appears.
