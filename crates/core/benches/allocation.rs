@@ -21,6 +21,8 @@ struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// The longest wait.
+    max: Duration,
     doubles: i64,
     allocated: usize,
 }
@@ -98,6 +100,7 @@ fn run(requesters: usize, shared: bool) -> Figures {
         per_second: allocated as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
+        max: lat[lat.len() - 1],
         doubles: live_doubles + (allocated - vms.len()) as i64,
         allocated,
     }
@@ -110,8 +113,8 @@ fn main() {
         "session allocation, file database, pool of {POOL} VMs, each run allocates the whole pool"
     );
     println!(
-        "{:<10} {:>10} {:>12} {:>10} {:>10} {:>8}",
-        "mode", "requesters", "allocs/s", "p50", "p99", "doubles"
+        "{:<10} {:>10} {:>12} {:>10} {:>10} {:>10} {:>9} {:>8}",
+        "mode", "requesters", "allocs/s", "p50", "p99", "max", "max/p50", "doubles"
     );
     for shared in [true, false] {
         for requesters in [1, 8, 64] {
@@ -128,12 +131,14 @@ fn main() {
             let f = run(requesters, shared);
             assert_eq!(f.allocated, POOL);
             println!(
-                "{:<10} {:>10} {:>12.0} {:>8.3}ms {:>8.3}ms {:>8}",
+                "{:<10} {:>10} {:>12.0} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.1}x {:>8}",
                 mode,
                 requesters,
                 f.per_second,
                 f.p50.as_secs_f64() * 1e3,
                 f.p99.as_secs_f64() * 1e3,
+                f.max.as_secs_f64() * 1e3,
+                f.max.as_secs_f64() / f.p50.as_secs_f64(),
                 f.doubles
             );
         }

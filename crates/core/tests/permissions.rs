@@ -43,11 +43,13 @@ fn under_umask_022_the_data_dir_is_0700_and_its_files_0600() {
         dir.join("vmdesk.db-wal"),
         dir.join("vmdesk.db-shm"),
         dir.join("vmdesk.lock"),
+        dir.join("vmdesk.tickets"),
+        dir.join("vmdesk.queue"),
     ];
     for e in std::fs::read_dir(dir.join("workers")).unwrap() {
         files.push(e.unwrap().path());
     }
-    assert!(files.len() > 4, "a worker lock file exists");
+    assert!(files.len() > 6, "a worker lock file exists");
     for f in files {
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }

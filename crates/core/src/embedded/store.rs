@@ -330,9 +330,14 @@ fn busy_handler(attempt: i32) -> bool {
 /// lock. Writers of all processes queue on that lock in the kernel (`flock`)
 /// rather than polling SQLite's lock, so the lock passes from one writer to
 /// the next without sleeps; SQLite's own locking still guards correctness.
+/// Before the lock, writers line up in a first-come, first-served queue
+/// ([`Place`]), so the lock is handed to the longest waiter instead of to
+/// whichever of all the waiters the kernel wakes first.
 pub struct Db {
     conn: Connection,
     lock: File,
+    /// This connection's handle on the queue's ticket file (appends).
+    tickets: Option<File>,
     lock_wait: Duration,
     dir: std::path::PathBuf,
 }
@@ -419,7 +424,7 @@ pub fn open(dir: &Path) -> Result<Db> {
     if usize::try_from(current).unwrap_or(0) < MIGRATIONS.len() {
         // Creating or migrating: one process at a time, across processes.
         let lock = lock_file(dir).map_err(io)?;
-        let held = acquire(dir, &lock, LOCK_WAIT)?;
+        let held = acquire(dir, &lock, None, LOCK_WAIT)?;
         // Another process may have migrated further while this one waited.
         let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         check_version(current)?;
@@ -429,9 +434,12 @@ pub fn open(dir: &Path) -> Result<Db> {
         drop(lock);
     }
     let lock = lock_file(dir).map_err(io)?;
+    // Without a ticket file writers still serialize, in no particular order.
+    let tickets = ticket_file(dir).ok();
     Ok(Db {
         conn,
         lock,
+        tickets,
         lock_wait: LOCK_WAIT,
         dir: dir.to_path_buf(),
     })
@@ -480,27 +488,124 @@ fn lock_file(dir: &Path) -> std::io::Result<File> {
     private_file(&dir.join(LOCK_FILE))
 }
 
-/// How a writer holds the data directory's write lock.
-enum Held {
-    /// On the connection's own lock file handle.
-    Own,
-    /// On a handle of its own, taken by a waiting thread.
-    Other(File),
-    /// Not at all: the file system has no `flock` (SQLite still serializes).
-    Unlocked,
+/// Name of the queue's ticket file inside the data directory: each writer
+/// appends a byte, and where its byte landed is its ticket.
+pub const TICKET_FILE: &str = "vmdesk.tickets";
+/// Name of the file whose bytes are the queue's slots (locked, never written).
+pub const QUEUE_FILE: &str = "vmdesk.queue";
+/// Slots of the queue: ticket `t` holds slot `t % SLOTS`.
+const SLOTS: u64 = 4096;
+/// The ticket file is emptied (by a writer holding the lock) past this size.
+const TICKETS_MAX: u64 = 1 << 20;
+
+fn ticket_file(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(FILE_MODE)
+        .open(dir.join(TICKET_FILE))
 }
 
-/// Takes the write lock, waiting at most `wait`. Uncontended, it is one
-/// `flock` call. Contended, a thread waits in the kernel's queue on a handle
-/// of its own (so writers of all processes still pass the lock on without
-/// polling) while this one waits at most `wait` for it: a stopped or hung
-/// holder makes this writer fail with [`Error::Busy`] instead of hanging for
-/// ever. A waiter given up on releases the lock as soon as it gets it.
-fn acquire(dir: &Path, lock: &File, wait: Duration) -> Result<Held> {
-    match lock.try_lock() {
-        Ok(()) => return Ok(Held::Own),
-        Err(std::fs::TryLockError::WouldBlock) => {}
-        Err(std::fs::TryLockError::Error(_)) => return Ok(Held::Unlocked),
+/// A writer's place in the queue: a lock on its ticket's slot (an open file
+/// description's lock, `F_OFD_SETLK`), held until it has written and let go
+/// of the write lock; its successor waits for that slot. The kernel drops
+/// the lock with the description, so a writer that dies hands over too.
+/// The queue only orders writers: the write lock (and SQLite's) still
+/// guard the database, so a place that cannot be had (no such locks on
+/// this file system, a slot still held after the ticket file wrapped) only
+/// costs the order.
+struct Place {
+    /// The description holding the slot's lock.
+    slots: File,
+    /// The slot of the writer ahead.
+    ahead: u64,
+    /// The ticket.
+    ticket: u64,
+}
+
+fn slot_lock(kind: i32, slot: u64) -> nix::libc::flock {
+    nix::libc::flock {
+        l_type: kind as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: slot as i64,
+        l_len: 1,
+        l_pid: 0,
+    }
+}
+
+impl Place {
+    /// Takes a ticket and locks its slot.
+    fn take(dir: &Path, mut tickets: &File) -> std::io::Result<Place> {
+        use nix::fcntl::{fcntl, FcntlArg};
+        use std::io::{Seek, Write};
+        tickets.write_all(&[0])?;
+        // O_APPEND put the byte at the end: this description's offset is
+        // now just past it, whoever appended meanwhile.
+        let ticket = tickets.stream_position()?;
+        let slots = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .mode(FILE_MODE)
+            .open(dir.join(QUEUE_FILE))?;
+        let mine = slot_lock(nix::libc::F_WRLCK, ticket % SLOTS);
+        fcntl(&slots, FcntlArg::F_OFD_SETLK(&mine))?;
+        Ok(Place {
+            slots,
+            ahead: (ticket + SLOTS - 1) % SLOTS,
+            ticket,
+        })
+    }
+
+    /// Whether the writer ahead is gone (or never came) now.
+    fn ahead_gone(&self) -> bool {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let mut probe = slot_lock(nix::libc::F_WRLCK, self.ahead);
+        fcntl(&self.slots, FcntlArg::F_OFD_GETLK(&mut probe))
+            .is_ok_and(|_| i32::from(probe.l_type) == nix::libc::F_UNLCK)
+    }
+
+    /// Waits until the writer ahead has let go (it is done, or died).
+    fn wait_ahead(&self) {
+        use nix::fcntl::{fcntl, FcntlArg};
+        let ahead = slot_lock(nix::libc::F_WRLCK, self.ahead);
+        if fcntl(&self.slots, FcntlArg::F_OFD_SETLKW(&ahead)).is_ok() {
+            let _ = fcntl(
+                &self.slots,
+                FcntlArg::F_OFD_SETLK(&slot_lock(nix::libc::F_UNLCK, self.ahead)),
+            );
+        }
+    }
+}
+
+/// How a writer holds the data directory's write lock, and its place in
+/// the queue (let go after the lock).
+enum Held {
+    /// On the connection's own lock file handle.
+    Own(Option<Place>),
+    /// On a handle of its own, taken by a waiting thread.
+    Other(File, Option<Place>),
+    /// Not at all: the file system has no `flock` (SQLite still serializes).
+    Unlocked(Option<Place>),
+}
+
+/// Takes the write lock, waiting at most `wait`: in line first (a ticket of
+/// the queue, when `tickets` is given), then the lock. With nobody ahead and
+/// the lock free it is a few system calls. Otherwise a thread waits, for the
+/// writer ahead and then in the kernel's queue of the lock on a handle of its
+/// own (so the lock passes on without polling), while this one waits at most
+/// `wait`: a stopped or hung holder makes this writer fail with
+/// [`Error::Busy`] instead of hanging for ever. A waiter given up on leaves
+/// its place and releases the lock as soon as it gets it.
+fn acquire(dir: &Path, lock: &File, tickets: Option<&File>, wait: Duration) -> Result<Held> {
+    let place = tickets.and_then(|t| Place::take(dir, t).ok());
+    if place.as_ref().is_none_or(Place::ahead_gone) {
+        match lock.try_lock() {
+            Ok(()) => return Ok(Held::Own(place)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(_)) => return Ok(Held::Unlocked(place)),
+        }
     }
     let io = |source| Error::DataDir {
         path: dir.to_path_buf(),
@@ -511,14 +616,18 @@ fn acquire(dir: &Path, lock: &File, wait: Duration) -> Result<Held> {
     std::thread::Builder::new()
         .name("vmdesk-lock-wait".into())
         .spawn(move || {
+            if let Some(p) = &place {
+                p.wait_ahead();
+            }
             let taken = file.lock();
-            // If nobody waits any more, the handle comes back and is dropped here, unlocking.
-            let _ = tx.send((taken, file));
+            // If nobody waits any more, the handle and the place come back
+            // and are dropped here, unlocking.
+            let _ = tx.send((taken, file, place));
         })
         .map_err(io)?;
     match rx.recv_timeout(wait) {
-        Ok((Ok(()), file)) => Ok(Held::Other(file)),
-        Ok((Err(_), _)) => Ok(Held::Unlocked),
+        Ok((Ok(()), file, place)) => Ok(Held::Other(file, place)),
+        Ok((Err(_), _, place)) => Ok(Held::Unlocked(place)),
         Err(_) => Err(Error::Busy {
             holder: lock_holder(lock).map_or_else(
                 || "another process".to_owned(),
@@ -566,7 +675,7 @@ fn migrations() -> Migrations<'static> {
 /// Runs `f` in a `BEGIN IMMEDIATE` transaction: the write lock is taken
 /// first, so what `f` reads cannot change before it writes.
 pub fn write<T>(db: &mut Db, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
-    let held = acquire(&db.dir, &db.lock, db.lock_wait)?;
+    let held = acquire(&db.dir, &db.lock, db.tickets.as_ref(), db.lock_wait)?;
     let out = (|| {
         let tx = db
             .conn
@@ -575,14 +684,25 @@ pub fn write<T>(db: &mut Db, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Resul
         tx.commit()?;
         Ok(out)
     })();
-    match held {
-        Held::Own => {
+    // The lock first, then the place: the writer behind finds the lock free.
+    let place = match held {
+        Held::Own(place) => {
             let _ = db.lock.unlock();
+            place
         }
-        Held::Other(file) => {
+        Held::Other(file, place) => {
             let _ = file.unlock();
+            place
         }
-        Held::Unlocked => {}
+        Held::Unlocked(place) => place,
+    };
+    if let (Some(p), Some(t)) = (place, &db.tickets) {
+        // Empty the ticket file now and then. Writers that took a ticket
+        // before this may then share a slot with later ones: the order
+        // slips for a moment, nothing else.
+        if p.ticket > TICKETS_MAX {
+            let _ = t.set_len(0);
+        }
     }
     out
 }
@@ -606,6 +726,63 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         assert!(migrations().validate().is_ok());
+    }
+
+    #[test]
+    fn writers_get_the_lock_in_the_order_they_came() {
+        let dir = tempfile::tempdir().expect("a dir");
+        drop(open(dir.path()).expect("a database"));
+        for _ in 0..5 {
+            let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let (held_tx, held_rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let d = dir.path().to_path_buf();
+            let holder = std::thread::spawn(move || {
+                let mut db = open(&d).expect("a database");
+                write(&mut db, |_| {
+                    held_tx.send(()).expect("told");
+                    go_rx.recv().expect("released");
+                    Ok(())
+                })
+            });
+            held_rx.recv().expect("held");
+            // Six writers come one after another while the lock is held.
+            let waiters: Vec<_> = (0..6)
+                .map(|i| {
+                    let (d, order) = (dir.path().to_path_buf(), std::sync::Arc::clone(&order));
+                    let w = std::thread::spawn(move || {
+                        let mut db = open(&d).expect("a database");
+                        write(&mut db, |_| {
+                            order.lock().expect("order").push(i);
+                            Ok(())
+                        })
+                    });
+                    std::thread::sleep(Duration::from_millis(60));
+                    w
+                })
+                .collect();
+            go_tx.send(()).expect("go");
+            holder.join().expect("holder").expect("written");
+            for w in waiters {
+                w.join().expect("waiter").expect("written");
+            }
+            assert_eq!(*order.lock().expect("order"), [0, 1, 2, 3, 4, 5]);
+        }
+    }
+
+    #[test]
+    fn a_writer_that_dies_in_line_hands_over() {
+        let dir = tempfile::tempdir().expect("a dir");
+        let db = open(dir.path()).expect("a database");
+        // A place taken and dropped (its description closed, as at a crash)
+        // does not hold up the next writer.
+        let tickets = db.tickets.as_ref().expect("a ticket file");
+        let first = Place::take(dir.path(), tickets).expect("a place");
+        let second = Place::take(dir.path(), tickets).expect("a place");
+        assert_eq!(second.ticket, first.ticket + 1);
+        assert!(!second.ahead_gone(), "the first is ahead");
+        drop(first);
+        assert!(second.ahead_gone());
     }
 
     #[test]
