@@ -266,18 +266,15 @@ impl Core {
         probe: &dyn ActivityProbe,
     ) -> Result<Vec<LimitAction>> {
         let watched = store.vms().vms_idle_watched()?;
-        let counts = |f: &mut dyn FnMut(&mut HashMap<i64, IdleCount>)| {
-            f(&mut self.own_idle.lock().unwrap_or_else(|p| p.into_inner()))
-        };
+        let counts = || self.own_idle.lock().unwrap_or_else(|p| p.into_inner());
         // VMs no longer watched (stopped, opted out) start afresh next time.
-        counts(&mut |c| c.retain(|id, _| watched.iter().any(|(v, _)| v.id == *id)));
+        counts().retain(|id, _| watched.iter().any(|(v, _)| v.id == *id));
         let mut done = Vec::new();
         for (vm, console_open) in watched {
             let (Some(minutes), Some(owner)) = (idle_stop_minutes(&vm), vm.owner.clone()) else {
                 continue;
             };
-            let mut count = IdleCount::default();
-            counts(&mut |c| count = c.get(&vm.id).cloned().unwrap_or_default());
+            let count = counts().get(&vm.id).cloned().unwrap_or_default();
             let s = LimitedSession {
                 id: vm.id,
                 user: owner.clone(),
@@ -333,13 +330,9 @@ impl Core {
                 if let Err(e) = self.vm_action_on(store, &s.vm.name, VmAction::Stop, true) {
                     tracing::warn!(vm = %s.vm.name, error = %e.one_line(), "stopping an idle VM");
                 }
-                counts(&mut |c| {
-                    c.remove(&s.vm.id);
-                });
+                counts().remove(&s.vm.id);
             } else {
-                counts(&mut |c| {
-                    c.insert(s.vm.id, next.clone());
-                });
+                counts().insert(s.vm.id, next);
             }
             done.extend(action.map(|a| LimitAction {
                 action: if a.action == "closed" {
