@@ -294,16 +294,31 @@ impl App {
         (n(0), n(1), n(2))
     }
 
-    /// Keeps a screenshot of this step.
+    /// Keeps a screenshot of this step: the X server's screen, as a user
+    /// sees it (native dialogs included). Not WebDriver's screenshot: with
+    /// WebKit's compositing off (the default) WebKitWebDriver's snapshot
+    /// can wait for ever for a frame after the page changed.
     pub async fn shot(&self, step: &str) {
         let n = self.shots.fetch_add(1, Ordering::Relaxed) + 1;
-        // The screenshot is the last painted frame: let the page paint what the test just saw.
+        // Let the page paint what the test just saw.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        match self.c.screenshot().await {
-            Ok(png) => {
-                let file = artifacts().join(format!("{}-{n:02}-{step}.png", self.name));
-                std::fs::write(file, png).expect("keep the screenshot");
-            }
+        let file = artifacts().join(format!("{}-{n:02}-{step}.png", self.name));
+        let display = self.display.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .args(["20", "import", "-display", &display, "-window", "root"])
+                .arg(&file)
+                .output()
+        })
+        .await;
+        match out {
+            Ok(Ok(o)) if o.status.success() => {}
+            Ok(Ok(o)) => eprintln!(
+                "no screenshot of {step} ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Ok(Err(e)) => eprintln!("no screenshot of {step}: {e}"),
             Err(e) => eprintln!("no screenshot of {step}: {e}"),
         }
     }
