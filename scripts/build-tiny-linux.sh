@@ -5,14 +5,18 @@
 # partition. At every boot its init also reads a cloud-init NoCloud seed (a
 # vfat disk labelled CIDATA: hostname, root's authorized keys, the SSH host
 # key), brings up a virtio NIC by DHCP (busybox udhcpc) and runs Debian's
-# dropbear SSH server. Output: OUT/tiny-linux.qcow2 (default OUT: target/os).
+# dropbear SSH server. For the console: virtio-gpu (the screen follows the
+# viewer's size, the text console with it), vdclip (guest/vdclip.c: the
+# clipboard shared with the host through QEMU's qemu-vdagent; `clip` copies,
+# `clip -o` pastes) and console keymaps (`loadkmap < /etc/keymaps/de.bmap`).
+# Output: OUT/tiny-linux.qcow2 (default OUT: target/os).
 # Idempotent: does nothing when the image of this version exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-target/os}"
 IMG="$OUT/tiny-linux.qcow2"
 # Raised whenever what goes into the image changes, so that `make` rebuilds it.
-VERSION=3
+VERSION=4
 STAMP="$OUT/tiny-linux.version"
 if [ -f "$IMG" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
   echo "tiny-linux: $IMG exists (version $VERSION)"; exit 0
@@ -21,7 +25,7 @@ fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 need=""
 for p in busybox-static syslinux syslinux-common mtools dosfstools fdisk cpio qemu-utils dropbear-bin \
-         libglib2.0-0 libnuma1 libudev1 liburing2; do
+         libglib2.0-0 libnuma1 libudev1 liburing2 gcc libc6-dev; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need="$need $p"
 done
 if [ -n "$need" ]; then
@@ -39,6 +43,11 @@ vmlinuz=$(ls "$work"/kernel/boot/vmlinuz-*)
 # package; the libraries it links are the host's (installed above).
 (cd "$work" && apt-get download -q qemu-guest-agent >/dev/null 2>&1)
 dpkg-deb -x "$work"/qemu-guest-agent_*.deb "$work/qga"
+# Console keymaps in busybox's binary form, made by kbd's loadkeys from
+# console-data's maps (both only unpacked here, not installed).
+(cd "$work" && apt-get download -q console-data kbd >/dev/null 2>&1)
+dpkg-deb -x "$work"/console-data_*.deb "$work/kmaps"
+dpkg-deb -x "$work"/kbd_*.deb "$work/kbd"
 
 # The initramfs: busybox, the kernel modules for virtio disks and NICs and
 # vfat, dropbear with the libraries it links, and the init.
@@ -54,13 +63,37 @@ add_module() {
   local name=${1//-/_} path dep
   [ -n "${added[$name]:-}" ] && return
   added[$name]=1
-  path=$(find "$kmods" -name "$name.ko" | head -n1)
+  # A few file names keep a dash (virtio-gpu.ko).
+  path=$(find "$kmods" \( -name "$name.ko" -o -name "${name//_/-}.ko" \) | head -n1)
   [ -n "$path" ] || { echo "tiny-linux: no module $name in the kernel package" >&2; exit 1; }
   for dep in $(grep -a -o 'depends=[a-z0-9_,-]*' "$path" | head -n1 | cut -d= -f2 | tr ',' ' '); do add_module "$dep"; done
   cp "$path" "$root/lib/modules/"
-  echo "$name.ko" >> "$root/lib/modules/order"
+  basename "$path" >> "$root/lib/modules/order"
 }
-for m in virtio_pci virtio_blk virtio_net virtio_console vfat nls_cp437 nls_ascii button evdev; do add_module "$m"; done
+for m in virtio_pci virtio_blk virtio_net virtio_console virtio_gpu vfat nls_cp437 nls_ascii button evdev; do add_module "$m"; done
+# The clipboard agent, static.
+gcc -static -Os -Wall -o "$root/bin/vdclip" guest/vdclip.c
+strip "$root/bin/vdclip"
+ln -sf vdclip "$root/bin/clip"
+# Keymaps: US and German.
+mkdir -p "$root/etc/keymaps"
+for km in qwerty/us qwertz/de-latin1; do
+  setsid "$work/kbd/bin/loadkeys" -b "$work/kmaps/usr/share/keymaps/i386/$km.kmap.gz" \
+    > "$root/etc/keymaps/$(basename "$km" | sed 's/-latin1//').bmap" </dev/null
+done
+# The text console follows the screen's size: at each display hotplug
+# (the viewer asked for another size), the terminal's rows and columns.
+cat > "$root/etc/fit-console" <<'FIT'
+#!/bin/sh
+[ "$SUBSYSTEM" = drm ] && [ "$HOTPLUG" = 1 ] || exit 0
+for m in /sys/class/drm/card*-*/modes; do
+  mode=$(head -n1 "$m"); [ -n "$mode" ] || continue
+  w=${mode%x*}; h=${mode#*x}
+  stty -F /dev/tty1 cols $((w / 8)) rows $((h / 16))
+  break
+done
+FIT
+chmod +x "$root/etc/fit-console"
 # dropbear, dropbearconvert and qemu-ga, with every library they link.
 cp /usr/sbin/dropbear "$root/sbin/dropbear"
 cp /usr/lib/dropbear/dropbearconvert "$root/bin/dropbearconvert" 2>/dev/null || cp /usr/bin/dropbearconvert "$root/bin/dropbearconvert"
@@ -153,6 +186,10 @@ for p in /sys/class/virtio-ports/*; do
   [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] || continue
   qemu-ga -d -m virtio-serial -p "/dev/${p##*/}" -l /var/log/qemu-ga.log
 done
+# The clipboard agent, on the port QEMU's qemu-vdagent serves.
+mkdir -p /run
+vdclip -d 2>/var/log/vdclip.log &
+uevent /etc/fit-console >/dev/null 2>&1 &
 # SSH: keys only (-s), root may log in, host key from the seed or made now (-R).
 dropbear -R -s -E 2>/var/log/dropbear.log
 for tty in tty1 ttyS0; do

@@ -215,6 +215,85 @@ async fn console_open(
     Ok(console)
 }
 
+/// What an open console's display offers now: a clipboard agent in the
+/// guest (copy and paste both ways) and a display that takes the window's
+/// size. The window asks again while the guest boots.
+#[tauri::command]
+async fn console_features(
+    ctx: State<'_, Ctx>,
+    port: u16,
+) -> Result<vmdesk_core::provider::DisplayFeatures, ApiError> {
+    let (host, machine) = ctx
+        .open_consoles
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&port)
+        .map(|h| {
+            (
+                h.console.grant.host.clone(),
+                h.console.grant.machine.clone(),
+            )
+        })
+        .ok_or_else(|| ApiError {
+            code: "unknown_console",
+            message: format!("no console of this window is on port {port}"),
+        })?;
+    let core = Arc::clone(&ctx.core);
+    tauri::async_runtime::spawn_blocking(move || core.display_features(&host, &machine))
+        .await
+        .map_err(internal)?
+        .map_err(ApiError::from)
+}
+
+/// Most text a guest may put on the desktop's clipboard at once (QEMU's own
+/// limit for a clipboard message).
+const GUEST_CLIPBOARD_MAX: usize = 1 << 20;
+
+/// Text copied in a VM, for the desktop's clipboard: written unless the
+/// person turned that off (Settings: *Text copied in a VM reaches your
+/// clipboard*). Whether it was written.
+#[tauri::command]
+async fn console_copied(
+    app: AppHandle,
+    ctx: State<'_, Ctx>,
+    text: String,
+) -> Result<bool, ApiError> {
+    let view = settings_view(&ctx).await?;
+    if !view.settings.desktop.guest_clipboard {
+        return Ok(false);
+    }
+    if text.len() > GUEST_CLIPBOARD_MAX {
+        return Err(ApiError {
+            code: "invalid_input",
+            message: format!(
+                "the VM copied {} bytes; at most {GUEST_CLIPBOARD_MAX} reach the clipboard",
+                text.len()
+            ),
+        });
+    }
+    copy_text(&app, &text)?;
+    Ok(true)
+}
+
+/// The desktop clipboard's text, for a console's VM (its clipboard agent,
+/// or typed): refused when the person turned that off (Settings: *Consoles
+/// may read the clipboard*).
+#[tauri::command]
+async fn console_clipboard(app: AppHandle, ctx: State<'_, Ctx>) -> Result<String, ApiError> {
+    use tauri_plugin_clipboard_manager::ClipboardExt;
+    let view = settings_view(&ctx).await?;
+    if !view.settings.desktop.clipboard {
+        return Err(ApiError {
+            code: "clipboard_off",
+            message:
+                "reading the clipboard is turned off in Settings (Consoles may read the clipboard)"
+                    .into(),
+        });
+    }
+    // An empty clipboard, or one that holds no text, is no text.
+    Ok(app.clipboard().read_text().unwrap_or_default())
+}
+
 /// Closes a console (both sides) and returns its port.
 #[tauri::command]
 async fn console_close(ctx: State<'_, Ctx>, port: u16) -> Result<(), ApiError> {
@@ -1736,6 +1815,9 @@ pub fn run(global: &Global) -> anyhow::Result<()> {
             host_import,
             console_open,
             console_close,
+            console_features,
+            console_copied,
+            console_clipboard,
             me,
             vm_show,
             vm_list,

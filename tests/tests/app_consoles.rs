@@ -56,6 +56,11 @@ fn consoles_do_not_cover_other_views() {
             app.text(r#"[data-testid="console-scale"]"#).await,
             "Scaled to fit"
         );
+        // No OS, so no clipboard agent: the clipboard is typed, and it says so.
+        assert_eq!(
+            app.text(r#"[data-testid="console-clipboard-mode"]"#).await,
+            "Clipboard typed"
+        );
         app.shot("console-in-its-view").await;
 
         // Another view is at the top of the page, the console out of the way

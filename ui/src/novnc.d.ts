@@ -9,6 +9,8 @@ declare module "@novnc/novnc" {
     disconnect(): void;
     sendCtrlAltDel(): void;
     sendKey(keysym: number, code: string | null, down?: boolean): void;
+    /** Offers text to the server's clipboard (the extended clipboard when it has one). */
+    clipboardPasteFrom(text: string): void;
     focus(): void;
   }
 }

@@ -144,6 +144,18 @@ impl Core {
             .map_err(|e| Error::ConsoleUnavailable(e.to_string()))
     }
 
+    /// What the display of a host's machine offers now (its clipboard
+    /// agent comes and goes with the guest).
+    pub fn display_features(
+        &self,
+        host: &str,
+        machine: &str,
+    ) -> Result<crate::provider::DisplayFeatures> {
+        self.provider(host)?
+            .display_features(machine)
+            .map_err(|e| Error::ConsoleUnavailable(e.to_string()))
+    }
+
     /// Spends a console's token: it must be the one issued for that port,
     /// unused and not expired. Then checks again what was checked at the
     /// reservation (the opener may still see the VM, and it runs); if that no

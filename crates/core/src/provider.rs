@@ -184,6 +184,11 @@ pub trait Provider: Send + Sync {
         let _ = machine;
         Err(ProviderError::Unsupported("consoles".into()))
     }
+    /// What the running machine's display offers (none, by default).
+    fn display_features(&self, machine: &str) -> Result<DisplayFeatures, ProviderError> {
+        let _ = machine;
+        Ok(DisplayFeatures::default())
+    }
     /// The machines on the host that vmdesk can adopt (import), with their
     /// sizes and power states.
     fn inventory(&self) -> Result<Vec<Machine>, ProviderError> {
@@ -226,6 +231,19 @@ pub struct MachineStats {
     /// Memory it uses, in KiB: what the guest reports as used when its
     /// balloon driver tells, else the resident size of its process.
     pub used_kib: Option<u64>,
+}
+
+/// What a machine's display offers beyond pixels and keys, as
+/// [`Provider::display_features`] reads it from the running machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, ts_rs::TS)]
+#[ts(export)]
+pub struct DisplayFeatures {
+    /// A clipboard agent in the guest holds the clipboard's channel, so
+    /// text is copied both ways without typing.
+    pub clipboard: bool,
+    /// The display can take the viewer's size (virtio-vga), so the guest's
+    /// resolution may follow the window; otherwise the viewer scales.
+    pub resize: bool,
 }
 
 /// What a host has room for, as [`Provider::capacity`] reads it.

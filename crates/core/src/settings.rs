@@ -279,6 +279,9 @@ pub struct DesktopSettings {
     pub notifications: bool,
     /// Whether a console's *Paste clipboard* may read the clipboard.
     pub clipboard: bool,
+    /// Whether text copied in a VM (through its clipboard agent) reaches
+    /// the desktop's clipboard.
+    pub guest_clipboard: bool,
 }
 
 impl Default for DesktopSettings {
@@ -287,6 +290,7 @@ impl Default for DesktopSettings {
             theme: "system".into(),
             notifications: true,
             clipboard: true,
+            guest_clipboard: true,
         }
     }
 }

@@ -21,8 +21,8 @@ use virt::stream::Stream;
 use virt::sys;
 use vmdesk_core::model::{Host, HostKind};
 use vmdesk_core::provider::{
-    Address, Capacity, MachineSpec, MachineStats, NetworkChoice, OsImage, PowerState, Provider,
-    ProviderError, ProviderFactory,
+    Address, Capacity, DisplayFeatures, MachineSpec, MachineStats, NetworkChoice, OsImage,
+    PowerState, Provider, ProviderError, ProviderFactory,
 };
 use vmdesk_core::validate;
 use vmdesk_core::ConsolePath;
@@ -806,6 +806,17 @@ impl Provider for LibvirtProvider {
             Err(e) if matches!(e.code(), Enum::Known(ErrorNumber::OperationInvalid)) => Ok(()),
             Err(e) => Err(map_err(machine, e)),
         }
+    }
+
+    fn display_features(&self, machine: &str) -> Result<DisplayFeatures, ProviderError> {
+        let live = self
+            .domain(machine)?
+            .xml_desc(0)
+            .map_err(|e| map_err(machine, e))?;
+        Ok(DisplayFeatures {
+            clipboard: xml::clipboard_agent_connected(&live),
+            resize: xml::display_resizes(&live),
+        })
     }
 
     fn console_stream(&self, machine: &str) -> Result<UnixStream, ProviderError> {

@@ -49,12 +49,39 @@ pub struct DiskRef<'a> {
 /// The virtio-serial port QEMU's guest agent listens on.
 pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
 
+/// The virtio-serial port of the clipboard's agent (the SPICE agent's name,
+/// which QEMU's `qemu-vdagent` serves).
+pub const CLIPBOARD_CHANNEL: &str = "com.redhat.spice.0";
+
 /// A domain's XML without the guest agent's channel (none: it has none).
 pub fn without_agent(domain_xml: &str) -> Option<String> {
     let at = domain_xml.find(&format!("name='{AGENT_CHANNEL}'"))?;
     let start = domain_xml[..at].rfind("<channel")?;
     let end = at + domain_xml[at..].find("</channel>")? + "</channel>".len();
     Some(format!("{}{}", &domain_xml[..start], &domain_xml[end..]))
+}
+
+/// Whether a running domain's clipboard channel is held by an agent in the
+/// guest (libvirt's live XML says `state='connected'` on its target).
+pub fn clipboard_agent_connected(live_xml: &str) -> bool {
+    let Some(at) = live_xml.find("type='qemu-vdagent'") else {
+        return false;
+    };
+    let channel = &live_xml[at..];
+    let channel = &channel[..channel.find("</channel>").unwrap_or(channel.len())];
+    channel.contains(&format!("name='{CLIPBOARD_CHANNEL}'"))
+        && channel.contains("state='connected'")
+}
+
+/// Whether a domain's primary display can take the viewer's size (a virtio
+/// one: QEMU forwards VNC's SetDesktopSize to it; standard VGA refuses).
+pub fn display_resizes(domain_xml: &str) -> bool {
+    domain_xml
+        .split("<video>")
+        .skip(1)
+        .filter_map(|v| v.split("</video>").next())
+        .filter(|v| v.contains("primary='yes'") || !domain_xml.contains("primary='yes'"))
+        .any(|v| v.contains("<model type='virtio'"))
 }
 
 /// Whether a domain's XML has a NIC on the libvirt network `network`.
@@ -262,6 +289,24 @@ fn domain_with_uuid(
                                 .write_empty()?;
                             Ok(())
                         })?;
+                    // The clipboard's channel: QEMU's own spice agent end
+                    // (no SPICE), shared with the VNC clients that speak the
+                    // extended clipboard; a guest agent on the port makes
+                    // copy and paste work both ways.
+                    w.create_element("channel")
+                        .with_attribute(("type", "qemu-vdagent"))
+                        .write_inner_content(|w| {
+                            w.create_element("source").write_inner_content(|w| {
+                                w.create_element("clipboard")
+                                    .with_attribute(("copypaste", "yes"))
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
+                            w.create_element("target")
+                                .with_attributes([("type", "virtio"), ("name", CLIPBOARD_CHANNEL)])
+                                .write_empty()?;
+                            Ok(())
+                        })?;
                     // No port: the display is reached through
                     // virDomainOpenGraphicsFD only.
                     w.create_element("graphics")
@@ -272,10 +317,23 @@ fn domain_with_uuid(
                                 .write_empty()?;
                             Ok(())
                         })?;
+                    // virtio-vga: VGA for the firmware and boot loader, and a
+                    // display whose size the viewer may ask for (VNC's
+                    // SetDesktopSize reaches a guest with its driver, up to
+                    // the size it had at boot: 1920x1080).
                     w.create_element("video").write_inner_content(|w| {
                         w.create_element("model")
-                            .with_attribute(("type", "vga"))
-                            .write_empty()?;
+                            .with_attributes([
+                                ("type", "virtio"),
+                                ("heads", "1"),
+                                ("primary", "yes"),
+                            ])
+                            .write_inner_content(|w| {
+                                w.create_element("resolution")
+                                    .with_attributes([("x", "1920"), ("y", "1080")])
+                                    .write_empty()?;
+                                Ok(())
+                            })?;
                         Ok(())
                     })?;
                     w.create_element("memballoon")
@@ -522,6 +580,56 @@ mod tests {
         assert!(
             xml.contains(r#"<source pool="vmdesk" volume="a.qcow2"/>"#),
             "{xml}"
+        );
+    }
+
+    #[test]
+    fn the_live_xml_tells_whether_the_clipboard_agent_is_there_and_the_display_resizes() {
+        let live = |state: &str, model: &str| {
+            format!(
+                "<domain><devices><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>\
+                 <channel type='qemu-vdagent'><source><clipboard copypaste='yes'/></source>\
+                 <target type='virtio' name='com.redhat.spice.0'{state}/><alias name='channel1'/></channel>\
+                 <video><model type='{model}' heads='1' primary='yes'/></video></devices></domain>"
+            )
+        };
+        assert!(clipboard_agent_connected(&live(
+            " state='connected'",
+            "virtio"
+        )));
+        assert!(!clipboard_agent_connected(&live(
+            " state='disconnected'",
+            "virtio"
+        )));
+        assert!(!clipboard_agent_connected(&live("", "virtio")));
+        // Another channel's state does not count.
+        assert!(!clipboard_agent_connected(
+            "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0' state='connected'/></channel>"
+        ));
+        assert!(display_resizes(&live("", "virtio")));
+        assert!(!display_resizes(&live("", "vga")));
+        assert!(!display_resizes("<domain><devices/></domain>"));
+    }
+
+    #[test]
+    fn every_domain_shares_its_clipboard_and_has_a_display_that_can_resize() {
+        let xml = domain_on(&spec("a"), VirtType::Qemu, &Devices::default(), None, None);
+        let channel = &xml[xml.find(r#"<channel type="qemu-vdagent">"#).expect(&xml)..];
+        assert!(
+            channel.starts_with(
+                r#"<channel type="qemu-vdagent"><source><clipboard copypaste="yes"/></source><target type="virtio" name="com.redhat.spice.0"/></channel>"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(
+                r#"<video><model type="virtio" heads="1" primary="yes"><resolution x="1920" y="1080"/></model></video>"#
+            ),
+            "{xml}"
+        );
+        assert!(
+            !xml.contains("keymap"),
+            "a keymap would make QEMU drop scancodes: {xml}"
         );
     }
 

@@ -16,4 +16,9 @@ notifications: boolean,
 /**
  * Whether a console's *Paste clipboard* may read the clipboard.
  */
-clipboard: boolean, };
+clipboard: boolean, 
+/**
+ * Whether text copied in a VM (through its clipboard agent) reaches
+ * the desktop's clipboard.
+ */
+guest_clipboard: boolean, };

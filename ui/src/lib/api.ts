@@ -20,6 +20,7 @@ import type { Settings } from "../bindings/Settings";
 import type { SettingsView } from "../bindings/SettingsView";
 import type { ImportReport } from "../bindings/ImportReport";
 import type { OpenConsole } from "../bindings/OpenConsole";
+import type { DisplayFeatures } from "../bindings/DisplayFeatures";
 import type { EventQuery } from "../bindings/EventQuery";
 import type { CreditStatement } from "../bindings/CreditStatement";
 import type { LedgerEntry } from "../bindings/LedgerEntry";
@@ -115,6 +116,12 @@ export const api = {
   hostImport: (host: string, project: string) => call<ImportReport>("host_import", { host, project }),
   consoleOpen: (vm: string) => call<OpenConsole>("console_open", { vm }),
   consoleClose: (port: number) => call<void>("console_close", { port }),
+  /** What an open console's display offers now (a clipboard agent, a display that resizes). */
+  consoleFeatures: (port: number) => call<DisplayFeatures>("console_features", { port }),
+  /** Text the VM copied, for the desktop's clipboard (unless turned off in Settings); whether it was written. */
+  consoleCopied: (text: string) => call<boolean>("console_copied", { text }),
+  /** The desktop clipboard's text for a console (refused with clipboard_off when turned off in Settings). */
+  consoleClipboard: () => call<string>("console_clipboard"),
   /** The acting user. */
   me: () => call<User>("me"),
   vmShow: (vm: string) => call<Vm>("vm_show", { vm }),

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { backoff, ctrlAltF, failureMessage, KEY, MAX_ATTEMPTS, offMessage, typeable } from "./consoles";
+import { backoff, clipboardMode, ctrlAltF, failureMessage, fitMode, KEY, MAX_ATTEMPTS, offMessage, typeable } from "./consoles";
 
 describe("backoff", () => {
   it("doubles from half a second and stops at eight", () => {
@@ -24,8 +24,29 @@ describe("ctrlAltF", () => {
 describe("typeable", () => {
   it("types ASCII, newlines and tabs and counts the rest", () => {
     const { keys, skipped } = typeable("ls -l\r\n\té✓");
-    expect(keys).toEqual([0x6c, 0x73, 0x20, 0x2d, 0x6c, KEY.ret, KEY.tab, 0xe9]);
+    expect(keys).toEqual([[0x6c], [0x73], [0x20], [0x2d], [0x6c], [KEY.ret], [KEY.tab], [0xe9]]);
     expect(skipped).toBe(1);
+  });
+  it("holds Shift for what a US keyboard types with Shift", () => {
+    // Without it QEMU typed "Hello, World! a@b.c" as "hello, world1 a2b.c".
+    const { keys } = typeable("Hi! a@b (x)");
+    expect(keys).toEqual([
+      [KEY.shift, 0x48], [0x69], [KEY.shift, 0x21], [0x20], [0x61], [KEY.shift, 0x40], [0x62], [0x20],
+      [KEY.shift, 0x28], [0x78], [KEY.shift, 0x29],
+    ]);
+  });
+});
+
+describe("the toolbar's modes", () => {
+  it("says whether the clipboard is shared or typed", () => {
+    expect(clipboardMode(true).label).toBe("Clipboard shared");
+    expect(clipboardMode(false).label).toBe("Clipboard typed");
+    expect(clipboardMode(false).title).toContain("no clipboard agent");
+  });
+  it("says whether the resolution follows or the picture scales", () => {
+    expect(fitMode(true, true)).toBe("Resolution follows the window");
+    expect(fitMode(false, true)).toBe("Scaled to fit");
+    expect(fitMode(false, false)).toBe("Real size (1:1)");
   });
 });
 

@@ -16,6 +16,7 @@ export const KEY = {
   f1: 0xffbe,
   ret: 0xff0d,
   tab: 0xff09,
+  shift: 0xffe1,
 } as const;
 
 /** The keysyms of Ctrl-Alt-F`n` (1 to 12). */
@@ -24,23 +25,48 @@ export function ctrlAltF(n: number): number[] {
   return [KEY.ctrl, KEY.alt, KEY.f1 + n - 1];
 }
 
+/** Characters a US keyboard types with Shift (their keysyms need it held). */
+const SHIFTED = new Set('~!@#$%^&*()_+{}|:"<>?ABCDEFGHIJKLMNOPQRSTUVWXYZ');
+
 /**
- * The keysyms that type `text` into the guest: Latin-1 characters are their
- * own keysym, newlines are Return, tabs Tab; other characters are left out
- * (and counted).
+ * The keystrokes that type `text` into the guest when it has no clipboard
+ * agent: each a list of keysyms pressed together. Characters that a US
+ * keyboard types with Shift get Shift_L held (QEMU adds no Shift to a bare
+ * keysym); other Latin-1 characters are their own keysym; newlines are
+ * Return, tabs Tab; other characters are left out (and counted).
  */
-export function typeable(text: string): { keys: number[]; skipped: number } {
-  const keys: number[] = [];
+export function typeable(text: string): { keys: number[][]; skipped: number } {
+  const keys: number[][] = [];
   let skipped = 0;
   for (const ch of text) {
     const c = ch.codePointAt(0) ?? 0;
-    if (ch === "\n") keys.push(KEY.ret);
-    else if (ch === "\t") keys.push(KEY.tab);
+    if (ch === "\n") keys.push([KEY.ret]);
+    else if (ch === "\t") keys.push([KEY.tab]);
     else if (ch === "\r") continue;
-    else if ((c >= 0x20 && c <= 0x7e) || (c >= 0xa0 && c <= 0xff)) keys.push(c);
+    else if (SHIFTED.has(ch)) keys.push([KEY.shift, c]);
+    else if ((c >= 0x20 && c <= 0x7e) || (c >= 0xa0 && c <= 0xff)) keys.push([c]);
     else skipped++;
   }
   return { keys, skipped };
+}
+
+/** How the console's clipboard works: shared through the guest's agent, or typed. */
+export function clipboardMode(agent: boolean): { label: string; title: string } {
+  return agent
+    ? {
+        label: "Clipboard shared",
+        title: "The VM's clipboard agent shares text both ways: copy in the VM and paste on the desktop, and the reverse.",
+      }
+    : {
+        label: "Clipboard typed",
+        title: "The VM has no clipboard agent: Paste clipboard types the text as keystrokes, and text copied in the VM stays there.",
+      };
+}
+
+/** How the guest's screen fits the window: its resolution follows (seen), or the picture is scaled. */
+export function fitMode(following: boolean, scale: boolean): string {
+  if (following) return "Resolution follows the window";
+  return scale ? "Scaled to fit" : "Real size (1:1)";
 }
 
 /** What the user reads when a console fails, by the core's error code or the viewer's event. */

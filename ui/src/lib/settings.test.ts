@@ -15,7 +15,7 @@ const defaults = (): S => ({
     limits: { vm_reads_per_min: 12, vm_reads_burst: 36, subscription_reads_per_min: 8000, subscription_reads_burst: 24000, lists_per_min: 300, lists_burst: 900, vm_writes_per_min: 4, vm_writes_burst: 12 },
   },
   console: { port_start: 6100, port_end: 6999, token_ttl_secs: 60, idle_timeout_secs: 1800, allowed_origins: [] },
-  desktop: { theme: "system", notifications: true, clipboard: true },
+  desktop: { theme: "system", notifications: true, clipboard: true, guest_clipboard: true },
   store: { url: "" },
   network: { hosts: {} },
 });
