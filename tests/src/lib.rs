@@ -74,6 +74,31 @@ impl Vmdesk {
         std::fs::write(self.settings_path(), toml).expect("write the settings");
     }
 
+    /// `vmdesk --as USER ssh VM -- ARGS`, tried until the guest's SSH server
+    /// answers (it starts right after the guest's lease) or `limit`.
+    pub fn ssh_until(
+        &self,
+        user: &str,
+        vm: &str,
+        args: &[&str],
+        limit: std::time::Duration,
+    ) -> Output {
+        let mut all = vec!["--as", user, "ssh", vm, "--"];
+        all.extend_from_slice(args);
+        let t = std::time::Instant::now();
+        loop {
+            let out = self
+                .command(&all)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("vmdesk ssh");
+            if out.status.success() || t.elapsed() >= limit {
+                return out;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// A `vmdesk` command on this data directory, not yet run.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin());

@@ -3,7 +3,8 @@
 //! in the guest reaches the desktop's clipboard, read with `xclip`; the
 //! desktop's clipboard reaches the guest's), the guest's resolution follows
 //! the window (and its text console with it), and keys go as scancodes so a
-//! German layout in the guest types German characters. What the guest got
+//! German layout in the guest types German characters; without the guest's
+//! agent the clipboard is typed, Shift held where needed. What the guest got
 //! is read back over SSH. Screenshots are in target/artifacts/.
 #![allow(missing_docs)]
 
@@ -18,18 +19,7 @@ const VM: &str = "comfort";
 /// `vmdesk ssh VM -- COMMAND` as its owner, tried until the guest's SSH
 /// server answers or `limit`.
 fn ssh(v: &Vmdesk, command: &str, limit: Duration) -> Output {
-    let t = Instant::now();
-    loop {
-        let out = v
-            .command(&["ssh", VM, "--", command])
-            .stdin(Stdio::null())
-            .output()
-            .expect("vmdesk ssh");
-        if out.status.success() || t.elapsed() >= limit {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    v.ssh_until("admin", VM, &[command], limit)
 }
 
 fn guest(v: &Vmdesk, command: &str) -> String {
@@ -206,6 +196,41 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
             "the text console follows the screen ({after})"
         );
         app.shot("console-resized").await;
+
+        // Without the guest's agent the clipboard is typed, and says so;
+        // what a US keyboard types with Shift arrives shifted.
+        guest(&v, "kill $(pidof vdclip)");
+        app.wait_text(
+            r#"[data-testid="console-clipboard-mode"]"#,
+            "the typed clipboard",
+            |s| s == "Clipboard typed",
+        )
+        .await;
+        let typed = "Hello, World! a@b.c (x) ~/";
+        let mut xclip = Command::new("xclip")
+            .args(["-i", "-selection", "clipboard"])
+            .env("DISPLAY", &app.display)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("xclip");
+        xclip
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(typed.as_bytes())
+            .expect("to xclip");
+        let _ = xclip.wait();
+        app.click(r#"[data-testid="console-paste"]"#).await;
+        let t = Instant::now();
+        while !screen(&v).contains(typed) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "the guest's screen lacks the typed text: {:?}",
+                screen(&v).split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        app.shot("console-typed-clipboard").await;
 
         // A German layout in the guest: the keys a US keyboard has at
         // z y [ ; ' - type y z ü ö ä ß there, because keys go as scancodes.

@@ -49,23 +49,8 @@ fn address(v: &Vmdesk, vm: &str) -> String {
     }
 }
 
-/// `vmdesk --as USER ssh VM -- ARGS`, tried until the guest's SSH server
-/// answers (it starts right after the lease) or `limit`.
 fn ssh(v: &Vmdesk, user: &str, vm: &str, args: &[&str], limit: Duration) -> Output {
-    let mut all = vec!["--as", user, "ssh", vm, "--"];
-    all.extend_from_slice(args);
-    let t = Instant::now();
-    loop {
-        let out = v
-            .command(&all)
-            .stdin(Stdio::null())
-            .output()
-            .expect("vmdesk ssh");
-        if out.status.success() || t.elapsed() >= limit {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    v.ssh_until(user, vm, args, limit)
 }
 
 /// The system ssh with `user`'s key straight at `ip`, as someone who kept

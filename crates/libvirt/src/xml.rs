@@ -614,6 +614,8 @@ mod tests {
     #[test]
     fn every_domain_shares_its_clipboard_and_has_a_display_that_can_resize() {
         let xml = domain_on(&spec("a"), VirtType::Qemu, &Devices::default(), None, None);
+        // The XML is indented: compare it without the indentation.
+        let xml: String = xml.lines().map(str::trim).collect();
         let channel = &xml[xml.find(r#"<channel type="qemu-vdagent">"#).expect(&xml)..];
         assert!(
             channel.starts_with(
