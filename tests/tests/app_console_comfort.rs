@@ -65,6 +65,23 @@ fn xclip_out(display: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Sets the desktop's clipboard as another application would.
+fn xclip_in(display: &str, text: &str) {
+    let mut xclip = Command::new("xclip")
+        .args(["-i", "-selection", "clipboard"])
+        .env("DISPLAY", display)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("xclip (make setup installs it)");
+    xclip
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("to xclip");
+    let _ = xclip.wait();
+}
+
 fn xdotool(display: &str, args: &[&str]) {
     let st = Command::new("xdotool")
         .args(args)
@@ -130,19 +147,7 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
 
         // The desktop's clipboard → the guest's, with Paste clipboard.
         let pasted = "from the desk: ß€ ✓\nline two";
-        let mut xclip = Command::new("xclip")
-            .args(["-i", "-selection", "clipboard"])
-            .env("DISPLAY", &app.display)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("xclip");
-        xclip
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(pasted.as_bytes())
-            .expect("to xclip");
-        let _ = xclip.wait();
+        xclip_in(&app.display, pasted);
         app.click(r#"[data-testid="console-paste"]"#).await;
         let t = Instant::now();
         loop {
@@ -207,19 +212,7 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
         )
         .await;
         let typed = "Hello, World! a@b.c (x) ~/";
-        let mut xclip = Command::new("xclip")
-            .args(["-i", "-selection", "clipboard"])
-            .env("DISPLAY", &app.display)
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("xclip");
-        xclip
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(typed.as_bytes())
-            .expect("to xclip");
-        let _ = xclip.wait();
+        xclip_in(&app.display, typed);
         app.click(r#"[data-testid="console-paste"]"#).await;
         let t = Instant::now();
         while !screen(&v).contains(typed) {
