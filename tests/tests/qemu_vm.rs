@@ -266,3 +266,57 @@ fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
         "the disk is left"
     );
 }
+
+#[test]
+fn a_vm_defined_before_the_console_devices_gets_them_at_its_next_start() {
+    let v = Vmdesk::new();
+    v.qemu_and_ann(50);
+    let vm = v.json(&[
+        "--as",
+        "ann",
+        "vm",
+        "create",
+        "old1",
+        "--ram-mb",
+        "64",
+        "--disk-gb",
+        "1",
+        "--cpus",
+        "1",
+    ]);
+    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
+    let _cleanup = Machine(machine.clone());
+    let stopped = v.json(&[
+        "--as",
+        "ann",
+        "--shutdown-timeout",
+        "1",
+        "vm",
+        "stop",
+        "old1",
+    ]);
+    assert_eq!(stopped["status"], "STOPPED");
+    // As an earlier vmdesk defined it: no clipboard channel, a VGA display.
+    let xml = virsh(&["dumpxml", "--inactive", &machine]);
+    let start = xml.find("<channel type='qemu-vdagent'>").expect(&xml);
+    let end = start + xml[start..].find("</channel>").expect("end") + "</channel>".len();
+    let video = xml.find("<video>").expect("video");
+    let video_end = video + xml[video..].find("</video>").expect("end") + "</video>".len();
+    let old = format!(
+        "{}{}<video><model type='vga'/></video>{}",
+        &xml[..start],
+        &xml[end..video],
+        &xml[video_end..]
+    );
+    let file = v.dir.path().join("old.xml");
+    std::fs::write(&file, old).expect("write");
+    virsh(&["define", file.to_str().expect("path")]);
+    assert!(!virsh(&["dumpxml", "--inactive", &machine]).contains("qemu-vdagent"));
+
+    let started = v.json(&["--as", "ann", "vm", "start", "old1"]);
+    assert_eq!(started["status"], "RUNNING");
+    let live = virsh(&["dumpxml", &machine]);
+    assert!(live.contains("<channel type='qemu-vdagent'>"), "{live}");
+    assert!(live.contains("<model type='virtio'"), "{live}");
+    assert!(!live.contains("<model type='vga'"), "{live}");
+}

@@ -702,7 +702,13 @@ impl Provider for LibvirtProvider {
                     && self.virt != VirtType::Test
                     && !stored.contains(&seed_volume(machine))
                     && !dom.is_active().unwrap_or(true);
-                if !xml::vnc_on_tcp(&stored) && !lacks_seed {
+                // Defined before the console's clipboard channel and
+                // resizable display: the same, at its next start.
+                let lacks_console = spec.seed.is_some()
+                    && self.virt != VirtType::Test
+                    && !stored.contains("type='qemu-vdagent'")
+                    && !dom.is_active().unwrap_or(true);
+                if !xml::vnc_on_tcp(&stored) && !lacks_seed && !lacks_console {
                     return Ok(());
                 }
                 Some(dom.uuid_string().map_err(|e| map_err(machine, e))?)
