@@ -214,7 +214,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     mkdir(DIR_, 0755);
-    int fd = open(COPY ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(COPY ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) { perror("clip"); return 1; }
     uint8_t b[4096];
     size_t total = 0;

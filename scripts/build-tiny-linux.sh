@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-target/os}"
 IMG="$OUT/tiny-linux.qcow2"
 # Raised whenever what goes into the image changes, so that `make` rebuilds it.
-VERSION=4
+VERSION=5
 STAMP="$OUT/tiny-linux.version"
 if [ -f "$IMG" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$VERSION" ]; then
   echo "tiny-linux: $IMG exists (version $VERSION)"; exit 0

@@ -100,9 +100,7 @@ struct Run {
 /// in this run), so that no app finds what another left in the server.
 fn fresh_x() -> (String, KillOnDrop) {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = 150
-        + (std::process::id() % 4) * 12
-        + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let n = 150 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
     let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
     let display = format!(":{n}");

@@ -323,6 +323,35 @@ impl App {
         }
     }
 
+    /// The text on the X clipboard of the app's display (`xclip`).
+    pub fn clipboard(&self) -> String {
+        let out = Command::new("xclip")
+            .args(["-o", "-selection", "clipboard"])
+            .env("DISPLAY", &self.display)
+            .output()
+            .expect("xclip (make setup installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Puts `text` on the X clipboard of the app's display, as another
+    /// application would (`xclip` keeps serving it).
+    pub fn set_clipboard(&self, text: &str) {
+        use std::io::Write;
+        let mut xclip = Command::new("xclip")
+            .args(["-i", "-selection", "clipboard"])
+            .env("DISPLAY", &self.display)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("xclip (make setup installs it)");
+        xclip
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("to xclip");
+        let _ = xclip.wait();
+    }
+
     /// Ends the WebDriver session (the app is closed by tauri-driver).
     pub async fn close(self) {
         let _ = self.c.close().await;

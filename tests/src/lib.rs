@@ -333,6 +333,26 @@ impl Vmdesk {
         (vm, machine, cost)
     }
 
+    /// `user`'s own VM `name` with no OS (it boots to its firmware), of the
+    /// least size: the VM's JSON and the guard that removes its machine.
+    pub fn create_blank(&self, user: &str, name: &str) -> (Value, Machine) {
+        let vm = self.json(&[
+            "--as",
+            user,
+            "vm",
+            "create",
+            name,
+            "--ram-mb",
+            "64",
+            "--disk-gb",
+            "1",
+            "--cpus",
+            "1",
+        ]);
+        let machine = vm["provider_id"].as_str().expect("machine name").to_owned();
+        (vm, Machine(machine))
+    }
+
     /// Adds the real QEMU host as `qemu`, credits for `admin`, a project `lab`
     /// and a tiny pool VM `name` on it. Returns the VM's machine name and the guard that removes
     /// the machine from the host.

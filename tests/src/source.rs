@@ -4,68 +4,22 @@
 //! (8 bytes, big endian) it sends that many bytes as fast as it can; after
 //! an `E` it echoes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{Compliant, OneProvider};
 use vmdesk_core::{Core, NewVm, OpenOptions};
-
-/// A host whose every machine runs and whose display is the source.
-pub struct Source(pub PathBuf);
-
-impl Provider for Source {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Running)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-    fn console_stream(&self, _: &str) -> Result<std::os::unix::net::UnixStream, ProviderError> {
-        std::os::unix::net::UnixStream::connect(&self.0)
-            .map_err(|e| ProviderError::Unreachable(e.to_string()))
-    }
-}
-
-struct Factory(Arc<Source>);
-
-impl ProviderFactory for Factory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(self.0.clone())
-    }
-}
 
 /// A core in `dir` with one RUNNING pool VM `vm` whose display is `socket`.
 pub fn core(dir: &Path, socket: &Path) -> Arc<Core> {
     let core = Arc::new(
         Core::open(OpenOptions::new(
             dir,
-            Arc::new(Factory(Arc::new(Source(socket.to_path_buf())))),
+            Arc::new(OneProvider(Arc::new({
+                let socket = socket.to_path_buf();
+                Compliant::running(move || std::os::unix::net::UnixStream::connect(&socket))
+            }))),
         ))
         .expect("a core"),
     );

@@ -56,32 +56,6 @@ fn screen(v: &Vmdesk) -> String {
         .collect()
 }
 
-fn xclip_out(display: &str) -> String {
-    let out = Command::new("xclip")
-        .args(["-o", "-selection", "clipboard"])
-        .env("DISPLAY", display)
-        .output()
-        .expect("xclip (make setup installs it)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sets the desktop's clipboard as another application would.
-fn xclip_in(display: &str, text: &str) {
-    let mut xclip = Command::new("xclip")
-        .args(["-i", "-selection", "clipboard"])
-        .env("DISPLAY", display)
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("xclip (make setup installs it)");
-    xclip
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("to xclip");
-    let _ = xclip.wait();
-}
-
 fn xdotool(display: &str, args: &[&str]) {
     let st = Command::new("xdotool")
         .args(args)
@@ -129,11 +103,11 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
         let copied = "copied in the guest: äöü ✓";
         guest(&v, &format!("printf '%s' '{copied}' | clip"));
         let t = Instant::now();
-        while xclip_out(&app.display) != copied {
+        while app.clipboard() != copied {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "the desktop's clipboard holds {:?}",
-                xclip_out(&app.display)
+                app.clipboard()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -142,12 +116,12 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
         v.write_settings("[desktop]\nguest_clipboard = false\n");
         guest(&v, "printf '%s' 'kept in the guest' | clip");
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(xclip_out(&app.display), copied, "the guest's copy reached the desktop");
+        assert_eq!(app.clipboard(), copied, "the guest's copy reached the desktop");
         v.write_settings("");
 
         // The desktop's clipboard → the guest's, with Paste clipboard.
         let pasted = "from the desk: ß€ ✓\nline two";
-        xclip_in(&app.display, pasted);
+        app.set_clipboard(pasted);
         app.click(r#"[data-testid="console-paste"]"#).await;
         let t = Instant::now();
         loop {
@@ -212,7 +186,7 @@ fn the_clipboard_goes_both_ways_the_resolution_follows_and_a_german_layout_types
         )
         .await;
         let typed = "Hello, World! a@b.c (x) ~/";
-        xclip_in(&app.display, typed);
+        app.set_clipboard(typed);
         app.click(r#"[data-testid="console-paste"]"#).await;
         let t = Instant::now();
         while !screen(&v).contains(typed) {

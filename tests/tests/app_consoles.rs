@@ -5,7 +5,7 @@
 //! off. A screenshot per step in target/artifacts/.
 #![allow(missing_docs)]
 
-use vmdesk_tests::{e2e, Machine, Vmdesk};
+use vmdesk_tests::{e2e, Vmdesk};
 
 /// The top of `css` in the window, in CSS pixels, and its height.
 async fn rect(app: &e2e::App, css: &str) -> (f64, f64) {
@@ -28,20 +28,7 @@ async fn rect(app: &e2e::App, css: &str) -> (f64, f64) {
 fn consoles_do_not_cover_other_views() {
     let v = Vmdesk::new();
     v.qemu_and_ann(100);
-    let vm = v.json(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "con1",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let _machine = Machine(vm["provider_id"].as_str().expect("machine").to_owned());
+    let (_, _machine) = v.create_blank("ann", "con1");
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {

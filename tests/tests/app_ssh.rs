@@ -66,15 +66,11 @@ fn the_address_shows_follows_the_lease_and_the_ssh_actions_work() {
         app.click(r#"button[aria-label="Copy the SSH command of e2e-net"]"#).await;
         let t = Instant::now();
         loop {
-            let out = Command::new("xclip")
-                .args(["-o", "-selection", "clipboard"])
-                .env("DISPLAY", &app.display)
-                .output()
-                .expect("xclip (make setup installs it)");
-            if String::from_utf8_lossy(&out.stdout) == line {
+            let held = app.clipboard();
+            if held == line {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "clipboard: {:?}", String::from_utf8_lossy(&out.stdout));
+            assert!(t.elapsed() < Duration::from_secs(10), "clipboard: {held:?}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
 

@@ -271,21 +271,8 @@ fn a_vm_of_the_tiny_linux_image_boots_to_a_shell() {
 fn a_vm_defined_before_the_console_devices_gets_them_at_its_next_start() {
     let v = Vmdesk::new();
     v.qemu_and_ann(50);
-    let vm = v.json(&[
-        "--as",
-        "ann",
-        "vm",
-        "create",
-        "old1",
-        "--ram-mb",
-        "64",
-        "--disk-gb",
-        "1",
-        "--cpus",
-        "1",
-    ]);
-    let machine = vm["provider_id"].as_str().expect("machine").to_owned();
-    let _cleanup = Machine(machine.clone());
+    let (_, cleanup) = v.create_blank("ann", "old1");
+    let machine = cleanup.0.clone();
     let stopped = v.json(&[
         "--as",
         "ann",

@@ -54,13 +54,18 @@ impl Pipe {
 
 /// A server frame's header (unmasked, final) for `len` bytes of `opcode`.
 pub fn header(opcode: OpCode, len: u64) -> Vec<u8> {
+    final_header(opcode, len, None)
+}
+
+/// A final frame's header for `len` bytes of `opcode`, masked with `mask`.
+fn final_header(opcode: OpCode, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
     let h = FrameHeader {
         is_final: true,
         rsv1: false,
         rsv2: false,
         rsv3: false,
         opcode,
-        mask: None,
+        mask,
     };
     let mut out = Vec::with_capacity(h.len(len));
     // Writing into a Vec cannot fail.
@@ -305,16 +310,7 @@ mod tests {
 
     /// A client frame: masked with `mask`.
     fn client(opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let h = FrameHeader {
-            is_final: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask,
-        };
-        let mut out = Vec::new();
-        h.format(payload.len() as u64, &mut out).expect("a header");
+        let mut out = final_header(opcode, payload.len() as u64, mask);
         let mut body = payload.to_vec();
         if let Some(m) = mask {
             for (i, b) in body.iter_mut().enumerate() {

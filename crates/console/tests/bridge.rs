@@ -17,8 +17,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vmdesk_console::{Closed, Consoles, Handle};
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{Compliant, OneProvider};
 use vmdesk_core::{ConsoleSettings, Core, NewVm, OpenOptions};
 
 const ORIGIN: &str = "http://viewer.test";
@@ -26,70 +25,29 @@ const VERSION: &[u8] = b"RFB 003.008\n";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// A host whose machines all run; each display connection says the RFB
-/// version, then echoes what it gets.
-struct Displays;
-
-impl Provider for Displays {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Running)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-    fn console_stream(&self, _: &str) -> Result<UnixStream, ProviderError> {
-        let (ours, mut vm) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || {
-            if vm.write_all(VERSION).is_err() {
+/// A display connection: it says the RFB version, then echoes what it gets.
+fn display() -> std::io::Result<UnixStream> {
+    let (ours, mut vm) = UnixStream::pair()?;
+    std::thread::spawn(move || {
+        if vm.write_all(VERSION).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = vm.read(&mut buf) {
+            if vm.write_all(&buf[..n]).is_err() {
                 return;
             }
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = vm.read(&mut buf) {
-                if vm.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(ours)
-    }
-}
-
-struct Factory;
-
-impl ProviderFactory for Factory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(Arc::new(Displays))
-    }
+        }
+    });
+    Ok(ours)
 }
 
 /// A core with one RUNNING pool VM `vm`.
 fn core() -> (tempfile::TempDir, Arc<Core>) {
     let dir = tempfile::tempdir().unwrap();
-    let core = Core::open(OpenOptions::new(dir.path(), Arc::new(Factory))).unwrap();
+    // A host whose machines all run, each display as above.
+    let host = Arc::new(Compliant::running(display));
+    let core = Core::open(OpenOptions::new(dir.path(), Arc::new(OneProvider(host)))).unwrap();
     core.host_add("admin", "h", "test:///default").unwrap();
     core.project_create("admin", "p").unwrap();
     core.vm_add(

@@ -312,3 +312,85 @@ impl ProviderFactory for ByKind {
         self.of(host.kind).connect(host)
     }
 }
+
+/// How a [`Compliant`] host opens a machine's display.
+pub type DisplayFn = dyn Fn() -> std::io::Result<std::os::unix::net::UnixStream> + Send + Sync;
+
+/// A host that does whatever it is asked at once and reports every machine
+/// in one power state: for benchmarks and tests of what lies above the
+/// hosts, where a real one would only add noise. Its displays, if any, come
+/// from `display`.
+pub struct Compliant {
+    /// The power state every machine reports.
+    pub power: PowerState,
+    /// Opens a display (none: consoles are unsupported).
+    pub display: Option<Box<DisplayFn>>,
+}
+
+impl Compliant {
+    /// Every machine stopped, no displays.
+    pub fn stopped() -> Compliant {
+        Compliant {
+            power: PowerState::Stopped,
+            display: None,
+        }
+    }
+
+    /// Every machine running, each display opened by `display`.
+    pub fn running(
+        display: impl Fn() -> std::io::Result<std::os::unix::net::UnixStream> + Send + Sync + 'static,
+    ) -> Compliant {
+        Compliant {
+            power: PowerState::Running,
+            display: Some(Box::new(display)),
+        }
+    }
+}
+
+impl Provider for Compliant {
+    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn start(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
+        Ok(self.power)
+    }
+    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
+        Ok(Vec::new())
+    }
+    fn console_stream(&self, _: &str) -> Result<std::os::unix::net::UnixStream, ProviderError> {
+        match &self.display {
+            Some(open) => open().map_err(|e| ProviderError::Unreachable(e.to_string())),
+            None => Err(ProviderError::Unsupported("consoles".into())),
+        }
+    }
+}
+
+/// A factory whose every host, of either kind, is the one provider.
+pub struct OneProvider(pub Arc<dyn Provider>);
+
+impl ProviderFactory for OneProvider {
+    fn probe(&self, _: crate::model::HostKind, _: &str) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
+        Ok(Arc::clone(&self.0))
+    }
+}

@@ -37,8 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{Compliant, OneProvider};
 use vmdesk_core::team::prelude::*;
 use vmdesk_core::{Core, NewVm, OpenOptions, SessionRequest};
 use vmdesk_postgres::PgStore;
@@ -271,53 +270,11 @@ fn postgres_run(
 
 // ---- Embedded (SQLite), set up as crates/core/benches/allocation.rs -----
 
-/// A host that accepts everything (allocation without waiting never calls it
-/// except to define the pool's machines during set-up).
-struct NullHost;
-
-impl Provider for NullHost {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Stopped)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-}
-
-struct NullFactory;
-
-impl ProviderFactory for NullFactory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(Arc::new(NullHost))
-    }
-}
-
+/// A core on `dir` whose hosts accept everything (allocation without waiting
+/// never calls them except to define the pool's machines during set-up).
 fn open_core(dir: &std::path::Path) -> Core {
-    Core::open(OpenOptions::new(dir, Arc::new(NullFactory))).unwrap()
+    let host = Arc::new(Compliant::stopped());
+    Core::open(OpenOptions::new(dir, Arc::new(OneProvider(host)))).unwrap()
 }
 
 /// A data dir with project `p` and a pool of `pool` VMs: one through the API,

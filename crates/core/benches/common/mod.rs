@@ -4,58 +4,15 @@
 
 use std::sync::Arc;
 
-use vmdesk_core::model::{Host, HostKind};
-use vmdesk_core::provider::{MachineSpec, PowerState, Provider, ProviderError, ProviderFactory};
+use vmdesk_core::provider::{Compliant, OneProvider};
 use vmdesk_core::{Core, NewVm, OpenOptions};
-
-/// A host that accepts everything (allocation with --no-wait never calls it
-/// except to define the pool's machines during set-up).
-pub struct NullHost;
-
-impl Provider for NullHost {
-    fn ensure_disk(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn delete_disk(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn ensure_defined(&self, _: &MachineSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn start(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn shutdown(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn force_off(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn power_state(&self, _: &str) -> Result<PowerState, ProviderError> {
-        Ok(PowerState::Stopped)
-    }
-    fn undefine(&self, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn marked(&self, _: &str) -> Result<Vec<String>, ProviderError> {
-        Ok(Vec::new())
-    }
-}
-
-pub struct NullFactory;
-
-impl ProviderFactory for NullFactory {
-    fn probe(&self, _: HostKind, _: &str) -> Result<(), ProviderError> {
-        Ok(())
-    }
-    fn connect(&self, _: &Host) -> Result<Arc<dyn Provider>, ProviderError> {
-        Ok(Arc::new(NullHost))
-    }
-}
 
 /// A core on `dir` whose hosts accept everything.
 pub fn open(dir: &std::path::Path) -> Core {
-    Core::open(OpenOptions::new(dir, Arc::new(NullFactory))).unwrap()
+    // Allocation with --no-wait never calls the host except to define the
+    // pool's machines during set-up.
+    let host = Arc::new(Compliant::stopped());
+    Core::open(OpenOptions::new(dir, Arc::new(OneProvider(host)))).unwrap()
 }
 
 /// A data directory with host `h`, project `p` and a pool of `pool` VMs.
