@@ -245,6 +245,18 @@ async fn console_features(
         .map_err(ApiError::from)
 }
 
+/// The person's own settings (the settings file's `[desktop]`), read afresh:
+/// only the file, not the keyring the whole settings view asks.
+async fn desktop_settings(ctx: &Ctx) -> Result<vmdesk_core::settings::DesktopSettings, ApiError> {
+    let global = ctx.global.clone();
+    tauri::async_runtime::spawn_blocking(move || {
+        let path = crate::cli::settings_path(&global).map_err(internal)?;
+        Ok(vmdesk_core::Settings::load(&path)?.desktop)
+    })
+    .await
+    .map_err(internal)?
+}
+
 /// Most text a guest may put on the desktop's clipboard at once (QEMU's own
 /// limit for a clipboard message).
 const GUEST_CLIPBOARD_MAX: usize = 1 << 20;
@@ -258,8 +270,7 @@ async fn console_copied(
     ctx: State<'_, Ctx>,
     text: String,
 ) -> Result<bool, ApiError> {
-    let view = settings_view(&ctx).await?;
-    if !view.settings.desktop.guest_clipboard {
+    if !desktop_settings(&ctx).await?.guest_clipboard {
         return Ok(false);
     }
     if text.len() > GUEST_CLIPBOARD_MAX {
@@ -281,8 +292,7 @@ async fn console_copied(
 #[tauri::command]
 async fn console_clipboard(app: AppHandle, ctx: State<'_, Ctx>) -> Result<String, ApiError> {
     use tauri_plugin_clipboard_manager::ClipboardExt;
-    let view = settings_view(&ctx).await?;
-    if !view.settings.desktop.clipboard {
+    if !desktop_settings(&ctx).await?.clipboard {
         return Err(ApiError {
             code: "clipboard_off",
             message:

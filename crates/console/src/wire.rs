@@ -236,6 +236,10 @@ impl RequestOnly {
     /// KiB) has arrived, without consuming it.
     pub async fn new(tcp: TcpStream) -> io::Result<RequestOnly> {
         let mut buf = vec![0u8; 16 * 1024];
+        // A head arrives whole at once from a browser; a peer that sends it
+        // slowly is looked at less and less often (its handshake's timeout
+        // ends it), so many of them cost little.
+        let mut pause = std::time::Duration::from_millis(2);
         loop {
             let n = tcp.peek(&mut buf).await?;
             if n == 0 {
@@ -251,7 +255,8 @@ impl RequestOnly {
                 ));
             }
             // Peeking again returns the same bytes until more arrive.
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(64));
         }
     }
 
